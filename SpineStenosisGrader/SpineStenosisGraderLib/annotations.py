@@ -1,0 +1,163 @@
+"""Annotated scans: a volume with a canal mask and named disc positions.
+
+Researchers and annotators describe their scans in a small JSON catalogue
+(see ``Testing/Data/scans.json``) instead of code: which file holds the image,
+which labels make the canal, and where the discs are. The same loader feeds
+training, evaluation and the tests, so the ground truth is derived one way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .volume import AxialStack, load_stack, resample_like
+
+
+@dataclass
+class AnnotatedScan:
+    name: str
+    stack: AxialStack
+    #: canal mask on the stack's grid, shape [k, j, i]
+    canal: np.ndarray
+    #: disc name -> continuous slice index k of the disc centre
+    discs: dict[str, float]
+    modality: str
+    region: str
+    use: str = "train"
+    notes: str = ""
+    boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.boxes:
+            self.boxes = canal_boxes(self.canal)
+
+    def disc_weight(self, half_height_mm: float) -> np.ndarray:
+        """Per slice, 1 within ``half_height_mm`` of a disc centre, fading to 0 one slice further."""
+        k = np.arange(self.stack.n_slices, dtype=float)
+        dz = self.stack.spacing[2]
+        weight = np.zeros_like(k)
+        for kd in self.discs.values():
+            distance_mm = np.abs(k - kd) * dz
+            weight = np.maximum(weight, np.clip(1.0 - (distance_mm - half_height_mm) / dz, 0.0, 1.0))
+        return weight
+
+
+def canal_boxes(canal: np.ndarray, min_pixels: int = 4) -> dict[int, tuple[int, int, int, int]]:
+    """Per slice, the half-open pixel box (i0, j0, i1, j1) of the largest canal component."""
+    boxes = {}
+    for k in range(canal.shape[0]):
+        sl = canal[k] > 0
+        if sl.sum() < min_pixels:
+            continue
+        labels, n = ndimage.label(sl)
+        if n > 1:
+            sizes = ndimage.sum(sl, labels, range(1, n + 1))
+            sl = labels == (int(np.argmax(sizes)) + 1)
+        jj, ii = np.nonzero(sl)
+        boxes[k] = (int(ii.min()), int(jj.min()), int(ii.max()) + 1, int(jj.max()) + 1)
+    return boxes
+
+
+def _label_array(root: Path, spec: dict[str, Any], stack: AxialStack) -> np.ndarray:
+    image = sitk.ReadImage(str(root / spec["file"]))
+    nearest = "threshold" not in spec
+    return sitk.GetArrayFromImage(resample_like(image, stack, nearest=nearest))
+
+
+def _canal_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> np.ndarray:
+    array = _label_array(root, spec, stack)
+    if "threshold" in spec:
+        mask = array > float(spec["threshold"])
+    elif spec.get("bone_holes"):
+        mask = _bone_holes(array > 0, stack)
+    else:
+        mask = np.isin(array, spec["labels"])
+    for extra in spec.get("union", []):
+        mask |= _canal_from_spec(root, extra, stack)
+    return mask
+
+
+def _bone_holes(bone: np.ndarray, stack: AxialStack) -> np.ndarray:
+    """The vertebral foramen: the hole the bony ring encloses, slice by slice.
+
+    Only where the posterior arch closes the ring; at disc levels the ring is
+    open at the foramina and no hole exists, so those slices carry no box.
+    """
+    out = np.zeros_like(bone)
+    min_area_px = 40.0 / (stack.spacing[0] * stack.spacing[1])
+    for k in range(bone.shape[0]):
+        holes = ndimage.binary_fill_holes(bone[k]) & ~bone[k]
+        labels, n = ndimage.label(holes)
+        if n == 0:
+            continue
+        sizes = ndimage.sum(holes, labels, range(1, n + 1))
+        best = int(np.argmax(sizes))
+        if sizes[best] >= min_area_px:
+            out[k] = labels == best + 1
+    return out
+
+
+def _discs_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> dict[str, float]:
+    array = _label_array(root, spec, stack)
+    names = {int(k): v for k, v in spec["labels"].items()}
+    method = spec.get("method", "centroid_midpoint")
+    kk = np.arange(array.shape[0], dtype=float)
+
+    def z_profile(label: int) -> np.ndarray:
+        return (array == label).sum(axis=(1, 2)).astype(float)
+
+    discs: dict[str, float] = {}
+    if method == "disc_labels":
+        for label, name in names.items():
+            prof = z_profile(label)
+            if prof.sum() > 0:
+                discs[name] = float((prof * kk).sum() / prof.sum())
+        return discs
+    present = []
+    for label, name in names.items():
+        prof = z_profile(label)
+        if prof.sum() > 0:
+            present.append((float((prof * kk).sum() / prof.sum()), label, name, prof))
+    present.sort()
+    # consecutive vertebrae, inferior first: the disc lies between them
+    for (z_low, _, low_name, prof_low), (z_up, _, up_name, prof_up) in zip(present, present[1:]):
+        if method == "boundary":
+            z = (float(np.nonzero(prof_low)[0].max()) + float(np.nonzero(prof_up)[0].min())) / 2.0
+        else:
+            z = (z_low + z_up) / 2.0
+        discs[f"{up_name}-{low_name}"] = z
+    return discs
+
+
+def load_catalogue(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)["scans"]
+
+
+def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
+    """Load one catalogue entry; paths in it are relative to ``root``."""
+    stack = load_stack(root / entry["image"])
+    canal = _canal_from_spec(root, entry["canal"], stack).astype(np.uint8)
+    discs = _discs_from_spec(root, entry["discs"], stack) if entry.get("discs") else {}
+    return AnnotatedScan(
+        name=entry["name"],
+        stack=stack,
+        canal=canal,
+        discs=discs,
+        modality=entry["modality"],
+        region=entry["region"],
+        use=entry.get("use", "train"),
+        notes=entry.get("notes", ""),
+    )
+
+
+def load_scans(catalogue: Path, use: Optional[str] = None) -> list[AnnotatedScan]:
+    root = catalogue.parent
+    return [load_annotated_scan(e, root) for e in load_catalogue(catalogue) if use is None or e.get("use") == use]

@@ -1,0 +1,164 @@
+"""Command line: grade a study, train the default package, evaluate a package.
+
+Problems the user can fix are printed as one line on stderr with exit code 2;
+nothing is left half-written in the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+from .errors import SpineStenosisGraderError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CATALOGUE = REPO_ROOT / "Testing" / "Data" / "scans.json"
+
+
+def _anchor(args: argparse.Namespace) -> Optional[tuple[int, str]]:
+    if args.lowest_level and args.highest_level:
+        raise SpineStenosisGraderError("Give --lowest-level or --highest-level, not both.")
+    if args.lowest_level:
+        return (0, args.lowest_level)
+    if args.highest_level:
+        return (-1, args.highest_level)
+    return None
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .package import load_package
+    from .pipeline import grade_file, representative_slices
+    from .writers import write_study_outputs
+
+    package = load_package(args.model)
+    bar = tqdm(total=100, desc="grading", unit="%", bar_format="{l_bar}{bar}| {elapsed}", disable=args.quiet)
+
+    def progress(stage: str, fraction: float) -> None:
+        bar.set_description(stage)
+        bar.update(max(0, int(fraction * 100) - bar.n))
+
+    try:
+        result, stack = grade_file(args.input, package, modality=args.modality, region=args.region,
+                                   series_uid=args.series, stack_number=args.stack, anchor=_anchor(args),
+                                   progress=progress)
+        progress("write", 0.95)
+        written = write_study_outputs(result, Path(args.output), representative_slices(result, stack))
+        progress("done", 1.0)
+    finally:
+        bar.close()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not args.quiet:
+        for level in result.levels:
+            grade = f"{level.grade.grade} (p={level.grade.probability:.2f}{', uncertain' if level.grade.uncertain else ''})" \
+                if level.grade else "not graded"
+            print(f"{level.name:>8}  slice {level.slice_index:>4}  {grade}")
+        print(f"{len(written)} files written to {args.output}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import train_default_package
+
+    training = train_default_package(
+        Path(args.out), Path(args.catalogue), n_phantoms=args.phantoms, per_study=args.per_study,
+        detector_iterations=args.detector_iterations, n_grade_slices=args.grade_slices,
+        classifier_epochs=args.classifier_epochs, seed=args.seed,
+    )
+    print(json.dumps(training, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_detection, evaluate_grades, time_studies
+    from .package import load_package
+
+    package = load_package(args.model)
+    detection = [s.to_dict() for s in evaluate_detection(package, Path(args.catalogue), use=args.scans)]
+    total = sum(d["canal_slices"] for d in detection)
+    hits = sum(d["hits_iou_ge_0_5"] for d in detection)
+    metrics = {
+        "detection": {
+            "data": f"real scans with use={args.scans} in {Path(args.catalogue).name} (not trained on)",
+            "iou_threshold": 0.5,
+            "hit_fraction_all": round(hits / total, 4) if total else None,
+            "per_scan": detection,
+        },
+        "grade": evaluate_grades(package, n_slices=args.grade_slices),
+    }
+    if args.time:
+        metrics["time_per_study"] = time_studies(package, [Path(p) for p in args.time])
+    print(json.dumps(metrics, indent=2))
+    if args.write_manifest:
+        manifest_path = package.path / "manifest.json"
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest["metrics"] = metrics
+        # the manifest is not among the hashed files, so the weights' SHA256 stay valid
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spine-stenosis-grader",
+        description="Find the spinal canal at every disc level of an axial spine CT or T2 MRI and grade it. "
+                    "Not for clinical use.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    grade = sub.add_parser("grade", help="grade one study")
+    grade.add_argument("input", help="NIfTI, NRRD or MHA file, or a DICOM series folder")
+    grade.add_argument("-o", "--output", required=True, help="folder for result.json, levels.csv, *.mrk.json, report.html")
+    grade.add_argument("--model", help="model package folder (default: the embedded package)")
+    grade.add_argument("--modality", choices=["CT", "MR"], help="override the detected modality")
+    grade.add_argument("--region", choices=["lumbar", "cervical"], help="override the detected region")
+    grade.add_argument("--series", help="DICOM SeriesInstanceUID, when the folder holds several series")
+    grade.add_argument("--stack", type=int, help="stack number, when a series holds stacks at several angles")
+    grade.add_argument("--lowest-level", help="name of the lowest disc found, e.g. L4-L5 (re-anchors every name)")
+    grade.add_argument("--highest-level", help="name of the highest disc found, e.g. C3-C4")
+    grade.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    grade.set_defaults(func=_grade)
+
+    train = sub.add_parser("train", help="train the default model package (phantoms + annotated real scans)")
+    train.add_argument("--out", default=str(REPO_ROOT / "SpineStenosisGrader" / "Resources" / "Models" / "default"))
+    train.add_argument("--catalogue", default=str(DEFAULT_CATALOGUE), help="JSON catalogue of annotated scans")
+    train.add_argument("--phantoms", type=int, default=96)
+    train.add_argument("--per-study", type=int, default=24)
+    train.add_argument("--detector-iterations", type=int, default=700)
+    train.add_argument("--grade-slices", type=int, default=2400)
+    train.add_argument("--classifier-epochs", type=int, default=6)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="measure a package on held-out real scans and unseen phantoms")
+    evaluate.add_argument("--model", help="model package folder (default: the embedded package)")
+    evaluate.add_argument("--catalogue", default=str(DEFAULT_CATALOGUE))
+    evaluate.add_argument("--scans", default="holdout", help="which catalogue scans: holdout (default) or train")
+    evaluate.add_argument("--grade-slices", type=int, default=400)
+    evaluate.add_argument("--time", nargs="*", help="studies to time end to end (median of 3)")
+    evaluate.add_argument("--write-manifest", action="store_true", help="store the metrics in the package manifest")
+    evaluate.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpineStenosisGraderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

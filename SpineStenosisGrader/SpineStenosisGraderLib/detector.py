@@ -1,0 +1,175 @@
+"""Layer 3: find the spinal canal on each axial slice.
+
+The detector is a torchvision Faster R-CNN on a light timm backbone with a
+two-level feature pyramid (strides 8 and 16: a lumbar canal is 12-20 px at
+1.25 mm per pixel). There is one canal per slice, so the region proposal network
+keeps a handful of proposals instead of torchvision's 1,000: the box head over
+1,000 proposals is most of a mobile Faster R-CNN's cost.
+
+It has two foreground classes, "canal" and "canal at a disc", so that the same
+pass that finds the box also says whether the slice cuts a disc; the level
+grouping reads that as a profile along the spine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+CLASS_NAMES = ("background", "canal", "canal_at_disc")
+
+
+@dataclass
+class SliceDetection:
+    """The canal on one canvas slice, in canvas edge coordinates (u0, v0, u1, v1)."""
+
+    box_uv: tuple[float, float, float, float]
+    score: float
+    disc_probability: float
+
+
+class CanalDetector(ABC):
+    """Finds at most one canal per slice on normalised canvas slices [n, H, W] in [0, 1]."""
+
+    @abstractmethod
+    def detect(self, canvas: np.ndarray, batch_size: int = 4) -> list[SliceDetection | None]:
+        """One entry per slice: the canal, or None where no canal was found."""
+
+
+DEFAULT_DETECTOR_CONFIG: dict[str, Any] = {
+    "architecture": "fasterrcnn",
+    "backbone": "resnet10t",
+    "feature_indices": [2, 3],
+    "fpn_channels": 64,
+    "canvas": 256,
+    "spacing_mm": 1.25,
+    "anchor_sizes": [[10, 15, 22], [30, 44, 64]],
+    "aspect_ratios": [0.45, 0.65, 0.9, 1.2],
+    "rpn_pre_nms_top_n_test": 60,
+    "rpn_post_nms_top_n_test": 12,
+    "box_detections_per_img": 4,
+    "box_score_thresh": 0.05,
+    "box_head_channels": 256,
+}
+
+
+def build_detector_model(config: dict[str, Any]):
+    """The torch module for ``config`` (untrained). Imports torch lazily: inference packages may not need it."""
+    import timm
+    import torch
+    from torch import nn
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+
+    class PyramidBackbone(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = timm.create_model(
+                config["backbone"], pretrained=False, features_only=True,
+                out_indices=tuple(config["feature_indices"]), in_chans=1,
+            )
+            channels = self.body.feature_info.channels()
+            self.fpn = FeaturePyramidNetwork(channels, config["fpn_channels"])
+            self.out_channels = config["fpn_channels"]
+
+        def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+            features = self.body(x)
+            return self.fpn(OrderedDict((str(n), f) for n, f in enumerate(features)))
+
+    n_levels = len(config["feature_indices"])
+    anchors = AnchorGenerator(
+        sizes=tuple(tuple(s) for s in config["anchor_sizes"]),
+        aspect_ratios=(tuple(config["aspect_ratios"]),) * n_levels,
+    )
+    canvas = int(config["canvas"])
+    head = int(config["box_head_channels"])
+    return FasterRCNN(
+        PyramidBackbone(),
+        # a narrow box head: torchvision's 1024-wide default is most of the weights
+        box_head=TwoMLPHead(config["fpn_channels"] * 7 * 7, head),
+        box_predictor=FastRCNNPredictor(head, len(CLASS_NAMES)),
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign([str(n) for n in range(n_levels)], output_size=7, sampling_ratio=2),
+        # the canvas is fed at its own size: torchvision would otherwise upscale to 800 px
+        min_size=canvas,
+        max_size=canvas,
+        image_mean=[0.5],
+        image_std=[0.25],
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=50,
+        rpn_pre_nms_top_n_test=config["rpn_pre_nms_top_n_test"],
+        rpn_post_nms_top_n_test=config["rpn_post_nms_top_n_test"],
+        rpn_batch_size_per_image=64,
+        box_batch_size_per_image=32,
+        box_detections_per_img=config["box_detections_per_img"],
+        box_score_thresh=config["box_score_thresh"],
+    )
+
+
+def best_canal(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> SliceDetection | None:
+    """Fold per-class detections into one canal with a disc probability.
+
+    torchvision runs NMS per class, so the same canal can come back once as
+    "canal" and once as "canal at a disc". The box is the best-scoring one;
+    the disc probability is the share of the disc class among the detections
+    that overlap it.
+    """
+    if len(scores) == 0:
+        return None
+    top = int(np.argmax(scores))
+    box = boxes[top]
+    overlaps = _iou(box, boxes) > 0.3
+    disc_score = float(scores[overlaps & (labels == 2)].max(initial=0.0))
+    plain_score = float(scores[overlaps & (labels == 1)].max(initial=0.0))
+    total = disc_score + plain_score
+    return SliceDetection(
+        box_uv=tuple(float(v) for v in box),
+        score=float(min(1.0, total)),
+        disc_probability=disc_score / total if total > 0 else 0.0,
+    )
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(box[0], boxes[:, 0])
+    y0 = np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[2], boxes[:, 2])
+    y1 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two (x0, y0, x1, y1) boxes."""
+    return float(_iou(np.asarray(a, dtype=float), np.asarray([b], dtype=float))[0])
+
+
+class TorchCanalDetector(CanalDetector):
+    """The Faster R-CNN run in torch on the CPU."""
+
+    def __init__(self, model, threads: int | None = None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model.eval()
+
+    def detect(self, canvas: np.ndarray, batch_size: int = 4) -> list[SliceDetection | None]:
+        import torch
+
+        results: list[SliceDetection | None] = []
+        with torch.inference_mode():
+            for start in range(0, len(canvas), batch_size):
+                batch = [torch.from_numpy(np.ascontiguousarray(s))[None] for s in canvas[start:start + batch_size]]
+                for out in self.model(batch):
+                    results.append(best_canal(
+                        out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy()
+                    ))
+        return results

@@ -1,0 +1,163 @@
+"""Model packages: a folder with a manifest, safetensors weights and their SHA256.
+
+A package is checked before anything in it is used: the manifest must be ours,
+every file must match its SHA256, and weights are read with safetensors,
+which cannot run code. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import ModelPackageError
+from .result import ModelInfo
+from .scales import GradingScale, get_scale
+
+MANIFEST_FORMAT = "spine-stenosis-grader/model-package"
+MANIFEST_VERSION = 1
+DEFAULT_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "default"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelPackage:
+    """A verified model package: what it does, on what data, and its files."""
+
+    path: Path
+    manifest: dict[str, Any]
+    _models: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def scale(self) -> GradingScale:
+        return get_scale(self.manifest["classifier"]["scale"])
+
+    @property
+    def detector_config(self) -> dict[str, Any]:
+        return self.manifest["detector"]
+
+    @property
+    def classifier_config(self) -> dict[str, Any]:
+        return self.manifest["classifier"]
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.name,
+            version=self.version,
+            task=self.manifest["task"],
+            trained_on=self.manifest.get("training_data", {}).get("summary", ""),
+            clinical_use=self.manifest.get("intended_use", "not for clinical use"),
+        )
+
+    def summary(self) -> str:
+        """One paragraph for a UI or a log."""
+        m = self.manifest
+        return (
+            f"{m['name']} {m['version']}: {m['task']} ({m['classifier']['scale']}), "
+            f"{', '.join(m.get('modalities', []))} {', '.join(m.get('regions', []))}. "
+            f"Trained on {m.get('training_data', {}).get('summary', 'unknown data')}. "
+            f"{m.get('intended_use', 'Not for clinical use')}. Licence: {m.get('licence', 'unknown')}."
+        )
+
+    def file(self, key: str) -> Path:
+        return self.path / self.manifest["files"][key]["path"]
+
+    def load_state_dict(self, key: str) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.file(key)))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelPackageError(f"{self.file(key).name} is not a valid safetensors file: {exc}") from None
+
+    def torch_detector(self):
+        """The detector, built from the manifest and loaded from safetensors."""
+        if "detector" not in self._models:
+            from .detector import TorchCanalDetector, build_detector_model
+
+            model = build_detector_model(self.detector_config)
+            model.load_state_dict(self.load_state_dict("detector"))
+            self._models["detector"] = TorchCanalDetector(model)
+        return self._models["detector"]
+
+    def torch_classifier(self):
+        if "classifier" not in self._models:
+            from .classifier import TorchGradeClassifier, build_classifier_model
+
+            model = build_classifier_model(self.classifier_config, len(self.scale.classes))
+            model.load_state_dict(self.load_state_dict("classifier"))
+            self._models["classifier"] = TorchGradeClassifier(model, self.scale, self.classifier_config)
+        return self._models["classifier"]
+
+
+def load_package(path: Union[str, Path, None] = None) -> ModelPackage:
+    """Load and verify the package in folder ``path`` (or a manifest file); the default one when None."""
+    p = Path(path) if path is not None else DEFAULT_PACKAGE_DIR
+    manifest_path = p if p.is_file() else p / "manifest.json"
+    if not manifest_path.exists():
+        if path is None:
+            raise ModelPackageError(
+                f"The default model is missing from {DEFAULT_PACKAGE_DIR}. Reinstall, or train it with "
+                "`spine-stenosis-grader train`."
+            )
+        raise ModelPackageError(f"{p} is not a model package: it has no manifest.json.")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelPackageError(f"{manifest_path} is not a valid manifest ({exc}).") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ModelPackageError(f"{manifest_path} is not a SpineStenosisGrader model package manifest.")
+    if int(manifest.get("format_version", 0)) > MANIFEST_VERSION:
+        raise ModelPackageError(
+            f"The package needs a newer SpineStenosisGrader (manifest version {manifest.get('format_version')})."
+        )
+    root = manifest_path.parent
+    for key, entry in manifest.get("files", {}).items():
+        file_path = root / entry["path"]
+        if not file_path.resolve().is_relative_to(root.resolve()):
+            raise ModelPackageError(f"The manifest points outside the package: {entry['path']}.")
+        if not file_path.exists():
+            raise ModelPackageError(f"The package is incomplete: {entry['path']} is missing.")
+        if sha256_file(file_path) != entry["sha256"]:
+            raise ModelPackageError(
+                f"{entry['path']} does not match the SHA256 in the manifest: the file was changed or damaged. "
+                "Import the package again from its original source."
+            )
+        if not entry["path"].endswith((".safetensors", ".onnx", ".json")):
+            raise ModelPackageError(f"{entry['path']}: only safetensors, ONNX and JSON files are allowed in a package.")
+    for key in ("detector", "classifier"):
+        if key not in manifest.get("files", {}):
+            raise ModelPackageError(f"The package has no {key} weights.")
+    return ModelPackage(path=root, manifest=manifest)
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Fill in the SHA256 of every listed file and write ``manifest.json``."""
+    manifest = dict(manifest, format=MANIFEST_FORMAT, format_version=MANIFEST_VERSION)
+    for entry in manifest["files"].values():
+        entry["sha256"] = sha256_file(path / entry["path"])
+        entry["bytes"] = (path / entry["path"]).stat().st_size
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def load_default_package() -> ModelPackage:
+    """The package shipped with the extension (trained by `spine-stenosis-grader train`)."""
+    return load_package(None)

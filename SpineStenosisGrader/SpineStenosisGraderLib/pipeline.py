@@ -1,0 +1,154 @@
+"""The whole study: read, normalise, detect, group into levels, grade, and assemble a StudyResult."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .levels import (
+    DISC_HEIGHT_MM,
+    REGIONS,
+    SliceCanal,
+    find_discs,
+    infer_region,
+    name_levels,
+    numbering_note,
+)
+from .normalise import detect_modality, intensity_window, normalised_canvas
+from .package import ModelPackage, load_default_package
+from .result import CanalDetection, DiscLevel, StudyInfo, StudyResult
+from .volume import AxialStack, load_stack, to_axial_stack
+
+#: a callback told the current stage and the overall fraction done
+Progress = Callable[[str, float], None]
+
+#: per-slice detections below this score are not reported
+MIN_DETECTION_SCORE = 0.3
+
+STAGES = ("read", "detect", "levels", "grade")
+
+
+def _noop(stage: str, fraction: float) -> None:
+    return None
+
+
+def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modality: Optional[str] = None,
+                region: Optional[str] = None, anchor: Optional[tuple[int, str]] = None,
+                progress: Optional[Progress] = None) -> StudyResult:
+    """Grade an axial stack that is already read and checked."""
+    progress = progress or _noop
+    timings: dict[str, float] = {}
+    package = package or load_default_package()
+    if region is not None and region not in REGIONS:
+        raise InputError(f"Region must be one of {', '.join(REGIONS)}, not {region!r}.")
+    modality = detect_modality(stack, modality)
+    warnings = list(stack.warnings)
+
+    t0 = time.perf_counter()
+    progress("detect", 0.05)
+    config = package.detector_config
+    canvas, grid = normalised_canvas(stack, modality, int(config["canvas"]), float(config["spacing_mm"]))
+    found = package.torch_detector().detect(canvas)
+    canals: list[Optional[SliceCanal]] = []
+    detections: list[CanalDetection] = []
+    for k, hit in enumerate(found):
+        if hit is None or hit.score < MIN_DETECTION_SCORE:
+            canals.append(None)
+            continue
+        box_ij = tuple(float(v) for v in grid.to_stack(np.asarray(hit.box_uv))[0])
+        canals.append(SliceCanal(k, box_ij, hit.score, hit.disc_probability))
+        detections.append(CanalDetection(k, stack.slice_box(k, box_ij), hit.score, hit.disc_probability))
+    timings["detect"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress("levels", 0.75)
+    dz = stack.spacing[2]
+    candidates = find_discs(canals, stack.n_slices, dz)
+    inferred = infer_region(candidates, dz, default=(package.manifest.get("regions") or ["lumbar"])[0])
+    region = region or inferred
+    if region != inferred and len(candidates) >= 2:
+        warnings.append(f"The disc spacing looks {inferred}, but the region was set to {region}.")
+    names = name_levels(len(candidates), region, anchor)
+    if not candidates:
+        warnings.append("No disc level was found. Check that the study is an axial spine CT or T2 MRI.")
+    thickness = max(1.0, DISC_HEIGHT_MM[region] / dz)
+    levels = [
+        DiscLevel(
+            name=name, slice_index=c.slice_index, box=stack.slice_box(c.slice_index, c.box_ij, thickness),
+            detection_score=c.score,
+            measurements={
+                "canal_box_width_mm": (c.box_ij[2] - c.box_ij[0]) * stack.spacing[0],
+                "canal_box_depth_mm": (c.box_ij[3] - c.box_ij[1]) * stack.spacing[1],
+            },
+        )
+        for name, c in zip(names, candidates)
+    ]
+    timings["levels"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress("grade", 0.85)
+    graded_regions = package.manifest.get("regions", [])
+    if levels and region in graded_regions:
+        window = intensity_window(stack.array, modality)
+        classifier = package.torch_classifier()
+        pixel_spacing = (stack.spacing[0], stack.spacing[1])
+        patches = np.stack([
+            classifier.crop(window.apply(stack.array[c.slice_index]), pixel_spacing, c.box_ij) for c in candidates
+        ])
+        for level, grade in zip(levels, classifier.grade(patches)):
+            level.grade = grade
+    elif levels:
+        warnings.append(
+            f"The model package grades {', '.join(graded_regions)} levels only; the {region} levels "
+            "are located but not graded."
+        )
+    timings["grade"] = time.perf_counter() - t0
+    progress("done", 1.0)
+
+    info = StudyInfo(
+        source=stack.source,
+        modality=modality,
+        region=region,
+        n_slices=stack.n_slices,
+        slice_spacing_mm=dz,
+        pixel_spacing_mm=(stack.spacing[0], stack.spacing[1]),
+        numbering=numbering_note(region, anchor, names),
+        stack_origin_lps=stack.origin,
+        stack_spacing_mm=stack.spacing,
+        stack_direction_lps=tuple(float(v) for v in stack.direction.reshape(-1)),
+        stack_size=tuple(int(v) for v in stack.image.GetSize()),
+    )
+    return StudyResult(study=info, model=package.info(), levels=levels, detections=detections,
+                       warnings=warnings, timings_s=timings)
+
+
+def grade_image(image: sitk.Image, package: Optional[ModelPackage] = None, modality: Optional[str] = None,
+                region: Optional[str] = None, source: str = "", progress: Optional[Progress] = None,
+                anchor: Optional[tuple[int, str]] = None) -> tuple[StudyResult, AxialStack]:
+    """Grade a SimpleITK image (for example pulled from a Slicer volume node)."""
+    stack = to_axial_stack(image, source=source)
+    return grade_stack(stack, package, modality, region, anchor, progress), stack
+
+
+def grade_file(path, package: Optional[ModelPackage] = None, modality: Optional[str] = None,
+               region: Optional[str] = None, series_uid: Optional[str] = None, stack_number: Optional[int] = None,
+               anchor: Optional[tuple[int, str]] = None,
+               progress: Optional[Progress] = None) -> tuple[StudyResult, AxialStack]:
+    """Grade a volume file or DICOM folder."""
+    progress = progress or _noop
+    t0 = time.perf_counter()
+    progress("read", 0.0)
+    stack = load_stack(path, series_uid=series_uid, stack=stack_number)
+    read_s = time.perf_counter() - t0
+    result = grade_stack(stack, package, modality, region, anchor, progress)
+    result.timings_s = {"read": read_s, **result.timings_s}
+    return result, stack
+
+
+def representative_slices(result: StudyResult, stack: AxialStack) -> dict[int, np.ndarray]:
+    """The raw slices the report shows, keyed by stack slice index."""
+    return {lv.slice_index: np.asarray(stack.array[lv.slice_index]) for lv in result.levels}

@@ -1,0 +1,316 @@
+"""Layer 8: train the default model package, reproducibly, from phantoms and annotated real scans.
+
+``spine-stenosis-grader train`` runs this. Seeds fix the phantoms, the
+augmentations and the weight initialisation, so the same command gives the
+same package on the same software. Phantom seeds used here never overlap the
+evaluation seeds in ``evaluation.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .annotations import AnnotatedScan, load_scans
+from .classifier import DEFAULT_CLASSIFIER_CONFIG, build_classifier_model, sample_patch
+from .detector import DEFAULT_DETECTOR_CONFIG, build_detector_model
+from .levels import DISC_HEIGHT_MM
+from .normalise import intensity_window
+from .package import write_manifest
+from .scales import get_scale
+from .volume import to_axial_stack
+
+#: phantom seeds for training start here; evaluation uses EVAL_SEED_BASE and up
+TRAIN_SEED_BASE = 0
+EVAL_SEED_BASE = 1_000_000
+
+
+@dataclass
+class DetectorSlice:
+    """One training slice: normalised [j, i], pixel spacing, canal box (edge coordinates) and class."""
+
+    image: np.ndarray
+    spacing: tuple[float, float]
+    box_ij: tuple[float, float, float, float]
+    label: int
+    source: str
+
+
+def slices_from_scan(scan: AnnotatedScan) -> list[DetectorSlice]:
+    window = intensity_window(scan.stack.array, scan.modality)
+    weight = scan.disc_weight(DISC_HEIGHT_MM[scan.region] / 2.5)
+    spacing = (scan.stack.spacing[0], scan.stack.spacing[1])
+    out = []
+    for k, box in scan.boxes.items():
+        out.append(DetectorSlice(window.apply(scan.stack.array[k]).astype(np.float16), spacing,
+                                 tuple(float(v) for v in box), 2 if weight[k] >= 0.5 else 1, scan.name))
+    return out
+
+
+def slices_from_phantom(seed: int, modality: str, region: str, per_study: int, rng: np.random.Generator) -> list[DetectorSlice]:
+    from .phantom import make_study
+
+    study = make_study(seed, modality=modality, region=region)
+    stack = to_axial_stack(study.image, source=f"phantom-{seed}")
+    window = intensity_window(stack.array, modality)
+    keys = sorted(study.canal_boxes)
+    # favour disc slices: they are the ones graded, and rarer than body slices
+    weights = np.array([1.0 + 3.0 * float(study.disc_weight[k] >= 0.5) for k in keys])
+    chosen = rng.choice(keys, size=min(per_study, len(keys)), replace=False, p=weights / weights.sum())
+    spacing = (stack.spacing[0], stack.spacing[1])
+    return [
+        DetectorSlice(window.apply(stack.array[k]).astype(np.float16), spacing,
+                      tuple(float(v) for v in study.canal_boxes[k]),
+                      2 if study.disc_weight[k] >= 0.5 else 1, f"phantom-{seed}")
+        for k in chosen
+    ]
+
+
+def augment_intensity(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    gamma = float(np.exp(rng.uniform(-0.35, 0.35)))
+    out = np.clip(patch, 0.0, 1.0) ** gamma
+    out = out * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
+    out = out + rng.normal(0.0, rng.uniform(0.0, 0.04), size=out.shape)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def detector_sample(item: DetectorSlice, config: dict[str, Any], rng: np.random.Generator,
+                    augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A canvas and its target box (u0, v0, u1, v1), with geometric and intensity augmentation."""
+    size = int(config["canvas"])
+    spacing = float(config["spacing_mm"]) * (rng.uniform(0.85, 1.15) if augment else 1.0)
+    h, w = item.image.shape
+    centre = np.array([w / 2.0, h / 2.0])
+    if augment:
+        shift_mm = rng.uniform(-45.0, 45.0, size=2)
+        centre = centre + shift_mm / np.asarray(item.spacing)
+    angle = math.radians(rng.uniform(-10.0, 10.0)) if augment else 0.0
+    flip = bool(augment and rng.random() < 0.5)
+    image = item.image.astype(np.float32)
+    if augment and rng.random() < 0.25:
+        image = _crop_field_of_view(image, item.box_ij, item.spacing, rng)
+    patch, geometry = sample_patch(image, item.spacing, tuple(centre), size, spacing, angle, flip)
+    box = geometry.box_to_patch(item.box_ij)
+    if augment:
+        patch = augment_intensity(patch, rng)
+    return patch, np.clip(box, 0.0, size)
+
+
+def _crop_field_of_view(image: np.ndarray, box_ij: Sequence[float], spacing: tuple[float, float],
+                        rng: np.random.Generator) -> np.ndarray:
+    """Blank everything outside a random rectangle around the canal: cropped studies exist."""
+    i0, j0, i1, j1 = box_ij
+    margin = rng.uniform(25.0, 70.0, size=4) / np.array([spacing[0], spacing[1], spacing[0], spacing[1]])
+    a0 = int(max(0, i0 - margin[0]))
+    b0 = int(max(0, j0 - margin[1]))
+    a1 = int(min(image.shape[1], i1 + margin[2]))
+    b1 = int(min(image.shape[0], j1 + margin[3]))
+    out = np.zeros_like(image)
+    out[b0:b1, a0:a1] = image[b0:b1, a0:a1]
+    return out
+
+
+def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_detector(data: Sequence[DetectorSlice], config: dict[str, Any], iterations: int, batch_size: int,
+                   seed: int, lr: float = 1.5e-3, real_fraction: float = 0.4):
+    """Train the Faster R-CNN; real slices make up ``real_fraction`` of every batch on average."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_detector_model(config)
+    model.train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    real = [d for d in data if not d.source.startswith("phantom")]
+    phantom = [d for d in data if d.source.startswith("phantom")]
+    losses: list[float] = []
+    bar = tqdm(range(iterations), desc="detector", unit="it")
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = _cosine_lr(step, iterations, lr, warmup=max(1, iterations // 20))
+        images, targets = [], []
+        for _ in range(batch_size):
+            pool = real if (real and rng.random() < real_fraction) or not phantom else phantom
+            item = pool[int(rng.integers(len(pool)))]
+            patch, box = detector_sample(item, config, rng)
+            images.append(torch.from_numpy(patch)[None])
+            targets.append({
+                "boxes": torch.tensor(box[None], dtype=torch.float32),
+                "labels": torch.tensor([item.label], dtype=torch.int64),
+            })
+        loss_parts = model(images, targets)
+        loss = sum(loss_parts.values())
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return model.eval(), losses
+
+
+@dataclass
+class GradeSample:
+    image: np.ndarray
+    spacing: tuple[float, float]
+    box_ij: tuple[float, float, float, float]
+    grade_index: int
+    modality: str
+
+
+def grade_samples(seeds: Sequence[int], region: str, scale_key: str) -> list[GradeSample]:
+    """Disc-level phantom slices with balanced grades (the seed picks the grade and modality)."""
+    from .phantom import make_disc_slice
+
+    names = get_scale(scale_key).names
+    out = []
+    for seed in tqdm(seeds, desc="grade phantoms", unit="slice"):
+        grade = names[seed % len(names)]
+        modality = "MR" if (seed // len(names)) % 3 else "CT"
+        image, spacing, box, _ = make_disc_slice(seed, modality, region, grade)
+        window = intensity_window(image[None], modality)
+        out.append(GradeSample(window.apply(image).astype(np.float16), tuple(spacing), tuple(float(v) for v in box),
+                               names.index(grade), modality))
+    return out
+
+
+def classifier_sample(item: GradeSample, config: dict[str, Any], rng: Optional[np.random.Generator]) -> np.ndarray:
+    """The crop the classifier sees; with ``rng``, jittered as a detector's box would be."""
+    size = int(config["input_size"])
+    i0, j0, i1, j1 = item.box_ij
+    centre = np.array([(i0 + i1) / 2.0, (j0 + j1) / 2.0])
+    spacing = float(config["crop_mm"]) / size
+    if rng is None:
+        patch, _ = sample_patch(item.image.astype(np.float32), item.spacing, tuple(centre), size, spacing)
+        return patch
+    centre = centre + rng.normal(0.0, 1.5, size=2) / np.asarray(item.spacing)
+    patch, _ = sample_patch(item.image.astype(np.float32), item.spacing, tuple(centre), size,
+                            spacing * rng.uniform(0.9, 1.1), math.radians(rng.uniform(-12, 12)),
+                            bool(rng.random() < 0.5))
+    return augment_intensity(patch, rng)
+
+
+def train_classifier(data: Sequence[GradeSample], config: dict[str, Any], n_classes: int, epochs: int,
+                     batch_size: int, seed: int, lr: float = 2e-3):
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + 1)
+    model = build_classifier_model(config, n_classes)
+    model.train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
+    steps_per_epoch = max(1, len(data) // batch_size)
+    total = epochs * steps_per_epoch
+    losses: list[float] = []
+    bar = tqdm(range(total), desc="classifier", unit="it")
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = _cosine_lr(step, total, lr, warmup=max(1, total // 20))
+        picks = rng.integers(len(data), size=batch_size)
+        x = torch.from_numpy(np.stack([classifier_sample(data[p], config, rng) for p in picks]))[:, None]
+        y = torch.tensor([data[p].grade_index for p in picks], dtype=torch.int64)
+        loss = loss_fn(model(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return model.eval(), losses
+
+
+PHANTOM_MIX = (("MR", "lumbar"), ("CT", "lumbar"), ("MR", "cervical"), ("CT", "cervical"))
+
+
+def build_detector_data(catalogue: Path, n_phantoms: int, per_study: int, seed: int) -> list[DetectorSlice]:
+    rng = np.random.default_rng(seed)
+    data: list[DetectorSlice] = []
+    for scan in load_scans(catalogue, use="train"):
+        data.extend(slices_from_scan(scan))
+    for n in tqdm(range(n_phantoms), desc="detector phantoms", unit="study"):
+        modality, region = PHANTOM_MIX[n % len(PHANTOM_MIX)]
+        data.extend(slices_from_phantom(TRAIN_SEED_BASE + n, modality, region, per_study, rng))
+    return data
+
+
+def save_package(out_dir: Path, detector, classifier, detector_config: dict[str, Any],
+                 classifier_config: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any],
+                 version: str) -> None:
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, str(out_dir / "detector.safetensors"))
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(out_dir / "classifier.safetensors"))
+    scale = get_scale(classifier_config["scale"])
+    manifest = {
+        "name": "spine-stenosis-grader-default",
+        "version": version,
+        "task": "canal detection, disc levels and lumbar central canal grade",
+        "modalities": ["CT", "MR"],
+        "regions": ["lumbar"],
+        "detects_regions": ["lumbar", "cervical"],
+        "intended_use": "Not for clinical use: trained on phantoms and public samples",
+        "licence": "Apache-2.0",
+        "detector": detector_config,
+        "classifier": dict(classifier_config, classes=scale.names,
+                           definitions={c.name: c.definition for c in scale.classes}),
+        "normalisation": {"CT": {"window_hu": [-200.0, 1000.0]},
+                          "MR": {"percentiles": [1.0, 99.5], "of": "voxels above the 5th percentile"}},
+        "training_data": training,
+        "metrics": metrics,
+        "files": {
+            "detector": {"path": "detector.safetensors"},
+            "classifier": {"path": "classifier.safetensors"},
+        },
+    }
+    write_manifest(out_dir, manifest)
+
+
+def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 96, per_study: int = 24,
+                          detector_iterations: int = 700, detector_batch: int = 8,
+                          n_grade_slices: int = 2400, classifier_epochs: int = 6, classifier_batch: int = 48,
+                          seed: int = 0, version: str = "0.1.0") -> dict[str, Any]:
+    """Train detector and classifier and write the package. Returns what was done, for the log."""
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.time()
+    detector_config = dict(DEFAULT_DETECTOR_CONFIG)
+    classifier_config = dict(DEFAULT_CLASSIFIER_CONFIG)
+    data = build_detector_data(catalogue, n_phantoms, per_study, seed)
+    detector, det_losses = train_detector(data, detector_config, detector_iterations, detector_batch, seed)
+    scale = get_scale(classifier_config["scale"])
+    grade_data = grade_samples(range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + n_grade_slices), "lumbar", scale.key)
+    classifier, cls_losses = train_classifier(grade_data, classifier_config, len(scale.classes),
+                                              classifier_epochs, classifier_batch, seed)
+    real_names = sorted({d.source for d in data if not d.source.startswith("phantom")})
+    training = {
+        "summary": (f"{n_phantoms} phantom studies (CT and T2 MR, lumbar and cervical) and the public scans "
+                    f"{', '.join(real_names)} for the detector; {n_grade_slices} phantom disc slices for the grade"),
+        "detector_real_scans": real_names,
+        "detector_phantom_seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + n_phantoms - 1],
+        "detector_slices": len(data),
+        "grade_phantom_seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + n_grade_slices - 1],
+        "command": (f"spine-stenosis-grader train --phantoms {n_phantoms} --detector-iterations "
+                    f"{detector_iterations} --grade-slices {n_grade_slices} --classifier-epochs {classifier_epochs} "
+                    f"--seed {seed}"),
+        "seed": seed,
+        "final_loss": {"detector": float(np.mean(det_losses[-50:])), "classifier": float(np.mean(cls_losses[-50:]))},
+        "minutes": round((time.time() - started) / 60.0, 1),
+    }
+    save_package(out_dir, detector, classifier, detector_config, classifier_config, training, {}, version)
+    return training

@@ -1,0 +1,338 @@
+"""Layer 1: read a study and present it as a stack of axial slices that keeps its geometry.
+
+Whatever the file's orientation, spacing or slice order, the stack is
+reoriented (by permuting and flipping axes only, never resampling) so that
+index i runs towards the patient's Left, j towards Posterior and k towards
+Superior: ITK's "LPS" orientation. Slice 0 is then the most inferior one and a
+slice displayed as an array (rows j, columns i) is in radiological convention.
+Every pixel keeps its exact position in patient space through the image's
+origin, spacing and direction, so boxes found on the stack can be written in
+LPS millimetres.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .result import OrientedBox
+
+#: file endings SimpleITK reads that we accept as volumes
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: an axial study may be tilted (angled lumbar slabs are 10-25 degrees); beyond
+#: this the slices are closer to sagittal or coronal than to axial.
+MAX_TILT_DEG = 40.0
+
+#: in-plane pixels more anisotropic than this, and coarser than the coarse
+#: limit, mean the series was acquired in another plane with thick slices.
+MAX_INPLANE_ANISOTROPY = 2.5
+COARSE_PIXEL_MM = 2.0
+
+#: a study with more non-finite voxels than this is refused rather than patched
+MAX_NONFINITE_FRACTION = 0.05
+
+
+@dataclass
+class AxialStack:
+    """A 3D scalar image in LPS orientation, with its slices as a float32 array [k, j, i]."""
+
+    image: sitk.Image
+    source: str = ""
+    #: modality from the DICOM header ("CT", "MR"), when there was one
+    dicom_modality: Optional[str] = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.array = sitk.GetArrayViewFromImage(self.image)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.image.GetSize()[2])
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.image.GetSpacing())
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.image.GetOrigin())
+
+    @property
+    def direction(self) -> np.ndarray:
+        return np.asarray(self.image.GetDirection(), dtype=float).reshape(3, 3)
+
+    def index_to_lps(self, index: np.ndarray) -> np.ndarray:
+        """Continuous (i, j, k) indices, shape (N, 3), to LPS mm (pixel centres at integers)."""
+        index = np.atleast_2d(np.asarray(index, dtype=float))
+        return np.asarray(self.origin) + (index * np.asarray(self.spacing)) @ self.direction.T
+
+    def lps_to_index(self, points: np.ndarray) -> np.ndarray:
+        """LPS mm, shape (N, 3), to continuous (i, j, k) indices."""
+        points = np.atleast_2d(np.asarray(points, dtype=float))
+        return ((points - np.asarray(self.origin)) @ self.direction) / np.asarray(self.spacing)
+
+    def slice_box(self, k: float, box_ij: Sequence[float], thickness_slices: float = 1.0) -> OrientedBox:
+        """An in-plane box on slice ``k`` to an oriented box in LPS.
+
+        ``box_ij`` is (i0, j0, i1, j1) in pixel-edge coordinates: pixel i covers
+        [i, i + 1), as torchvision boxes and half-open mask bounds have it.
+        The box is oriented with the slice plane and is ``thickness_slices`` thick.
+        """
+        i0, j0, i1, j1 = (float(v) for v in box_ij)
+        # edge coordinates sit half a pixel before continuous indices
+        centre_index = np.array([(i0 + i1) / 2.0 - 0.5, (j0 + j1) / 2.0 - 0.5, float(k)])
+        centre = self.index_to_lps(centre_index)[0]
+        sx, sy, sz = self.spacing
+        size = (abs(i1 - i0) * sx, abs(j1 - j0) * sy, thickness_slices * sz)
+        return OrientedBox(center=tuple(centre), size=size, orientation=tuple(self.direction.reshape(-1)))
+
+    def box_to_slice(self, box: OrientedBox) -> tuple[float, tuple[float, float, float, float]]:
+        """Inverse of :meth:`slice_box` for a box that lies in the slice plane: (k, (i0, j0, i1, j1))."""
+        corners = self.lps_to_index(box.corners())
+        lo = corners.min(axis=0)
+        hi = corners.max(axis=0)
+        k = float((lo[2] + hi[2]) / 2.0)
+        return k, (lo[0] + 0.5, lo[1] + 0.5, hi[0] + 0.5, hi[1] + 0.5)
+
+    def tilt_deg(self) -> float:
+        """Angle between the slice normal and the patient's superior axis."""
+        normal = self.direction[:, 2]
+        return math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
+
+
+def _is_dicom_dir(path: Path) -> bool:
+    return path.is_dir()
+
+
+def _describe_series(directory: str, uid: str) -> str:
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    description = ""
+    try:
+        reader.ReadImageInformation()
+        if reader.HasMetaDataKey("0008|103e"):
+            description = reader.GetMetaData("0008|103e").strip()
+    except RuntimeError:
+        pass
+    return f"{uid} ({len(files)} files{', ' + description if description else ''})"
+
+
+def _dicom_orientation_groups(files: Sequence[str]) -> list[list[str]]:
+    """Split a series into stacks of one orientation (lumbar MRI angles a slab per disc)."""
+    groups: dict[tuple, list[str]] = {}
+    reader = sitk.ImageFileReader()
+    for name in files:
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            iop = reader.GetMetaData("0020|0037") if reader.HasMetaDataKey("0020|0037") else ""
+        except RuntimeError:
+            iop = ""
+        try:
+            key = tuple(round(float(v), 2) for v in iop.split("\\")) if iop else ()
+        except ValueError:
+            key = ()
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def _read_dicom_series(directory: Path, series_uid: Optional[str], stack: Optional[int]) -> tuple[sitk.Image, Optional[str]]:
+    d = str(directory)
+    uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(d) or [])
+    if not uids:
+        raise InputError(f"No DICOM series found in folder {directory}. Point to a folder of DICOM slices or to a NIfTI/NRRD/MHA file.")
+    if series_uid is None:
+        if len(uids) > 1:
+            listing = "; ".join(_describe_series(d, u) for u in uids)
+            raise InputError(
+                f"The folder {directory} holds {len(uids)} DICOM series: {listing}. Choose one with --series UID."
+            )
+        series_uid = uids[0]
+    elif series_uid not in uids:
+        raise InputError(f"Series {series_uid} is not in {directory}; it holds: {', '.join(uids)}.")
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(d, series_uid))
+    groups = _dicom_orientation_groups(files)
+    if len(groups) > 1:
+        if stack is None:
+            sizes = ", ".join(f"stack {n}: {len(g)} slices" for n, g in enumerate(groups))
+            raise InputError(
+                f"Series {series_uid} holds {len(groups)} stacks with different slice angles ({sizes}). "
+                "Choose one with --stack N."
+            )
+        if not 0 <= stack < len(groups):
+            raise InputError(f"--stack must be between 0 and {len(groups) - 1}.")
+        files = groups[stack]
+        # re-sort the chosen stack by position along its normal
+        files = _sort_by_position(files)
+    if len(files) < 2:
+        raise InputError(f"Series {series_uid} has a single slice; a stack of axial slices is needed.")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.LoadPrivateTagsOff()
+    image = reader.Execute()
+    modality = None
+    try:
+        if reader.HasMetaDataKey(0, "0008|0060"):
+            modality = reader.GetMetaData(0, "0008|0060").strip().upper() or None
+    except RuntimeError:
+        modality = None
+    return image, modality
+
+
+def _sort_by_position(files: Sequence[str]) -> list[str]:
+    reader = sitk.ImageFileReader()
+    keyed = []
+    for name in files:
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        iop = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        ipp = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+        normal = np.cross(iop[:3], iop[3:])
+        keyed.append((float(np.dot(normal, ipp)), name))
+    return [name for _, name in sorted(keyed)]
+
+
+def _nifti_expected_bytes(header: bytes) -> Optional[int]:
+    """Header size plus voxel bytes a NIfTI-1 or NIfTI-2 header announces; None if not NIfTI."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = int(struct.unpack(endian + "q", header[168:176])[0])
+            break
+    else:
+        return None
+    n_dims = max(1, min(int(dims[0]), 7))
+    voxels = int(np.prod([max(1, int(d)) for d in dims[1:1 + n_dims]], dtype=np.int64))
+    return max(offset, 348) + voxels * max(1, bitpix) // 8
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK fills a truncated NIfTI with zeros without a word; refuse it instead."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(540)
+            expected = _nifti_expected_bytes(header)
+            if expected is None:
+                return
+            total = len(header)
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                total += len(block)
+    except (EOFError, OSError, zlib.error):
+        total = -1
+    if total < expected:
+        raise InputError(
+            f"Cannot read {path.name}: the file is truncated (it holds less image data than its header "
+            "announces). Export or copy the study again."
+        )
+
+
+def read_image(path: Union[str, os.PathLike], series_uid: Optional[str] = None, stack: Optional[int] = None) -> tuple[sitk.Image, Optional[str]]:
+    """Read a volume file or a DICOM series folder. Returns the image and the DICOM modality, if any."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p} does not exist.")
+    if p.is_dir():
+        return _read_dicom_series(p, series_uid, stack)
+    if p.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(p)
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        image = reader.Execute()
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise InputError(
+            f"Cannot read {p.name}: the file is truncated, damaged or not an image SimpleITK knows "
+            f"({first[:160]}). Export the study again as NIfTI, NRRD, MHA or a DICOM folder."
+        ) from None
+    modality = None
+    if reader.HasMetaDataKey("0008|0060"):
+        modality = reader.GetMetaData("0008|0060").strip().upper() or None
+    return image, modality
+
+
+def to_axial_stack(image: sitk.Image, source: str = "", dicom_modality: Optional[str] = None) -> AxialStack:
+    """Check an image can be graded as an axial stack and reorient it to LPS."""
+    warnings: list[str] = []
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise InputError(
+            f"The image is {image.GetDimension()}D; a 3D stack of axial slices is needed. "
+            "Load the whole series, not a single slice or a time series."
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("The image has colour or vector pixels; a grey-scale CT or MR series is needed.")
+    size = image.GetSize()
+    if min(size) < 2 or sorted(size)[1] < 16:
+        raise InputError(
+            f"The image is {size[0]}x{size[1]}x{size[2]} voxels: too thin to be a stack of axial slices. "
+            "Load the whole axial series."
+        )
+    oriented = sitk.DICOMOrient(image, "LPS")
+    oriented = sitk.Cast(oriented, sitk.sitkFloat32)
+    stack = AxialStack(oriented, source=source, dicom_modality=dicom_modality, warnings=warnings)
+    tilt = stack.tilt_deg()
+    if tilt > MAX_TILT_DEG:
+        raise InputError(
+            f"The slices are tilted {tilt:.0f} degrees from axial. Load an axial series "
+            "(or reformat this one to axial in Slicer's Resample module first)."
+        )
+    sx, sy, _ = stack.spacing
+    if max(sx, sy) > COARSE_PIXEL_MM and max(sx, sy) / min(sx, sy) > MAX_INPLANE_ANISOTROPY:
+        raise InputError(
+            f"Axial pixels would be {sx:.1f} x {sy:.1f} mm: this looks like a sagittal or coronal series "
+            "with thick slices. Load the axial series of the study."
+        )
+    if stack.n_slices < 2:
+        raise InputError("The volume has a single axial slice; load the whole axial series.")
+    values = stack.array
+    finite = np.isfinite(values)
+    n_bad = int(values.size - np.count_nonzero(finite))
+    if n_bad:
+        fraction = n_bad / values.size
+        if fraction > MAX_NONFINITE_FRACTION:
+            raise InputError(
+                f"{fraction:.0%} of the voxels are NaN or infinite. The file is damaged; export the study again."
+            )
+        fill = float(values[finite].min()) if finite.any() else 0.0
+        array = np.where(finite, values, fill).astype(np.float32)
+        cleaned = sitk.GetImageFromArray(array)
+        cleaned.CopyInformation(oriented)
+        stack = AxialStack(cleaned, source=source, dicom_modality=dicom_modality, warnings=warnings)
+        warnings.append(f"{n_bad} NaN or infinite voxels were replaced by the image minimum.")
+    if float(np.ptp(stack.array)) == 0.0:
+        raise InputError("The image is blank (every voxel has the same value).")
+    return stack
+
+
+def load_stack(path: Union[str, os.PathLike], series_uid: Optional[str] = None, stack: Optional[int] = None) -> AxialStack:
+    """Read ``path`` (a volume file or a DICOM folder) as an :class:`AxialStack`."""
+    image, modality = read_image(path, series_uid=series_uid, stack=stack)
+    return to_axial_stack(image, source=str(path), dicom_modality=modality)
+
+
+def resample_like(moving: sitk.Image, reference: AxialStack, nearest: bool = True) -> sitk.Image:
+    """Bring a label image onto the stack's grid (labels use nearest neighbour)."""
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return sitk.Resample(moving, reference.image, sitk.Transform(), interpolator, 0.0, moving.GetPixelID())

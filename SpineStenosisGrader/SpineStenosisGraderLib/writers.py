@@ -1,0 +1,487 @@
+"""Write a graded study to disk: result JSON, levels CSV, Slicer ROI markups, HTML report.
+
+The markups are written as plain JSON in exactly the form Slicer's
+``vtkMRMLMarkupsROIJsonStorageNode`` reads, so this module (and the CLI) needs
+neither Slicer nor VTK. Facts about that format, checked against slicer-core:
+
+* With ``"coordinateSystem": "LPS"`` the ``center`` is LPS and ``orientation``
+  is the ROI-to-LPS rotation, row-major, whose *columns* are the box axes in
+  LPS: the very layout of ``OrientedBox.orientation``. (Slicer converts by
+  negating the first six values, i.e. rows x and y: ``R_lps = diag(-1,-1,1) @ R_ras``.)
+* A Box ROI must carry one control point at its centre: without it Slicer
+  reloads the ROI with size 0.
+* Slicer reads a markup's ``name`` but neither writes it nor saves a node
+  description or attributes. What does survive a load and re-save is
+  ``measurements``: static measurements keep their value, units, description
+  and print format, and Slicer makes the enabled ones the node's description
+  and the label shown beside the box. So the grade travels as a measurement
+  whose value is the probability and whose print format spells the grade.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import report as _report
+from .report import (
+    effective_box,
+    effective_grade,
+    effective_name,
+    grade_class,
+    grade_color,
+    level_scale,
+    measurement_label,
+)
+from .result import DiscLevel, OrientedBox, StudyResult
+
+#: the schema id Slicer 5.x writes (the newest builds write v1.0.4); Slicer reads any v1.x.y
+MARKUPS_SCHEMA = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
+    "Resources/Schema/markups-schema-v1.0.3.json#"
+)
+_ACCEPTED_SCHEMA = re.compile(r"markups-schema-v1\.[0-9]+\.[0-9]+\.json#*$", re.IGNORECASE)
+
+RESULT_FILE = "result.json"
+LEVELS_CSV_FILE = "levels.csv"
+REPORT_FILE = "report.html"
+MARKUPS_SUFFIX = ".mrk.json"
+
+# orientation of the ROI's control point: Slicer writes its RAS identity, which is this in LPS
+_CONTROL_POINT_ORIENTATION_LPS = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+
+
+# --------------------------------------------------------------------------- markups
+
+
+def markups_file_name(level_name: str) -> str:
+    """A safe file name for a level's markups: ``"L4-L5"`` -> ``"L4-L5.mrk.json"``.
+
+    Anything but letters, digits, ``-``, ``_`` and ``.`` becomes ``_``, so a
+    name can neither leave the output folder nor upset Windows.
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", level_name).strip(". ")
+    if not stem:
+        stem = "level"
+    if stem.split(".")[0].lower() in _WINDOWS_RESERVED:
+        stem = "_" + stem
+    return stem + MARKUPS_SUFFIX
+
+
+def _grade_text(level: DiscLevel) -> str:
+    """One line saying the grade, e.g. ``"Schizas grade B: moderate stenosis; model probability 0.81"``."""
+    pred = level.grade
+    corr = level.correction
+    parts = []
+    if pred is not None:
+        scale = level_scale(level)
+        cls = grade_class(level, pred.grade)
+        prefix = f"{scale.key.capitalize()} grade" if scale is not None else f"{pred.scale} grade"
+        shown = cls.label if cls is not None else pred.grade
+        parts.append(f"{prefix} {shown}; model probability {pred.probability:.2f}"
+                     + (" (uncertain)" if pred.uncertain else ""))
+    if corr is not None and corr.grade:
+        who = f" ({corr.author})" if corr.author else ""
+        parts.append(f"clinician grade {corr.grade}{who}")
+    if corr is not None and corr.note:
+        parts.append(f"note: {corr.note}")
+    return "; ".join(parts) if parts else "not graded"
+
+
+def _printf_literal(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def _markups_measurements(level: DiscLevel) -> list[dict[str, Any]]:
+    measurements = []
+    pred = level.grade
+    if pred is not None:
+        scale = level_scale(level)
+        cls = grade_class(level, pred.grade)
+        corr = level.correction
+        if corr is not None and corr.grade:
+            shown = f"{_printf_literal(corr.grade)} (clinician; model {_printf_literal(pred.grade)} p=%.2f)%s"
+        else:
+            flag = ", uncertain" if pred.uncertain else ""
+            shown = f"{_printf_literal(pred.grade)} (p=%.2f{flag})%s"
+        description = f"{cls.label}: {cls.definition}" if cls is not None else f"grade {pred.grade}"
+        measurements.append({
+            "name": f"{scale.key.capitalize()} grade" if scale is not None else "grade",
+            "enabled": True,
+            "value": float(pred.probability),
+            "description": description,
+            "printFormat": shown,
+        })
+    elif level.correction is not None and level.correction.grade:
+        # no model grade to show a probability of: a format without conversions prints as is
+        measurements.append({
+            "name": "grade",
+            "enabled": True,
+            "value": 1.0,
+            "description": "clinician grade; the model gave none",
+            "printFormat": f"{_printf_literal(level.correction.grade)} (clinician)",
+        })
+    names = {m["name"] for m in measurements} | {"volume"}  # Slicer's own ROI measurement
+    for key, value in level.measurements.items():
+        label, unit = measurement_label(key)
+        name = label if label not in names else key  # Slicer merges measurements of one name
+        names.add(name)
+        entry: dict[str, Any] = {"name": name, "enabled": True, "value": float(value),
+                                 "printFormat": "%.1f %s" if unit else "%.2f%s"}
+        if unit:
+            entry["units"] = unit
+        measurements.append(entry)
+    return measurements
+
+
+def roi_markups_document(level: DiscLevel, color: Optional[Sequence[float]] = None) -> dict[str, Any]:
+    """The markups JSON document (as a dict) of one level's ROI; see :func:`write_roi_markups`."""
+    box = effective_box(level)
+    name = effective_name(level)
+    rgb = [float(c) for c in (color if color is not None else grade_color(level))]
+    center = [float(v) for v in box.center]
+    markup = {
+        "type": "ROI",
+        "name": name,
+        "coordinateSystem": "LPS",
+        "coordinateUnits": "mm",
+        "locked": False,
+        "fixedNumberOfControlPoints": False,
+        "labelFormat": "%N-%d",
+        "lastUsedControlPointNumber": 1,
+        "roiType": "Box",
+        "center": center,
+        "orientation": [float(v) for v in box.orientation],
+        "size": [float(v) for v in box.size],
+        "insideOut": False,
+        "controlPoints": [{
+            "id": "1",
+            "label": f"{name}-1",
+            "description": _grade_text(level),
+            "associatedNodeID": "",
+            "position": center,
+            "orientation": list(_CONTROL_POINT_ORIENTATION_LPS),
+            "selected": True,
+            "locked": False,
+            "visibility": True,
+            "positionStatus": "defined",
+        }],
+        "measurements": _markups_measurements(level),
+        "display": {
+            "visibility": True,
+            "opacity": 1.0,
+            "color": rgb,
+            "selectedColor": rgb,
+            "propertiesLabelVisibility": True,
+            "pointLabelsVisibility": False,
+            "textScale": 3.0,
+            "glyphType": "Sphere3D",
+            "glyphScale": 3.0,
+            "glyphSize": 5.0,
+            "useGlyphScale": True,
+            "sliceProjection": False,
+            "lineThickness": 0.2,
+            "handlesInteractive": True,
+            "translationHandleVisibility": True,
+            "rotationHandleVisibility": False,
+            "scaleHandleVisibility": True,
+            "interactionHandleScale": 3.0,
+            "snapMode": "toVisibleSurface",
+        },
+    }
+    if len(markup["center"]) != 3 or len(markup["size"]) != 3 or len(markup["orientation"]) != 9:
+        raise ValueError(f"box of {name} needs a 3-vector centre and size and a 9-value orientation")
+    return {"@schema": MARKUPS_SCHEMA, "markups": [markup]}
+
+
+def write_roi_markups(level: DiscLevel, path: Path, color: tuple[float, float, float] | None = None) -> None:
+    """Write one level as a Slicer Markups ROI file (``.mrk.json``), in LPS.
+
+    The box is the clinician's if they edited it, else the model's; the name
+    likewise. ``color`` (RGB 0-1) defaults to the colour of the level's grade.
+    The grade and its probability are a measurement (shown beside the box and
+    as the node's description in Slicer) and the control point's description.
+    """
+    document = roi_markups_document(level, color)
+    # allow_nan=False: Slicer's JSON parser rejects NaN, so fail here, loudly
+    text = json.dumps(document, indent=4, allow_nan=False, ensure_ascii=False)
+    Path(path).write_text(text + "\n", encoding="utf-8")
+
+
+def _units_scale(units: Any) -> float:
+    code = units[0] if isinstance(units, (list, tuple)) and units else units
+    if code in (None, "", "mm"):
+        return 1.0
+    if code == "um":
+        return 1e-3
+    raise ValueError(f"markups coordinate units {units!r} are not supported (mm or um)")
+
+
+def _vector(value: Any, n: int, what: str) -> np.ndarray:
+    array = np.asarray(value, dtype=float).ravel()
+    if array.size != n or not np.all(np.isfinite(array)):
+        raise ValueError(f"markups {what} must be {n} finite numbers, got {value!r}")
+    return array
+
+
+def read_roi_markups(path: Path) -> OrientedBox:
+    """The box of the first ROI in a Slicer markups file, in LPS millimetres.
+
+    Reads our own files and ones Slicer saved after the user moved, resized or
+    rotated the ROI, in LPS or RAS. (Slicer does not save a node's name in the
+    file; the file name is the place to look for it.)
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path.name} is not valid JSON: {error}") from None
+    schema = document.get("@schema", "") if isinstance(document, dict) else ""
+    if not _ACCEPTED_SCHEMA.search(str(schema)):
+        raise ValueError(f"{path.name} is not a Slicer markups file (no markups-schema-v1.x @schema)")
+    rois = [m for m in document.get("markups", []) if isinstance(m, dict) and m.get("type") == "ROI"]
+    if not rois:
+        raise ValueError(f"{path.name} holds no ROI markup")
+    roi = rois[0]
+    if "center" not in roi or "size" not in roi:
+        raise ValueError(f"{path.name}: the ROI has no center or size")
+    scale = _units_scale(roi.get("coordinateUnits", "mm"))
+    center = _vector(roi["center"], 3, "center") * scale
+    size = _vector(roi["size"], 3, "size") * scale
+    orientation = _vector(roi.get("orientation", _IDENTITY), 9, "orientation").reshape(3, 3)
+    system = str(roi.get("coordinateSystem", "LPS")).upper()
+    if system == "RAS":
+        flip = np.diag([-1.0, -1.0, 1.0])
+        center = flip @ center
+        orientation = flip @ orientation
+    elif system != "LPS":
+        raise ValueError(f"{path.name}: unknown coordinate system {system!r}")
+    return OrientedBox(
+        center=tuple(float(v) for v in center),
+        size=tuple(float(v) for v in size),
+        orientation=tuple(float(v) + 0.0 for v in orientation.ravel()),  # + 0.0 turns -0.0 into 0.0
+    )
+
+
+# --------------------------------------------------------------------------- csv
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(text: Optional[str]) -> str:
+    """Free text for a spreadsheet: a leading = + - @ would run as a formula in Excel."""
+    text = "" if text is None else str(text)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _num(value: Optional[float], digits: int) -> str:
+    if value is None:
+        return ""
+    value = float(value)
+    return f"{value:.{digits}f}" if np.isfinite(value) else ""
+
+
+_CSV_HEAD = ["level", "slice_index", "center_L_mm", "center_P_mm", "center_S_mm",
+             "size_1_mm", "size_2_mm", "size_3_mm", "detection_score",
+             "task", "scale", "grade", "grade_label", "probability"]
+_CSV_TAIL = ["clinician_grade", "clinician_name", "clinician_author", "clinician_note",
+             "clinician_box_edited", "final_grade", "model_name", "model_version"]
+
+
+def _csv_layout(result: StudyResult) -> tuple[list[str], dict[str, str]]:
+    """The CSV header, and the column of each measurement key."""
+    classes: list[str] = []
+    for level in result.levels:
+        if level.grade is not None:
+            scale = level_scale(level)
+            for name in (scale.names if scale is not None else []) + list(level.grade.probabilities):
+                if name not in classes:
+                    classes.append(name)
+    columns = _CSV_HEAD + [f"prob_{c}" for c in classes] + ["uncertain"]
+    taken = set(columns) | set(_CSV_TAIL)
+    measurement_columns: dict[str, str] = {}
+    for level in result.levels:
+        for key in level.measurements:
+            if key not in measurement_columns:
+                column = key if key not in taken else f"measured_{key}"
+                measurement_columns[key] = column
+                columns.append(column)
+                taken.add(column)
+    return columns + _CSV_TAIL, measurement_columns
+
+
+def levels_csv_columns(result: StudyResult) -> list[str]:
+    """The CSV header for ``result``: fixed columns, one per grade class, one per measurement."""
+    return _csv_layout(result)[0]
+
+
+def write_levels_csv(result: StudyResult, path: Path) -> None:
+    """One row per level: where, what grade with every class probability, measurements, corrections, model.
+
+    The box is the model's (a clinician's edited box is in result.json and the
+    markups); sizes run along the box's own axes (about L, P, S for an axial box).
+    Empty cells mean "none". Columns: see :func:`levels_csv_columns`.
+    """
+    columns, measurement_columns = _csv_layout(result)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="raise")
+        writer.writeheader()
+        for level in result.levels:
+            pred, corr = level.grade, level.correction
+            row = dict.fromkeys(columns, "")
+            row.update({
+                "level": _text_cell(level.name),
+                "slice_index": str(int(level.slice_index)),
+                "center_L_mm": _num(level.box.center[0], 3),
+                "center_P_mm": _num(level.box.center[1], 3),
+                "center_S_mm": _num(level.box.center[2], 3),
+                "size_1_mm": _num(level.box.size[0], 3),
+                "size_2_mm": _num(level.box.size[1], 3),
+                "size_3_mm": _num(level.box.size[2], 3),
+                "detection_score": _num(level.detection_score, 4),
+                "final_grade": _text_cell(effective_grade(level)),
+                "model_name": _text_cell(result.model.name),
+                "model_version": _text_cell(result.model.version),
+            })
+            if pred is not None:
+                cls = grade_class(level, pred.grade)
+                row.update({
+                    "task": _text_cell(pred.task),
+                    "scale": _text_cell(pred.scale),
+                    "grade": _text_cell(pred.grade),
+                    "grade_label": _text_cell(cls.label if cls is not None else ""),
+                    "probability": _num(pred.probability, 4),
+                    "uncertain": "true" if pred.uncertain else "false",
+                })
+                for name, p in pred.probabilities.items():
+                    row[f"prob_{name}"] = _num(p, 4)
+            if corr is not None:
+                row.update({
+                    "clinician_grade": _text_cell(corr.grade),
+                    "clinician_name": _text_cell(corr.name),
+                    "clinician_author": _text_cell(corr.author),
+                    "clinician_note": _text_cell(corr.note),
+                    "clinician_box_edited": "true" if corr.box is not None else "false",
+                })
+            for key, value in level.measurements.items():
+                row[measurement_columns[key]] = _num(value, 3)
+            writer.writerow(row)
+
+
+# --------------------------------------------------------------------------- study outputs
+
+
+def _markups_names(levels: Sequence[DiscLevel]) -> list[str]:
+    """File names of the levels' markups, made unique (case-insensitively, for macOS and Windows)."""
+    names, seen = [], set()
+    for level in levels:
+        name = markups_file_name(effective_name(level))
+        stem = name[: -len(MARKUPS_SUFFIX)]
+        counter = 2
+        while name.lower() in seen:
+            name = f"{stem}_{counter}{MARKUPS_SUFFIX}"
+            counter += 1
+        seen.add(name.lower())
+        names.append(name)
+    return names
+
+
+def _previous_run_files(out_dir: Path) -> set[str]:
+    """Files our earlier run wrote to ``out_dir``, known from its result.json (empty if none or not ours)."""
+    try:
+        previous = StudyResult.from_json((out_dir / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {RESULT_FILE, LEVELS_CSV_FILE, REPORT_FILE, *_markups_names(previous.levels)}
+
+
+def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mapping[int, np.ndarray]) -> list[Path]:
+    """Write result.json, levels.csv, one ``<level>.mrk.json`` per level and report.html into ``out_dir``.
+
+    All or nothing: everything is written to a temporary folder beside
+    ``out_dir`` first, and moved in only once all of it succeeded. Files of an
+    earlier run in ``out_dir`` (known from its result.json) are replaced, and
+    its level markups that this run does not write are removed, so the folder
+    never mixes two runs; other files are left alone. If anything fails,
+    ``out_dir`` is left as it was and the temporary folder is removed.
+    Returns the paths written.
+    """
+    out_dir = Path(os.path.abspath(out_dir))
+    parent = out_dir.parent
+    created_dirs: list[Path] = []
+    for folder in reversed([parent, *parent.parents]):
+        if not folder.exists():
+            folder.mkdir()
+            created_dirs.append(folder)
+    # mkdir, not mkdtemp: the folder may become out_dir, so it gets the user's usual permissions
+    staging = parent / f".{out_dir.name}.writing-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        names = [RESULT_FILE, LEVELS_CSV_FILE]
+        (staging / RESULT_FILE).write_text(result.to_json() + "\n", encoding="utf-8")
+        write_levels_csv(result, staging / LEVELS_CSV_FILE)
+        for level, name in zip(result.levels, _markups_names(result.levels)):
+            write_roi_markups(level, staging / name)
+            names.append(name)
+        _report.write_html_report(result, staging / REPORT_FILE, slice_images)
+        names.append(REPORT_FILE)
+        _commit(staging, out_dir, names)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created_dirs):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return [out_dir / name for name in names]
+
+
+def _commit(staging: Path, out_dir: Path, names: list[str]) -> None:
+    """Move the staged files into ``out_dir``, undoing every move if one fails."""
+    if not out_dir.exists():
+        # one rename puts the whole folder in place, atomically
+        staging.rename(out_dir)
+        return
+    if not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} exists and is not a folder")
+    stale = sorted(_previous_run_files(out_dir) - set(names))
+    for name in names:
+        if (out_dir / name).is_dir():
+            raise IsADirectoryError(f"{out_dir / name} is a folder; cannot write {name} there")
+    backup = staging / ".previous"
+    backup.mkdir()
+    moved_out: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for name in [*names, *stale]:
+            target = out_dir / name
+            if target.is_file() or target.is_symlink():
+                os.replace(target, backup / name)
+                moved_out.append(name)
+        for name in names:
+            os.replace(staging / name, out_dir / name)
+            moved_in.append(name)
+    except BaseException:
+        for name in moved_in:
+            try:
+                os.remove(out_dir / name)
+            except OSError:
+                pass
+        for name in moved_out:
+            try:
+                os.replace(backup / name, out_dir / name)
+            except OSError:
+                pass
+        raise

@@ -1,0 +1,519 @@
+"""Study outputs: result JSON, levels CSV, Slicer ROI markups (checked with real MRML) and the HTML report."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from SpineStenosisGraderLib import report as report_module
+from SpineStenosisGraderLib import writers
+from SpineStenosisGraderLib.report import grade_color, lps_to_index, render_html_report, write_html_report
+from SpineStenosisGraderLib.result import (
+    CanalDetection,
+    ClinicianCorrection,
+    DiscLevel,
+    GradePrediction,
+    ModelInfo,
+    OrientedBox,
+    StudyInfo,
+    StudyResult,
+)
+from SpineStenosisGraderLib.writers import (
+    levels_csv_columns,
+    markups_file_name,
+    read_roi_markups,
+    write_levels_csv,
+    write_roi_markups,
+    write_study_outputs,
+)
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+N_I, N_J, N_K = 96, 80, 12
+
+
+def _rotation(axis, degrees: float) -> np.ndarray:
+    axis = np.asarray(axis, dtype=float) / np.linalg.norm(axis)
+    a = np.radians(degrees)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+
+
+def _study(source: str = "phantom_lumbar_T2.nii.gz", modality: str = "MR") -> StudyInfo:
+    direction = _rotation([1, 0, 0], 12.0)  # a gantry-tilted stack
+    return StudyInfo(
+        source=source, modality=modality, region="lumbar", n_slices=N_K,
+        slice_spacing_mm=4.0, pixel_spacing_mm=(0.8, 0.7),
+        numbering="Counted from the sacrum: the lowest disc is L5-S1. Check against a sagittal view.",
+        stack_origin_lps=(-38.0, -20.0, -60.0), stack_spacing_mm=(0.8, 0.7, 4.0),
+        stack_direction_lps=tuple(direction.ravel()), stack_size=(N_I, N_J, N_K),
+    )
+
+
+def _point(study: StudyInfo, i: float, j: float, k: float) -> tuple[float, float, float]:
+    d = np.asarray(study.stack_direction_lps).reshape(3, 3)
+    p = np.asarray(study.stack_origin_lps) + d @ (np.asarray(study.stack_spacing_mm) * np.array([i, j, k]))
+    return tuple(float(v) for v in p)
+
+
+def _grade(grade: str, probabilities: dict[str, float], uncertain: bool = False) -> GradePrediction:
+    return GradePrediction(task="central_canal", scale="schizas", grade=grade, probabilities=probabilities,
+                           uncertain=uncertain)
+
+
+def make_result(source: str = "phantom_lumbar_T2.nii.gz", modality: str = "MR") -> StudyResult:
+    study = _study(source, modality)
+    stack_axes = np.asarray(study.stack_direction_lps).reshape(3, 3)
+    oblique = stack_axes @ _rotation([0.3, -0.2, 1.0], 25.0)
+    levels = [
+        DiscLevel("L3-L4", 2, OrientedBox(_point(study, 40, 44, 2), (16.0, 13.0, 4.0), tuple(stack_axes.ravel())),
+                  0.97, _grade("A", {"A": 0.88, "B": 0.09, "C": 0.02, "D": 0.01}),
+                  {"dural_sac_area_mm2": 142.3, "ap_diameter_mm": 12.1}),
+        DiscLevel("L4-L5", 6, OrientedBox(_point(study, 50, 40, 6), (18.0, 12.0, 4.0), tuple(oblique.ravel())),
+                  0.91, _grade("B", {"A": 0.21, "B": 0.52, "C": 0.22, "D": 0.05}, uncertain=True),
+                  {"dural_sac_area_mm2": 88.0}),
+        DiscLevel("L5-S1", 10, OrientedBox(_point(study, 46, 46, 10), (17.0, 12.5, 4.0), tuple(stack_axes.ravel())),
+                  0.88, _grade("C", {"A": 0.02, "B": 0.18, "C": 0.70, "D": 0.10}),
+                  correction=ClinicianCorrection(grade="D", author="Dr. O'Neil", note="=no posterior fat")),
+    ]
+    detections = [CanalDetection(lv.slice_index, lv.box, lv.detection_score, 0.9) for lv in levels]
+    model = ModelInfo(name="canal-grader", version="0.3.1", task="central_canal",
+                      trained_on="phantoms and public samples", clinical_use="not for clinical use")
+    return StudyResult(study, model, levels, detections, warnings=["2 slices had no canal detection"],
+                       timings_s={"detect": 1.2, "grade": 0.4})
+
+
+def make_images(result: StudyResult, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {lv.slice_index: rng.normal(300.0, 80.0, size=(N_J, N_I)) for lv in result.levels}
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+def _staging_leftovers(parent: Path) -> list[Path]:
+    return [p for p in parent.iterdir() if ".writing-" in p.name]
+
+
+# --------------------------------------------------------------------------- study outputs
+
+
+def test_study_outputs_are_all_written(tmp_path):
+    result = make_result()
+    out = tmp_path / "case1"
+    paths = write_study_outputs(result, out, make_images(result))
+    names = [p.name for p in paths]
+    assert names == ["result.json", "levels.csv", "L3-L4.mrk.json", "L4-L5.mrk.json", "L5-S1.mrk.json", "report.html"]
+    assert all(p.parent == out and p.is_file() and p.stat().st_size > 0 for p in paths)
+    assert sorted(names) == sorted(p.name for p in out.iterdir())
+    assert not _staging_leftovers(tmp_path)
+
+
+def test_result_json_round_trips(tmp_path):
+    result = make_result()
+    write_study_outputs(result, tmp_path / "out", make_images(result))
+    again = StudyResult.from_json((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
+    assert again.to_dict() == result.to_dict()
+
+
+def test_levels_csv_has_one_row_per_level(tmp_path):
+    result = make_result()
+    path = tmp_path / "levels.csv"
+    write_levels_csv(result, path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        header = reader.fieldnames
+    assert header == levels_csv_columns(result)
+    for column in ("level", "slice_index", "center_L_mm", "center_P_mm", "center_S_mm", "size_1_mm", "size_2_mm",
+                   "size_3_mm", "grade", "probability", "prob_A", "prob_B", "prob_C", "prob_D", "uncertain",
+                   "dural_sac_area_mm2", "ap_diameter_mm", "clinician_grade", "clinician_name", "model_name",
+                   "model_version"):
+        assert column in header
+    assert [r["level"] for r in rows] == ["L3-L4", "L4-L5", "L5-S1"]
+    first, second, third = rows
+    assert float(first["center_L_mm"]) == pytest.approx(result.levels[0].box.center[0], abs=1e-3)
+    assert float(first["center_S_mm"]) == pytest.approx(result.levels[0].box.center[2], abs=1e-3)
+    assert float(second["size_1_mm"]) == pytest.approx(18.0)
+    assert first["grade"] == "A" and float(first["prob_A"]) == pytest.approx(0.88)
+    assert second["uncertain"] == "true" and first["uncertain"] == "false"
+    assert float(first["dural_sac_area_mm2"]) == pytest.approx(142.3) and second["ap_diameter_mm"] == ""
+    assert first["clinician_grade"] == "" and first["clinician_name"] == "" and first["final_grade"] == "A"
+    assert third["clinician_grade"] == "D" and third["final_grade"] == "D" and third["grade"] == "C"
+    assert third["clinician_note"] == "'=no posterior fat"  # not a spreadsheet formula
+    assert {r["model_name"] for r in rows} == {"canal-grader"} and {r["model_version"] for r in rows} == {"0.3.1"}
+
+
+def test_csv_of_a_result_without_grades(tmp_path):
+    result = make_result()
+    for level in result.levels:
+        level.grade, level.measurements, level.correction = None, {}, None
+    write_levels_csv(result, tmp_path / "levels.csv")
+    rows = list(csv.DictReader(open(tmp_path / "levels.csv", newline="", encoding="utf-8")))
+    assert len(rows) == 3 and all(r["grade"] == "" and r["final_grade"] == "" for r in rows)
+
+
+# --------------------------------------------------------------------------- markups, checked with Slicer's MRML
+
+
+def _scene():
+    slicer = pytest.importorskip("slicer")
+    scene = slicer.vtkMRMLScene()
+    scene.AddNode(slicer.vtkMRMLSelectionNode())  # the markups logic wants one
+    return slicer, scene
+
+
+def _matrix3(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
+
+
+def _read_with_slicer(path: Path):
+    slicer, scene = _scene()
+    roi = slicer.vtkMRMLMarkupsROINode()
+    scene.AddNode(roi)
+    storage = slicer.vtkMRMLMarkupsROIJsonStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(roi) == 1
+    return roi, scene  # keep the scene alive with the node
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_markups_load_in_slicer_with_the_right_geometry(tmp_path, index):
+    result = make_result()
+    level = result.levels[index]
+    path = tmp_path / markups_file_name(level.name)
+    write_roi_markups(level, path)
+    roi, _scene_alive = _read_with_slicer(path)
+
+    assert roi.GetName() == level.name
+    center = [0.0, 0.0, 0.0]
+    roi.GetCenter(center)
+    assert np.allclose(center, LPS_TO_RAS @ np.asarray(level.box.center), atol=1e-9)
+    assert np.allclose(roi.GetSize(), level.box.size, atol=1e-9)
+    object_to_node = _matrix3(roi.GetObjectToNodeMatrix())
+    assert np.allclose(object_to_node, LPS_TO_RAS @ level.box.axes(), atol=1e-9)
+    # every corner lands where ours is, in RAS
+    ras_corners = np.asarray(center) + (np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+                                        * np.asarray(roi.GetSize()) / 2) @ object_to_node.T
+    assert np.allclose(ras_corners, level.box.corners() @ LPS_TO_RAS, atol=1e-9)
+
+    # Slicer turns the enabled measurements into the node description (attributes are not saved)
+    description = roi.GetDescription()
+    assert "grade" in description and f"p={level.grade.probability:.2f}" in description
+    assert level.grade.grade in roi.GetNthControlPointDescription(0)
+
+
+def test_markups_carry_grade_colour_and_clinician_grade(tmp_path):
+    result = make_result()
+    level = result.levels[2]  # corrected to D by a clinician
+    path = tmp_path / "L5-S1.mrk.json"
+    write_roi_markups(level, path)
+    markup = json.loads(path.read_text())["markups"][0]
+    assert markup["display"]["color"] == pytest.approx(list(grade_color(level)))
+    assert grade_color(level) == pytest.approx((0.85, 0.10, 0.10))  # Schizas D is red
+    roi, _scene_alive = _read_with_slicer(path)
+    assert "D (clinician; model C p=0.70)" in roi.GetDescription()
+    write_roi_markups(level, path, color=(0.0, 0.5, 1.0))
+    assert json.loads(path.read_text())["markups"][0]["display"]["color"] == [0.0, 0.5, 1.0]
+
+
+def test_markups_of_a_level_graded_only_by_the_clinician(tmp_path):
+    level = make_result().levels[0]
+    level.grade = None
+    level.correction = ClinicianCorrection(grade="B", name="L3-L4", author="annotator 2")
+    path = _written(level, tmp_path / "L3-L4.mrk.json")
+    roi, _scene_alive = _read_with_slicer(path)
+    assert "B (clinician)" in roi.GetDescription()
+    assert "clinician grade B (annotator 2)" in roi.GetNthControlPointDescription(0)
+
+
+def test_markups_logic_loads_the_files(tmp_path):
+    slicer, scene = _scene()
+    result = make_result()
+    paths = write_study_outputs(result, tmp_path / "out", make_images(result))
+    logic = slicer.vtkSlicerMarkupsLogic()
+    logic.SetMRMLScene(scene)
+    for level, path in zip(result.levels, [p for p in paths if p.name.endswith(".mrk.json")]):
+        node_id = logic.LoadMarkups(str(path))
+        assert node_id
+        node = scene.GetNodeByID(node_id)
+        assert node.IsA("vtkMRMLMarkupsROINode") and node.GetName() == level.name
+        assert np.allclose(node.GetSize(), level.box.size)
+        display = node.GetDisplayNode()
+        assert np.allclose(display.GetColor(), grade_color(level))
+        assert np.allclose(display.GetSelectedColor(), grade_color(level))
+
+
+def test_slicer_util_load_markups_when_the_application_is_there(tmp_path):
+    pytest.importorskip("slicer")
+    try:
+        from slicer import app  # noqa: F401  # only inside the Slicer application
+        import slicer.util
+    except ImportError:
+        pytest.skip("slicer.util.loadMarkups needs slicer.app (the Slicer application)")
+    level = make_result().levels[1]
+    path = tmp_path / "L4-L5.mrk.json"
+    write_roi_markups(level, path)
+    node = slicer.util.loadMarkups(str(path))
+    assert node.GetName() == "L4-L5"
+
+
+def test_read_roi_markups_round_trips_our_files(tmp_path):
+    for level in make_result().levels:
+        path = tmp_path / markups_file_name(level.name)
+        write_roi_markups(level, path)
+        box = read_roi_markups(path)
+        assert np.allclose(box.center, level.box.center)
+        assert np.allclose(box.size, level.box.size)
+        assert np.allclose(box.orientation, level.box.orientation)
+
+
+@pytest.mark.parametrize("coordinate_system", ["LPS", "RAS"])
+def test_read_roi_markups_reads_files_saved_by_slicer(tmp_path, coordinate_system):
+    """A user moves and rotates the ROI in Slicer and saves it: we get the edited box back in LPS."""
+    import vtk
+
+    level = make_result().levels[1]
+    roi, scene = _read_with_slicer(_written(level, tmp_path / "ours.mrk.json"))
+    roi.CreateDefaultDisplayNodes()
+    # the user's edit, in RAS: a new rotation, centre and size
+    edit = _rotation([1.0, 2.0, -0.5], 40.0)
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            matrix.SetElement(r, c, edit[r, c])
+        matrix.SetElement(r, 3, (5.0, -7.0, 30.0)[r])
+    roi.SetAndObserveObjectToNodeMatrix(matrix)
+    roi.SetSize(20.0, 11.0, 6.0)
+    slicer = pytest.importorskip("slicer")
+    storage = slicer.vtkMRMLMarkupsROIJsonStorageNode()
+    scene.AddNode(storage)
+    if coordinate_system == "RAS":
+        storage.SetCoordinateSystem(slicer.vtkMRMLStorageNode.CoordinateSystemRAS)
+    saved = tmp_path / "edited.mrk.json"
+    storage.SetFileName(str(saved))
+    assert storage.WriteData(roi) == 1
+    assert json.loads(saved.read_text())["markups"][0]["coordinateSystem"] == coordinate_system
+
+    box = read_roi_markups(saved)
+    assert np.allclose(box.center, LPS_TO_RAS @ np.array([5.0, -7.0, 30.0]))
+    assert np.allclose(box.size, (20.0, 11.0, 6.0))
+    assert np.allclose(box.axes(), LPS_TO_RAS @ edit)
+
+
+def _written(level: DiscLevel, path: Path) -> Path:
+    write_roi_markups(level, path)
+    return path
+
+
+def test_read_roi_markups_rejects_other_files(tmp_path):
+    path = tmp_path / "x.mrk.json"
+    path.write_text(json.dumps({"markups": []}))
+    with pytest.raises(ValueError, match="not a Slicer markups file"):
+        read_roi_markups(path)
+    path.write_text(json.dumps({"@schema": writers.MARKUPS_SCHEMA, "markups": [{"type": "Fiducial"}]}))
+    with pytest.raises(ValueError, match="no ROI"):
+        read_roi_markups(path)
+
+
+def test_markups_file_names_are_safe():
+    assert markups_file_name("L4-L5") == "L4-L5.mrk.json"
+    assert markups_file_name("C7-T1") == "C7-T1.mrk.json"
+    for hostile in ("../../etc/passwd", "a/b\\c", "..", "", "CON", "L4 L5?*"):
+        name = markups_file_name(hostile)
+        assert name.endswith(".mrk.json") and "/" not in name and "\\" not in name and not name.startswith(".")
+        assert name.split(".")[0].lower() != "con"
+
+
+def test_duplicate_level_names_get_distinct_files(tmp_path):
+    result = make_result()
+    result.levels[1].name = "l3-l4"  # same file as L3-L4 on a case-insensitive disk
+    names = [p.name for p in write_study_outputs(result, tmp_path / "out", make_images(result))]
+    assert "L3-L4.mrk.json" in names and "l3-l4_2.mrk.json" in names
+
+
+# --------------------------------------------------------------------------- atomicity
+
+
+def _fail(*args, **kwargs):
+    raise RuntimeError("disk full, say")
+
+
+def test_failed_write_leaves_no_output_folder(tmp_path, monkeypatch):
+    result = make_result()
+    monkeypatch.setattr(report_module, "write_html_report", _fail)
+    out = tmp_path / "new" / "deeper" / "case"
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_study_outputs(result, out, make_images(result))
+    assert not out.exists()
+    assert not (tmp_path / "new").exists()  # the parents we made are gone too
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_leaves_an_existing_folder_unchanged(tmp_path, monkeypatch):
+    result = make_result()
+    out = tmp_path / "case"
+    write_study_outputs(result, out, make_images(result))
+    (out / "my_notes.txt").write_text("the user's own file")
+    before = _listing(out)
+
+    changed = make_result()
+    changed.levels[0].name = "L2-L3"
+    monkeypatch.setattr(report_module, "write_html_report", _fail)
+    with pytest.raises(RuntimeError):
+        write_study_outputs(changed, out, make_images(changed))
+    assert _listing(out) == before
+    assert not _staging_leftovers(tmp_path)
+
+
+def test_failure_while_moving_in_is_rolled_back(tmp_path, monkeypatch):
+    result = make_result()
+    out = tmp_path / "case"
+    write_study_outputs(result, out, make_images(result))
+    (out / "my_notes.txt").write_text("keep me")
+    before = _listing(out)
+
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def flaky_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 9:  # after the old files went out and some new ones came in
+            raise OSError("device went away")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(writers.os, "replace", flaky_replace)
+    changed = make_result()
+    changed.levels[0].grade = _grade("B", {"A": 0.3, "B": 0.6, "C": 0.05, "D": 0.05})
+    with pytest.raises(OSError, match="device went away"):
+        write_study_outputs(changed, out, make_images(changed))
+    assert _listing(out) == before
+    assert not _staging_leftovers(tmp_path)
+
+
+def test_rerun_replaces_our_files_and_keeps_the_users(tmp_path):
+    result = make_result()
+    out = tmp_path / "case"
+    write_study_outputs(result, out, make_images(result))
+    (out / "my_notes.txt").write_text("keep me")
+    (out / "T12-L1.mrk.json").write_text("{}")  # not from our earlier run
+
+    renumbered = make_result()
+    for level, name in zip(renumbered.levels, ["L2-L3", "L3-L4", "L4-L5"]):
+        level.name = name
+    write_study_outputs(renumbered, out, make_images(renumbered))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["result.json", "levels.csv", "report.html", "L2-L3.mrk.json", "L3-L4.mrk.json", "L4-L5.mrk.json",
+         "my_notes.txt", "T12-L1.mrk.json"])  # L5-S1 of the earlier run is gone, the user's files stay
+    assert StudyResult.from_json((out / "result.json").read_text()).levels[0].name == "L2-L3"
+    assert not _staging_leftovers(tmp_path)
+
+
+# --------------------------------------------------------------------------- html report
+
+_EXTERNAL = re.compile(r"""(?:src|href|action|url)\s*[=(]\s*["']?\s*(?!data:)[a-z][a-z0-9+.-]*:""", re.IGNORECASE)
+
+
+def _embedded_pngs(html_text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)]
+
+
+def test_report_is_self_contained(tmp_path):
+    result = make_result()
+    path = tmp_path / "report.html"
+    write_html_report(result, path, make_images(result))
+    text = path.read_text(encoding="utf-8")
+    assert not _EXTERNAL.search(text)
+    assert "<script" not in text.lower() and "<link" not in text.lower()
+    pngs = _embedded_pngs(text)
+    assert len(pngs) == 3 and all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+    for name in ("L3-L4", "L4-L5", "L5-S1"):
+        assert name in text
+    assert "not for clinical use" in text.lower()
+    assert "phantoms and public samples" in text
+    assert "Counted from the sacrum" in text
+    assert "2 slices had no canal detection" in text
+    assert "canal-grader" in text and "0.3.1" in text
+    assert "uncertain" in text
+    assert "Dr. O&#x27;Neil" in text
+
+
+def test_report_escapes_hostile_text(tmp_path):
+    evil = '<img src="http://evil.example/x.png" onerror="alert(1)"><script>alert(2)</script>'
+    result = make_result(source=evil)
+    result.levels[0].name = "<b>L3</b>"
+    result.warnings.append("<script>steal()</script>")
+    text = render_html_report(result, make_images(result))
+    assert "<script" not in text.lower() and "<img src=\"http" not in text and "<b>L3</b>" not in text
+    assert not _EXTERNAL.search(text)
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in text and "&lt;b&gt;L3&lt;/b&gt;" in text
+
+
+def test_report_without_pictures_and_for_ct(tmp_path):
+    result = make_result(modality="CT")
+    text = render_html_report(result, {result.levels[0].slice_index: np.full((N_J, N_I), 40.0)})
+    assert len(_embedded_pngs(text)) == 1
+    assert text.count("No slice picture") == 2
+
+
+def test_report_without_matplotlib_still_writes(monkeypatch):
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(report_module, "_LevelPicture", no_matplotlib)
+    result = make_result()
+    text = render_html_report(result, make_images(result))
+    assert not _embedded_pngs(text) and text.count("need matplotlib") == 3
+
+
+def test_report_takes_a_singleton_3d_slice_and_refuses_a_volume():
+    result = make_result()
+    images = {k: v[np.newaxis] for k, v in make_images(result).items()}
+    assert len(_embedded_pngs(render_html_report(result, images))) == 3
+    images[result.levels[0].slice_index] = np.zeros((3, N_J, N_I))
+    with pytest.raises(ValueError, match="must be 2D"):
+        render_html_report(result, images)
+
+
+def test_box_rectangle_uses_the_stack_geometry():
+    """The box's pixel rectangle comes from its LPS corners mapped through the tilted stack."""
+    result = make_result()
+    level = result.levels[0]
+    i0, i1, j0, j1 = report_module._box_pixel_rect(level, result.study)
+    assert (i0 + i1) / 2 == pytest.approx(40.0) and (j0 + j1) / 2 == pytest.approx(44.0)
+    assert i1 - i0 == pytest.approx(16.0 / 0.8) and j1 - j0 == pytest.approx(13.0 / 0.7)
+
+
+# --------------------------------------------------------------------------- lps_to_index
+
+_finite = dict(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    raw=arrays(np.float64, (3, 3), elements=st.floats(-1.0, 1.0, **_finite)),
+    spacing=arrays(np.float64, 3, elements=st.floats(0.05, 8.0, **_finite)),
+    origin=arrays(np.float64, 3, elements=st.floats(-800.0, 800.0, **_finite)),
+    index=arrays(np.float64, (5, 3), elements=st.floats(-50.0, 1000.0, **_finite)),
+)
+def test_lps_to_index_inverts_the_itk_mapping(raw, spacing, origin, index):
+    q, r = np.linalg.qr(raw + 3.0 * np.eye(3))  # well conditioned, then orthonormal
+    direction = q * np.sign(np.diag(r))
+    study = StudyInfo(source="s", modality="MR", region="lumbar", n_slices=1, slice_spacing_mm=1.0,
+                      pixel_spacing_mm=(1.0, 1.0), stack_origin_lps=tuple(origin), stack_spacing_mm=tuple(spacing),
+                      stack_direction_lps=tuple(direction.ravel()))
+    points = origin + (direction @ (spacing * index).T).T
+    assert np.allclose(lps_to_index(study, points), index, atol=1e-6)
+    assert np.allclose(lps_to_index(study, points[0]), index[0], atol=1e-6)
+    assert lps_to_index(study, points[0]).shape == (3,)
