@@ -32,6 +32,7 @@ from SpineStenosisGraderLib.result import (  # noqa: E402
     StudyResult,
 )
 from SpineStenosisGraderLib.scales import SCHIZAS  # noqa: E402
+from SpineStenosisGraderLib.report import NEUTRAL_COLOR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIR = ROOT / "SpineStenosisGrader"
@@ -177,7 +178,7 @@ def test_oblique_roi_axes(scene, result):
 
 def test_colours_follow_grade(scene, result):
     rois = mrml.add_result_to_scene(scene, result)
-    expected = [SCHIZAS.grade_class("A").color, SCHIZAS.grade_class("C").color, mrml.UNGRADED_COLOR]
+    expected = [SCHIZAS.grade_class("A").color, SCHIZAS.grade_class("C").color, NEUTRAL_COLOR]
     for roi, color in zip(rois, expected):
         display = roi.GetDisplayNode()
         assert display is not None

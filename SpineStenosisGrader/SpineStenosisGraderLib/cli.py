@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--per-study", type=int, default=24)
     train.add_argument("--detector-iterations", type=int, default=700)
     train.add_argument("--grade-slices", type=int, default=2400)
-    train.add_argument("--classifier-epochs", type=int, default=6)
+    train.add_argument("--classifier-epochs", type=int, default=10)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=_train)
 

@@ -30,6 +30,7 @@ import slicer
 import vtk
 
 from .result import DiscLevel, ModelInfo, OrientedBox, StudyResult
+from .report import grade_color
 from .scales import get_scale
 
 #: prefix of every node attribute this module writes (Slicer's "Module.name" convention)
@@ -37,8 +38,6 @@ ATTRIBUTE_PREFIX = "SpineStenosisGrader."
 #: node reference roles from each level ROI to the graded volume and to the results table
 VOLUME_REFERENCE_ROLE = "spineStenosisGraderVolume"
 TABLE_REFERENCE_ROLE = "spineStenosisGraderTable"
-#: colour of a level that has no grade (detected but not graded)
-UNGRADED_COLOR = (0.6, 0.6, 0.6)
 
 TABLE_COLUMNS = ("level", "grade", "probability", "uncertain", "model")
 
@@ -103,17 +102,6 @@ def roi_to_box(node: "slicer.vtkMRMLMarkupsROINode") -> OrientedBox:
         size=tuple(float(v) for v in size),
         orientation=tuple(float(v) for v in axes_lps.reshape(-1)),
     )
-
-
-def grade_color(level: DiscLevel) -> tuple[float, float, float]:
-    """Display colour of a level: its grade's colour on its scale, grey if ungraded."""
-    if level.grade is None:
-        return UNGRADED_COLOR
-    try:
-        return get_scale(level.grade.scale).grade_class(level.grade.grade).color
-    except KeyError:
-        # A package with a scale this version does not know still loads; it is just grey.
-        return UNGRADED_COLOR
 
 
 def level_description(level: DiscLevel, model: ModelInfo) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 
 from .result import SCHEMA_VERSION, DiscLevel, OrientedBox, StudyInfo, StudyResult
 from .scales import GradeClass, GradingScale, get_scale
+from .volume import lps_to_continuous_index
 
 #: colour of a level with no grade, or a grade outside every known scale
 NEUTRAL_COLOR = (0.62, 0.62, 0.62)
@@ -54,14 +55,8 @@ def lps_to_index(study: StudyInfo, points_lps: np.ndarray) -> np.ndarray:
     result has the same shape. Index (0, 0, k) is the centre of the first pixel,
     so pixel (i, j) of slice k covers i-0.5..i+0.5 and j-0.5..j+0.5.
     """
-    points = np.asarray(points_lps, dtype=float)
-    origin = np.asarray(study.stack_origin_lps, dtype=float)
-    spacing = np.asarray(study.stack_spacing_mm, dtype=float)
-    direction = np.asarray(study.stack_direction_lps, dtype=float).reshape(3, 3)
-    flat = points.reshape(-1, 3)
-    # solve rather than transpose: a direction matrix from a file is not always orthonormal
-    index = np.linalg.solve(direction, (flat - origin).T).T / spacing
-    return index.reshape(points.shape)
+    return lps_to_continuous_index(study.stack_origin_lps, study.stack_spacing_mm,
+                                   np.asarray(study.stack_direction_lps), points_lps)
 
 
 # --------------------------------------------------------------------------- display rules

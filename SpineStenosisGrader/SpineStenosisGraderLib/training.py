@@ -180,7 +180,8 @@ def grade_samples(seeds: Sequence[int], region: str, scale_key: str) -> list[Gra
     for seed in tqdm(seeds, desc="grade phantoms", unit="slice"):
         grade = names[seed % len(names)]
         modality = "MR" if (seed // len(names)) % 3 else "CT"
-        image, spacing, box, _ = make_disc_slice(seed, modality, region, grade)
+        # a 256 matrix is enough around the canal and generates three times faster than 512
+        image, spacing, box, _ = make_disc_slice(seed, modality, region, grade, matrix=256)
         window = intensity_window(image[None], modality)
         out.append(GradeSample(window.apply(image).astype(np.float16), tuple(spacing), tuple(float(v) for v in box),
                                names.index(grade), modality))
@@ -253,8 +254,10 @@ def save_package(out_dir: Path, detector, classifier, detector_config: dict[str,
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, str(out_dir / "detector.safetensors"))
-    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(out_dir / "classifier.safetensors"))
+    for key, model in (("detector", detector), ("classifier", classifier)):
+        # float16 on disk halves the package; load_state_dict casts back to the model's float32
+        state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(out_dir / f"{key}.safetensors"))
     scale = get_scale(classifier_config["scale"])
     manifest = {
         "name": "spine-stenosis-grader-default",
@@ -272,6 +275,7 @@ def save_package(out_dir: Path, detector, classifier, detector_config: dict[str,
                           "MR": {"percentiles": [1.0, 99.5], "of": "voxels above the 5th percentile"}},
         "training_data": training,
         "metrics": metrics,
+        "weights_dtype": "float16",
         "files": {
             "detector": {"path": "detector.safetensors"},
             "classifier": {"path": "classifier.safetensors"},
@@ -282,7 +286,7 @@ def save_package(out_dir: Path, detector, classifier, detector_config: dict[str,
 
 def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 96, per_study: int = 24,
                           detector_iterations: int = 700, detector_batch: int = 8,
-                          n_grade_slices: int = 2400, classifier_epochs: int = 6, classifier_batch: int = 48,
+                          n_grade_slices: int = 2400, classifier_epochs: int = 10, classifier_batch: int = 48,
                           seed: int = 0, version: str = "0.1.0") -> dict[str, Any]:
     """Train detector and classifier and write the package. Returns what was done, for the log."""
     import torch

@@ -43,6 +43,16 @@ COARSE_PIXEL_MM = 2.0
 MAX_NONFINITE_FRACTION = 0.05
 
 
+def lps_to_continuous_index(origin: Sequence[float], spacing: Sequence[float], direction: np.ndarray,
+                            points: np.ndarray) -> np.ndarray:
+    """Invert ITK's ``physical = origin + D @ (spacing * index)``; points shaped (3,) or (N, 3)."""
+    points = np.asarray(points, dtype=float)
+    flat = points.reshape(-1, 3) - np.asarray(origin, dtype=float)
+    # solve rather than transpose: a direction matrix from a file is not always exactly orthonormal
+    index = np.linalg.solve(np.asarray(direction, dtype=float).reshape(3, 3), flat.T).T / np.asarray(spacing, dtype=float)
+    return index.reshape(points.shape)
+
+
 @dataclass
 class AxialStack:
     """A 3D scalar image in LPS orientation, with its slices as a float32 array [k, j, i]."""
@@ -79,8 +89,7 @@ class AxialStack:
 
     def lps_to_index(self, points: np.ndarray) -> np.ndarray:
         """LPS mm, shape (N, 3), to continuous (i, j, k) indices."""
-        points = np.atleast_2d(np.asarray(points, dtype=float))
-        return ((points - np.asarray(self.origin)) @ self.direction) / np.asarray(self.spacing)
+        return lps_to_continuous_index(self.origin, self.spacing, self.direction, np.atleast_2d(points))
 
     def slice_box(self, k: float, box_ij: Sequence[float], thickness_slices: float = 1.0) -> OrientedBox:
         """An in-plane box on slice ``k`` to an oriented box in LPS.
