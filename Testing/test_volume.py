@@ -248,3 +248,20 @@ def test_blank_volume_is_refused():
 
 def test_stack_keeps_source(mri):
     assert isinstance(to_axial_stack(mri[0], source="x"), AxialStack)
+
+
+def test_dicom_series_with_a_gap_is_refused(mri, tmp_path):
+    reference = to_axial_stack(mri[0])
+    write_dicom_series(reference.image, tmp_path / "gap", "1.2.826.0.1.3680043.2.1125.9")
+    (tmp_path / "gap" / "0010.dcm").unlink()
+    with pytest.raises(InputError, match="unevenly spaced"):
+        load_stack(tmp_path / "gap")
+
+
+def test_a_nifti_named_gz_that_is_not_gzip_is_a_clear_error(tmp_path):
+    plain = tmp_path / "plain.nii"
+    sitk.WriteImage(sitk.ReadImage(str(MRI)), str(plain))
+    fake = tmp_path / "fake.nii.gz"
+    fake.write_bytes(plain.read_bytes())
+    with pytest.raises(InputError, match="truncated"):
+        load_stack(fake)

@@ -76,7 +76,8 @@ def _canal_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> np.
     if "threshold" in spec:
         mask = array > float(spec["threshold"])
     elif spec.get("bone_holes"):
-        mask = _bone_holes(array > 0, stack)
+        body = np.isin(array, spec.get("body_labels", []))
+        mask = _bone_holes(array > 0, body, stack)
     else:
         mask = np.isin(array, spec["labels"])
     for extra in spec.get("union", []):
@@ -84,16 +85,18 @@ def _canal_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> np.
     return mask
 
 
-def _bone_holes(bone: np.ndarray, stack: AxialStack) -> np.ndarray:
+def _bone_holes(bone: np.ndarray, body: np.ndarray, stack: AxialStack) -> np.ndarray:
     """The vertebral foramen: the hole the bony ring encloses, slice by slice.
 
     Only where the posterior arch closes the ring; at disc levels the ring is
     open at the foramina and no hole exists, so those slices carry no box.
+    Holes inside the vertebral body (``body``, e.g. gaps in a cancellous-bone
+    label) are not the canal.
     """
     out = np.zeros_like(bone)
     min_area_px = 40.0 / (stack.spacing[0] * stack.spacing[1])
     for k in range(bone.shape[0]):
-        holes = ndimage.binary_fill_holes(bone[k]) & ~bone[k]
+        holes = ndimage.binary_fill_holes(bone[k]) & ~bone[k] & ~ndimage.binary_fill_holes(body[k])
         labels, n = ndimage.label(holes)
         if n == 0:
             continue

@@ -2,19 +2,17 @@
 
 The crop is cut in physical millimetres around the canal box's centre (not
 from a resized picture, the seeds' own mistake), so the classifier always sees
-the canal at the same scale. ``sample_patch`` is the one place that maps a
-slice onto a model grid; training uses it with random rotation and scale.
+the canal at the same scale.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import ndimage
 
+from .normalise import patch_window, sample_patch
 from .result import GradePrediction
 from .scales import GradingScale
 
@@ -29,61 +27,18 @@ DEFAULT_CLASSIFIER_CONFIG: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class PatchGeometry:
-    """Maps patch edge coordinates (u, v) to slice edge coordinates (i, j): ij = A @ uv + b."""
+def grade_patch(raw_slice: np.ndarray, pixel_spacing: tuple[float, float], centre_ij: tuple[float, float],
+                config: dict[str, Any], modality: str, zoom: float = 1.0, angle_rad: float = 0.0,
+                flip_lr: bool = False) -> np.ndarray:
+    """The classifier's input: a ``crop_mm`` square around ``centre_ij``, windowed on itself.
 
-    matrix: np.ndarray
-    offset: np.ndarray
-
-    def to_slice(self, points_uv: np.ndarray) -> np.ndarray:
-        return np.asarray(points_uv, dtype=float) @ self.matrix.T + self.offset
-
-    def to_patch(self, points_ij: np.ndarray) -> np.ndarray:
-        return (np.asarray(points_ij, dtype=float) - self.offset) @ np.linalg.inv(self.matrix).T
-
-    def box_to_patch(self, box_ij: Sequence[float]) -> np.ndarray:
-        """Axis-aligned bounds, in the patch, of a slice box (i0, j0, i1, j1)."""
-        i0, j0, i1, j1 = box_ij
-        corners = self.to_patch(np.array([[i0, j0], [i1, j0], [i0, j1], [i1, j1]], dtype=float))
-        return np.concatenate([corners.min(axis=0), corners.max(axis=0)])
-
-
-def sample_patch(
-    slice_2d: np.ndarray,
-    pixel_spacing: tuple[float, float],
-    centre_ij: tuple[float, float],
-    size: int,
-    spacing_mm: float,
-    angle_rad: float = 0.0,
-    flip_lr: bool = False,
-    fill: float = 0.0,
-) -> tuple[np.ndarray, PatchGeometry]:
-    """Resample a slice [j, i] onto a ``size`` x ``size`` patch at ``spacing_mm``, centred on ``centre_ij``.
-
-    ``centre_ij`` is in edge coordinates. Rotation turns the patch about its
-    centre; a left-right flip mirrors it. Returns the patch [v, u] and its geometry.
+    Training calls it with random zoom, rotation and flip; inference without.
     """
-    si, sj = pixel_spacing
-    c, s = np.cos(angle_rad), np.sin(angle_rad)
-    rotation = np.array([[c, -s], [s, c]])
-    flip = np.diag([-1.0 if flip_lr else 1.0, 1.0])
-    # patch mm -> slice pixels, per axis (i, j)
-    to_pixels = np.diag([spacing_mm / si, spacing_mm / sj])
-    matrix = to_pixels @ rotation @ flip
-    centre_uv = np.array([size / 2.0, size / 2.0])
-    offset = np.asarray(centre_ij, dtype=float) - matrix @ centre_uv
-    geometry = PatchGeometry(matrix=matrix, offset=offset)
-    image = np.asarray(slice_2d, dtype=np.float32)
-    zoom_out = max(spacing_mm / si, spacing_mm / sj)
-    if zoom_out > 1.5:
-        image = ndimage.gaussian_filter(image, sigma=((spacing_mm / sj - 1) * 0.5, (spacing_mm / si - 1) * 0.5))
-    # ndimage works in (row, col) = (j, i) index space; edge e is index e - 0.5 on both grids
-    m_rc = matrix[::-1, ::-1]
-    off_rc = offset[::-1] + m_rc @ np.array([0.5, 0.5]) - 0.5
-    patch = ndimage.affine_transform(image, m_rc, offset=off_rc, output_shape=(size, size),
-                                     order=1, mode="constant", cval=fill)
-    return patch.astype(np.float32), geometry
+    size = int(config["input_size"])
+    patch, _ = sample_patch(np.asarray(raw_slice, dtype=np.float32), pixel_spacing, centre_ij, size,
+                            float(config["crop_mm"]) / size * zoom, angle_rad, flip_lr,
+                            fill=float(np.min(raw_slice)))
+    return patch_window(patch, modality).apply(patch)
 
 
 def build_classifier_model(config: dict[str, Any], n_classes: int):
@@ -103,13 +58,11 @@ class GradeClassifier(ABC):
     def predict_proba(self, patches: np.ndarray) -> np.ndarray:
         """Patches [n, H, W] in [0, 1] -> probabilities [n, n_classes]."""
 
-    def crop(self, normalised_slice: np.ndarray, pixel_spacing: tuple[float, float],
-             box_ij: Sequence[float]) -> np.ndarray:
+    def crop(self, raw_slice: np.ndarray, pixel_spacing: tuple[float, float],
+             box_ij: Sequence[float], modality: str) -> np.ndarray:
+        """The level's crop from a raw slice [j, i] (HU or MR units), normalised."""
         i0, j0, i1, j1 = box_ij
-        size = int(self.config["input_size"])
-        patch, _ = sample_patch(normalised_slice, pixel_spacing, ((i0 + i1) / 2.0, (j0 + j1) / 2.0),
-                                size, float(self.config["crop_mm"]) / size)
-        return patch
+        return grade_patch(raw_slice, pixel_spacing, ((i0 + i1) / 2.0, (j0 + j1) / 2.0), self.config, modality)
 
     def grade(self, patches: np.ndarray) -> list[GradePrediction]:
         if len(patches) == 0:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,23 +22,43 @@ DEFAULT_CATALOGUE = REPO_ROOT / "Testing" / "Data" / "scans.json"
 
 
 def _anchor(args: argparse.Namespace) -> Optional[tuple[int, str]]:
+    """The user's level anchor, checked before any work is done."""
+    from .levels import check_level_name
+
     if args.lowest_level and args.highest_level:
         raise SpineStenosisGraderError("Give --lowest-level or --highest-level, not both.")
     if args.lowest_level:
-        return (0, args.lowest_level)
+        return (0, check_level_name(args.lowest_level))
     if args.highest_level:
-        return (-1, args.highest_level)
+        return (-1, check_level_name(args.highest_level))
     return None
+
+
+def _check_output_folder(output: Path) -> None:
+    """Fail before grading, not after, when the results could not be written."""
+    if output.exists() and not output.is_dir():
+        raise SpineStenosisGraderError(f"{output} is a file; give a folder for the results.")
+    parent = output if output.exists() else next((p for p in output.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise SpineStenosisGraderError(f"Cannot write in {parent}; choose another output folder.")
 
 
 def _grade(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .package import load_package
-    from .pipeline import grade_file, representative_slices
+    from .pipeline import grade_stack, representative_slices
+    from .volume import load_stack
     from .writers import write_study_outputs
 
+    output = Path(args.output)
+    _check_output_folder(output)
+    anchor = _anchor(args)
     package = load_package(args.model)
+    # read and check the study before the progress bar, so bad input gives a single line
+    t0 = time.perf_counter()
+    stack = load_stack(args.input, series_uid=args.series, stack=args.stack)
+    read_s = time.perf_counter() - t0
     bar = tqdm(total=100, desc="grading", unit="%", bar_format="{l_bar}{bar}| {elapsed}", disable=args.quiet)
 
     def progress(stage: str, fraction: float) -> None:
@@ -44,11 +66,14 @@ def _grade(args: argparse.Namespace) -> int:
         bar.update(max(0, int(fraction * 100) - bar.n))
 
     try:
-        result, stack = grade_file(args.input, package, modality=args.modality, region=args.region,
-                                   series_uid=args.series, stack_number=args.stack, anchor=_anchor(args),
-                                   progress=progress)
+        result = grade_stack(stack, package, modality=args.modality, region=args.region, anchor=anchor,
+                             progress=progress)
+        result.timings_s = {"read": read_s, **result.timings_s}
         progress("write", 0.95)
-        written = write_study_outputs(result, Path(args.output), representative_slices(result, stack))
+        try:
+            written = write_study_outputs(result, output, representative_slices(result, stack))
+        except OSError as exc:
+            raise SpineStenosisGraderError(f"Cannot write to {output}: {exc.strerror or exc}.") from None
         progress("done", 1.0)
     finally:
         bar.close()
@@ -56,8 +81,11 @@ def _grade(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if not args.quiet:
         for level in result.levels:
-            grade = f"{level.grade.grade} (p={level.grade.probability:.2f}{', uncertain' if level.grade.uncertain else ''})" \
-                if level.grade else "not graded"
+            if level.grade:
+                flag = ", uncertain" if level.grade.uncertain else ""
+                grade = f"{level.grade.grade} (p={level.grade.probability:.2f}{flag})"
+            else:
+                grade = "not graded"
             print(f"{level.name:>8}  slice {level.slice_index:>4}  {grade}")
         print(f"{len(written)} files written to {args.output}")
     return 0
@@ -66,30 +94,38 @@ def _grade(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .training import train_default_package
 
-    training = train_default_package(
-        Path(args.out), Path(args.catalogue), n_phantoms=args.phantoms, per_study=args.per_study,
-        detector_iterations=args.detector_iterations, n_grade_slices=args.grade_slices,
-        classifier_epochs=args.classifier_epochs, seed=args.seed,
-    )
+    given = {
+        "n_phantoms": args.phantoms, "per_study": args.per_study, "detector_iterations": args.detector_iterations,
+        "n_grade_slices": args.grade_slices, "classifier_epochs": args.classifier_epochs, "seed": args.seed,
+    }
+    # the defaults live in train_default_package only
+    training = train_default_package(Path(args.out), Path(args.catalogue),
+                                     **{k: v for k, v in given.items() if v is not None})
     print(json.dumps(training, indent=2))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_detection, evaluate_grades, time_studies
+    from .evaluation import evaluate_detection, evaluate_grades, evaluate_levels, time_studies
     from .package import load_package
 
     package = load_package(args.model)
+    if args.write_manifest and args.scans != "holdout":
+        raise SpineStenosisGraderError("Only held-out scans are written into a manifest; drop --scans train.")
     detection = [s.to_dict() for s in evaluate_detection(package, Path(args.catalogue), use=args.scans)]
+    if not detection:
+        raise SpineStenosisGraderError(f"The catalogue {args.catalogue} has no scans with use={args.scans}.")
     total = sum(d["canal_slices"] for d in detection)
     hits = sum(d["hits_iou_ge_0_5"] for d in detection)
     metrics = {
         "detection": {
-            "data": f"real scans with use={args.scans} in {Path(args.catalogue).name} (not trained on)",
+            "data": f"real scans with use={args.scans} in {Path(args.catalogue).name} "
+                    + ("(not trained on)" if args.scans == "holdout" else "(TRAINED ON: a fit, not a test)"),
             "iou_threshold": 0.5,
             "hit_fraction_all": round(hits / total, 4) if total else None,
             "per_scan": detection,
         },
+        "levels": evaluate_levels(package),
         "grade": evaluate_grades(package, n_slices=args.grade_slices),
     }
     if args.time:
@@ -115,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     grade = sub.add_parser("grade", help="grade one study")
     grade.add_argument("input", help="NIfTI, NRRD or MHA file, or a DICOM series folder")
-    grade.add_argument("-o", "--output", required=True, help="folder for result.json, levels.csv, *.mrk.json, report.html")
+    grade.add_argument("-o", "--output", required=True,
+                       help="folder for result.json, levels.csv, *.mrk.json, report.html")
     grade.add_argument("--model", help="model package folder (default: the embedded package)")
     grade.add_argument("--modality", choices=["CT", "MR"], help="override the detected modality")
     grade.add_argument("--region", choices=["lumbar", "cervical"], help="override the detected region")
@@ -129,18 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train the default model package (phantoms + annotated real scans)")
     train.add_argument("--out", default=str(REPO_ROOT / "SpineStenosisGrader" / "Resources" / "Models" / "default"))
     train.add_argument("--catalogue", default=str(DEFAULT_CATALOGUE), help="JSON catalogue of annotated scans")
-    train.add_argument("--phantoms", type=int, default=96)
-    train.add_argument("--per-study", type=int, default=24)
-    train.add_argument("--detector-iterations", type=int, default=700)
-    train.add_argument("--grade-slices", type=int, default=2400)
-    train.add_argument("--classifier-epochs", type=int, default=10)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--phantoms", type=int)
+    train.add_argument("--per-study", type=int)
+    train.add_argument("--detector-iterations", type=int)
+    train.add_argument("--grade-slices", type=int)
+    train.add_argument("--classifier-epochs", type=int)
+    train.add_argument("--seed", type=int)
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="measure a package on held-out real scans and unseen phantoms")
     evaluate.add_argument("--model", help="model package folder (default: the embedded package)")
     evaluate.add_argument("--catalogue", default=str(DEFAULT_CATALOGUE))
-    evaluate.add_argument("--scans", default="holdout", help="which catalogue scans: holdout (default) or train")
+    evaluate.add_argument("--scans", default="holdout", choices=["holdout", "train"],
+                          help="which catalogue scans: held out of training (default) or trained on")
     evaluate.add_argument("--grade-slices", type=int, default=400)
     evaluate.add_argument("--time", nargs="*", help="studies to time end to end (median of 3)")
     evaluate.add_argument("--write-manifest", action="store_true", help="store the metrics in the package manifest")

@@ -105,6 +105,14 @@ def infer_region(levels: Sequence[LevelCandidate], slice_spacing_mm: float, defa
     return "cervical" if float(np.median(gaps)) < CERVICAL_MAX_DISC_SPACING_MM else "lumbar"
 
 
+def check_level_name(name: str) -> str:
+    """A disc name as the user typed it ("l4-l5", "L4/L5") in its canonical form, or a clear error."""
+    canonical = name.strip().upper().replace("/", "-")
+    if canonical not in SPINE_DISCS:
+        raise InputError(f"{name!r} is not a disc level name; use names like L4-L5 or C5-C6.")
+    return canonical
+
+
 def name_levels(n_levels: int, region: str, anchor: Optional[tuple[int, str]] = None) -> list[str]:
     """Names for ``n_levels`` consecutive discs listed inferior first.
 
@@ -115,6 +123,8 @@ def name_levels(n_levels: int, region: str, anchor: Optional[tuple[int, str]] = 
     """
     if region not in REGIONS:
         raise InputError(f"Region must be one of {', '.join(REGIONS)}, not {region!r}.")
+    if anchor is not None:
+        anchor = (anchor[0], check_level_name(anchor[1]))
     if n_levels == 0:
         return []
     if anchor is None:
@@ -122,8 +132,6 @@ def name_levels(n_levels: int, region: str, anchor: Optional[tuple[int, str]] = 
     position, name = anchor
     if position < 0:
         position += n_levels
-    if name not in SPINE_DISCS:
-        raise InputError(f"{name!r} is not a disc level name; use names like L4-L5 or C5-C6.")
     if not 0 <= position < n_levels:
         raise InputError(f"Level position {position} is outside the {n_levels} levels found.")
     anchor_index = SPINE_DISCS.index(name)

@@ -3,14 +3,15 @@
 A model sees anatomy at one scale (mm per pixel) and one intensity range,
 whatever the scanner: CT through a fixed HU window, MR through percentiles
 of the study (MR units are arbitrary). The mapping between a model pixel and
-a stack pixel is kept exactly (``SliceGrid``), so boxes go back to patient
-space without rounding.
+a stack pixel is kept exactly (``SliceGrid`` for whole stacks, ``sample_patch``
+for one rotated or scaled patch, as training and the classifier crop use),
+so boxes go back to patient space without rounding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -28,7 +29,8 @@ MR_PERCENTILES = (1.0, 99.5)
 def detect_modality(stack: AxialStack, override: Optional[str] = None) -> str:
     """CT or MR: the user's choice first, then the DICOM header, then the intensities.
 
-    CT in Hounsfield units has air near -1000; MR magnitude images are never
+    CT in Hounsfield units has fat near -100 and air near -1000, even in a
+    crop around the spine that holds no air; MR magnitude images are never
     far below zero.
     """
     if override:
@@ -40,7 +42,7 @@ def detect_modality(stack: AxialStack, override: Optional[str] = None) -> str:
         return stack.dicom_modality
     values = np.asarray(stack.array[:: max(1, stack.n_slices // 16), ::4, ::4])
     low = float(np.percentile(values, 1.0))
-    return "CT" if low < -300.0 else "MR"
+    return "CT" if low < -50.0 else "MR"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,18 @@ class IntensityWindow:
         return np.clip(scaled, 0.0, 1.0)
 
 
+def patch_window(patch: np.ndarray, modality: str) -> IntensityWindow:
+    """The window of a classifier crop: CT in HU; MR by the crop's own percentiles.
+
+    Taken from the crop itself so that a crop is scaled the same way whether it
+    comes from a whole study, a single phantom slice or a cropped field of view.
+    """
+    if modality == "CT":
+        return IntensityWindow(*CT_WINDOW)
+    low, high = np.percentile(np.asarray(patch, dtype=np.float32), MR_PERCENTILES)
+    return IntensityWindow(float(low), float(high))
+
+
 def intensity_window(stack_values: np.ndarray, modality: str) -> IntensityWindow:
     if modality == "CT":
         return IntensityWindow(*CT_WINDOW)
@@ -65,6 +79,16 @@ def intensity_window(stack_values: np.ndarray, modality: str) -> IntensityWindow
         tissue = sample.ravel()
     low, high = np.percentile(tissue, MR_PERCENTILES)
     return IntensityWindow(float(low), float(high))
+
+
+def _antialias_sigma(zoom_i: float, zoom_j: float) -> Optional[tuple[float, float]]:
+    """Gaussian sigma (rows j, columns i) before shrinking by these factors, or None when not shrinking much.
+
+    One rule for the whole-stack canvas and for patches, so training and inference see the same blur.
+    """
+    if max(zoom_i, zoom_j) <= 1.4:
+        return None
+    return (max(0.0, (zoom_j - 1.0) * 0.5), max(0.0, (zoom_i - 1.0) * 0.5))
 
 
 @dataclass(frozen=True)
@@ -108,10 +132,9 @@ class SliceGrid:
         Downsampling smooths first so thin structures (rootlets, cortex) do not alias.
         """
         slices = np.asarray(slices, dtype=np.float32)
-        sigma_j = max(0.0, (self.scale[1] - 1.0) * 0.5)
-        sigma_i = max(0.0, (self.scale[0] - 1.0) * 0.5)
-        if sigma_i > 0.2 or sigma_j > 0.2:
-            slices = ndimage.gaussian_filter(slices, sigma=(0.0, sigma_j, sigma_i), mode="nearest")
+        sigma = _antialias_sigma(self.scale[0], self.scale[1])
+        if sigma is not None:
+            slices = ndimage.gaussian_filter(slices, sigma=(0.0, sigma[0], sigma[1]), mode="nearest")
         # edge coordinate e maps to index e - 0.5 on both grids
         matrix = np.diag([1.0, self.scale[1], self.scale[0]])
         offset = np.array([
@@ -122,6 +145,76 @@ class SliceGrid:
         out_shape = (slices.shape[0], self.size, self.size)
         return ndimage.affine_transform(slices, matrix, offset=offset, output_shape=out_shape,
                                         order=1, mode="constant", cval=fill).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Maps patch edge coordinates (u, v) to slice edge coordinates (i, j): ij = A @ uv + b."""
+
+    matrix: np.ndarray
+    offset: np.ndarray
+
+    def to_slice(self, points_uv: np.ndarray) -> np.ndarray:
+        return np.asarray(points_uv, dtype=float) @ self.matrix.T + self.offset
+
+    def to_patch(self, points_ij: np.ndarray) -> np.ndarray:
+        return (np.asarray(points_ij, dtype=float) - self.offset) @ np.linalg.inv(self.matrix).T
+
+    def box_to_patch(self, box_ij: Sequence[float]) -> np.ndarray:
+        """Axis-aligned bounds, in the patch, of a slice box (i0, j0, i1, j1)."""
+        i0, j0, i1, j1 = box_ij
+        corners = self.to_patch(np.array([[i0, j0], [i1, j0], [i0, j1], [i1, j1]], dtype=float))
+        return np.concatenate([corners.min(axis=0), corners.max(axis=0)])
+
+    def rounded_box_to_patch(self, box_ij: Sequence[float]) -> np.ndarray:
+        """Bounds in the patch of the ellipse inscribed in a slice box.
+
+        A canal is round, not a rectangle: under rotation the corners of its box
+        would inflate the target box by 5-10%, and a detector trained on that
+        learns boxes too large for it.
+        """
+        i0, j0, i1, j1 = box_ij
+        centre = self.to_patch(np.array([(i0 + i1) / 2.0, (j0 + j1) / 2.0]))
+        shape = np.linalg.inv(self.matrix) @ np.diag([(i1 - i0) / 2.0, (j1 - j0) / 2.0])
+        half = np.sqrt((shape ** 2).sum(axis=1))
+        return np.concatenate([centre - half, centre + half])
+
+
+def sample_patch(
+    slice_2d: np.ndarray,
+    pixel_spacing: tuple[float, float],
+    centre_ij: tuple[float, float],
+    size: int,
+    spacing_mm: float,
+    angle_rad: float = 0.0,
+    flip_lr: bool = False,
+    fill: float = 0.0,
+) -> tuple[np.ndarray, PatchGeometry]:
+    """Resample a slice [j, i] onto a ``size`` x ``size`` patch at ``spacing_mm``, centred on ``centre_ij``.
+
+    ``centre_ij`` is in edge coordinates. Rotation turns the patch about its
+    centre; a left-right flip mirrors it. Returns the patch [v, u] and its geometry.
+    """
+    si, sj = pixel_spacing
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    rotation = np.array([[c, -s], [s, c]])
+    flip = np.diag([-1.0 if flip_lr else 1.0, 1.0])
+    # patch mm -> slice pixels, per axis (i, j)
+    to_pixels = np.diag([spacing_mm / si, spacing_mm / sj])
+    matrix = to_pixels @ rotation @ flip
+    centre_uv = np.array([size / 2.0, size / 2.0])
+    offset = np.asarray(centre_ij, dtype=float) - matrix @ centre_uv
+    geometry = PatchGeometry(matrix=matrix, offset=offset)
+    image = np.asarray(slice_2d, dtype=np.float32)
+    sigma = _antialias_sigma(spacing_mm / si, spacing_mm / sj)
+    if sigma is not None:
+        image = ndimage.gaussian_filter(image, sigma=sigma, mode="nearest")
+    # ndimage works in (row, col) = (j, i) index space; edge e is index e - 0.5 on both grids
+    m_rc = matrix[::-1, ::-1]
+    off_rc = offset[::-1] + m_rc @ np.array([0.5, 0.5]) - 0.5
+    patch = ndimage.affine_transform(image, m_rc, offset=off_rc, output_shape=(size, size),
+                                     order=1, mode="constant", cval=fill)
+    return patch.astype(np.float32), geometry
 
 
 def normalised_canvas(stack: AxialStack, modality: str, size: int, spacing_mm: float,

@@ -88,13 +88,30 @@ class ModelPackage:
         except Exception as exc:  # safetensors raises its own error types
             raise ModelPackageError(f"{self.file(key).name} is not a valid safetensors file: {exc}") from None
 
+    def _build(self, builder, key: str, *args):
+        """Build a model from the manifest and load its weights; mismatches become package errors."""
+        try:
+            import torch  # noqa: F401  (only to say clearly when it is missing)
+        except ImportError:
+            raise ModelPackageError(
+                "The torch backend needs PyTorch: install it (in Slicer, through the PyTorch extension)."
+            ) from None
+        state = self.load_state_dict(key)
+        try:
+            model = builder(*args)
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise ModelPackageError(
+                f"The {key} weights do not fit the settings in the manifest ({str(exc).splitlines()[0][:160]})."
+            ) from None
+        return model
+
     def torch_detector(self):
         """The detector, built from the manifest and loaded from safetensors."""
         if "detector" not in self._models:
             from .detector import TorchCanalDetector, build_detector_model
 
-            model = build_detector_model(self.detector_config)
-            model.load_state_dict(self.load_state_dict("detector"))
+            model = self._build(build_detector_model, "detector", self.detector_config)
             self._models["detector"] = TorchCanalDetector(model)
         return self._models["detector"]
 
@@ -102,8 +119,8 @@ class ModelPackage:
         if "classifier" not in self._models:
             from .classifier import TorchGradeClassifier, build_classifier_model
 
-            model = build_classifier_model(self.classifier_config, len(self.scale.classes))
-            model.load_state_dict(self.load_state_dict("classifier"))
+            model = self._build(build_classifier_model, "classifier", self.classifier_config,
+                                len(self.scale.classes))
             self._models["classifier"] = TorchGradeClassifier(model, self.scale, self.classifier_config)
         return self._models["classifier"]
 
@@ -125,12 +142,9 @@ def load_package(path: Union[str, Path, None] = None) -> ModelPackage:
         raise ModelPackageError(f"{manifest_path} is not a valid manifest ({exc}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ModelPackageError(f"{manifest_path} is not a SpineStenosisGrader model package manifest.")
-    if int(manifest.get("format_version", 0)) > MANIFEST_VERSION:
-        raise ModelPackageError(
-            f"The package needs a newer SpineStenosisGrader (manifest version {manifest.get('format_version')})."
-        )
+    _check_manifest(manifest, manifest_path)
     root = manifest_path.parent
-    for key, entry in manifest.get("files", {}).items():
+    for key, entry in manifest["files"].items():
         file_path = root / entry["path"]
         if not file_path.resolve().is_relative_to(root.resolve()):
             raise ModelPackageError(f"The manifest points outside the package: {entry['path']}.")
@@ -147,6 +161,31 @@ def load_package(path: Union[str, Path, None] = None) -> ModelPackage:
         if key not in manifest.get("files", {}):
             raise ModelPackageError(f"The package has no {key} weights.")
     return ModelPackage(path=root, manifest=manifest)
+
+
+def _check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
+    """Required keys and types, so that a damaged manifest is an error message, not a traceback."""
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int):
+        raise ModelPackageError(f"{manifest_path}: format_version must be a whole number.")
+    if version > MANIFEST_VERSION:
+        raise ModelPackageError(f"The package needs a newer SpineStenosisGrader (manifest version {version}).")
+    for key in ("name", "version", "task"):
+        if not isinstance(manifest.get(key), str):
+            raise ModelPackageError(f"{manifest_path}: the manifest has no {key}.")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("sha256"), str)
+        for e in files.values()
+    ):
+        raise ModelPackageError(f"{manifest_path}: every file entry needs a path and a sha256.")
+    for key in ("detector", "classifier"):
+        if not isinstance(manifest.get(key), dict):
+            raise ModelPackageError(f"{manifest_path}: the manifest has no {key} settings.")
+    try:
+        get_scale(manifest["classifier"].get("scale", ""))
+    except KeyError as exc:
+        raise ModelPackageError(f"{manifest_path}: {exc.args[0]}") from None
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:

@@ -13,12 +13,13 @@ from .levels import (
     DISC_HEIGHT_MM,
     REGIONS,
     SliceCanal,
+    check_level_name,
     find_discs,
     infer_region,
     name_levels,
     numbering_note,
 )
-from .normalise import detect_modality, intensity_window, normalised_canvas
+from .normalise import detect_modality, normalised_canvas
 from .package import ModelPackage, load_default_package
 from .result import CanalDetection, DiscLevel, StudyInfo, StudyResult
 from .volume import AxialStack, load_stack, to_axial_stack
@@ -28,8 +29,6 @@ Progress = Callable[[str, float], None]
 
 #: per-slice detections below this score are not reported
 MIN_DETECTION_SCORE = 0.3
-
-STAGES = ("read", "detect", "levels", "grade")
 
 
 def _noop(stage: str, fraction: float) -> None:
@@ -46,6 +45,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if region is not None and region not in REGIONS:
         raise InputError(f"Region must be one of {', '.join(REGIONS)}, not {region!r}.")
     modality = detect_modality(stack, modality)
+    if anchor is not None:
+        anchor = (anchor[0], check_level_name(anchor[1]))
     warnings = list(stack.warnings)
 
     t0 = time.perf_counter()
@@ -69,6 +70,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     dz = stack.spacing[2]
     candidates = find_discs(canals, stack.n_slices, dz)
     inferred = infer_region(candidates, dz, default=(package.manifest.get("regions") or ["lumbar"])[0])
+    if region is None and len(candidates) < 2:
+        warnings.append(f"Too few discs to tell the region; assumed {inferred}. Set the region if that is wrong.")
     region = region or inferred
     if region != inferred and len(candidates) >= 2:
         warnings.append(f"The disc spacing looks {inferred}, but the region was set to {region}.")
@@ -93,11 +96,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     progress("grade", 0.85)
     graded_regions = package.manifest.get("regions", [])
     if levels and region in graded_regions:
-        window = intensity_window(stack.array, modality)
         classifier = package.torch_classifier()
         pixel_spacing = (stack.spacing[0], stack.spacing[1])
         patches = np.stack([
-            classifier.crop(window.apply(stack.array[c.slice_index]), pixel_spacing, c.box_ij) for c in candidates
+            classifier.crop(stack.array[c.slice_index], pixel_spacing, c.box_ij, modality) for c in candidates
         ])
         for level, grade in zip(levels, classifier.grade(patches)):
             level.grade = grade

@@ -8,7 +8,6 @@ evaluation seeds in ``evaluation.py``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,10 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .annotations import AnnotatedScan, load_scans
-from .classifier import DEFAULT_CLASSIFIER_CONFIG, build_classifier_model, sample_patch
+from .classifier import DEFAULT_CLASSIFIER_CONFIG, build_classifier_model, grade_patch
 from .detector import DEFAULT_DETECTOR_CONFIG, build_detector_model
 from .levels import DISC_HEIGHT_MM
-from .normalise import intensity_window
+from .normalise import intensity_window, sample_patch
 from .package import write_manifest
 from .scales import get_scale
 from .volume import to_axial_stack
@@ -54,7 +53,8 @@ def slices_from_scan(scan: AnnotatedScan) -> list[DetectorSlice]:
     return out
 
 
-def slices_from_phantom(seed: int, modality: str, region: str, per_study: int, rng: np.random.Generator) -> list[DetectorSlice]:
+def slices_from_phantom(seed: int, modality: str, region: str, per_study: int,
+                        rng: np.random.Generator) -> list[DetectorSlice]:
     from .phantom import make_study
 
     study = make_study(seed, modality=modality, region=region)
@@ -97,7 +97,7 @@ def detector_sample(item: DetectorSlice, config: dict[str, Any], rng: np.random.
     if augment and rng.random() < 0.25:
         image = _crop_field_of_view(image, item.box_ij, item.spacing, rng)
     patch, geometry = sample_patch(image, item.spacing, tuple(centre), size, spacing, angle, flip)
-    box = geometry.box_to_patch(item.box_ij)
+    box = geometry.rounded_box_to_patch(item.box_ij)
     if augment:
         patch = augment_intensity(patch, rng)
     return patch, np.clip(box, 0.0, size)
@@ -182,25 +182,22 @@ def grade_samples(seeds: Sequence[int], region: str, scale_key: str) -> list[Gra
         modality = "MR" if (seed // len(names)) % 3 else "CT"
         # a 256 matrix is enough around the canal and generates three times faster than 512
         image, spacing, box, _ = make_disc_slice(seed, modality, region, grade, matrix=256)
-        window = intensity_window(image[None], modality)
-        out.append(GradeSample(window.apply(image).astype(np.float16), tuple(spacing), tuple(float(v) for v in box),
+        # raw intensities: the crop is windowed on itself, as at inference
+        out.append(GradeSample(image.astype(np.float32), tuple(spacing), tuple(float(v) for v in box),
                                names.index(grade), modality))
     return out
 
 
 def classifier_sample(item: GradeSample, config: dict[str, Any], rng: Optional[np.random.Generator]) -> np.ndarray:
     """The crop the classifier sees; with ``rng``, jittered as a detector's box would be."""
-    size = int(config["input_size"])
     i0, j0, i1, j1 = item.box_ij
     centre = np.array([(i0 + i1) / 2.0, (j0 + j1) / 2.0])
-    spacing = float(config["crop_mm"]) / size
+    image = item.image.astype(np.float32)
     if rng is None:
-        patch, _ = sample_patch(item.image.astype(np.float32), item.spacing, tuple(centre), size, spacing)
-        return patch
+        return grade_patch(image, item.spacing, tuple(centre), config, item.modality)
     centre = centre + rng.normal(0.0, 1.5, size=2) / np.asarray(item.spacing)
-    patch, _ = sample_patch(item.image.astype(np.float32), item.spacing, tuple(centre), size,
-                            spacing * rng.uniform(0.9, 1.1), math.radians(rng.uniform(-12, 12)),
-                            bool(rng.random() < 0.5))
+    patch = grade_patch(image, item.spacing, tuple(centre), config, item.modality, rng.uniform(0.9, 1.1),
+                        math.radians(rng.uniform(-12, 12)), bool(rng.random() < 0.5))
     return augment_intensity(patch, rng)
 
 
@@ -289,9 +286,6 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
                           n_grade_slices: int = 2400, classifier_epochs: int = 10, classifier_batch: int = 48,
                           seed: int = 0, version: str = "0.1.0") -> dict[str, Any]:
     """Train detector and classifier and write the package. Returns what was done, for the log."""
-    import torch
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.time()
     detector_config = dict(DEFAULT_DETECTOR_CONFIG)
     classifier_config = dict(DEFAULT_CLASSIFIER_CONFIG)
@@ -309,9 +303,9 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
         "detector_phantom_seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + n_phantoms - 1],
         "detector_slices": len(data),
         "grade_phantom_seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + n_grade_slices - 1],
-        "command": (f"spine-stenosis-grader train --phantoms {n_phantoms} --detector-iterations "
-                    f"{detector_iterations} --grade-slices {n_grade_slices} --classifier-epochs {classifier_epochs} "
-                    f"--seed {seed}"),
+        "command": (f"spine-stenosis-grader train --catalogue {catalogue.name} --phantoms {n_phantoms} "
+                    f"--per-study {per_study} --detector-iterations {detector_iterations} "
+                    f"--grade-slices {n_grade_slices} --classifier-epochs {classifier_epochs} --seed {seed}"),
         "seed": seed,
         "final_loss": {"detector": float(np.mean(det_losses[-50:])), "classifier": float(np.mean(cls_losses[-50:]))},
         "minutes": round((time.time() - started) / 60.0, 1),

@@ -27,9 +27,6 @@ import SimpleITK as sitk
 from .errors import InputError
 from .result import OrientedBox
 
-#: file endings SimpleITK reads that we accept as volumes
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-
 #: an axial study may be tilted (angled lumbar slabs are 10-25 degrees); beyond
 #: this the slices are closer to sagittal or coronal than to axial.
 MAX_TILT_DEG = 40.0
@@ -49,7 +46,8 @@ def lps_to_continuous_index(origin: Sequence[float], spacing: Sequence[float], d
     points = np.asarray(points, dtype=float)
     flat = points.reshape(-1, 3) - np.asarray(origin, dtype=float)
     # solve rather than transpose: a direction matrix from a file is not always exactly orthonormal
-    index = np.linalg.solve(np.asarray(direction, dtype=float).reshape(3, 3), flat.T).T / np.asarray(spacing, dtype=float)
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)
+    index = np.linalg.solve(matrix, flat.T).T / np.asarray(spacing, dtype=float)
     return index.reshape(points.shape)
 
 
@@ -64,7 +62,9 @@ class AxialStack:
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.array = sitk.GetArrayViewFromImage(self.image)
+        # a copy, not GetArrayViewFromImage: a view outlives its image and then reads freed memory
+        self.array = sitk.GetArrayFromImage(self.image)
+        self.array.flags.writeable = False
 
     @property
     def n_slices(self) -> int:
@@ -120,10 +120,6 @@ class AxialStack:
         return math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
 
 
-def _is_dicom_dir(path: Path) -> bool:
-    return path.is_dir()
-
-
 def _describe_series(directory: str, uid: str) -> str:
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid)
     reader = sitk.ImageFileReader()
@@ -157,11 +153,15 @@ def _dicom_orientation_groups(files: Sequence[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-def _read_dicom_series(directory: Path, series_uid: Optional[str], stack: Optional[int]) -> tuple[sitk.Image, Optional[str]]:
+def _read_dicom_series(directory: Path, series_uid: Optional[str],
+                       stack: Optional[int]) -> tuple[sitk.Image, Optional[str]]:
     d = str(directory)
     uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(d) or [])
     if not uids:
-        raise InputError(f"No DICOM series found in folder {directory}. Point to a folder of DICOM slices or to a NIfTI/NRRD/MHA file.")
+        raise InputError(
+            f"No DICOM series found in folder {directory}. "
+            "Point to a folder of DICOM slices or to a NIfTI/NRRD/MHA file."
+        )
     if series_uid is None:
         if len(uids) > 1:
             listing = "; ".join(_describe_series(d, u) for u in uids)
@@ -187,11 +187,18 @@ def _read_dicom_series(directory: Path, series_uid: Optional[str], stack: Option
         files = _sort_by_position(files)
     if len(files) < 2:
         raise InputError(f"Series {series_uid} has a single slice; a stack of axial slices is needed.")
+    _check_regular_spacing(files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
-    image = reader.Execute()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(
+            f"Cannot read the DICOM series {series_uid}: {_last_line(exc)}. "
+            "Check that every file is complete and the slices share one size, or export the series again."
+        ) from None
     modality = None
     try:
         if reader.HasMetaDataKey(0, "0008|0060"):
@@ -201,17 +208,68 @@ def _read_dicom_series(directory: Path, series_uid: Optional[str], stack: Option
     return image, modality
 
 
-def _sort_by_position(files: Sequence[str]) -> list[str]:
+def _slice_geometry(files: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Orientation (row, column cosines) and position of every file, or a clear error."""
     reader = sitk.ImageFileReader()
-    keyed = []
+    out = []
     for name in files:
         reader.SetFileName(name)
-        reader.ReadImageInformation()
-        iop = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
-        ipp = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+        try:
+            reader.ReadImageInformation()
+            iop = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
+            ipp = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+        except (RuntimeError, ValueError):
+            raise InputError(
+                f"{Path(name).name} has no readable slice orientation or position (DICOM tags 0020,0037 and "
+                "0020,0032), so its place in the stack is unknown. Export the series again."
+            ) from None
+        out.append((iop, ipp, name))
+    return out
+
+
+def _sort_by_position(files: Sequence[str]) -> list[str]:
+    keyed = []
+    for iop, ipp, name in _slice_geometry(files):
         normal = np.cross(iop[:3], iop[3:])
         keyed.append((float(np.dot(normal, ipp)), name))
     return [name for _, name in sorted(keyed)]
+
+
+def _check_regular_spacing(files: Sequence[str]) -> None:
+    """Refuse stacks a regular grid would misplace: gantry tilt, gaps, repeated positions.
+
+    SimpleITK builds the volume from the first slices' spacing; a slice that is
+    not where that grid puts it would move every box after it.
+    """
+    geometry = _slice_geometry(files)
+    iop = geometry[0][0]
+    normal = np.cross(iop[:3], iop[3:])
+    positions = np.array([g[1] for g in geometry])
+    along = positions @ normal
+    order = np.argsort(along)
+    steps = np.diff(along[order])
+    if np.any(steps < 1e-3):
+        raise InputError(
+            "Several slices of the series share one position (several echoes or repeated slices). "
+            "Choose a series with one slice per position."
+        )
+    if np.max(steps) - np.min(steps) > 0.02 * np.median(steps) + 0.01:
+        raise InputError(
+            f"The slices are unevenly spaced ({np.min(steps):.2f} to {np.max(steps):.2f} mm): the series has "
+            "gaps or several slabs. Resample it to a regular grid in Slicer, or pick one stack with --stack."
+        )
+    offsets = np.diff(positions[order], axis=0)
+    lateral = offsets - np.outer(offsets @ normal, normal)
+    if np.max(np.linalg.norm(lateral, axis=1)) > 0.05 * np.median(steps) + 0.01:
+        raise InputError(
+            "The slices shift sideways from one to the next (gantry tilt). Resample the series to a regular "
+            "grid in Slicer first."
+        )
+
+
+def _last_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1][:160] if text else type(exc).__name__
 
 
 def _nifti_expected_bytes(header: bytes) -> Optional[int]:
@@ -237,6 +295,7 @@ def _nifti_expected_bytes(header: bytes) -> Optional[int]:
 def _check_nifti_complete(path: Path) -> None:
     """ITK fills a truncated NIfTI with zeros without a word; refuse it instead."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
+    expected = None
     try:
         with opener(path, "rb") as handle:
             header = handle.read(540)
@@ -248,14 +307,15 @@ def _check_nifti_complete(path: Path) -> None:
                 total += len(block)
     except (EOFError, OSError, zlib.error):
         total = -1
-    if total < expected:
+    if total < 0 or (expected is not None and total < expected):
         raise InputError(
             f"Cannot read {path.name}: the file is truncated (it holds less image data than its header "
             "announces). Export or copy the study again."
         )
 
 
-def read_image(path: Union[str, os.PathLike], series_uid: Optional[str] = None, stack: Optional[int] = None) -> tuple[sitk.Image, Optional[str]]:
+def read_image(path: Union[str, os.PathLike], series_uid: Optional[str] = None,
+               stack: Optional[int] = None) -> tuple[sitk.Image, Optional[str]]:
     """Read a volume file or a DICOM series folder. Returns the image and the DICOM modality, if any."""
     p = Path(path)
     if not p.exists():
@@ -269,10 +329,9 @@ def read_image(path: Union[str, os.PathLike], series_uid: Optional[str] = None, 
         reader.SetFileName(str(p))
         image = reader.Execute()
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
         raise InputError(
             f"Cannot read {p.name}: the file is truncated, damaged or not an image SimpleITK knows "
-            f"({first[:160]}). Export the study again as NIfTI, NRRD, MHA or a DICOM folder."
+            f"({_last_line(exc)}). Export the study again as NIfTI, NRRD, MHA or a DICOM folder."
         ) from None
     modality = None
     if reader.HasMetaDataKey("0008|0060"):
@@ -335,7 +394,8 @@ def to_axial_stack(image: sitk.Image, source: str = "", dicom_modality: Optional
     return stack
 
 
-def load_stack(path: Union[str, os.PathLike], series_uid: Optional[str] = None, stack: Optional[int] = None) -> AxialStack:
+def load_stack(path: Union[str, os.PathLike], series_uid: Optional[str] = None,
+               stack: Optional[int] = None) -> AxialStack:
     """Read ``path`` (a volume file or a DICOM folder) as an :class:`AxialStack`."""
     image, modality = read_image(path, series_uid=series_uid, stack=stack)
     return to_axial_stack(image, source=str(path), dicom_modality=modality)

@@ -1,0 +1,135 @@
+"""The command line end to end on the embedded default model, and its handling of bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import DATA
+from SpineStenosisGraderLib.annotations import load_scans
+from SpineStenosisGraderLib.cli import main
+from SpineStenosisGraderLib.evaluation import match_levels
+from SpineStenosisGraderLib.package import DEFAULT_PACKAGE_DIR
+from SpineStenosisGraderLib.result import StudyResult
+
+SAMPLE = DATA / "totalsegmentator_ct" / "example_ct.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def graded_sample(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "out"
+    assert main(["grade", str(SAMPLE), "-o", str(out), "-q"]) == 0
+    return out
+
+
+def test_grade_writes_every_output(graded_sample):
+    names = {p.name for p in graded_sample.iterdir()}
+    assert {"result.json", "levels.csv", "report.html"} <= names
+    result = StudyResult.from_json((graded_sample / "result.json").read_text())
+    assert len(result.levels) >= 4
+    for level in result.levels:
+        assert f"{level.name}.mrk.json" in names
+        assert level.grade is not None and level.grade.scale == "schizas"
+        assert abs(sum(level.grade.probabilities.values()) - 1.0) < 1e-4
+    assert result.model.name == "spine-stenosis-grader-default"
+    assert "not for clinical use" in result.model.clinical_use.lower()
+    assert len(result.detections) >= 30
+    rows = (graded_sample / "levels.csv").read_text().strip().splitlines()
+    assert len(rows) == len(result.levels) + 1
+
+
+def test_sample_levels_land_on_the_real_discs(graded_sample):
+    """Every labelled disc of the sample has a level within 8 mm, and each level's box is on the canal."""
+    scan = next(s for s in load_scans(DATA / "scans.json") if s.name == "totalsegmentator_ct")
+    result = StudyResult.from_json((graded_sample / "result.json").read_text())
+    dz = scan.stack.spacing[2]
+    lumbar = {name: z for name, z in scan.discs.items() if name != "T11-T12"}  # T11-T12 lies at the stack's end
+    matches = match_levels([lv.slice_index for lv in result.levels], list(lumbar.values()), 8.0 / dz)
+    assert len(matches) == len(lumbar)
+    for level in result.levels:
+        k, (i0, j0, i1, j1) = scan.stack.box_to_slice(level.box)
+        ref = scan.boxes.get(level.slice_index)
+        if ref is not None:
+            ci, cj = (i0 + i1) / 2, (j0 + j1) / 2
+            assert ref[0] - 2 <= ci <= ref[2] + 2 and ref[1] - 2 <= cj <= ref[3] + 2
+
+
+def test_reanchoring_on_the_sample_gives_the_labelled_names(tmp_path):
+    """The sample reaches down into the sacrum, where rudimentary sacral discs look like discs and
+    push the default count (from the bottom) off; one anchor at the top puts every name right."""
+    scan = next(s for s in load_scans(DATA / "scans.json") if s.name == "totalsegmentator_ct")
+    out = tmp_path / "anchored"
+    assert main(["grade", str(SAMPLE), "-o", str(out), "-q", "--highest-level", "T12-L1"]) == 0
+    result = StudyResult.from_json((out / "result.json").read_text())
+    dz = scan.stack.spacing[2]
+    named = {lv.name: lv.slice_index for lv in result.levels}
+    for name in ("L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1"):
+        assert abs(named[name] - scan.discs[name]) * dz <= 8.0, name
+
+
+def test_lowest_level_reanchors_names(tmp_path):
+    out = tmp_path / "anchored"
+    assert main(["grade", str(SAMPLE), "-o", str(out), "-q", "--lowest-level", "L4-L5"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["levels"][0]["name"] == "L4-L5"
+    assert "anchor" in result["study"]["numbering"]
+
+
+def test_truncated_input_fails_cleanly(tmp_path, capsys):
+    data = SAMPLE.read_bytes()
+    bad = tmp_path / "cut.nii.gz"
+    bad.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    assert main(["grade", str(bad), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "truncated" in err[0]
+    assert not out.exists()
+
+
+def test_2d_input_fails_cleanly(tmp_path, capsys):
+    path = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((64, 64), np.float32)), str(path))
+    assert main(["grade", str(path), "-o", str(tmp_path / "out")]) == 2
+    assert "2D" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tampered_model_is_refused(tmp_path, capsys):
+    package = tmp_path / "pkg"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, package)
+    weights = package / "detector.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert main(["grade", str(SAMPLE), "-o", str(tmp_path / "out"), "--model", str(package)]) == 2
+    assert "SHA256" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_foreign_model_is_refused(tmp_path, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text(json.dumps({"name": "x", "files": {"detector": {"path": "m.pt"}}}))
+    (foreign / "m.pt").write_bytes(b"\x80\x04not a model")
+    assert main(["grade", str(SAMPLE), "-o", str(tmp_path / "out"), "--model", str(foreign)]) == 2
+    assert "not a SpineStenosisGrader model package" in capsys.readouterr().err
+
+
+def test_output_that_is_a_file_fails_before_grading(tmp_path, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("mine")
+    assert main(["grade", str(SAMPLE), "-o", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert target.read_text() == "mine"
+
+
+def test_a_bad_level_name_fails_before_grading(tmp_path, capsys):
+    assert main(["grade", str(SAMPLE), "-o", str(tmp_path / "out"), "--lowest-level", "L9-L10"]) == 2
+    assert "not a disc level name" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_to_store_training_scans_as_held_out(capsys):
+    assert main(["evaluate", "--scans", "train", "--write-manifest"]) == 2
+    assert "held-out" in capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""Modality detection, intensity windows, and the exact mapping between model canvas and stack."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import DATA
+from SpineStenosisGraderLib.annotations import load_scans
+
+from SpineStenosisGraderLib.errors import InputError
+from SpineStenosisGraderLib.normalise import SliceGrid, detect_modality, intensity_window, sample_patch
+from SpineStenosisGraderLib.volume import to_axial_stack
+
+
+@pytest.fixture(scope="module")
+def scans():
+    return load_scans(DATA / "scans.json")
+
+
+def test_modality_is_detected_from_intensities_on_real_scans(scans):
+    for scan in scans:
+        assert detect_modality(scan.stack) == scan.modality, scan.name
+
+
+def test_dicom_modality_wins_and_the_user_overrides_both(scans):
+    stack = scans[0].stack
+    stack.dicom_modality = "MR"
+    try:
+        assert detect_modality(stack) == "MR"
+        assert detect_modality(stack, "ct") == "CT"
+    finally:
+        stack.dicom_modality = None
+    with pytest.raises(InputError, match="CT or MR"):
+        detect_modality(stack, "PET")
+
+
+def test_windows_put_csf_and_bone_apart_on_ct(scans):
+    scan = next(s for s in scans if s.name == "totalsegmentator_ct")
+    window = intensity_window(scan.stack.array, "CT")
+    canal = window.apply(np.asarray(scan.stack.array)[scan.canal > 0])
+    assert 0.05 < np.median(canal) < 0.3
+    assert window.apply(np.array([1200.0]))[0] == 1.0
+
+
+def test_mr_window_uses_the_tissue_percentiles(scans):
+    scan = next(s for s in scans if s.name == "sct_cervical_t2")
+    window = intensity_window(scan.stack.array, "MR")
+    values = window.apply(scan.stack.array)
+    assert values.min() >= 0.0 and values.max() <= 1.0
+    assert 0.2 < np.mean(values > 0.5) + np.mean(values < 0.5)
+
+
+def make_stack(ni, nj, si, sj):
+    array = np.zeros((3, nj, ni), np.float32)
+    array[1, nj // 2, ni // 2] = 1.0  # not blank
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((si, sj, 2.0))
+    return to_axial_stack(image)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ni=st.integers(40, 300), nj=st.integers(40, 300), si=st.floats(0.3, 3.0), aspect=st.floats(0.5, 2.0),
+       box=st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)))
+def test_canvas_and_stack_boxes_are_inverse(ni, nj, si, aspect, box):
+    sj = si * aspect
+    grid = SliceGrid.for_stack(make_stack(ni, nj, si, sj), 256, 1.25)
+    b = np.array([box[0] * ni, box[1] * nj, box[2] * ni, box[3] * nj])
+    assert np.allclose(grid.to_stack(grid.to_canvas(b)), b)
+
+
+@pytest.mark.parametrize("si,sj", [(0.5, 0.5), (0.8, 1.1), (3.0, 3.0), (1.25, 1.25)])
+def test_a_square_lands_where_the_grid_says(si, sj):
+    ni, nj = 200, 180
+    stack_slice = np.zeros((1, nj, ni), np.float32)
+    i0, j0, i1, j1 = 80, 100, 120, 130
+    stack_slice[0, j0:j1, i0:i1] = 1.0
+    stack = make_stack(ni, nj, si, sj)
+    grid = SliceGrid.for_stack(stack, 256, 1.25)
+    canvas = grid.resample(stack_slice)[0]
+    jj, ii = np.nonzero(canvas > 0.5)
+    found = grid.to_stack(np.array([ii.min(), jj.min(), ii.max() + 1, jj.max() + 1]))[0]
+    tolerance = max(1.25 / si, 1.25 / sj) + 0.5
+    assert np.all(np.abs(found - [i0, j0, i1, j1]) <= tolerance)
+
+
+@settings(max_examples=20, deadline=None)
+@given(angle=st.floats(-0.3, 0.3), flip=st.booleans(), spacing=st.floats(0.3, 1.5))
+def test_patch_geometry_maps_a_box_onto_its_pixels(angle, flip, spacing):
+    image = np.zeros((200, 220), np.float32)
+    box = (90, 70, 120, 96)
+    image[box[1]:box[3], box[0]:box[2]] = 1.0
+    patch, geometry = sample_patch(image, (0.7, 0.7), (105.0, 83.0), 96, spacing, angle, flip)
+    mapped = geometry.box_to_patch(box)
+    vv, uu = np.nonzero(patch > 0.5)
+    found = np.array([uu.min(), vv.min(), uu.max() + 1, vv.max() + 1])
+    tolerance = 0.7 / spacing * 1.0 + 1.5
+    # the rotated square's bounds lie inside the mapped box, and fill it up to a pixel or two
+    assert np.all(found[:2] >= mapped[:2] - tolerance) and np.all(found[2:] <= mapped[2:] + tolerance)
+
+
+@settings(max_examples=20, deadline=None)
+@given(angle=st.floats(-0.3, 0.3), flip=st.booleans())
+def test_a_rotated_round_canal_keeps_its_box_size(angle, flip):
+    """Training targets under rotation: a disc's box stays the disc's box, not the rotated square's bounds."""
+    jj, ii = np.mgrid[0:200, 0:200]
+    disc = (((ii + 0.5 - 100) / 15) ** 2 + ((jj + 0.5 - 90) / 10) ** 2 <= 1).astype(np.float32)
+    box = (85, 80, 115, 100)
+    patch, geometry = sample_patch(disc, (1.0, 1.0), (100.0, 90.0), 120, 1.0, angle, flip)
+    vv, uu = np.nonzero(patch > 0.5)
+    found = np.array([uu.min(), vv.min(), uu.max() + 1, vv.max() + 1])
+    assert np.all(np.abs(geometry.rounded_box_to_patch(box) - found) <= 1.5)

@@ -1,0 +1,117 @@
+"""Model packages are verified before use: ours, complete, unchanged, and never pickled."""
+
+import json
+
+import pytest
+
+from SpineStenosisGraderLib.errors import ModelPackageError
+from SpineStenosisGraderLib.package import (
+    DEFAULT_PACKAGE_DIR,
+    load_default_package,
+    load_package,
+    sha256_file,
+    write_manifest,
+)
+
+
+def make_package(folder, files=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    files = files or {"detector": "detector.safetensors", "classifier": "classifier.safetensors"}
+    for name in files.values():
+        (folder / name).write_bytes(b"weights of " + name.encode())
+    write_manifest(folder, {
+        "name": "test", "version": "0", "task": "test",
+        "classifier": {"scale": "schizas"}, "detector": {},
+        "files": {key: {"path": name} for key, name in files.items()},
+    })
+    return folder
+
+
+def test_a_well_formed_package_loads(tmp_path):
+    package = load_package(make_package(tmp_path / "p"))
+    assert package.name == "test"
+    assert package.scale.names == ["A", "B", "C", "D"]
+
+
+def test_changed_weights_are_refused(tmp_path):
+    folder = make_package(tmp_path / "p")
+    (folder / "classifier.safetensors").write_bytes(b"something else")
+    with pytest.raises(ModelPackageError, match="SHA256"):
+        load_package(folder)
+
+
+def test_missing_file_is_refused(tmp_path):
+    folder = make_package(tmp_path / "p")
+    (folder / "detector.safetensors").unlink()
+    with pytest.raises(ModelPackageError, match="missing"):
+        load_package(folder)
+
+
+def test_pickle_files_are_refused_even_with_a_matching_hash(tmp_path):
+    folder = make_package(tmp_path / "p", {"detector": "detector.pt", "classifier": "classifier.safetensors"})
+    with pytest.raises(ModelPackageError, match="only safetensors"):
+        load_package(folder)
+
+
+def test_paths_outside_the_package_are_refused(tmp_path):
+    (tmp_path / "outside.safetensors").write_bytes(b"x")
+    folder = make_package(tmp_path / "p")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["detector"] = {"path": "../outside.safetensors", "sha256": sha256_file(tmp_path / "outside.safetensors")}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelPackageError, match="outside"):
+        load_package(folder)
+
+
+@pytest.mark.parametrize("content", ["not json {", json.dumps({"name": "other tool"}), json.dumps([1, 2])])
+def test_foreign_manifests_are_refused(tmp_path, content):
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(ModelPackageError):
+        load_package(tmp_path)
+
+
+def test_a_folder_without_manifest_is_refused(tmp_path):
+    with pytest.raises(ModelPackageError, match="no manifest"):
+        load_package(tmp_path)
+
+
+def test_the_default_package_is_honest_about_its_data():
+    package = load_default_package()
+    manifest = package.manifest
+    assert package.path == DEFAULT_PACKAGE_DIR
+    assert "not for clinical use" in manifest["intended_use"].lower()
+    assert "phantom" in manifest["training_data"]["summary"]
+    for key in ("task", "classifier", "detector", "normalisation", "licence", "metrics"):
+        assert manifest[key]
+    assert manifest["detector"]["spacing_mm"] > 0
+    assert set(manifest["classifier"]["classes"]) == {"A", "B", "C", "D"}
+    size = sum(entry["bytes"] for entry in manifest["files"].values())
+    assert size <= 25 * 1024 * 1024
+    assert "not for clinical use" in package.summary().lower()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda m: m["files"]["detector"].pop("sha256"),
+    lambda m: m.update(format_version="two"),
+    lambda m: m["classifier"].update(scale="unknown-scale"),
+    lambda m: m.pop("detector"),
+])
+def test_damaged_manifests_are_package_errors(tmp_path, damage):
+    folder = make_package(tmp_path / "p")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    damage(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelPackageError):
+        load_package(folder)
+
+
+def test_weights_that_do_not_fit_the_manifest_are_a_package_error(tmp_path):
+    import shutil
+
+    folder = tmp_path / "p"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["detector"]["fpn_channels"] = 32
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelPackageError, match="do not fit"):
+        load_package(folder).torch_detector()
