@@ -62,8 +62,10 @@ def _grade(args: argparse.Namespace) -> int:
     bar = tqdm(total=100, desc="grading", unit="%", bar_format="{l_bar}{bar}| {elapsed}", disable=args.quiet)
 
     def progress(stage: str, fraction: float) -> None:
-        bar.set_description(stage)
+        # one redraw per stage, with the new name and the new fraction together
+        bar.set_description_str(stage, refresh=False)
         bar.update(max(0, int(fraction * 100) - bar.n))
+        bar.refresh()
 
     try:
         result = grade_stack(stack, package, modality=args.modality, region=args.region, anchor=anchor,
