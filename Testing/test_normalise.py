@@ -92,7 +92,8 @@ def test_patch_geometry_maps_a_box_onto_its_pixels(angle, flip, spacing):
     box = (90, 70, 120, 96)
     image[box[1]:box[3], box[0]:box[2]] = 1.0
     patch, geometry = sample_patch(image, (0.7, 0.7), (105.0, 83.0), 96, spacing, angle, flip)
-    mapped = geometry.box_to_patch(box)
+    corners = geometry.to_patch(np.array([[box[0], box[1]], [box[2], box[1]], [box[0], box[3]], [box[2], box[3]]]))
+    mapped = np.concatenate([corners.min(axis=0), corners.max(axis=0)])
     vv, uu = np.nonzero(patch > 0.5)
     found = np.array([uu.min(), vv.min(), uu.max() + 1, vv.max() + 1])
     tolerance = 0.7 / spacing * 1.0 + 1.5

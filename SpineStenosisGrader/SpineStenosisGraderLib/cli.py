@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -47,30 +46,30 @@ def _grade(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .package import load_package
-    from .pipeline import grade_stack, representative_slices
-    from .volume import load_stack
+    from .pipeline import grade_file, representative_slices
     from .writers import write_study_outputs
 
     output = Path(args.output)
     _check_output_folder(output)
     anchor = _anchor(args)
     package = load_package(args.model)
-    # read and check the study before the progress bar, so bad input gives a single line
-    t0 = time.perf_counter()
-    stack = load_stack(args.input, series_uid=args.series, stack=args.stack)
-    read_s = time.perf_counter() - t0
-    bar = tqdm(total=100, desc="grading", unit="%", bar_format="{l_bar}{bar}| {elapsed}", disable=args.quiet)
+    bars = []
 
     def progress(stage: str, fraction: float) -> None:
+        if stage == "read":
+            # no bar until the study is read and checked, so bad input gives a single line
+            return
+        if not bars:
+            bars.append(tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed}", disable=args.quiet))
         # one redraw per stage, with the new name and the new fraction together
-        bar.set_description_str(stage, refresh=False)
-        bar.update(max(0, int(fraction * 100) - bar.n))
-        bar.refresh()
+        bars[0].set_description_str(stage, refresh=False)
+        bars[0].update(max(0, int(fraction * 100) - bars[0].n))
+        bars[0].refresh()
 
     try:
-        result = grade_stack(stack, package, modality=args.modality, region=args.region, anchor=anchor,
-                             progress=progress)
-        result.timings_s = {"read": read_s, **result.timings_s}
+        result, stack = grade_file(args.input, package, modality=args.modality, region=args.region,
+                                   series_uid=args.series, stack_number=args.stack, anchor=anchor,
+                                   progress=progress)
         progress("write", 0.95)
         try:
             written = write_study_outputs(result, output, representative_slices(result, stack))
@@ -78,7 +77,8 @@ def _grade(args: argparse.Namespace) -> int:
             raise SpineStenosisGraderError(f"Cannot write to {output}: {exc.strerror or exc}.") from None
         progress("done", 1.0)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if not args.quiet:

@@ -154,17 +154,8 @@ class PatchGeometry:
     matrix: np.ndarray
     offset: np.ndarray
 
-    def to_slice(self, points_uv: np.ndarray) -> np.ndarray:
-        return np.asarray(points_uv, dtype=float) @ self.matrix.T + self.offset
-
     def to_patch(self, points_ij: np.ndarray) -> np.ndarray:
         return (np.asarray(points_ij, dtype=float) - self.offset) @ np.linalg.inv(self.matrix).T
-
-    def box_to_patch(self, box_ij: Sequence[float]) -> np.ndarray:
-        """Axis-aligned bounds, in the patch, of a slice box (i0, j0, i1, j1)."""
-        i0, j0, i1, j1 = box_ij
-        corners = self.to_patch(np.array([[i0, j0], [i1, j0], [i0, j1], [i1, j1]], dtype=float))
-        return np.concatenate([corners.min(axis=0), corners.max(axis=0)])
 
     def rounded_box_to_patch(self, box_ij: Sequence[float]) -> np.ndarray:
         """Bounds in the patch of the ellipse inscribed in a slice box.
