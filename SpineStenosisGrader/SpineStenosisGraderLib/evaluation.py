@@ -121,7 +121,7 @@ def evaluate_grades(package: ModelPackage, n_slices: int = 400, seed_base: int =
     """Accuracy and Cohen's kappa of the grade on phantom disc slices never used in training."""
     from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score
 
-    classifier = package.torch_classifier()
+    classifier = package.classifier()
     scale = package.scale
     samples = grade_samples(range(seed_base, seed_base + n_slices), "lumbar", scale.key)
     patches = np.stack([classifier_sample(s, package.classifier_config, None) for s in samples])

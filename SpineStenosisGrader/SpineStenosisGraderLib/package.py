@@ -17,6 +17,9 @@ from .errors import ModelPackageError
 from .result import ModelInfo
 from .scales import GradingScale, get_scale
 
+#: inference backends; "auto" picks ONNX Runtime when the package has ONNX files and it is installed
+BACKENDS = ("auto", "onnx", "torch")
+
 MANIFEST_FORMAT = "spine-stenosis-grader/model-package"
 MANIFEST_VERSION = 1
 DEFAULT_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "default"
@@ -36,6 +39,7 @@ class ModelPackage:
 
     path: Path
     manifest: dict[str, Any]
+    backend: str = "auto"
     _models: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -106,6 +110,18 @@ class ModelPackage:
             ) from None
         return model
 
+    def resolved_backend(self) -> str:
+        """The backend that runs this package's models: "onnx" or "torch"."""
+        return "torch" if self.backend == "auto" else self.backend
+
+    def detector(self):
+        """The canal detector (a ``detector.CanalDetector``) on this package's backend."""
+        return self.torch_detector()
+
+    def classifier(self):
+        """The grade classifier (a ``classifier.GradeClassifier``) on this package's backend."""
+        return self.torch_classifier()
+
     def torch_detector(self):
         """The detector, built from the manifest and loaded from safetensors."""
         if "detector" not in self._models:
@@ -125,8 +141,13 @@ class ModelPackage:
         return self._models["classifier"]
 
 
-def load_package(path: Union[str, Path, None] = None) -> ModelPackage:
-    """Load and verify the package in folder ``path`` (or a manifest file); the default one when None."""
+def load_package(path: Union[str, Path, None] = None, backend: str = "auto") -> ModelPackage:
+    """Load and verify the package in folder ``path`` (or a manifest file); the default one when None.
+
+    ``backend`` is one of ``BACKENDS``.
+    """
+    if backend not in BACKENDS:
+        raise ModelPackageError(f"The backend must be one of {', '.join(BACKENDS)}, not {backend!r}.")
     p = Path(path) if path is not None else DEFAULT_PACKAGE_DIR
     manifest_path = p if p.is_file() else p / "manifest.json"
     if not manifest_path.exists():
@@ -160,7 +181,7 @@ def load_package(path: Union[str, Path, None] = None) -> ModelPackage:
     for key in ("detector", "classifier"):
         if key not in manifest.get("files", {}):
             raise ModelPackageError(f"The package has no {key} weights.")
-    return ModelPackage(path=root, manifest=manifest)
+    return ModelPackage(path=root, manifest=manifest, backend=backend)
 
 
 def _check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
@@ -197,6 +218,6 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def load_default_package() -> ModelPackage:
+def load_default_package(backend: str = "auto") -> ModelPackage:
     """The package shipped with the extension (trained by `spine-stenosis-grader train`)."""
-    return load_package(None)
+    return load_package(None, backend)

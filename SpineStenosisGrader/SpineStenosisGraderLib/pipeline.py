@@ -53,7 +53,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     progress("detect", 0.05)
     config = package.detector_config
     canvas, grid = normalised_canvas(stack, modality, int(config["canvas"]), float(config["spacing_mm"]))
-    found = package.torch_detector().detect(canvas)
+    found = package.detector().detect(canvas)
     canals: list[Optional[SliceCanal]] = []
     detections: list[CanalDetection] = []
     for k, hit in enumerate(found):
@@ -96,7 +96,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     progress("grade", 0.85)
     graded_regions = package.manifest.get("regions", [])
     if levels and region in graded_regions:
-        classifier = package.torch_classifier()
+        classifier = package.classifier()
         pixel_spacing = (stack.spacing[0], stack.spacing[1])
         patches = np.stack([
             classifier.crop(stack.array[c.slice_index], pixel_spacing, c.box_ij, modality) for c in candidates
