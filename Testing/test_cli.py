@@ -133,3 +133,24 @@ def test_a_bad_level_name_fails_before_grading(tmp_path, capsys):
 def test_evaluate_refuses_to_store_training_scans_as_held_out(capsys):
     assert main(["evaluate", "--scans", "train", "--write-manifest"]) == 2
     assert "held-out" in capsys.readouterr().err
+
+
+def test_jsonl_progress_is_one_json_object_per_line_on_stdout(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["grade", str(SAMPLE), "-o", str(out), "-q", "--progress-format", "jsonl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    events = [json.loads(line) for line in lines]  # with -q, nothing but progress on stdout
+    assert all(set(event) == {"stage", "fraction"} for event in events)
+    assert [e["stage"] for e in events] == ["read", "detect", "levels", "grade", "write", "done"]
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert (out / "result.json").exists()
+
+
+def test_jsonl_progress_stops_before_a_bad_input_with_the_error_on_stderr(tmp_path, capsys):
+    path = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((64, 64), np.float32)), str(path))
+    assert main(["grade", str(path), "-o", str(tmp_path / "out"), "--progress-format", "jsonl"]) == 2
+    captured = capsys.readouterr()
+    assert [json.loads(line)["stage"] for line in captured.out.splitlines()] == ["read"]
+    assert captured.err.startswith("error:") and "2D" in captured.err

@@ -43,8 +43,6 @@ def _check_output_folder(output: Path) -> None:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .package import load_package
     from .pipeline import grade_file, representative_slices
     from .writers import write_study_outputs
@@ -56,20 +54,31 @@ def _grade(args: argparse.Namespace) -> int:
     bars = []
 
     def progress(stage: str, fraction: float) -> None:
+        if args.progress_format == "jsonl":
+            # for programs that run the grader (the Slicer module): one line per stage, flushed at once
+            print(json.dumps({"stage": stage, "fraction": round(float(fraction), 4)}), flush=True)
+            return
         if stage == "read":
             # no bar until the study is read and checked, so bad input gives a single line
             return
         if not bars:
+            from tqdm import tqdm
+
             bars.append(tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {elapsed}", disable=args.quiet))
         # one redraw per stage, with the new name and the new fraction together
         bars[0].set_description_str(stage, refresh=False)
         bars[0].update(max(0, int(fraction * 100) - bars[0].n))
         bars[0].refresh()
 
+    def pipeline_progress(stage: str, fraction: float) -> None:
+        # the outputs are still to be written when the pipeline is done: "done" is said once, at the end
+        if stage != "done":
+            progress(stage, fraction)
+
     try:
         result, stack = grade_file(args.input, package, modality=args.modality, region=args.region,
                                    series_uid=args.series, stack_number=args.stack, anchor=anchor,
-                                   progress=progress)
+                                   progress=pipeline_progress)
         progress("write", 0.95)
         try:
             written = write_study_outputs(result, output, representative_slices(result, stack))
@@ -163,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--lowest-level", help="name of the lowest disc found, e.g. L4-L5 (re-anchors every name)")
     grade.add_argument("--highest-level", help="name of the highest disc found, e.g. C3-C4")
     grade.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    grade.add_argument("--progress-format", choices=["bar", "jsonl"], default="bar",
+                       help='bar: a progress bar on stderr (default); jsonl: one JSON object per line on stdout, '
+                            '{"stage": ..., "fraction": ...}, flushed, for programs (printed even with -q)')
     grade.set_defaults(func=_grade)
 
     train = sub.add_parser("train", help="train the default model package (phantoms + annotated real scans)")
