@@ -1,19 +1,15 @@
-"""The MRML side of the module on real MRML (slicer-core), and static checks of the module file.
+"""The MRML side of the module on real MRML (slicer-core).
 
 slicer-core gives the real vtkMRMLScene, Markups ROI, table and subject hierarchy
 nodes without the Slicer application, so ``SpineStenosisGraderLib.mrml`` is tested
-here as it runs in Slicer. The module file itself needs the application (Qt,
-``slicer.app``), so it is only compiled and read.
+here as it runs in Slicer. The module file is checked in test_module_file.py and
+its Logic is run in test_module_logic.py.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import math
-import py_compile
-import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +29,6 @@ from SpineStenosisGraderLib.result import (  # noqa: E402
 )
 from SpineStenosisGraderLib.scales import SCHIZAS  # noqa: E402
 from SpineStenosisGraderLib.report import NEUTRAL_COLOR  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-MODULE_DIR = ROOT / "SpineStenosisGrader"
-MODULE_FILE = MODULE_DIR / "SpineStenosisGrader.py"
-UI_FILE = MODULE_DIR / "Resources" / "UI" / "SpineStenosisGrader.ui"
 
 
 def _rotation(axis: str, degrees: float) -> np.ndarray:
@@ -365,88 +356,3 @@ def test_save_and_reload_keeps_boxes_and_attributes(scene, volume, result, tmp_p
     shnode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(reloaded)
     folder = shnode.GetItemParent(shnode.GetItemByDataNode(rois[0]))
     assert shnode.GetItemLevel(shnode.GetItemParent(folder)) == "Study"
-
-
-# --- the module file (needs Slicer to run; checked statically here) --------------------------
-
-#: what Slicer bundles and the module may import at file scope
-BUNDLED_AT_FILE_SCOPE = {"slicer", "vtk", "qt", "ctk", "typing", "enum", "os", "logging", "__future__"}
-
-
-def _module_tree() -> ast.Module:
-    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"), filename=str(MODULE_FILE))
-
-
-def _file_scope_imports(tree: ast.AST) -> list[str]:
-    """Modules imported when the file is imported: everywhere except inside function bodies."""
-    found = []
-
-    def visit(node):
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                continue
-            if isinstance(child, ast.Import):
-                found.extend(alias.name for alias in child.names)
-            elif isinstance(child, ast.ImportFrom):
-                found.append("." * child.level + (child.module or ""))
-            visit(child)
-
-    visit(tree)
-    return found
-
-
-def test_module_file_compiles(tmp_path):
-    py_compile.compile(str(MODULE_FILE), cfile=str(tmp_path / "module.pyc"), doraise=True)
-
-
-def test_module_file_imports_only_what_slicer_bundles():
-    imports = _file_scope_imports(_module_tree())
-    assert "slicer" in imports
-    outside = [name for name in imports if name.split(".")[0] not in BUNDLED_AT_FILE_SCOPE]
-    assert outside == [], f"imported at file scope but not bundled with Slicer: {outside}"
-
-
-def test_module_file_has_the_four_template_classes():
-    classes = {node.name: [ast.unparse(base) for base in node.bases]
-               for node in _module_tree().body if isinstance(node, ast.ClassDef)}
-    assert classes["SpineStenosisGrader"] == ["ScriptedLoadableModule"]
-    assert classes["SpineStenosisGraderWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
-    assert classes["SpineStenosisGraderLogic"] == ["ScriptedLoadableModuleLogic"]
-    assert classes["SpineStenosisGraderTest"] == ["ScriptedLoadableModuleTest"]
-
-
-def _ui_widget_names() -> dict[str, str]:
-    return {w.get("name"): w.get("class") for w in ET.parse(UI_FILE).getroot().iter("widget")}
-
-
-def test_ui_parameter_names_are_parameter_node_fields():
-    """Every SlicerParameterName in the .ui must be a field of the parameter node, or connectGui fails."""
-    parameter_class = next(node for node in _module_tree().body
-                           if isinstance(node, ast.ClassDef) and node.name == "SpineStenosisGraderParameterNode")
-    fields = {stmt.target.id for stmt in parameter_class.body if isinstance(stmt, ast.AnnAssign)}
-    bound = {}
-    for widget in ET.parse(UI_FILE).getroot().iter("widget"):
-        for prop in widget.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
-                bound[prop.find("string").text] = widget.get("class")
-    assert set(bound) == fields
-    assert bound["inputVolume"] == "qMRMLNodeComboBox"
-
-
-def test_widgets_used_by_the_module_exist_in_the_ui():
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
-    assert used, "the Widget should use the .ui"
-    missing = used - set(_ui_widget_names())
-    assert not missing, f"self.ui.<name> not in {UI_FILE.name}: {missing}"
-
-
-def test_cmake_lists_every_library_script():
-    """slicerMacroBuildScriptedModule packages only the scripts it is given; a glob is not the convention."""
-    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "SpineStenosisGrader")
-    on_disk = {f"SpineStenosisGraderLib/{p.name}" for p in (MODULE_DIR / "SpineStenosisGraderLib").glob("*.py")}
-    missing = {p for p in on_disk if p not in cmake}
-    assert not missing, f"add to SCRIPTS in SpineStenosisGrader/CMakeLists.txt: {sorted(missing)}"
-    for resource in ("Resources/Icons/SpineStenosisGrader.png", "Resources/UI/SpineStenosisGrader.ui",
-                     "Resources/requirements.txt"):
-        assert resource in cmake
-        assert (MODULE_DIR / resource).is_file()
