@@ -246,9 +246,10 @@ def test_a_moved_resized_or_rotated_box_is_a_correction(review):
     ai_box = _level_of(review, "L3-L4").box
     tilted = OrientedBox(ai_box.center, ai_box.size, tuple(_rotation([1, 0, 0], 12.0).reshape(-1)))
     mrml.set_roi_box(rotated, tilted)  # as the rotation handle does: a new ROI-to-node matrix
-    review.refresh_table()
+    review.refresh_table(author="Dr C")  # as the Widget does after an interaction: who and when
 
     levels = review.result().levels
+    assert [(lv.correction.author, lv.correction.time[:2]) for lv in levels[:3]] == [("Dr C", "20")] * 3
     assert levels[0].correction.box.center == pytest.approx((3.0, 30.0, _z(8) + 2.0))
     assert levels[0].box.center == pytest.approx((0.0, 30.0, _z(8)))  # the model's box stays beside it
     assert levels[1].correction.box.size == pytest.approx((24.0, 14.0, 6.0))
@@ -491,6 +492,17 @@ def test_a_rerun_follows_the_clinicians_numbering(review):
     changes = review.merge_rerun(new_run)
     assert [roi.GetName() for roi in review.level_rois()] == ["L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1"]
     assert "L1-L2: named T12-L1 to follow the clinician's numbering" in changes
+
+
+def test_a_rerun_leaves_names_alone_when_the_clinicians_names_are_no_numbering(review):
+    review.rename_level(_by_name(review, "L5-S1"), "L1-L2")  # L1-L2 at the bottom...
+    review.rename_level(_by_name(review, "L2-L3"), "T11-T12")  # ...and T11-T12 three discs up: not one count
+    new_run = lumbar_result()
+    new_run.levels.append(_level("L1-L2", 44, "A"))
+    changes = review.merge_rerun(new_run)
+    assert [roi.GetName() for roi in review.level_rois()] == ["L1-L2", "L4-L5", "L3-L4", "T11-T12", "L1-L2"]
+    assert not any("numbering" in change for change in changes)
+    assert "L1-L2: 2 levels now have this name; rename or re-anchor them" in changes
 
 
 # --- saving the scene ----------------------------------------------------------------------------------

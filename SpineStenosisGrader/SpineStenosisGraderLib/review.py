@@ -201,8 +201,9 @@ class StudyReview:
                                 "level": level.to_dict()})
         return records
 
-    def _state(self) -> tuple[StudyResult, list[tuple[Any, DiscLevel]], list[dict[str, Any]]]:
-        """The run as it stands, its (ROI, level) pairs in order, and its removal records."""
+    def _state(self) -> tuple[StudyResult, list[tuple[Any, DiscLevel]], list[dict[str, Any]], dict[str, DiscLevel]]:
+        """The run as it stands, its (ROI, level) pairs in order, its removal records, and its levels as last
+        recorded (by levelId)."""
         run, level_ids = self._run()
         pairs = self._levels(run.study)
         present = {roi.GetAttribute(mrml.LEVEL_ID_ATTRIBUTE) for roi, _ in pairs}
@@ -212,7 +213,7 @@ class StudyReview:
             warnings=run.warnings, timings_s=run.timings_s,
             removed_levels=[DiscLevel.from_dict(record["level"]) for record in records],
         )
-        return result, pairs, records
+        return result, pairs, records, dict(zip(level_ids, run.levels))
 
     def result(self) -> StudyResult:
         """The run as it stands in the scene: model values, clinician corrections, removed levels.
@@ -253,16 +254,23 @@ class StudyReview:
 
     # ------------------------------------------------------------------ writing the scene
 
-    def refresh_table(self) -> None:
+    def refresh_table(self, author: str = "") -> None:
         """Rewrite the table rows and the run's record from the scene; recolour the ROIs by their final grade.
 
-        ROIs deleted outside this class since the last refresh are recorded as
-        removed levels here, as they were when last seen. The table node is only
-        modified when something changed, so a Widget may call this from ROI
-        observers.
+        Call it after the user changed ROIs in Slicer (dragged a box's handles,
+        renamed or deleted a node): a box or name changed since the last refresh
+        is stamped with the time (and ``author``, if given), and an ROI deleted
+        since is recorded as a removed level, as it was when last seen. The
+        table node is only modified when something changed, so a Widget may
+        call this from ROI observers.
         """
-        result, pairs, records = self._state()
+        result, pairs, records, last_seen = self._state()
         for roi, level in pairs:
+            before = last_seen.get(roi.GetAttribute(mrml.LEVEL_ID_ATTRIBUTE))
+            if before is not None and level.correction is not None and (
+                    effective_name(before) != effective_name(level)
+                    or not mrml.same_box(effective_box(before), effective_box(level))):
+                mrml.write_correction(roi, self._stamp(level.correction, author))
             mrml.show_level(roi, level, result.model)
         level_ids = [roi.GetAttribute(mrml.LEVEL_ID_ATTRIBUTE) for roi, _ in pairs]
         if mrml.is_stored_run(self.table_node, result, level_ids):
@@ -559,6 +567,9 @@ class StudyReview:
                            timings_s=new_result.timings_s)
         mrml.store_run(self.table_node, base, [roi.GetAttribute(mrml.LEVEL_ID_ATTRIBUTE) for roi, _ in pairs])
         changes += self._follow_clinician_numbering(renamed, named_by_clinician, region, author)
+        names = [roi.GetName() for roi in self.level_rois()]
+        for name in sorted({name for name in names if names.count(name) > 1}):
+            changes.append(f"{name}: {names.count(name)} levels now have this name; rename or re-anchor them")
         scales = {level.grade.scale for level in new_result.levels if level.grade is not None}
         if len(scales) == 1:
             self.table_node.SetAttribute(mrml.SCALE_ATTRIBUTE, scales.pop())
@@ -668,7 +679,7 @@ class StudyReview:
         """
         if volume_format not in VOLUME_FORMATS:
             raise InputError(f"The volume format must be one of {', '.join(VOLUME_FORMATS)}, not {volume_format!r}.")
-        result, _, removal_records = self._state()
+        result, _, removal_records, _ = self._state()
         self._check_image(image, result)
         folder = Path(os.path.abspath(folder))
         _check_annotation_folder(folder)
