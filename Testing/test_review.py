@@ -224,6 +224,22 @@ def test_a_run_without_model_grades_has_no_scale_to_grade_on(scene):
         review.set_clinician_grade(review.level_rois()[0], "1")
 
 
+def test_a_run_that_found_nothing_can_be_annotated_by_hand(scene, volume):
+    empty = lumbar_result()
+    empty.levels = []
+    review = StudyReview.create(scene, empty, volume, scale="schizas")
+    assert review.level_rois() == [] and _rows(review) == []
+    assert StudyReview.in_scene(scene, volume)[0].table_node.GetID() == review.table_node.GetID()
+    roi = _place_roi(scene, _z(17))
+    with pytest.raises(InputError, match="no named level beside it"):
+        review.add_level(roi)
+    review.add_level(roi, "L4-L5", author="Dr A")
+    review.set_clinician_grade(roi, "B")
+    assert _rows(review)[0]["level"] == "L4-L5" and _rows(review)[0]["final_grade"] == "B"
+    with pytest.raises(KeyError, match="unknown grading scale"):
+        StudyReview.create(scene, empty, volume, scale="made-up")
+
+
 def test_renaming_a_level_keeps_the_model_name_beside_it(review):
     roi = _by_name(review, "L2-L3")
     review.rename_level(roi, "l1/l2")
@@ -310,7 +326,7 @@ def test_a_level_added_by_hand_has_no_model_grade(scene, volume, review):
     assert folder_of(roi) == folder_of(review.table_node)
 
     below = _place_roi(scene, _z(1))  # below L5-S1: no disc name is left below it
-    with pytest.raises(InputError, match="no named level beside it"):
+    with pytest.raises(InputError, match="No disc lies below L5-S1"):
         review.add_level(below)
     between = _place_roi(scene, _z(22))  # between L4-L5 and L3-L4, whose names leave no gap
     with pytest.raises(InputError, match="no free name"):
@@ -700,12 +716,14 @@ def _zip_folder(folder: Path, path: Path, prefix: str = "", extra: dict[str, byt
 
 def test_a_package_is_imported_from_a_folder_or_a_zip(tmp_path):
     source = make_package(tmp_path / "p")
+    (source / ".DS_Store").write_bytes(b"Finder's own file")  # not the package's, not copied
     installed = import_package(source, tmp_path / "models")
     assert installed.path == tmp_path / "models" / "test-0"
     assert sorted(p.name for p in installed.path.iterdir()) == ["classifier.safetensors", "detector.safetensors",
                                                                 "manifest.json"]
     assert import_package(source, tmp_path / "models").path == installed.path  # again: the installed one
 
+    (source / ".DS_Store").unlink()
     zipped = _zip_folder(source, tmp_path / "package.zip", "test-0/", {"__MACOSX/._manifest.json": b"junk"})
     from_zip = import_package(zipped, tmp_path / "other-models")
     assert from_zip.name == "test" and (tmp_path / "other-models" / "test-0" / "manifest.json").is_file()

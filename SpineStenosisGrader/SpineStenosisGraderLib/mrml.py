@@ -179,12 +179,7 @@ def set_level_attributes(roi, level: DiscLevel, model: ModelInfo) -> None:
     roi.SetAttribute(AI_BOX_ATTRIBUTE, json.dumps(level.box.to_dict()))
     roi.RemoveAttribute(GRADED_BOX_ATTRIBUTE)
     if level.grade is not None:
-        roi.SetAttribute(_attr("task"), level.grade.task)
-        roi.SetAttribute(_attr("scale"), level.grade.scale)
-        roi.SetAttribute(_attr("grade"), level.grade.grade)
-        roi.SetAttribute(_attr("probability"), repr(level.grade.probability))
-        roi.SetAttribute(_attr("probabilities"), json.dumps(level.grade.probabilities))
-        roi.SetAttribute(_attr("uncertain"), "true" if level.grade.uncertain else "false")
+        _set_grade_attributes(roi, level.grade)
     else:
         for name in _GRADE_ATTRIBUTES:
             roi.RemoveAttribute(_attr(name))
@@ -202,6 +197,10 @@ def set_level_attributes(roi, level: DiscLevel, model: ModelInfo) -> None:
 def set_model_grade(roi, grade: GradePrediction, slice_index: int) -> None:
     """Replace the model grade stored on ``roi`` (a re-grade), keeping its other model values."""
     roi.SetAttribute(_attr("sliceIndex"), str(int(slice_index)))
+    _set_grade_attributes(roi, grade)
+
+
+def _set_grade_attributes(roi, grade: GradePrediction) -> None:
     roi.SetAttribute(_attr("task"), grade.task)
     roi.SetAttribute(_attr("scale"), grade.scale)
     roi.SetAttribute(_attr("grade"), grade.grade)
@@ -244,6 +243,7 @@ def same_box(a: OrientedBox, b: OrientedBox) -> bool:
 
 
 def json_attribute(node, name: str, default: Any) -> Any:
+    """The JSON value of a node attribute, ``default`` if it has none; a damaged one is a ValueError."""
     text = node.GetAttribute(name)
     if not text:
         return default

@@ -259,8 +259,9 @@ def load_default_package(backend: str = "auto") -> ModelPackage:
 #: an imported package (all its files) may not be larger than this: model packages are tens of MB
 MAX_IMPORT_BYTES = 2 * 1024 ** 3
 
-def _is_zip_junk(name: str) -> bool:
-    """What macOS adds to the zips it makes: never part of a package, never extracted."""
+
+def _is_os_junk(name: str) -> bool:
+    """What macOS adds to folders and to the zips it makes: never part of a package, never copied."""
     return name.startswith("__MACOSX/") or PurePosixPath(name).name == ".DS_Store"
 
 
@@ -270,7 +271,8 @@ def _package_folder_name(package: ModelPackage) -> str:
 
 def _package_files(folder: Path) -> set[str]:
     """Every file under ``folder``, as POSIX paths relative to it."""
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+    paths = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+    return {path for path in paths if not _is_os_junk(path)}
 
 
 def _extract_zip(source: Path, target: Path) -> Path:
@@ -283,7 +285,7 @@ def _extract_zip(source: Path, target: Path) -> Path:
         total = 0
         for info in archive.infolist():
             name = info.filename
-            if info.is_dir() or _is_zip_junk(name):
+            if info.is_dir() or _is_os_junk(name):
                 continue
             parts = PurePosixPath(name.replace("\\", "/")).parts
             if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):

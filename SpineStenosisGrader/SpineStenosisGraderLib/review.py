@@ -110,9 +110,19 @@ class StudyReview:
     # ------------------------------------------------------------------ finding runs
 
     @classmethod
-    def create(cls, scene, result: StudyResult, volume_node=None) -> StudyReview:
-        """Put ``result`` in ``scene`` (ROIs, table, folder) with its clinician corrections and removed levels."""
+    def create(cls, scene, result: StudyResult, volume_node=None, scale: str | None = None) -> StudyReview:
+        """Put ``result`` in ``scene`` (ROIs, table, folder) with its clinician corrections and removed levels.
+
+        ``scale`` (a key of ``scales.SCALES``) is the grading scale of the package
+        that made the run; it lets a clinician grade levels of a run whose levels
+        the model did not grade (none found, or all added by hand). Without it the
+        scale is the one of the model's grades.
+        """
+        if scale is not None:
+            get_scale(scale)  # a KeyError names the known scales
         table_node, rois = mrml.add_run_to_scene(scene, result, volume_node)
+        if scale is not None and not table_node.GetAttribute(mrml.SCALE_ATTRIBUTE):
+            table_node.SetAttribute(mrml.SCALE_ATTRIBUTE, scale)
         for roi, level in zip(rois, result.levels):
             correction = level.correction
             if correction is None:
@@ -371,12 +381,16 @@ class StudyReview:
                 below = name
             elif above is None:
                 above = name
-        if below is not None and SPINE_DISCS.index(below) > 0:
-            guess = SPINE_DISCS[SPINE_DISCS.index(below) - 1]
-        elif above is not None and SPINE_DISCS.index(above) < len(SPINE_DISCS) - 1:
-            guess = SPINE_DISCS[SPINE_DISCS.index(above) + 1]
+        if below is not None:
+            index = SPINE_DISCS.index(below) - 1  # the list runs superior to inferior
+        elif above is not None:
+            index = SPINE_DISCS.index(above) + 1
         else:
             raise InputError("Give the new level a name (for example L4-L5): no named level beside it to count from.")
+        if not 0 <= index < len(SPINE_DISCS):
+            raise InputError(f"No disc lies {'above' if below else 'below'} {below or above}: give the new level "
+                             "a name, or re-anchor the other levels first.")
+        guess = SPINE_DISCS[index]
         if guess in [roi.GetName() for roi in self.level_rois()]:
             raise InputError(f"The levels beside the new one leave no free name ({guess} is taken). Give it a name "
                              "and re-anchor so that every name shifts.")
