@@ -199,6 +199,8 @@ def test_attributes_and_description(scene, volume, result):
     # The ungraded level says so and carries no grade.
     assert attr(rois[2], "grade") is None
     assert "not graded" in attr(rois[2], "description")
+    assert attr(rois[2], "levelId") and attr(rois[2], "levelId") != attr(l45, "levelId")
+    assert json.loads(attr(l45, "aiBox")) == result.levels[1].box.to_dict()
     # Every ROI leads to the volume and the table.
     table = l45.GetNodeReference(mrml.TABLE_REFERENCE_ROLE)
     assert table is not None and table.IsA("vtkMRMLTableNode")
@@ -216,16 +218,20 @@ def test_table_contents(scene, volume, result):
     table = tables[0]
     assert rois[0].GetNodeReference(mrml.TABLE_REFERENCE_ROLE) is table
     assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == list(mrml.TABLE_COLUMNS)
-    rows = _table_rows(table)
-    assert [row[0] for row in rows] == ["L3-L4", "L4-L5", "L5-S1"]
-    assert [row[1] for row in rows] == ["A", "C", ""]
+    rows = [dict(zip(mrml.TABLE_COLUMNS, row)) for row in _table_rows(table)]
+    assert [row["level"] for row in rows] == ["L3-L4", "L4-L5", "L5-S1"]
+    assert [row["ai_level"] for row in rows] == ["L3-L4", "L4-L5", "L5-S1"]
+    assert [row["ai_grade"] for row in rows] == ["A", "C", ""]
     probability = table.GetTable().GetColumnByName("probability")
     assert probability.GetValue(0) == pytest.approx(0.91)
     assert probability.GetValue(1) == pytest.approx(0.55)
     assert math.isnan(probability.GetValue(2))
-    assert [row[3] for row in rows] == ["0", "1", "0"]
-    assert {row[4] for row in rows} == {"ssg-lumbar-t2 0.1.0"}
-    assert "schizas" in table.GetColumnDescription("grade")
+    assert [row["uncertain"] for row in rows] == ["0", "1", "0"]
+    assert [row["clinician_grade"] for row in rows] == ["", "", ""]
+    assert [row["final_grade"] for row in rows] == ["A", "C", ""]
+    assert [row["edited"] for row in rows] == ["0", "0", "0"]
+    assert {row["model"] for row in rows} == {"ssg-lumbar-t2 0.1.0"}
+    assert "schizas" in table.GetColumnDescription("ai_grade")
 
 
 def test_run_folder_under_the_volume_study(scene, volume, result):
@@ -351,7 +357,8 @@ def test_save_and_reload_keeps_boxes_and_attributes(scene, volume, result, tmp_p
 
     table = rois[0].GetNodeReference(mrml.TABLE_REFERENCE_ROLE)
     assert table.GetName() == "T2 axial stenosis grades"
-    assert [row[:2] for row in _table_rows(table)] == [["L3-L4", "A"], ["L4-L5", "C"], ["L5-S1", ""]]
+    assert [row[:3] for row in _table_rows(table)] == [["L3-L4", "L3-L4", "A"], ["L4-L5", "L4-L5", "C"],
+                                                       ["L5-S1", "L5-S1", ""]]
 
     shnode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(reloaded)
     folder = shnode.GetItemParent(shnode.GetItemByDataNode(rois[0]))

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
+import stat
+import uuid
+import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Union
 
 from .errors import ModelPackageError
@@ -140,6 +145,34 @@ class ModelPackage:
             self._models["classifier"] = TorchGradeClassifier(model, self.scale, self.classifier_config)
         return self._models["classifier"]
 
+    def compatibility_warnings(self, modality: str, region: str) -> list[str]:
+        """What is wrong with using this package on a study of ``modality`` ("CT", "MR") and ``region``.
+
+        Empty when the package was made for such studies. An empty ``modality``
+        or ``region`` (not known yet) is not checked.
+        """
+        warnings = []
+        modalities = [str(m).upper() for m in self.manifest.get("modalities", [])]
+        if modality and modalities and modality.upper() not in modalities:
+            warnings.append(
+                f"The model package {self.name} {self.version} was made for {', '.join(modalities)} studies, "
+                f"not {modality.upper()}: its boxes and grades are likely wrong on this study."
+            )
+        graded = list(self.manifest.get("regions", []))
+        located = list(self.manifest.get("detects_regions", graded))
+        if region and graded and region not in graded:
+            if region in located:
+                warnings.append(
+                    f"The model package {self.name} {self.version} grades {', '.join(graded)} levels only: the "
+                    f"{region} levels of this study will be located but not graded."
+                )
+            else:
+                warnings.append(
+                    f"The model package {self.name} {self.version} was made for the {', '.join(located)} spine, "
+                    f"not the {region} spine: expect missed or misplaced levels and no grades."
+                )
+        return warnings
+
 
 def load_package(path: Union[str, Path, None] = None, backend: str = "auto") -> ModelPackage:
     """Load and verify the package in folder ``path`` (or a manifest file); the default one when None.
@@ -221,3 +254,109 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 def load_default_package(backend: str = "auto") -> ModelPackage:
     """The package shipped with the extension (trained by `spine-stenosis-grader train`)."""
     return load_package(None, backend)
+
+
+#: an imported package (all its files) may not be larger than this: model packages are tens of MB
+MAX_IMPORT_BYTES = 2 * 1024 ** 3
+
+
+def _is_os_junk(name: str) -> bool:
+    """What macOS adds to folders and to the zips it makes: never part of a package, never copied."""
+    return name.startswith("__MACOSX/") or PurePosixPath(name).name == ".DS_Store"
+
+
+def _package_folder_name(package: ModelPackage) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{package.name}-{package.version}").strip("._") or "package"
+
+
+def _package_files(folder: Path) -> set[str]:
+    """Every file under ``folder``, as POSIX paths relative to it."""
+    paths = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+    return {path for path in paths if not _is_os_junk(path)}
+
+
+def _extract_zip(source: Path, target: Path) -> Path:
+    """Extract a package zip into ``target`` safely; return the folder holding its manifest."""
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelPackageError(f"{source.name} is not a readable zip file ({exc}).") from None
+    with archive:
+        total = 0
+        for info in archive.infolist():
+            name = info.filename
+            if info.is_dir() or _is_os_junk(name):
+                continue
+            parts = PurePosixPath(name.replace("\\", "/")).parts
+            if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                raise ModelPackageError(f"{source.name} holds a file outside its own folder ({name}): refused.")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise ModelPackageError(f"{source.name} holds a symbolic link ({name}): refused.")
+            destination = target.joinpath(*parts)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as reader, open(destination, "wb") as writer:
+                # count what is really extracted: a zip's stated sizes can lie
+                for block in iter(lambda: reader.read(1 << 20), b""):
+                    total += len(block)
+                    if total > MAX_IMPORT_BYTES:
+                        raise ModelPackageError(f"{source.name} unpacks to more than "
+                                                f"{MAX_IMPORT_BYTES // 1024 ** 3} GB: not a model package.")
+                    writer.write(block)
+    if (target / "manifest.json").is_file():
+        return target
+    folders = [p for p in target.iterdir() if p.is_dir()]
+    if len(folders) == 1 and not any(p.is_file() for p in target.iterdir()) and (folders[0] / "manifest.json").is_file():
+        return folders[0]
+    raise ModelPackageError(f"{source.name} holds no model package: no manifest.json at its top or in its one folder.")
+
+
+def import_package(source: str | Path, packages_root: str | Path) -> ModelPackage:
+    """Copy a model package (a folder, or a ``.zip`` of one) into ``packages_root``, verified, and load it.
+
+    For sites without internet: the package is checked before anything is
+    copied in (manifest, SHA256 of every file, only safetensors/ONNX/JSON) and
+    refused if it holds a file its manifest does not list. The copy is checked
+    again and moved into ``packages_root/<name>-<version>`` in one step.
+    Importing the same package again returns the installed one; another
+    package of the same name and version is refused.
+    """
+    source = Path(source)
+    root = Path(packages_root)
+    if not source.exists():
+        raise ModelPackageError(f"{source} does not exist.")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".import-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        if source.is_dir():
+            folder = source
+        elif zipfile.is_zipfile(source):
+            folder = _extract_zip(source, staging / "unpacked")
+        else:
+            raise ModelPackageError(f"{source.name} is neither a model package folder nor a .zip of one.")
+        package = load_package(folder)
+        listed = {entry["path"] for entry in package.manifest["files"].values()}
+        foreign = sorted(_package_files(folder) - listed - {"manifest.json"})
+        if foreign:
+            raise ModelPackageError(
+                f"The package holds files its manifest does not list ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}): it is not as published. Import the original package."
+            )
+        target = root / _package_folder_name(package)
+        if target.exists():
+            if (target / "manifest.json").is_file() and \
+                    sha256_file(target / "manifest.json") == sha256_file(folder / "manifest.json"):
+                return load_package(target)
+            raise ModelPackageError(
+                f"Another package named {package.name} {package.version} is already installed in {target}. "
+                "Remove it first, or give the new package another version."
+            )
+        copy = staging / "package"
+        for relative in sorted(listed | {"manifest.json"}):
+            (copy / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / relative, copy / relative)
+        load_package(copy)  # the copy, checked again
+        copy.rename(target)
+        return load_package(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

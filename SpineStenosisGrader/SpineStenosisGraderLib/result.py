@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: corrections say when and whether the clinician added the level; removed_levels
 SCHEMA_ID = "spine-stenosis-grader/result"
 
 
@@ -127,13 +127,20 @@ class GradePrediction:
 
 @dataclass
 class ClinicianCorrection:
-    """What a clinician changed; the AI values are kept beside it, never overwritten."""
+    """What a clinician changed; the AI values are kept beside it, never overwritten.
+
+    ``added`` marks a level the clinician placed (the model did not find it in
+    this run): its ``DiscLevel`` box and name are then the clinician's and it
+    has no model grade. ``time`` is when the level was last corrected (ISO 8601, UTC).
+    """
 
     grade: Optional[str] = None
     name: Optional[str] = None
     box: Optional[OrientedBox] = None
     author: str = ""
     note: str = ""
+    added: bool = False
+    time: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +149,8 @@ class ClinicianCorrection:
             "box": self.box.to_dict() if self.box else None,
             "author": self.author,
             "note": self.note,
+            "added": bool(self.added),
+            "time": self.time,
         }
 
     @classmethod
@@ -152,6 +161,8 @@ class ClinicianCorrection:
             box=OrientedBox.from_dict(data["box"]) if data.get("box") else None,
             author=data.get("author", ""),
             note=data.get("note", ""),
+            added=bool(data.get("added", False)),
+            time=data.get("time", ""),
         )
 
 
@@ -166,6 +177,12 @@ class DiscLevel:
     grade: Optional[GradePrediction] = None
     measurements: dict[str, float] = field(default_factory=dict)
     correction: Optional[ClinicianCorrection] = None
+
+    @property
+    def edited(self) -> bool:
+        """True when a clinician changed anything on this level: its grade, name or box, or added it."""
+        c = self.correction
+        return c is not None and bool(c.grade or c.name or c.box is not None or c.added)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -243,7 +260,12 @@ class StudyInfo:
 
 @dataclass
 class StudyResult:
-    """Everything the grader found in one study."""
+    """Everything the grader found in one study.
+
+    ``removed_levels`` are levels a clinician removed from the run as false,
+    kept with their model values and corrections so that no correction is lost
+    and a training set learns from them.
+    """
 
     study: StudyInfo
     model: ModelInfo
@@ -251,6 +273,7 @@ class StudyResult:
     detections: list[CanalDetection]
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    removed_levels: list[DiscLevel] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -262,6 +285,7 @@ class StudyResult:
             "detections": [d.to_dict() for d in self.detections],
             "warnings": list(self.warnings),
             "timings_s": {k: float(v) for k, v in self.timings_s.items()},
+            "removed_levels": [level.to_dict() for level in self.removed_levels],
         }
 
     def to_json(self) -> str:
@@ -284,6 +308,7 @@ class StudyResult:
             detections=[CanalDetection.from_dict(d) for d in data["detections"]],
             warnings=list(data.get("warnings", [])),
             timings_s=dict(data.get("timings_s", {})),
+            removed_levels=[DiscLevel.from_dict(d) for d in data.get("removed_levels", [])],
         )
 
     @classmethod

@@ -381,7 +381,7 @@ def write_levels_csv(result: StudyResult, path: Path) -> None:
 # --------------------------------------------------------------------------- study outputs
 
 
-def _markups_names(levels: Sequence[DiscLevel]) -> list[str]:
+def markups_file_names(levels: Sequence[DiscLevel]) -> list[str]:
     """File names of the levels' markups, made unique (case-insensitively, for macOS and Windows)."""
     names, seen = [], set()
     for level in levels:
@@ -402,7 +402,7 @@ def _previous_run_files(out_dir: Path) -> set[str]:
         previous = StudyResult.from_json((out_dir / RESULT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError):
         return set()
-    return {RESULT_FILE, LEVELS_CSV_FILE, REPORT_FILE, *_markups_names(previous.levels)}
+    return {RESULT_FILE, LEVELS_CSV_FILE, REPORT_FILE, *markups_file_names(previous.levels)}
 
 
 def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mapping[int, np.ndarray]) -> list[Path]:
@@ -430,7 +430,7 @@ def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mappin
         names = [RESULT_FILE, LEVELS_CSV_FILE]
         (staging / RESULT_FILE).write_text(result.to_json() + "\n", encoding="utf-8")
         write_levels_csv(result, staging / LEVELS_CSV_FILE)
-        for level, name in zip(result.levels, _markups_names(result.levels)):
+        for level, name in zip(result.levels, markups_file_names(result.levels)):
             write_roi_markups(level, staging / name)
             names.append(name)
         _report.write_html_report(result, staging / REPORT_FILE, slice_images)
