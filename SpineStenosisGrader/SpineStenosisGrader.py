@@ -632,9 +632,11 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         table.setItem(row, self.LEVEL_COLUMN, nameItem)
 
         grade = level.grade
+        stale = review.grade_is_stale(roi)
         if grade is None:
             aiText = _("not graded")
-            aiTip = _("The model package does not grade this region.")
+            aiTip = (_("Added by hand: Re-grade selected level grades its box.") if stale
+                     else _("The model package does not grade this region."))
         else:
             aiText = "{grade} ({probability:.2f})".format(grade=grade.grade, probability=grade.probability)
             probabilities = ", ".join("{name} {p:.2f}".format(name=name, p=p) for name, p in grade.probabilities.items())
@@ -642,9 +644,13 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             if scale is not None and grade.grade in scale.names:
                 aiTip = scale.grade_class(grade.grade).definition + "\n" + aiTip
             if grade.uncertain:
-                # the marker the brief asks for: this grade needs a human look
+                # below the package's confidence threshold: this grade needs a human look
                 aiText += " ?"
                 aiTip += "\n" + _("Uncertain: check this level.")
+            if stale:
+                aiText += " " + _("(box changed)")
+                aiTip += "\n" + _("The box changed since the model graded it: Re-grade selected level updates "
+                                   "this grade.")
         aiItem = qt.QTableWidgetItem(aiText)
         aiItem.setToolTip(aiTip)
         table.setItem(row, self.AI_GRADE_COLUMN, aiItem)
@@ -1058,16 +1064,36 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         return sitkUtils.PullVolumeFromSlicer(volumeNode)
 
     @staticmethod
-    def dicomModality(volumeNode) -> Optional[str]:
-        """"CT" or "MR" from the DICOM series the volume was loaded from, if it was and says so."""
+    def subjectHierarchyItem(volumeNode):
+        """(subject hierarchy node, the volume's item), the item 0 when the volume has none."""
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volumeNode.GetScene())
-        if shNode is None:
-            return None
-        itemID = shNode.GetItemByDataNode(volumeNode)
+        return shNode, shNode.GetItemByDataNode(volumeNode) if shNode is not None else 0
+
+    @classmethod
+    def dicomModality(cls, volumeNode) -> Optional[str]:
+        """"CT" or "MR" from the DICOM series the volume was loaded from, if it was and says so."""
+        shNode, itemID = cls.subjectHierarchyItem(volumeNode)
         if not itemID:
             return None
-        modality = shNode.GetItemAttribute(itemID, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMSeriesModalityAttributeName())
+        modality = shNode.GetItemAttribute(
+            itemID, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMSeriesModalityAttributeName())
         return modality if modality in ("CT", "MR") else None
+
+    @classmethod
+    def patientIdentifiers(cls, volumeNode) -> dict:
+        """The patient's name and ID from the DICOM patient the volume belongs to, as DICOM tags (may be empty)."""
+        from SpineStenosisGraderLib.review import PATIENT_ID_TAG, PATIENT_NAME_TAG
+
+        constants = slicer.vtkMRMLSubjectHierarchyConstants
+        shNode, itemID = cls.subjectHierarchyItem(volumeNode)
+        patientID = shNode.GetItemAncestorAtLevel(itemID, constants.GetDICOMLevelPatient()) if itemID else 0
+        if not patientID:
+            return {}
+        values = {
+            PATIENT_NAME_TAG: shNode.GetItemAttribute(patientID, constants.GetDICOMPatientNameAttributeName()),
+            PATIENT_ID_TAG: shNode.GetItemAttribute(patientID, constants.GetDICOMPatientIDAttributeName()),
+        }
+        return {tag: value for tag, value in values.items() if value}
 
     @staticmethod
     def volumeSource(volumeNode) -> str:
@@ -1265,9 +1291,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         """Adopt the placed ``roi`` as a new level of ``review``; remove it if no box was placed."""
         if roi is None or roi.GetScene() is None:
             return False
-        size = [0.0, 0.0, 0.0]
-        roi.GetSize(size)
-        if review is None or min(size) <= 0.0:
+        if review is None or min(roi.GetSize()) <= 0.0:
             roi.GetScene().RemoveNode(roi)
             return False
         review.add_level(roi)
@@ -1311,10 +1335,15 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
     def exportAnnotationSet(self, review, folder: str, includePatientInfo: bool = False) -> list:
         """Training data: the volume, the boxes with their final grades, the provenance; no patient
         name or ID unless ``includePatientInfo``."""
-        if review.volume_node is None or review.volume_node.GetScene() is None:
+        volume = review.volume_node
+        if volume is None or volume.GetScene() is None:
             raise RuntimeError(_("The graded volume is no longer in the scene."))
-        return review.export_annotation_set(folder, self.volumeImage(review.volume_node),
-                                            include_patient_info=includePatientInfo)
+        image = self.volumeImage(volume)
+        if includePatientInfo:
+            # the voxels come from the scene, without the DICOM header: the patient comes from the Data module
+            for tag, value in self.patientIdentifiers(volume).items():
+                image.SetMetaData(tag, value)
+        return review.export_annotation_set(folder, image, include_patient_info=includePatientInfo)
 
 
 #
@@ -1408,9 +1437,7 @@ class SpineStenosisGraderTest(ScriptedLoadableModuleTest):
             self.assertEqual(roi.GetName(), level.name)
             self.assertRegex(roi.GetName(), levelName)
             self.assertEqual(roi.GetROIType(), slicer.vtkMRMLMarkupsROINode.ROITypeBox)
-            size = [0.0, 0.0, 0.0]
-            roi.GetSize(size)
-            self.assertTrue(all(s > 0 for s in size))
+            self.assertTrue(all(s > 0 for s in roi.GetSize()))
             self.assertIsNotNone(level.grade)
         self.assertEqual(review.table_node.GetNumberOfRows(), len(rois))
         self.assertEqual(result.study.source, logic.volumeSource(volume))

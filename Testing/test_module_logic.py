@@ -1,0 +1,332 @@
+"""The module's Logic on real MRML (slicer-core), grading through the real background process.
+
+The module file needs a few things only the Slicer application has: the scripted-module base
+classes, the translation function, the parameter node wrapper, Qt, and sitkUtils (which moves
+a volume node's voxels into SimpleITK through the application). Each is replaced here by the
+smallest stand-in that does the same job, so that the Logic's own code runs unchanged: it
+writes the volume, starts ``python -m SpineStenosisGraderLib.cli`` in a process of its own,
+polls it, loads the result into the scene, merges a re-run, cancels, places, re-grades and
+exports. Only the Python that runs the grader differs: this test's interpreter instead of
+PythonSlicer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+import types
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+from conftest import DATA, ROOT
+from SpineStenosisGraderLib.errors import SpineStenosisGraderError
+from SpineStenosisGraderLib.package import DEFAULT_PACKAGE_DIR
+from SpineStenosisGraderLib.review import StudyReview
+
+SAMPLE = DATA / "totalsegmentator_ct" / "example_ct.nii.gz"
+MODULE_FILE = ROOT / "SpineStenosisGrader" / "SpineStenosisGrader.py"
+_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _pull_volume(volume_node) -> sitk.Image:
+    """What sitkUtils.PullVolumeFromSlicer gives: the voxels with their geometry in LPS."""
+    image = sitk.GetImageFromArray(slicer.util.arrayFromVolume(volume_node))
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(ijk_to_ras)
+    direction = _LPS_FROM_RAS @ np.array([[ijk_to_ras.GetElement(r, c) for c in range(3)] for r in range(3)])
+    image.SetDirection(tuple(direction.reshape(-1)))
+    image.SetOrigin(tuple(_LPS_FROM_RAS @ np.array(volume_node.GetOrigin())))
+    image.SetSpacing(volume_node.GetSpacing())
+    return image
+
+
+class _ScriptedLoadableModuleLogic:
+    def __init__(self, parent=None):
+        self.moduleName = type(self).__name__[: -len("Logic")]
+
+
+def _application_stand_ins() -> dict[str, types.ModuleType]:
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    scripted.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {})
+    scripted.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
+    scripted.ScriptedLoadableModuleLogic = _ScriptedLoadableModuleLogic
+    scripted.ScriptedLoadableModuleTest = unittest.TestCase
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    sitk_utils = types.ModuleType("sitkUtils")
+    sitk_utils.PullVolumeFromSlicer = _pull_volume
+    return {"slicer.ScriptedLoadableModule": scripted, "slicer.i18n": i18n,
+            "slicer.parameterNodeWrapper": wrapper, "sitkUtils": sitk_utils,
+            "qt": types.ModuleType("qt"), "ctk": types.ModuleType("ctk")}
+
+
+@pytest.fixture(scope="module")
+def module():
+    """The module file, imported with the application's parts stood in for (for as long as its tests run:
+    the Logic imports sitkUtils when it needs it)."""
+    stand_ins = _application_stand_ins()
+    saved = {name: sys.modules.get(name) for name in stand_ins}
+    sys.modules.update(stand_ins)
+    try:
+        spec = importlib.util.spec_from_file_location("SpineStenosisGraderModuleUnderTest", MODULE_FILE)
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        # the grader runs in this interpreter instead of PythonSlicer
+        loaded.SpineStenosisGraderLogic.pythonExecutable = staticmethod(lambda: sys.executable)
+        yield loaded
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+
+
+def _new_scene():
+    scene = slicer.vtkMRMLScene()
+    scene.AddNode(slicer.vtkMRMLSelectionNode())
+    scene.AddNode(slicer.vtkMRMLInteractionNode())
+    markups_logic = slicer.vtkSlicerMarkupsLogic()
+    markups_logic.SetMRMLScene(scene)
+    scene._test_markups_logic = markups_logic  # keep the logic alive with the scene
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # Slicer always has one
+    return scene
+
+
+def _load_sample(scene, name="example_ct"):
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(SAMPLE))
+    assert storage.ReadData(volume)
+    volume.SetAndObserveStorageNodeID(storage.GetID())
+    return volume
+
+
+@pytest.fixture
+def logic(module, tmp_path):
+    return module.SpineStenosisGraderLogic(packagesRoot=str(tmp_path / "models"), tempRoot=str(tmp_path / "temp"))
+
+
+@pytest.fixture(scope="module")
+def graded(module, tmp_path_factory):
+    """The sample graded once through the Logic's background path (shared: grading takes seconds)."""
+    folder = tmp_path_factory.mktemp("graded")
+    logic = module.SpineStenosisGraderLogic(packagesRoot=str(folder / "models"), tempRoot=str(folder / "temp"))
+    scene = _new_scene()
+    volume = _load_sample(scene)
+    stages = []
+    review = logic.gradeAndWait(volume, timeoutSeconds=600, progress=lambda report: stages.append(report.stage))
+    return types.SimpleNamespace(logic=logic, scene=scene, volume=volume, review=review, stages=stages,
+                                 temp=folder / "temp")
+
+
+def test_grading_runs_in_the_background_and_puts_one_box_per_level_in_the_scene(graded):
+    assert graded.stages == ["read", "detect", "levels", "grade", "write", "done"]
+    assert not graded.logic.isGrading() and not graded.logic.lastRunWasRerun
+    review = graded.review
+    result = review.result()
+    rois = review.level_rois()
+    assert len(rois) == len(result.levels) >= 5
+    assert [roi.GetName() for roi in rois] == [level.name for level in result.levels]
+    for roi in rois:
+        assert roi.GetROIType() == slicer.vtkMRMLMarkupsROINode.ROITypeBox
+        assert min(roi.GetSize()) > 0
+    assert review.table_node.GetNumberOfRows() == len(rois)
+    assert review.volume_node is graded.volume
+    # the result names the study's file, not the temporary copy the grader read
+    assert result.study.source == str(SAMPLE)
+    assert StudyReview.in_scene(graded.scene, graded.volume)[-1].table_node is review.table_node
+    assert graded.logic.reviewForVolume(graded.volume).table_node is review.table_node
+    assert list(graded.temp.iterdir()) == []  # the run's files are gone
+
+
+def test_a_rerun_keeps_the_clinicians_grade_and_says_what_changed(graded, module, tmp_path):
+    review = graded.review
+    roi = review.level_rois()[0]
+    ai_grade = review.result().levels[0].grade.grade
+    clinician = next(name for name in review.scale().names if name != ai_grade)
+    review.set_clinician_grade(roi, clinician)
+
+    logic = module.SpineStenosisGraderLogic(packagesRoot=str(tmp_path / "models"), tempRoot=str(tmp_path / "temp"))
+    rerun = logic.gradeAndWait(graded.volume, timeoutSeconds=600)
+    assert logic.lastRunWasRerun
+    assert len(StudyReview.in_scene(graded.scene, graded.volume)) == 1
+    assert rerun.table_node is review.table_node
+    assert isinstance(logic.lastChanges, list)  # the same study and model: typically nothing changed
+    kept = [level for level in rerun.result().levels if level.correction and level.correction.grade == clinician]
+    assert len(kept) == 1
+    review.set_clinician_grade(roi, None)
+
+
+def test_cancel_kills_the_run_and_leaves_the_scene_unchanged(logic, tmp_path):
+    scene = _new_scene()
+    volume = _load_sample(scene)
+    nodes_before = scene.GetNumberOfNodes()
+    run = logic.startGrading(volume)
+    assert logic.isGrading()
+    with pytest.raises(RuntimeError, match="already"):
+        logic.startGrading(volume)
+    deadline = time.monotonic() + 120
+    while run.progress is None:
+        logic.pollGrading()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    logic.cancelGrading()
+    assert not logic.isGrading() and logic.pollGrading() == []
+    assert not run.work_dir.exists()
+    assert scene.GetNumberOfNodes() == nodes_before
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == 0
+
+
+def test_a_failed_run_raises_the_graders_message_and_leaves_the_scene_unchanged(logic, tmp_path):
+    damaged = tmp_path / "damaged"
+    import shutil
+
+    shutil.copytree(DEFAULT_PACKAGE_DIR, damaged)
+    weights = damaged / "classifier.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    scene = _new_scene()
+    volume = _load_sample(scene)
+    nodes_before = scene.GetNumberOfNodes()
+    logic.startGrading(volume, packagePath=str(damaged))
+    with pytest.raises(RuntimeError, match="SHA256"):
+        while logic.isGrading():
+            logic.pollGrading()
+            time.sleep(0.05)
+    assert not logic.isGrading()
+    assert scene.GetNumberOfNodes() == nodes_before
+    assert list((tmp_path / "temp").iterdir()) == []
+
+
+def test_volumes_that_cannot_be_graded_are_refused_before_any_process_starts(logic):
+    scene = _new_scene()
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(ValueError, match="holds an image"):
+        logic.startGrading(empty)
+    volume = _load_sample(scene)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(ValueError, match="Harden"):
+        logic.startGrading(volume)
+    assert not logic.isGrading()
+
+
+def test_a_placed_box_becomes_a_level_and_an_abandoned_one_is_removed(graded, logic):
+    scene = _new_scene()
+    review = StudyReview.create(scene, graded.review.result(), _load_sample(scene))
+    interaction = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+    selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+
+    abandoned = logic.startPlacingLevel(review)
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert selection.GetActivePlaceNodeID() == abandoned.GetID()
+    assert selection.GetActivePlaceNodeClassName() == "vtkMRMLMarkupsROINode"
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)  # the user pressed Esc
+    assert not logic.finishPlacingLevel(review, abandoned)
+    assert abandoned.GetScene() is None
+
+    # the detector missed a disc: here, one level is taken away and placed again by hand
+    missed = review.level_rois()[2]
+    name, center = missed.GetName(), np.array(missed.GetCenter())
+    review.remove_level(missed)
+    levels_before = len(review.level_rois())
+    placed = logic.startPlacingLevel(review)
+    # two opposite corners clicked on the axial slice through the disc
+    placed.AddControlPoint(vtk.vtkVector3d(*(center - [8.0, 6.0, 0.0])))
+    placed.AddControlPoint(vtk.vtkVector3d(*(center + [8.0, 6.0, 0.0])))
+    assert logic.finishPlacingLevel(review, placed)
+    assert len(review.level_rois()) == levels_before + 1
+    assert placed.GetName() == name  # named from the level below it
+    assert review.is_edited(placed) and review.grade_is_stale(placed)
+
+    with pytest.raises(ValueError, match="Grade the volume first"):
+        logic.startPlacingLevel(None)
+
+
+def test_regrading_a_moved_box_uses_the_package_that_graded_the_run(graded):
+    logic, review = graded.logic, graded.review
+    assert logic.packageForRun(review).path == DEFAULT_PACKAGE_DIR
+    roi = review.level_rois()[1]
+    center = list(roi.GetCenter())
+    roi.SetCenter(center[0] + 2.0, center[1], center[2])
+    prediction = logic.regradeLevel(review, roi)
+    assert prediction.grade in review.scale().names
+    assert review.result().levels[1].grade.grade == prediction.grade
+    assert review.is_edited(roi)
+
+
+def test_a_run_by_a_package_that_is_not_installed_cannot_be_regraded(graded, logic):
+    result = graded.review.result()
+    result.model.version = "9.9.9"  # a version this installation does not have
+    scene = _new_scene()
+    review = StudyReview.create(scene, result, _load_sample(scene))
+    with pytest.raises(RuntimeError, match="9.9.9.*not installed"):
+        logic.packageForRun(review)
+
+
+def test_exports_write_results_and_an_annotation_set_without_patient_identifiers(graded, logic, tmp_path):
+    written = logic.exportResults(graded.review, str(tmp_path / "results"))
+    names = {Path(p).name for p in written}
+    assert {"result.json", "levels.csv", "report.html"} <= names
+    assert any(name.endswith(".mrk.json") for name in names)
+
+    # a volume loaded from DICOM sits under its patient in the Data module, which knows the name and ID
+    scene = _new_scene()
+    volume = _load_sample(scene)
+    review = StudyReview.create(scene, graded.review.result(), volume)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Doe^Jane")
+    sh.SetItemAttribute(patient, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMPatientNameAttributeName(),
+                        "Doe^Jane")
+    sh.SetItemAttribute(patient, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMPatientIDAttributeName(), "P-0042")
+    study = sh.CreateStudyItem(patient, "Lumbar CT")
+    item = sh.GetItemByDataNode(volume)
+    if item:
+        sh.SetItemParent(item, study)
+    else:
+        sh.CreateItem(study, volume)
+
+    anonymous = logic.exportAnnotationSet(review, str(tmp_path / "anonymous"))
+    provenance = json.loads((tmp_path / "anonymous" / "provenance.json").read_text())
+    assert not provenance["patient_info_included"] and "patient" not in provenance
+    exported = sitk.ReadImage(str(next(p for p in anonymous if Path(p).name.startswith("volume."))))
+    assert "Doe" not in json.dumps({key: exported.GetMetaData(key) for key in exported.GetMetaDataKeys()})
+
+    logic.exportAnnotationSet(review, str(tmp_path / "identified"), includePatientInfo=True)
+    provenance = json.loads((tmp_path / "identified" / "provenance.json").read_text())
+    assert provenance["patient"] == {"name": "Doe^Jane", "id": "P-0042"}
+
+
+def test_requirements_never_pip_install_torch_or_what_slicer_bundles(logic, tmp_path, module):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# comment\nonnxruntime>=1.17\ntorch>=2.2\ntorchvision>=0.17\nnumpy>=1.24\n"
+                            "SimpleITK>=2.3\nsafetensors>=0.4  # weights\n--extra-index-url https://x\n")
+    logic.resourcePath = lambda relative: str(tmp_path / relative)
+    assert logic.requirements() == ["onnxruntime>=1.17", "safetensors>=0.4"]
+    assert logic.requirements("torch") == ["onnxruntime>=1.17", "safetensors>=0.4", "timm>=1.0"]
+    assert module.SpineStenosisGraderLogic.requirementName("Safe_Tensors [x]>=1") == "safe-tensors"
+
+
+def test_installed_packages_and_import_go_through_the_user_folder(logic, tmp_path):
+    entries = logic.installedPackages()
+    assert [entry.is_default for entry in entries] == [True]
+    imported = logic.importPackage(str(DEFAULT_PACKAGE_DIR))
+    assert Path(imported.path).parent == tmp_path / "models" and imported.usable
+    assert len(logic.installedPackages()) == 2
+    with pytest.raises(SpineStenosisGraderError):
+        logic.importPackage(str(tmp_path / "nothing-here"))
+    facts = logic.packageFacts(imported)
+    assert "not for clinical use" in facts["intended_use"].lower()
+    assert logic.packageTasks(imported)[0][0] == "lumbar_central_canal"
