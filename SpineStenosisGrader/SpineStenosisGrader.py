@@ -1378,13 +1378,16 @@ class SpineStenosisGraderTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(volume.GetImageData())
         return volume
 
-    def makeLogic(self):
+    @staticmethod
+    def makeLogic():
+        """A Logic whose imported-packages folder is empty, so that the user's packages play no part.
+
+        Nothing is installed here (pip_ensure installs nothing while testing): the packages of
+        Resources/requirements.txt must be in Slicer's Python already.
+        """
         import tempfile
 
-        logic = SpineStenosisGraderLogic(packagesRoot=tempfile.mkdtemp(prefix="SpineStenosisGraderTestModels-"))
-        # pip_ensure installs nothing in testing mode: the packages must be there already
-        logic.ensureDependencies()
-        return logic
+        return SpineStenosisGraderLogic(packagesRoot=tempfile.mkdtemp(prefix="SpineStenosisGraderTestModels-"))
 
     def test_CancelLeavesTheSceneUnchanged(self):
         """Cancel stops the background run, removes its files and adds nothing to the scene."""
