@@ -176,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.set_defaults(func=_train)
 
+    export = sub.add_parser("export-onnx", help="add ONNX Runtime graphs to a model package (needs PyTorch)")
+    export.add_argument("package", nargs="?", help="model package folder (default: the embedded package)")
+    export.set_defaults(func=_export_onnx)
+
     evaluate = sub.add_parser("evaluate", help="measure a package on held-out real scans and unseen phantoms")
     evaluate.add_argument("--model", help="model package folder (default: the embedded package)")
     evaluate.add_argument("--catalogue", default=str(DEFAULT_CATALOGUE))
@@ -186,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--write-manifest", action="store_true", help="store the metrics in the package manifest")
     evaluate.set_defaults(func=_evaluate)
     return parser
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .export import export_onnx, exported_package_summary
+    from .package import DEFAULT_PACKAGE_DIR
+
+    folder = Path(args.package) if args.package else DEFAULT_PACKAGE_DIR
+    report = export_onnx(folder)
+    print(json.dumps(report, indent=2))
+    print(f"Wrote {exported_package_summary(folder)} into {folder}; the manifest lists their SHA256.")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
