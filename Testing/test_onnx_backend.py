@@ -147,3 +147,12 @@ def test_export_reproduces_the_shipped_graphs(tmp_path):
     assert main(["export-onnx", str(folder)]) == 0
     remade = json.loads((folder / "manifest.json").read_text())["files"]
     assert {key: remade[key]["sha256"] for key in ONNX_FILES.values()} == shipped
+
+
+def test_the_cli_grades_on_the_chosen_backend_and_says_which(tmp_path):
+    from SpineStenosisGraderLib.cli import main
+
+    for backend, runtime in (("torch", "torch"), ("onnx", "onnxruntime")):
+        out = tmp_path / backend
+        assert main(["grade", str(SAMPLE_MR), "-o", str(out), "--backend", backend, "-q"]) == 0
+        assert json.loads((out / "result.json").read_text())["model"]["runtime"].startswith(runtime + " ")

@@ -75,7 +75,18 @@ class ModelPackage:
             task=self.manifest["task"],
             trained_on=self.manifest.get("training_data", {}).get("summary", ""),
             clinical_use=self.manifest.get("intended_use", "not for clinical use"),
+            runtime=self.runtime(),
         )
+
+    def runtime(self) -> str:
+        """The inference runtime and its version, for the provenance of every result."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        name = "onnxruntime" if self.resolved_backend() == "onnx" else "torch"
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return name
 
     def summary(self) -> str:
         """One paragraph for a UI or a log."""
