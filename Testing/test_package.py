@@ -85,8 +85,9 @@ def test_the_default_package_is_honest_about_its_data():
         assert manifest[key]
     assert manifest["detector"]["spacing_mm"] > 0
     assert set(manifest["classifier"]["classes"]) == {"A", "B", "C", "D"}
+    # safetensors (the weights of record) plus the ONNX graphs of the light runtime, both float16 on disk
     size = sum(entry["bytes"] for entry in manifest["files"].values())
-    assert size <= 25 * 1024 * 1024
+    assert size <= 32 * 1024 * 1024
     assert "not for clinical use" in package.summary().lower()
 
 

@@ -24,8 +24,11 @@ def test_train_command_writes_a_package_the_grader_loads(tmp_path):
     manifest = package.manifest
     assert manifest["training_data"]["detector_real_scans"] == ["totalsegmentator_ct", "tptbox_mri"]
     assert "Not for clinical use" in manifest["intended_use"]
+    assert set(manifest["files"]) == {"detector", "classifier", "detector_onnx", "classifier_onnx"}
     for entry in manifest["files"].values():
-        assert entry["path"].endswith(".safetensors") and len(entry["sha256"]) == 64
+        assert entry["path"].endswith((".safetensors", ".onnx")) and len(entry["sha256"]) == 64
+    assert manifest["onnx"]["detector"]["max_box_difference_px"] <= 0.05
+    assert package.resolved_backend() == "onnx"
     # an untrained package still runs the whole pipeline without error
     result, _ = grade_file(DATA / "tptbox" / "sample_mri" / "sub-mri_label-6_T2w.nii.gz", package)
     assert result.model.name == manifest["name"]

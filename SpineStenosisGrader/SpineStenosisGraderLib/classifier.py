@@ -93,3 +93,18 @@ class TorchGradeClassifier(GradeClassifier):
             logits = self.model(torch.from_numpy(np.ascontiguousarray(patches))[:, None])
             return torch.softmax(logits, dim=1).numpy()
 
+
+
+class OnnxGradeClassifier(GradeClassifier):
+    """The classifier exported to ONNX (``export.export_classifier``): patches [n, 1, H, W] -> logits."""
+
+    def __init__(self, session, scale: GradingScale, config: dict[str, Any]) -> None:
+        super().__init__(scale, config)
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def predict_proba(self, patches: np.ndarray) -> np.ndarray:
+        logits = self.session.run(None, {self.input_name: np.ascontiguousarray(patches[:, None], dtype=np.float32)})[0]
+        logits = logits - logits.max(axis=1, keepdims=True)
+        odds = np.exp(logits)
+        return odds / odds.sum(axis=1, keepdims=True)

@@ -50,7 +50,7 @@ def _grade(args: argparse.Namespace) -> int:
     output = Path(args.output)
     _check_output_folder(output)
     anchor = _anchor(args)
-    package = load_package(args.model)
+    package = load_package(args.model, backend=args.backend)
     bars = []
 
     def progress(stage: str, fraction: float) -> None:
@@ -120,7 +120,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_detection, evaluate_grades, evaluate_levels, time_studies
     from .package import load_package
 
-    package = load_package(args.model)
+    package = load_package(args.model, backend=args.backend)
     if args.write_manifest and args.scans != "holdout":
         raise SpineStenosisGraderError("Only held-out scans are written into a manifest; drop --scans train.")
     detection = [s.to_dict() for s in evaluate_detection(package, Path(args.catalogue), use=args.scans)]
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--stack", type=int, help="stack number, when a series holds stacks at several angles")
     grade.add_argument("--lowest-level", help="name of the lowest disc found, e.g. L4-L5 (re-anchors every name)")
     grade.add_argument("--highest-level", help="name of the highest disc found, e.g. C3-C4")
+    _add_backend_option(grade)
     grade.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     grade.add_argument("--progress-format", choices=["bar", "jsonl"], default="bar",
                        help='bar: a progress bar on stderr (default); jsonl: one JSON object per line on stdout, '
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.set_defaults(func=_train)
 
+    export = sub.add_parser("export-onnx", help="add ONNX Runtime graphs to a model package (needs PyTorch)")
+    export.add_argument("package", nargs="?", help="model package folder (default: the embedded package)")
+    export.set_defaults(func=_export_onnx)
+
     evaluate = sub.add_parser("evaluate", help="measure a package on held-out real scans and unseen phantoms")
     evaluate.add_argument("--model", help="model package folder (default: the embedded package)")
     evaluate.add_argument("--catalogue", default=str(DEFAULT_CATALOGUE))
@@ -195,9 +200,28 @@ def build_parser() -> argparse.ArgumentParser:
                           help="which catalogue scans: held out of training (default) or trained on")
     evaluate.add_argument("--grade-slices", type=int, default=400)
     evaluate.add_argument("--time", nargs="*", help="studies to time end to end (median of 3)")
+    _add_backend_option(evaluate)
     evaluate.add_argument("--write-manifest", action="store_true", help="store the metrics in the package manifest")
     evaluate.set_defaults(func=_evaluate)
     return parser
+
+
+def _add_backend_option(parser: argparse.ArgumentParser) -> None:
+    from .package import BACKENDS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="inference runtime: ONNX Runtime (the default when installed) or PyTorch")
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .export import export_onnx, exported_package_summary
+    from .package import DEFAULT_PACKAGE_DIR
+
+    folder = Path(args.package) if args.package else DEFAULT_PACKAGE_DIR
+    report = export_onnx(folder)
+    print(json.dumps(report, indent=2))
+    print(f"Wrote {exported_package_summary(folder)} into {folder}; the manifest lists their SHA256.")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

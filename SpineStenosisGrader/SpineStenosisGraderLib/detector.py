@@ -65,7 +65,18 @@ def build_detector_model(config: dict[str, Any]):
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
     from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+
+    class CanvasTransform(GeneralizedRCNNTransform):
+        """Normalise and pad, never resize: the canvas is already at the model's mm per pixel.
+
+        torchvision would scale every input to ``min_size``; a crop of the canvas must instead
+        keep its scale (the ONNX graph takes any size). For the full canvas the two agree.
+        """
+
+        def resize(self, image, target=None):
+            return image, target
 
     class PyramidBackbone(nn.Module):
         def __init__(self) -> None:
@@ -89,7 +100,7 @@ def build_detector_model(config: dict[str, Any]):
     )
     canvas = int(config["canvas"])
     head = int(config["box_head_channels"])
-    return FasterRCNN(
+    model = FasterRCNN(
         PyramidBackbone(),
         # a narrow box head: torchvision's 1024-wide default is most of the weights
         box_head=TwoMLPHead(config["fpn_channels"] * 7 * 7, head),
@@ -110,6 +121,8 @@ def build_detector_model(config: dict[str, Any]):
         box_detections_per_img=config["box_detections_per_img"],
         box_score_thresh=config["box_score_thresh"],
     )
+    model.transform = CanvasTransform(canvas, canvas, model.transform.image_mean, model.transform.image_std)
+    return model
 
 
 def best_canal(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> SliceDetection | None:
@@ -149,6 +162,44 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """IoU of two (x0, y0, x1, y1) boxes."""
     return float(_iou(np.asarray(a, dtype=float), np.asarray([b], dtype=float))[0])
+
+
+class OnnxCanalDetector(CanalDetector):
+    """The same Faster R-CNN exported to ONNX (``export.export_detector``), run by ONNX Runtime.
+
+    The graph takes one normalised slice [1, H, W] of any size divisible by 32
+    and returns its boxes, labels and scores, as the torch model does. A third of
+    a slice's time goes to the many small post-processing operators, which run one
+    after another, so the slices are shared among single-threaded sessions that run
+    side by side (ONNX Runtime releases the GIL): 20-30% faster on two cores than
+    one session with two threads.
+    """
+
+    def __init__(self, sessions: Sequence[Any]) -> None:
+        self.sessions = list(sessions)
+        self.input_name = self.sessions[0].get_inputs()[0].name
+
+    def _run(self, session, images: np.ndarray) -> list[SliceDetection | None]:
+        results: list[SliceDetection | None] = []
+        for image in images:
+            boxes, labels, scores = session.run(None, {self.input_name: np.ascontiguousarray(image[None])})
+            results.append(best_canal(boxes, scores, labels))
+        return results
+
+    def detect(self, canvas: np.ndarray, batch_size: int = 4) -> list[SliceDetection | None]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        canvas = np.asarray(canvas, dtype=np.float32)
+        workers = min(len(self.sessions), len(canvas))
+        if workers <= 1:
+            return self._run(self.sessions[0], canvas)
+        results: list[SliceDetection | None] = [None] * len(canvas)
+        with ThreadPoolExecutor(workers) as pool:
+            # interleaved shares: neighbouring slices cost about the same
+            shares = {w: pool.submit(self._run, self.sessions[w], canvas[w::workers]) for w in range(workers)}
+            for w, share in shares.items():
+                results[w::workers] = share.result()
+        return results
 
 
 class TorchCanalDetector(CanalDetector):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import stat
@@ -16,7 +17,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from .errors import ModelPackageError
 from .result import ModelInfo
@@ -24,6 +25,9 @@ from .scales import GradingScale, get_scale
 
 #: inference backends; "auto" picks ONNX Runtime when the package has ONNX files and it is installed
 BACKENDS = ("auto", "onnx", "torch")
+
+#: manifest file keys of the ONNX graphs, by model (the safetensors keys are the model names)
+ONNX_FILES = {"detector": "detector_onnx", "classifier": "classifier_onnx"}
 
 MANIFEST_FORMAT = "spine-stenosis-grader/model-package"
 MANIFEST_VERSION = 1
@@ -45,6 +49,8 @@ class ModelPackage:
     path: Path
     manifest: dict[str, Any]
     backend: str = "auto"
+    #: CPU threads for inference; None lets the runtime use every core
+    threads: Optional[int] = None
     _models: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -74,7 +80,18 @@ class ModelPackage:
             task=self.manifest["task"],
             trained_on=self.manifest.get("training_data", {}).get("summary", ""),
             clinical_use=self.manifest.get("intended_use", "not for clinical use"),
+            runtime=self.runtime(),
         )
+
+    def runtime(self) -> str:
+        """The inference runtime and its version, for the provenance of every result."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        name = "onnxruntime" if self.resolved_backend() == "onnx" else "torch"
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return name
 
     def summary(self) -> str:
         """One paragraph for a UI or a log."""
@@ -116,34 +133,116 @@ class ModelPackage:
         return model
 
     def resolved_backend(self) -> str:
-        """The backend that runs this package's models: "onnx" or "torch"."""
-        return "torch" if self.backend == "auto" else self.backend
+        """The backend that runs this package's models: "onnx" or "torch".
+
+        "auto" prefers ONNX Runtime: it is about 4x faster on a CPU and a 100 MB install
+        instead of PyTorch's gigabytes. It falls back to torch for a package without ONNX files.
+        """
+        if "resolved_backend" not in self._models:
+            self._models["resolved_backend"] = self._resolve_backend()
+        return self._models["resolved_backend"]
+
+    def _resolve_backend(self) -> str:
+        has_onnx = all(key in self.manifest["files"] for key in ONNX_FILES.values())
+        if self.backend == "torch":
+            return "torch"
+        if self.backend == "onnx" and not has_onnx:
+            raise ModelPackageError(
+                f"The package {self.name} {self.version} has no ONNX files; export them with "
+                "`spine-stenosis-grader export-onnx <package folder>` (needs PyTorch), or use the torch backend."
+            )
+        if has_onnx:
+            try:
+                import onnxruntime  # noqa: F401
+                return "onnx"
+            except ImportError:
+                if self.backend == "onnx":
+                    raise ModelPackageError(
+                        "The ONNX backend needs ONNX Runtime: `pip install onnxruntime` "
+                        "(in Slicer, press Apply and accept the install)."
+                    ) from None
+        return "torch"
 
     def detector(self):
         """The canal detector (a ``detector.CanalDetector``) on this package's backend."""
-        return self.torch_detector()
+        return self.onnx_detector() if self.resolved_backend() == "onnx" else self.torch_detector()
 
     def classifier(self):
         """The grade classifier (a ``classifier.GradeClassifier``) on this package's backend."""
-        return self.torch_classifier()
+        return self.onnx_classifier() if self.resolved_backend() == "onnx" else self.torch_classifier()
+
+    def onnx_session(self, key: str, threads: int | None = None):
+        """An ONNX Runtime session for the package file ``key`` (already SHA256-checked at load)."""
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelPackageError("The ONNX backend needs ONNX Runtime: `pip install onnxruntime`.") from None
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            return ort.InferenceSession(str(self.file(key)), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own error types for a damaged or foreign graph
+            raise ModelPackageError(
+                f"{self.file(key).name} is not an ONNX model this version can run "
+                f"({str(exc).splitlines()[0][:160]}). Import the package again, or export it anew."
+            ) from None
+
+    def _checked_session(self, key: str, input_rank: int, n_outputs: int, threads: int | None = None):
+        """A session whose input and outputs have the shape the pipeline feeds and reads."""
+        session = self.onnx_session(key, threads or self.threads)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != input_rank or len(outputs) != n_outputs:
+            raise ModelPackageError(
+                f"{self.file(key).name} is not a {key.replace('_onnx', '')} of this kind: it takes "
+                f"{[i.shape for i in inputs]} and gives {len(outputs)} outputs."
+            )
+        return session
+
+    def onnx_detector(self):
+        if "onnx_detector" not in self._models:
+            from .detector import OnnxCanalDetector
+
+            # one single-threaded session per core (see OnnxCanalDetector), at most four
+            workers = max(1, min(4, self.threads or os.cpu_count() or 1))
+            sessions = [self._checked_session(ONNX_FILES["detector"], 3, 3, threads=1) for _ in range(workers)]
+            self._models["onnx_detector"] = OnnxCanalDetector(sessions)
+        return self._models["onnx_detector"]
+
+    def onnx_classifier(self):
+        if "onnx_classifier" not in self._models:
+            from .classifier import OnnxGradeClassifier
+
+            session = self._checked_session(ONNX_FILES["classifier"], 4, 1)
+            classes = session.get_outputs()[0].shape[-1]
+            if classes != len(self.scale.classes):
+                raise ModelPackageError(
+                    f"{self.file(ONNX_FILES['classifier']).name} gives {classes} classes; the {self.scale.key} "
+                    f"scale in the manifest has {len(self.scale.classes)}."
+                )
+            self._models["onnx_classifier"] = OnnxGradeClassifier(session, self.scale, self.classifier_config)
+        return self._models["onnx_classifier"]
 
     def torch_detector(self):
         """The detector, built from the manifest and loaded from safetensors."""
-        if "detector" not in self._models:
+        if "torch_detector" not in self._models:
             from .detector import TorchCanalDetector, build_detector_model
 
             model = self._build(build_detector_model, "detector", self.detector_config)
-            self._models["detector"] = TorchCanalDetector(model)
-        return self._models["detector"]
+            self._models["torch_detector"] = TorchCanalDetector(model)
+        return self._models["torch_detector"]
 
     def torch_classifier(self):
-        if "classifier" not in self._models:
+        if "torch_classifier" not in self._models:
             from .classifier import TorchGradeClassifier, build_classifier_model
 
             model = self._build(build_classifier_model, "classifier", self.classifier_config,
                                 len(self.scale.classes))
-            self._models["classifier"] = TorchGradeClassifier(model, self.scale, self.classifier_config)
-        return self._models["classifier"]
+            self._models["torch_classifier"] = TorchGradeClassifier(model, self.scale, self.classifier_config)
+        return self._models["torch_classifier"]
 
     def compatibility_warnings(self, modality: str, region: str) -> list[str]:
         """What is wrong with using this package on a study of ``modality`` ("CT", "MR") and ``region``.

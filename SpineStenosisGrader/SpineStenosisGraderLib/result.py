@@ -217,6 +217,8 @@ class ModelInfo:
     task: str
     trained_on: str = ""
     clinical_use: str = "not for clinical use"
+    #: the inference runtime and its version, e.g. "onnxruntime 1.20.1"
+    runtime: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

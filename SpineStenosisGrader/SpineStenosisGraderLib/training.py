@@ -312,4 +312,8 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
         "minutes": round((time.time() - started) / 60.0, 1),
     }
     save_package(out_dir, detector, classifier, detector_config, classifier_config, training, {}, version)
+    # the light runtime's graphs, made from the weights just written (see export.py)
+    from .export import export_onnx
+
+    training["onnx"] = export_onnx(out_dir)
     return training

@@ -292,10 +292,32 @@ def _nifti_expected_bytes(header: bytes) -> Optional[int]:
     return max(offset, 348) + voxels * max(1, bitpix) // 8
 
 
+def _gzip_size_matches(path: Path) -> bool:
+    """True when the gzip trailer's size field equals the size the NIfTI header announces.
+
+    Reading the header and the trailer costs two small reads instead of inflating the
+    whole file twice (about 0.25 s for a 512x512x60 study). A truncated file ends in
+    compressed data, whose last four bytes match by chance once in 2**32; any mismatch
+    (also a file with several gzip members or trailing bytes) falls back to inflating.
+    """
+    try:
+        with gzip.open(path, "rb") as handle:
+            expected = _nifti_expected_bytes(handle.read(540))
+        with open(path, "rb") as raw:
+            raw.seek(-4, os.SEEK_END)
+            stored = struct.unpack("<I", raw.read(4))[0]
+    except (EOFError, OSError, zlib.error, struct.error):
+        return False
+    return expected is not None and stored == expected % (1 << 32)
+
+
 def _check_nifti_complete(path: Path) -> None:
     """ITK fills a truncated NIfTI with zeros without a word; refuse it instead."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    gzipped = path.name.lower().endswith(".gz")
+    opener = gzip.open if gzipped else open
     expected = None
+    if gzipped and _gzip_size_matches(path):
+        return
     try:
         with opener(path, "rb") as handle:
             header = handle.read(540)

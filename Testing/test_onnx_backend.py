@@ -1,0 +1,158 @@
+"""The light runtime: ONNX Runtime grades like torch, needs no torch, and refuses foreign graphs."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import DATA, ROOT
+from SpineStenosisGraderLib.detector import box_iou
+from SpineStenosisGraderLib.errors import ModelPackageError
+from SpineStenosisGraderLib.package import DEFAULT_PACKAGE_DIR, ONNX_FILES, load_package, write_manifest
+from SpineStenosisGraderLib.pipeline import grade_file
+
+SAMPLE_CT = DATA / "totalsegmentator_ct" / "example_ct.nii.gz"
+SAMPLE_MR = DATA / "tptbox" / "sample_mri" / "sub-mri_label-6_T2w.nii.gz"
+
+
+def test_the_default_package_runs_on_onnx_runtime_by_default():
+    package = load_package()
+    assert package.resolved_backend() == "onnx"
+    assert set(ONNX_FILES.values()) <= set(package.manifest["files"])
+    assert package.manifest["onnx"]["detector"]["max_box_difference_px"] <= 0.05
+
+
+@pytest.mark.parametrize("path", [SAMPLE_CT, SAMPLE_MR], ids=["ct", "mr"])
+def test_onnx_and_torch_backends_agree(path):
+    onnx_result, stack = grade_file(path, load_package(backend="onnx"))
+    torch_result, _ = grade_file(path, load_package(backend="torch"))
+    assert [lv.name for lv in onnx_result.levels] == [lv.name for lv in torch_result.levels]
+    assert [lv.slice_index for lv in onnx_result.levels] == [lv.slice_index for lv in torch_result.levels]
+    assert [d.slice_index for d in onnx_result.detections] == [d.slice_index for d in torch_result.detections]
+    ious = [box_iou(stack.box_to_slice(a.box)[1], stack.box_to_slice(b.box)[1])
+            for a, b in zip(onnx_result.detections, torch_result.detections)]
+    # Two overlapping boxes can tie in score to 1e-4; float rounding then picks either one
+    # (1 slice in 190 on these scans). Every other box is the same.
+    assert np.mean(np.asarray(ious) >= 0.99) >= 0.97
+    assert min(ious) >= 0.75
+    for a, b in zip(onnx_result.detections, torch_result.detections):
+        assert a.score == pytest.approx(b.score, abs=1e-3)
+    for a, b in zip(onnx_result.levels, torch_result.levels):
+        assert (a.grade is None) == (b.grade is None)
+        if a.grade is not None:
+            assert a.grade.grade == b.grade.grade
+            for name, p in a.grade.probabilities.items():
+                assert p == pytest.approx(b.grade.probabilities[name], abs=1e-3)
+
+
+def test_grading_needs_no_torch(tmp_path):
+    """The whole CLI grade runs with torch, torchvision, timm and safetensors made unimportable."""
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("torch", "torchvision", "timm", "safetensors", "onnx"):
+            sys.modules[name] = None  # any import of them now raises ImportError
+        sys.path.insert(0, {str(ROOT / "SpineStenosisGrader")!r})
+        from SpineStenosisGraderLib.cli import main
+        code = main(["grade", {str(SAMPLE_CT)!r}, "-o", {str(tmp_path / "out")!r}, "--highest-level", "T12-L1"])
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules if sys.modules[m] is not None)
+        sys.exit(code)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    names = [lv["name"] for lv in result["levels"]]
+    assert names[-6:] == ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1"]
+    assert all(lv["grade"] for lv in result["levels"] if not lv["name"].startswith("below"))
+
+
+def _copy_default(tmp_path):
+    folder = tmp_path / "package"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, folder)
+    return folder
+
+
+def _tiny_onnx(path, input_shape):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, input_shape)],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+def _resign(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    write_manifest(folder, manifest)
+
+
+def test_a_foreign_onnx_graph_is_refused_even_with_a_matching_hash(tmp_path):
+    folder = _copy_default(tmp_path)
+    _tiny_onnx(folder / "detector.onnx", [2, 2])
+    _resign(folder)
+    with pytest.raises(ModelPackageError, match="not a detector of this kind"):
+        load_package(folder, backend="onnx").detector()
+
+
+def test_a_classifier_graph_with_the_wrong_classes_is_refused(tmp_path):
+    folder = _copy_default(tmp_path)
+    _tiny_onnx(folder / "classifier.onnx", ["n", 1, 112, 3])
+    _resign(folder)
+    with pytest.raises(ModelPackageError, match="gives 3 classes"):
+        load_package(folder, backend="onnx").classifier()
+
+
+def test_a_damaged_onnx_file_is_a_package_error(tmp_path):
+    folder = _copy_default(tmp_path)
+    (folder / "detector.onnx").write_bytes(b"not a protobuf at all")
+    _resign(folder)
+    with pytest.raises(ModelPackageError, match="not an ONNX model"):
+        load_package(folder, backend="onnx").detector()
+
+
+def test_a_package_without_onnx_files_falls_back_to_torch_or_says_how_to_export(tmp_path):
+    folder = _copy_default(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in ONNX_FILES.values():
+        (folder / manifest["files"].pop(key)["path"]).unlink()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _resign(folder)
+    assert load_package(folder).resolved_backend() == "torch"
+    with pytest.raises(ModelPackageError, match="export-onnx"):
+        load_package(folder, backend="onnx").detector()
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(ModelPackageError, match="backend must be one of"):
+        load_package(backend="tensorflow")
+
+
+def test_export_reproduces_the_shipped_graphs(tmp_path):
+    """`spine-stenosis-grader export-onnx` is deterministic: it remakes the shipped files byte for byte."""
+    from SpineStenosisGraderLib.cli import main
+
+    folder = _copy_default(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    shipped = {key: manifest["files"].pop(key)["sha256"] for key in ONNX_FILES.values()}
+    for key in ONNX_FILES.values():
+        (folder / f"{key.split('_')[0]}.onnx").unlink()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _resign(folder)
+    assert main(["export-onnx", str(folder)]) == 0
+    remade = json.loads((folder / "manifest.json").read_text())["files"]
+    assert {key: remade[key]["sha256"] for key in ONNX_FILES.values()} == shipped
+
+
+def test_the_cli_grades_on_the_chosen_backend_and_says_which(tmp_path):
+    from SpineStenosisGraderLib.cli import main
+
+    for backend, runtime in (("torch", "torch"), ("onnx", "onnxruntime")):
+        out = tmp_path / backend
+        assert main(["grade", str(SAMPLE_MR), "-o", str(out), "--backend", backend, "-q"]) == 0
+        assert json.loads((out / "result.json").read_text())["model"]["runtime"].startswith(runtime + " ")
