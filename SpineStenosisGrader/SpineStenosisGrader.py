@@ -867,10 +867,10 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
     #: installed through the PyTorch extension (PyTorchUtils), never by a plain pip install
     TORCH_PACKAGES = ("torch", "torchvision")
-    #: what the PyTorch backend needs beyond torch itself
-    TORCH_BACKEND_REQUIREMENTS = ("timm>=1.0",)
+    #: what the PyTorch backend needs beyond torch itself (the networks, and weights read without pickle)
+    TORCH_BACKEND_REQUIREMENTS = ("timm>=1.0", "safetensors>=0.4")
     #: bundled with Slicer: never installed or replaced by this module
-    SLICER_BUNDLED_PACKAGES = ("numpy", "simpleitk")
+    SLICER_BUNDLED_PACKAGES = ("numpy", "simpleitk", "scipy")
 
     def __init__(self, packagesRoot: Optional[str] = None, tempRoot: Optional[str] = None) -> None:
         """
@@ -923,8 +923,14 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
                     requirements.append(line)
         if backend == "torch":
             requirements += list(self.TORCH_BACKEND_REQUIREMENTS)
-        excluded = self.TORCH_PACKAGES + self.SLICER_BUNDLED_PACKAGES
-        return [r for r in requirements if self.requirementName(r) not in excluded]
+        excluded = set(self.TORCH_PACKAGES + self.SLICER_BUNDLED_PACKAGES)
+        kept = []
+        for requirement in requirements:
+            name = self.requirementName(requirement)
+            if name not in excluded:
+                excluded.add(name)  # once each: requirements.txt may already list what the backend needs
+                kept.append(requirement)
+        return kept
 
     @staticmethod
     def requirementName(requirement: str) -> str:

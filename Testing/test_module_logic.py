@@ -309,10 +309,17 @@ def test_exports_write_results_and_an_annotation_set_without_patient_identifiers
     assert provenance["patient"] == {"name": "Doe^Jane", "id": "P-0042"}
 
 
+def test_the_modules_requirements_bring_onnx_runtime_and_never_torch_or_slicers_own_packages(logic):
+    names = [logic.requirementName(r) for r in logic.requirements()]
+    assert "onnxruntime" in names
+    assert not {"torch", "torchvision", "numpy", "simpleitk", "scipy"} & set(names)
+    assert "timm" in [logic.requirementName(r) for r in logic.requirements("torch")]
+
+
 def test_requirements_never_pip_install_torch_or_what_slicer_bundles(logic, tmp_path, module):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# comment\nonnxruntime>=1.17\ntorch>=2.2\ntorchvision>=0.17\nnumpy>=1.24\n"
-                            "SimpleITK>=2.3\nsafetensors>=0.4  # weights\n--extra-index-url https://x\n")
+                            "SimpleITK>=2.3\nscipy>=1.10\nsafetensors>=0.4  # weights\n--extra-index-url https://x\n")
     logic.resourcePath = lambda relative: str(tmp_path / relative)
     assert logic.requirements() == ["onnxruntime>=1.17", "safetensors>=0.4"]
     assert logic.requirements("torch") == ["onnxruntime>=1.17", "safetensors>=0.4", "timm>=1.0"]
