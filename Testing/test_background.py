@@ -39,7 +39,7 @@ def test_command_grades_into_the_output_folder_with_jsonl_progress():
     assert command[0] == "/opt/Slicer/bin/PythonSlicer"
     args = _cli_args(command)
     assert (args.command, args.input, args.output) == ("grade", "/tmp/w/input.nrrd", "/tmp/w/output")
-    assert args.progress_format == "jsonl" and args.quiet
+    assert args.progress_format == "jsonl" and args.quiet and args.no_report
     assert args.model is None and args.modality is None and args.region is None
 
 

@@ -154,3 +154,13 @@ def test_jsonl_progress_stops_before_a_bad_input_with_the_error_on_stderr(tmp_pa
     captured = capsys.readouterr()
     assert [json.loads(line)["stage"] for line in captured.out.splitlines()] == ["read"]
     assert captured.err.startswith("error:") and "2D" in captured.err
+
+
+def test_no_report_leaves_the_report_out_and_removes_an_earlier_one(tmp_path):
+    mr = DATA / "tptbox" / "sample_mri" / "sub-mri_label-6_T2w.nii.gz"
+    out = tmp_path / "out"
+    assert main(["grade", str(mr), "-o", str(out), "-q"]) == 0
+    assert (out / "report.html").exists()
+    assert main(["grade", str(mr), "-o", str(out), "-q", "--no-report"]) == 0
+    assert not (out / "report.html").exists()
+    assert StudyResult.from_json((out / "result.json").read_text()).levels

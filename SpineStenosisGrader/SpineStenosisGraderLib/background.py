@@ -75,7 +75,9 @@ def grade_command(python: str | Path, input_path: str | Path, output_dir: str | 
     is passed only when one is asked for, so that the grader picks by default.
     """
     command = [str(python), "-m", CLI_MODULE, "grade", str(input_path), "-o", str(output_dir),
-               "-q", "--progress-format", "jsonl"]
+               "-q", "--progress-format", "jsonl",
+               # the module reads result.json only; the report is made on export, so it costs no wait here
+               "--no-report"]
     if package_dir is not None:
         command += ["--model", str(package_dir)]
     if modality is not None:

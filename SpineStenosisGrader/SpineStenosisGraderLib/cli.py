@@ -81,7 +81,8 @@ def _grade(args: argparse.Namespace) -> int:
                                    progress=pipeline_progress)
         progress("write", 0.95)
         try:
-            written = write_study_outputs(result, output, representative_slices(result, stack))
+            written = write_study_outputs(result, output, representative_slices(result, stack),
+                                          report=not args.no_report)
         except OSError as exc:
             raise SpineStenosisGraderError(f"Cannot write to {output}: {exc.strerror or exc}.") from None
         progress("done", 1.0)
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--lowest-level", help="name of the lowest disc found, e.g. L4-L5 (re-anchors every name)")
     grade.add_argument("--highest-level", help="name of the highest disc found, e.g. C3-C4")
     _add_backend_option(grade)
+    grade.add_argument("--no-report", action="store_true",
+                       help="leave out report.html (its pictures are most of the writing time)")
     grade.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     grade.add_argument("--progress-format", choices=["bar", "jsonl"], default="bar",
                        help='bar: a progress bar on stderr (default); jsonl: one JSON object per line on stdout, '

@@ -405,8 +405,12 @@ def _previous_run_files(out_dir: Path) -> set[str]:
     return {RESULT_FILE, LEVELS_CSV_FILE, REPORT_FILE, *markups_file_names(previous.levels)}
 
 
-def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mapping[int, np.ndarray]) -> list[Path]:
+def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mapping[int, np.ndarray],
+                        report: bool = True) -> list[Path]:
     """Write result.json, levels.csv, one ``<level>.mrk.json`` per level and report.html into ``out_dir``.
+
+    ``report=False`` leaves out report.html, whose pictures are most of the writing time
+    (the Slicer module reads only result.json and makes the report on export).
 
     All or nothing: everything is written to a temporary folder beside
     ``out_dir`` first, and moved in only once all of it succeeded. Files of an
@@ -433,8 +437,9 @@ def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mappin
         for level, name in zip(result.levels, markups_file_names(result.levels)):
             write_roi_markups(level, staging / name)
             names.append(name)
-        _report.write_html_report(result, staging / REPORT_FILE, slice_images)
-        names.append(REPORT_FILE)
+        if report:
+            _report.write_html_report(result, staging / REPORT_FILE, slice_images)
+            names.append(REPORT_FILE)
         _commit(staging, out_dir, names)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
