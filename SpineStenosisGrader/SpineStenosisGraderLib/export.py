@@ -125,7 +125,7 @@ def _check_classifier(package: ModelPackage, path: Path, patches: np.ndarray) ->
     return {"check_patches": int(len(patches)), "max_probability_difference": worst}
 
 
-def check_inputs(package: ModelPackage, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(package: ModelPackage, seed: int = 7) -> tuple[list[np.ndarray], np.ndarray]:
     """Real-looking inputs to compare the backends on: canvases and crops of phantom studies, CT and MR."""
     from .normalise import normalised_canvas
     from .phantom import make_study
