@@ -579,7 +579,7 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     # Results table
 
     def showReview(self, review) -> None:
-        """Show ``review`` (a SpineStenosisGraderLib.review.StudyReview) in the panel, or nothing."""
+        """Show ``review`` (a SpineStenosisGraderLib.review.review.StudyReview) in the panel, or nothing."""
         self._review = review
         self.updateResultsTable()
 
@@ -858,8 +858,8 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
     """Grades a volume node in a background process and keeps its review in the scene.
 
-    Thin on purpose: the grading process is SpineStenosisGraderLib.background (the library's
-    command line, run with PythonSlicer), and the scene side is SpineStenosisGraderLib.review
+    Thin on purpose: the grading process is SpineStenosisGraderLib.review.background (the library's
+    command line, run with PythonSlicer), and the scene side is SpineStenosisGraderLib.review.review
     (runs without Qt). Raises exceptions and shows no dialog, except that ensureDependencies()
     asks before installing packages. Process handling is start/poll/cancel, so that the caller
     decides how to wait: the Widget polls from a timer, scripts and tests call gradeAndWait().
@@ -883,7 +883,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         self._run = None
         self._runVolume = None
         self._runSource = ""
-        #: after a successful run: its review (SpineStenosisGraderLib.review.StudyReview), what changed if it
+        #: after a successful run: its review (SpineStenosisGraderLib.review.review.StudyReview), what changed if it
         #: was a re-run, and how long it took
         self.lastReview = None
         self.lastChanges = []
@@ -1009,14 +1009,14 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
     # Model packages
 
     def installedPackages(self) -> list:
-        """The embedded default and the imported packages (SpineStenosisGraderLib.installed_packages)."""
-        from SpineStenosisGraderLib.installed_packages import installed_packages
+        """The embedded default and the imported packages (SpineStenosisGraderLib.packages.installed_packages)."""
+        from SpineStenosisGraderLib.packages.installed_packages import installed_packages
 
         return installed_packages(self.packagesRoot())
 
     def importPackage(self, source: str):
         """Import a package folder or .zip (SHA256 verified) into packagesRoot(); returns its entry."""
-        from SpineStenosisGraderLib.package import import_package
+        from SpineStenosisGraderLib.packages.package import import_package
 
         package = import_package(source, self.packagesRoot())
         return next(entry for entry in self.installedPackages() if entry.usable
@@ -1024,13 +1024,13 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def packageTasks(entry) -> list:
-        from SpineStenosisGraderLib.installed_packages import package_tasks
+        from SpineStenosisGraderLib.packages.installed_packages import package_tasks
 
         return package_tasks(entry.package)
 
     @staticmethod
     def packageFacts(entry) -> dict:
-        from SpineStenosisGraderLib.installed_packages import manifest_facts
+        from SpineStenosisGraderLib.packages.installed_packages import manifest_facts
 
         return manifest_facts(entry.package.manifest)
 
@@ -1088,7 +1088,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
     @classmethod
     def patientIdentifiers(cls, volumeNode) -> dict:
         """The patient's name and ID from the DICOM patient the volume belongs to, as DICOM tags (may be empty)."""
-        from SpineStenosisGraderLib.review import PATIENT_ID_TAG, PATIENT_NAME_TAG
+        from SpineStenosisGraderLib.review.review import PATIENT_ID_TAG, PATIENT_NAME_TAG
 
         constants = slicer.vtkMRMLSubjectHierarchyConstants
         shNode, itemID = cls.subjectHierarchyItem(volumeNode)
@@ -1130,13 +1130,13 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         :param modality: "CT" or "MR", or None to take it from the DICOM header or the image
         :param region: "lumbar" or "cervical", or None to detect it
         :param backend: "onnx" or "torch", or None / "auto" to let the package decide
-        :return: the run (SpineStenosisGraderLib.background.GradingRun); call pollGrading() until isGrading()
+        :return: the run (SpineStenosisGraderLib.review.background.GradingRun); call pollGrading() until isGrading()
                  is False, or cancelGrading()
         """
         if self.isGrading():
             raise RuntimeError(_("A study is being graded already; cancel it first."))
         self.checkVolume(inputVolume)
-        from SpineStenosisGraderLib.background import GradingRun, process_environment
+        from SpineStenosisGraderLib.review.background import GradingRun, process_environment
 
         run = GradingRun.for_image(
             self.volumeImage(inputVolume), self.pythonExecutable(), packagePath,
@@ -1151,7 +1151,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         return run
 
     def pollGrading(self) -> list:
-        """The progress reported since the last call (SpineStenosisGraderLib.background.GradingProgress).
+        """The progress reported since the last call (SpineStenosisGraderLib.review.background.GradingProgress).
 
         When the run has ended, isGrading() becomes False and its files are removed. On
         success the result is in the scene (lastReview, lastChanges); on failure this
@@ -1163,7 +1163,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         reports = run.poll()
         if not run.state.finished:
             return reports
-        from SpineStenosisGraderLib.background import RunState
+        from SpineStenosisGraderLib.review.background import RunState
 
         volume, self._run, self._runVolume = self._runVolume, None, None
         try:
@@ -1197,7 +1197,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
         :param progress: called with each GradingProgress report
         :param options: as startGrading()
-        :return: the run's review (SpineStenosisGraderLib.review.StudyReview)
+        :return: the run's review (SpineStenosisGraderLib.review.review.StudyReview)
         """
         import time
 
@@ -1223,7 +1223,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         review, keeping every clinician correction.
         :return: (review, the changes a re-run made, whether it was a re-run)
         """
-        from SpineStenosisGraderLib.review import StudyReview
+        from SpineStenosisGraderLib.review.review import StudyReview
 
         scene = volumeNode.GetScene()
         reviews = StudyReview.in_scene(scene, volumeNode)
@@ -1237,7 +1237,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         """The newest grading run of ``volumeNode`` in its scene, or None."""
         if volumeNode is None or volumeNode.GetScene() is None:
             return None
-        from SpineStenosisGraderLib.review import StudyReview
+        from SpineStenosisGraderLib.review.review import StudyReview
 
         reviews = StudyReview.in_scene(volumeNode.GetScene(), volumeNode)
         return reviews[-1] if reviews else None
@@ -1245,7 +1245,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def refreshResultTables(scene) -> None:
         """Bring every run's table node up to date with its boxes (before the scene is saved)."""
-        from SpineStenosisGraderLib.review import StudyReview
+        from SpineStenosisGraderLib.review.review import StudyReview
 
         for review in StudyReview.in_scene(scene):
             review.refresh_table()
@@ -1271,7 +1271,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def levelNames() -> list:
-        from SpineStenosisGraderLib.levels import SPINE_DISCS
+        from SpineStenosisGraderLib.inference.levels import SPINE_DISCS
 
         return list(SPINE_DISCS)
 
@@ -1305,7 +1305,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
     def packageForRun(self, review, backend: Optional[str] = None):
         """The installed package that graded ``review``'s run (same name and version), loaded for ``backend``."""
-        from SpineStenosisGraderLib.package import load_package
+        from SpineStenosisGraderLib.packages.package import load_package
 
         model = review.result().model
         for entry in self.installedPackages():
@@ -1317,7 +1317,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
     def axialStack(self, review):
         """The graded volume as the library's axial stack (for re-grading and report pictures)."""
-        from SpineStenosisGraderLib.volume import to_axial_stack
+        from SpineStenosisGraderLib.study.volume import to_axial_stack
 
         if review.volume_node is None or review.volume_node.GetScene() is None:
             raise RuntimeError(_("The graded volume is no longer in the scene."))
@@ -1421,9 +1421,9 @@ class SpineStenosisGraderTest(ScriptedLoadableModuleTest):
         import re
         import tempfile
 
-        from SpineStenosisGraderLib.levels import name_levels
-        from SpineStenosisGraderLib.report import effective_name
-        from SpineStenosisGraderLib.review import StudyReview
+        from SpineStenosisGraderLib.inference.levels import name_levels
+        from SpineStenosisGraderLib.outputs.report import effective_name
+        from SpineStenosisGraderLib.review.review import StudyReview
 
         volume = self.loadSample()
         logic = self.makeLogic()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA
-from SpineStenosisGraderLib.annotations import load_scans
+from SpineStenosisGraderLib.training.annotations import load_scans
 
 DERIVED = {
     "totalsegmentator_ct": "TotalSegmentator_example_ct_per_slice.csv",

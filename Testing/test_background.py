@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import DATA, ROOT
-from SpineStenosisGraderLib.background import (
+from SpineStenosisGraderLib.review.background import (
     INPUT_FILE,
     GradingProgress,
     GradingRun,
@@ -22,7 +22,7 @@ from SpineStenosisGraderLib.background import (
 )
 from SpineStenosisGraderLib.cli import build_parser
 from SpineStenosisGraderLib.errors import SpineStenosisGraderError
-from SpineStenosisGraderLib.package import DEFAULT_PACKAGE_DIR
+from SpineStenosisGraderLib.packages.package import DEFAULT_PACKAGE_DIR
 
 SAMPLE = DATA / "totalsegmentator_ct" / "example_ct.nii.gz"
 LIBRARY_PARENT = ROOT / "SpineStenosisGrader"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import ROOT
-from SpineStenosisGraderLib.package import DEFAULT_PACKAGE_DIR
+from SpineStenosisGraderLib.packages.package import DEFAULT_PACKAGE_DIR
 
 SCRIPT = ROOT / "benchmarks" / "benchmark.py"
 

@@ -8,10 +8,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import DATA
-from SpineStenosisGraderLib.annotations import load_scans
+from SpineStenosisGraderLib.training.annotations import load_scans
 from SpineStenosisGraderLib.cli import main
-from SpineStenosisGraderLib.evaluation import match_levels
-from SpineStenosisGraderLib.package import DEFAULT_PACKAGE_DIR
+from SpineStenosisGraderLib.training.evaluation import match_levels
+from SpineStenosisGraderLib.packages.package import DEFAULT_PACKAGE_DIR
 from SpineStenosisGraderLib.result import StudyResult
 
 SAMPLE = DATA / "totalsegmentator_ct" / "example_ct.nii.gz"

@@ -1,6 +1,6 @@
 """Evaluation helpers count honestly."""
 
-from SpineStenosisGraderLib.evaluation import match_levels
+from SpineStenosisGraderLib.training.evaluation import match_levels
 
 
 def test_two_levels_near_one_disc_count_once():

@@ -3,8 +3,8 @@
 import json
 import shutil
 
-from SpineStenosisGraderLib.installed_packages import installed_packages, manifest_facts, package_tasks
-from SpineStenosisGraderLib.package import DEFAULT_PACKAGE_DIR, load_default_package
+from SpineStenosisGraderLib.packages.installed_packages import installed_packages, manifest_facts, package_tasks
+from SpineStenosisGraderLib.packages.package import DEFAULT_PACKAGE_DIR, load_default_package
 
 
 def _copy_default(root, name, version):

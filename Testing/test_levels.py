@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from SpineStenosisGraderLib.errors import InputError
-from SpineStenosisGraderLib.levels import (
+from SpineStenosisGraderLib.inference.levels import (
     SPINE_DISCS,
     SliceCanal,
     find_discs,

@@ -242,7 +242,7 @@ def test_the_sample_study_is_registered_with_the_sha256_of_the_bundled_file():
 def test_cmake_lists_every_library_script_and_resource():
     """slicerMacroBuildScriptedModule packages only the files it is given; a glob is not the convention."""
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "SpineStenosisGrader")
-    on_disk = {f"SpineStenosisGraderLib/{p.name}" for p in (MODULE_DIR / "SpineStenosisGraderLib").glob("*.py")}
+    on_disk = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "SpineStenosisGraderLib").rglob("*.py")}
     missing = {p for p in on_disk if p not in cmake}
     assert not missing, f"add to SCRIPTS in SpineStenosisGrader/CMakeLists.txt: {sorted(missing)}"
     resources = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*")

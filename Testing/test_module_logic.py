@@ -29,8 +29,8 @@ vtk = pytest.importorskip("vtk")
 
 from conftest import DATA, ROOT
 from SpineStenosisGraderLib.errors import SpineStenosisGraderError
-from SpineStenosisGraderLib.package import DEFAULT_PACKAGE_DIR
-from SpineStenosisGraderLib.review import StudyReview
+from SpineStenosisGraderLib.packages.package import DEFAULT_PACKAGE_DIR
+from SpineStenosisGraderLib.review.review import StudyReview
 
 SAMPLE = DATA / "totalsegmentator_ct" / "example_ct.nii.gz"
 MODULE_FILE = ROOT / "SpineStenosisGrader" / "SpineStenosisGrader.py"

@@ -1,7 +1,7 @@
 """The MRML side of the module on real MRML (slicer-core).
 
 slicer-core gives the real vtkMRMLScene, Markups ROI, table and subject hierarchy
-nodes without the Slicer application, so ``SpineStenosisGraderLib.mrml`` is tested
+nodes without the Slicer application, so ``SpineStenosisGraderLib.review.mrml`` is tested
 here as it runs in Slicer. The module file is checked in test_module_file.py and
 its Logic is run in test_module_logic.py.
 """
@@ -18,7 +18,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from SpineStenosisGraderLib import mrml  # noqa: E402
+from SpineStenosisGraderLib.review import mrml  # noqa: E402
 from SpineStenosisGraderLib.result import (  # noqa: E402
     DiscLevel,
     GradePrediction,
@@ -28,7 +28,7 @@ from SpineStenosisGraderLib.result import (  # noqa: E402
     StudyResult,
 )
 from SpineStenosisGraderLib.scales import SCHIZAS  # noqa: E402
-from SpineStenosisGraderLib.report import NEUTRAL_COLOR  # noqa: E402
+from SpineStenosisGraderLib.outputs.report import NEUTRAL_COLOR  # noqa: E402
 
 
 def _rotation(axis: str, degrees: float) -> np.ndarray:

@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import DATA
-from SpineStenosisGraderLib.annotations import load_scans
+from SpineStenosisGraderLib.training.annotations import load_scans
 
 from SpineStenosisGraderLib.errors import InputError
-from SpineStenosisGraderLib.normalise import SliceGrid, detect_modality, intensity_window, sample_patch
-from SpineStenosisGraderLib.volume import to_axial_stack
+from SpineStenosisGraderLib.study.normalise import SliceGrid, detect_modality, intensity_window, sample_patch
+from SpineStenosisGraderLib.study.volume import to_axial_stack
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA, ROOT
-from SpineStenosisGraderLib.detector import box_iou
+from SpineStenosisGraderLib.inference.detector import box_iou
 from SpineStenosisGraderLib.errors import ModelPackageError
-from SpineStenosisGraderLib.package import DEFAULT_PACKAGE_DIR, ONNX_FILES, load_package, write_manifest
+from SpineStenosisGraderLib.packages.package import DEFAULT_PACKAGE_DIR, ONNX_FILES, load_package, write_manifest
 from SpineStenosisGraderLib.pipeline import grade_file
 
 SAMPLE_CT = DATA / "totalsegmentator_ct" / "example_ct.nii.gz"

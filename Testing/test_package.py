@@ -5,7 +5,7 @@ import json
 import pytest
 
 from SpineStenosisGraderLib.errors import ModelPackageError
-from SpineStenosisGraderLib.package import (
+from SpineStenosisGraderLib.packages.package import (
     DEFAULT_PACKAGE_DIR,
     load_default_package,
     load_package,

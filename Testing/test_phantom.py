@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from SpineStenosisGraderLib.phantom import (
+from SpineStenosisGraderLib.training.phantom import (
     CERVICAL_LEVELS,
     LUMBAR_LEVELS,
     PhantomStudy,

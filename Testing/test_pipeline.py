@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from conftest import DATA
 from test_volume import reindex
-from SpineStenosisGraderLib.evaluation import evaluate_detection
-from SpineStenosisGraderLib.package import load_default_package
+from SpineStenosisGraderLib.training.evaluation import evaluate_detection
+from SpineStenosisGraderLib.packages.package import load_default_package
 from SpineStenosisGraderLib.pipeline import grade_image
 
 SCAN = DATA / "sct_cervical_t2" / "t2.nii.gz"
@@ -74,7 +74,7 @@ def test_held_out_real_scans_are_detected(package):
 
 def test_phantom_levels_are_found_and_named(package):
     """On unseen lumbar phantoms, levels sit on the true discs and are named right in most studies."""
-    from SpineStenosisGraderLib.evaluation import evaluate_levels
+    from SpineStenosisGraderLib.training.evaluation import evaluate_levels
 
     scores = evaluate_levels(package, n_studies=4)
     assert scores["disc_recall_within_6mm"] >= 0.9

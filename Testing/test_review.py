@@ -1,7 +1,7 @@
 """Reviewing a run on real MRML (slicer-core): corrections, re-anchoring, re-grading, re-runs, saving, exports.
 
 Every step of the review workflow of the Slicer module except its Qt widgets: the
-module's Widget and Logic only call ``SpineStenosisGraderLib.review.StudyReview``.
+module's Widget and Logic only call ``SpineStenosisGraderLib.review.review.StudyReview``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from SpineStenosisGraderLib import mrml, phantom
+from SpineStenosisGraderLib.review import mrml
+from SpineStenosisGraderLib.training import phantom
 from SpineStenosisGraderLib.errors import InputError, ModelPackageError
-from SpineStenosisGraderLib.package import (
+from SpineStenosisGraderLib.packages.package import (
     DEFAULT_PACKAGE_DIR,
     import_package,
     load_default_package,
@@ -38,9 +39,9 @@ from SpineStenosisGraderLib.result import (
     StudyInfo,
     StudyResult,
 )
-from SpineStenosisGraderLib.review import StudyReview, match_by_position
+from SpineStenosisGraderLib.review.review import StudyReview, match_by_position
 from SpineStenosisGraderLib.scales import SCHIZAS
-from SpineStenosisGraderLib.volume import to_axial_stack
+from SpineStenosisGraderLib.study.volume import to_axial_stack
 from test_mrml import _new_scene
 from test_package import make_package
 from test_writers import _read_with_slicer
@@ -118,7 +119,7 @@ def _by_name(review: StudyReview, name: str):
 
 
 def _level_of(review: StudyReview, name: str) -> DiscLevel:
-    from SpineStenosisGraderLib.report import effective_name
+    from SpineStenosisGraderLib.outputs.report import effective_name
 
     return next(level for level in review.result().levels if effective_name(level) == name)
 
@@ -759,7 +760,7 @@ def test_another_package_with_the_same_name_and_version_is_refused(tmp_path):
     other = make_package(tmp_path / "q")
     (other / "detector.safetensors").write_bytes(b"other weights")
     manifest = json.loads((other / "manifest.json").read_text())
-    from SpineStenosisGraderLib.package import write_manifest
+    from SpineStenosisGraderLib.packages.package import write_manifest
 
     write_manifest(other, {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
     with pytest.raises(ModelPackageError, match="already installed"):

@@ -7,7 +7,7 @@ from safetensors.numpy import load_file
 
 from conftest import DATA
 from SpineStenosisGraderLib.cli import main
-from SpineStenosisGraderLib.package import load_package
+from SpineStenosisGraderLib.packages.package import load_package
 from SpineStenosisGraderLib.pipeline import grade_file
 
 TINY = ["--phantoms", "2", "--per-study", "3", "--detector-iterations", "2", "--grade-slices", "8",

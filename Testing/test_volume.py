@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import DATA
-from SpineStenosisGraderLib.annotations import canal_boxes
+from SpineStenosisGraderLib.training.annotations import canal_boxes
 from SpineStenosisGraderLib.errors import InputError
-from SpineStenosisGraderLib.volume import AxialStack, load_stack, resample_like, to_axial_stack
+from SpineStenosisGraderLib.study.volume import AxialStack, load_stack, resample_like, to_axial_stack
 
 MRI = DATA / "tptbox" / "sample_mri" / "sub-mri_label-6_T2w.nii.gz"
 MRI_LABELS = DATA / "tptbox" / "sample_mri" / "sub-mri_seg-subreg_label-6_msk.nii.gz"

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from SpineStenosisGraderLib import report as report_module
-from SpineStenosisGraderLib import writers
-from SpineStenosisGraderLib.report import grade_color, lps_to_index, render_html_report, write_html_report
+from SpineStenosisGraderLib.outputs import report as report_module
+from SpineStenosisGraderLib.outputs import writers
+from SpineStenosisGraderLib.outputs.report import grade_color, lps_to_index, render_html_report, write_html_report
 from SpineStenosisGraderLib.result import (
     CanalDetection,
     ClinicianCorrection,
@@ -28,7 +28,7 @@ from SpineStenosisGraderLib.result import (
     StudyInfo,
     StudyResult,
 )
-from SpineStenosisGraderLib.writers import (
+from SpineStenosisGraderLib.outputs.writers import (
     levels_csv_columns,
     markups_file_name,
     read_roi_markups,

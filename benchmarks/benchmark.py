@@ -155,8 +155,9 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     threads = int(spec["threads"])
     backend = spec["backend"]
     t0 = time.perf_counter()
-    from SpineStenosisGraderLib import package as package_module
-    from SpineStenosisGraderLib import pipeline, writers
+    from SpineStenosisGraderLib.packages import package as package_module
+    from SpineStenosisGraderLib import pipeline
+    from SpineStenosisGraderLib.outputs import writers
 
     import_s = time.perf_counter() - t0
 
@@ -454,7 +455,7 @@ def _describe(image, path: Path, name: str, description: str) -> dict[str, Any]:
 def prepare_studies(work: Path, quick: bool, extra: list[str]) -> list[dict[str, Any]]:
     """The real sample CT and a phantom, both resampled to 60x512x512 and written as NIfTI, plus ``extra`` files."""
     import SimpleITK as sitk
-    from SpineStenosisGraderLib import phantom
+    from SpineStenosisGraderLib.training import phantom
 
     work.mkdir(parents=True, exist_ok=True)
     studies = []

@@ -22,7 +22,7 @@ DEFAULT_CATALOGUE = REPO_ROOT / "Testing" / "Data" / "scans.json"
 
 def _anchor(args: argparse.Namespace) -> Optional[tuple[int, str]]:
     """The user's level anchor, checked before any work is done."""
-    from .levels import check_level_name
+    from .inference.levels import check_level_name
 
     if args.lowest_level and args.highest_level:
         raise SpineStenosisGraderError("Give --lowest-level or --highest-level, not both.")
@@ -43,9 +43,9 @@ def _check_output_folder(output: Path) -> None:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from .package import load_package
+    from .packages.package import load_package
     from .pipeline import grade_file, representative_slices
-    from .writers import write_study_outputs
+    from .outputs.writers import write_study_outputs
 
     output = Path(args.output)
     _check_output_folder(output)
@@ -104,7 +104,7 @@ def _grade(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .training import train_default_package
+    from .training.train import train_default_package
 
     given = {
         "n_phantoms": args.phantoms, "per_study": args.per_study, "detector_iterations": args.detector_iterations,
@@ -118,8 +118,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_detection, evaluate_grades, evaluate_levels, time_studies
-    from .package import load_package
+    from .training.evaluation import evaluate_detection, evaluate_grades, evaluate_levels, time_studies
+    from .packages.package import load_package
 
     package = load_package(args.model, backend=args.backend)
     if args.write_manifest and args.scans != "holdout":
@@ -210,15 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_backend_option(parser: argparse.ArgumentParser) -> None:
-    from .package import BACKENDS
+    from .packages.package import BACKENDS
 
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="inference runtime: ONNX Runtime (the default when installed) or PyTorch")
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
-    from .export import export_onnx, exported_package_summary
-    from .package import DEFAULT_PACKAGE_DIR
+    from .training.export import export_onnx, exported_package_summary
+    from .packages.package import DEFAULT_PACKAGE_DIR
 
     folder = Path(args.package) if args.package else DEFAULT_PACKAGE_DIR
     report = export_onnx(folder)

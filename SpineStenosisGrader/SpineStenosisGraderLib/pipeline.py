@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .levels import (
+from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
     SliceCanal,
@@ -19,10 +19,10 @@ from .levels import (
     name_levels,
     numbering_note,
 )
-from .normalise import detect_modality, normalised_canvas
-from .package import ModelPackage, load_default_package
+from .study.normalise import detect_modality, normalised_canvas
+from .packages.package import ModelPackage, load_default_package
 from .result import CanalDetection, DiscLevel, StudyInfo, StudyResult
-from .volume import AxialStack, load_stack, to_axial_stack
+from .study.volume import AxialStack, load_stack, to_axial_stack
 
 #: a callback told the current stage and the overall fraction done
 Progress = Callable[[str, float], None]

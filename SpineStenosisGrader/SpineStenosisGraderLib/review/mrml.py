@@ -39,9 +39,9 @@ import numpy as np
 import slicer
 import vtk
 
-from .report import effective_grade, effective_name, grade_color
-from .result import ClinicianCorrection, DiscLevel, GradePrediction, ModelInfo, OrientedBox, StudyResult
-from .scales import get_scale
+from ..outputs.report import effective_grade, effective_name, grade_color
+from ..result import ClinicianCorrection, DiscLevel, GradePrediction, ModelInfo, OrientedBox, StudyResult
+from ..scales import get_scale
 
 #: prefix of every node attribute this module writes (Slicer's "Module.name" convention)
 ATTRIBUTE_PREFIX = "SpineStenosisGrader."

@@ -31,14 +31,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from . import mrml, writers
-from .errors import InputError
-from .levels import REGIONS, SPINE_DISCS, check_level_name, name_levels
-from .package import ModelPackage, sha256_file
-from .report import effective_box, effective_grade, effective_name, lps_to_index
-from .result import ClinicianCorrection, DiscLevel, GradePrediction, StudyInfo, StudyResult
-from .scales import GradingScale, get_scale
-from .volume import AxialStack
+from . import mrml
+from ..outputs import writers
+from ..errors import InputError
+from ..inference.levels import REGIONS, SPINE_DISCS, check_level_name, name_levels
+from ..packages.package import ModelPackage, sha256_file
+from ..outputs.report import effective_box, effective_grade, effective_name, lps_to_index
+from ..result import ClinicianCorrection, DiscLevel, GradePrediction, StudyInfo, StudyResult
+from ..scales import GradingScale, get_scale
+from ..study.volume import AxialStack
 
 #: a level of a re-run is the same level as an old one when their box centres are closer than this:
 #: half the smallest normal distance between neighbouring discs (lumbar 30-45 mm, cervical 14-20 mm)

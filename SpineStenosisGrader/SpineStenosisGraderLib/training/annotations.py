@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .volume import AxialStack, load_stack, resample_like
+from ..study.volume import AxialStack, load_stack, resample_like
 
 
 @dataclass

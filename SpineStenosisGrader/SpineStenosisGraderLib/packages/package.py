@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Union
 
-from .errors import ModelPackageError
-from .result import ModelInfo
-from .scales import GradingScale, get_scale
+from ..errors import ModelPackageError
+from ..result import ModelInfo
+from ..scales import GradingScale, get_scale
 
 #: inference backends; "auto" picks ONNX Runtime when the package has ONNX files and it is installed
 BACKENDS = ("auto", "onnx", "torch")
@@ -31,7 +31,7 @@ ONNX_FILES = {"detector": "detector_onnx", "classifier": "classifier_onnx"}
 
 MANIFEST_FORMAT = "spine-stenosis-grader/model-package"
 MANIFEST_VERSION = 1
-DEFAULT_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "default"
+DEFAULT_PACKAGE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "default"
 
 
 def sha256_file(path: Path) -> str:
@@ -204,7 +204,7 @@ class ModelPackage:
 
     def onnx_detector(self):
         if "onnx_detector" not in self._models:
-            from .detector import OnnxCanalDetector
+            from ..inference.detector import OnnxCanalDetector
 
             # one single-threaded session per core (see OnnxCanalDetector), at most four
             workers = max(1, min(4, self.threads or os.cpu_count() or 1))
@@ -214,7 +214,7 @@ class ModelPackage:
 
     def onnx_classifier(self):
         if "onnx_classifier" not in self._models:
-            from .classifier import OnnxGradeClassifier
+            from ..inference.classifier import OnnxGradeClassifier
 
             session = self._checked_session(ONNX_FILES["classifier"], 4, 1)
             classes = session.get_outputs()[0].shape[-1]
@@ -229,7 +229,7 @@ class ModelPackage:
     def torch_detector(self):
         """The detector, built from the manifest and loaded from safetensors."""
         if "torch_detector" not in self._models:
-            from .detector import TorchCanalDetector, build_detector_model
+            from ..inference.detector import TorchCanalDetector, build_detector_model
 
             model = self._build(build_detector_model, "detector", self.detector_config)
             self._models["torch_detector"] = TorchCanalDetector(model)
@@ -237,7 +237,7 @@ class ModelPackage:
 
     def torch_classifier(self):
         if "torch_classifier" not in self._models:
-            from .classifier import TorchGradeClassifier, build_classifier_model
+            from ..inference.classifier import TorchGradeClassifier, build_classifier_model
 
             model = self._build(build_classifier_model, "classifier", self.classifier_config,
                                 len(self.scale.classes))

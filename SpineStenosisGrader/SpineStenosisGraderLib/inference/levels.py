@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from ..errors import InputError
 
 #: every intervertebral disc, superior to inferior
 SPINE_DISCS: tuple[str, ...] = (

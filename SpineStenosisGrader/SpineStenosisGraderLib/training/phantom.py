@@ -40,7 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .scales import KANG, SCHIZAS, GradingScale
+from ..scales import KANG, SCHIZAS, GradingScale
 
 __all__ = [
     "CERVICAL_LEVELS",

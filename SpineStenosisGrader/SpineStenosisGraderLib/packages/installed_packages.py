@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelPackageError
+from ..errors import ModelPackageError
 from .package import DEFAULT_PACKAGE_DIR, ModelPackage, load_package
-from .scales import get_scale
+from ..scales import get_scale
 
 NOT_FOR_CLINICAL_USE = "Not for clinical use"
 

@@ -20,9 +20,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .result import SCHEMA_VERSION, DiscLevel, OrientedBox, StudyInfo, StudyResult
-from .scales import GradeClass, GradingScale, get_scale
-from .volume import lps_to_continuous_index
+from ..result import SCHEMA_VERSION, DiscLevel, OrientedBox, StudyInfo, StudyResult
+from ..scales import GradeClass, GradingScale, get_scale
+from ..study.volume import lps_to_continuous_index
 
 #: colour of a level with no grade, or a grade outside every known scale
 NEUTRAL_COLOR = (0.62, 0.62, 0.62)

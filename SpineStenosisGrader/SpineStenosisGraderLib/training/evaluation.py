@@ -14,10 +14,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .annotations import AnnotatedScan, load_scans
-from .detector import box_iou
-from .package import ModelPackage
-from .pipeline import grade_stack
-from .training import EVAL_SEED_BASE, classifier_sample, grade_samples
+from ..inference.detector import box_iou
+from ..packages.package import ModelPackage
+from ..pipeline import grade_stack
+from .train import EVAL_SEED_BASE, classifier_sample, grade_samples
 
 IOU_THRESHOLD = 0.5
 
@@ -92,7 +92,7 @@ def evaluate_levels(package: ModelPackage, n_studies: int = 12, seed_base: int =
     A study counts as named right when every true disc has a level within 6 mm carrying its name.
     """
     from .phantom import make_study
-    from .pipeline import grade_image
+    from ..pipeline import grade_image
 
     true_total = matched_total = false_total = named_right = 0
     for n in range(n_studies):
@@ -157,8 +157,8 @@ def time_studies(package: ModelPackage, paths: Sequence[Path], repeats: int = 3)
     """Median wall time per study, end to end (read, detect, levels, grade, write)."""
     import tempfile
 
-    from .pipeline import grade_file, representative_slices
-    from .writers import write_study_outputs
+    from ..pipeline import grade_file, representative_slices
+    from ..outputs.writers import write_study_outputs
 
     out = {}
     for path in paths:

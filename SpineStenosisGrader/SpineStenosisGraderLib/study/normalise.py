@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from ..errors import InputError
 from .volume import AxialStack
 
 MODALITIES = ("CT", "MR")

@@ -18,8 +18,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import ModelPackageError
-from .package import ONNX_FILES, ModelPackage, load_package, write_manifest
+from ..errors import ModelPackageError
+from ..packages.package import ONNX_FILES, ModelPackage, load_package, write_manifest
 
 #: ONNX opset: 17 is what torch's TorchScript exporter handles for torchvision's detection ops
 OPSET = 17
@@ -96,7 +96,7 @@ def _session(path: Path):
 
 def _check_detector(package: ModelPackage, path: Path, canvas: np.ndarray) -> dict[str, Any]:
     """Both backends must find the same canal on every check slice: same box, score and disc share."""
-    from .detector import OnnxCanalDetector
+    from ..inference.detector import OnnxCanalDetector
 
     torch_hits = package.torch_detector().detect(canvas)
     onnx_hits = OnnxCanalDetector([_session(path)]).detect(canvas)
@@ -115,7 +115,7 @@ def _check_detector(package: ModelPackage, path: Path, canvas: np.ndarray) -> di
 
 
 def _check_classifier(package: ModelPackage, path: Path, patches: np.ndarray) -> dict[str, Any]:
-    from .classifier import OnnxGradeClassifier
+    from ..inference.classifier import OnnxGradeClassifier
 
     reference = package.torch_classifier().predict_proba(patches)
     exported = OnnxGradeClassifier(_session(path), package.scale, package.classifier_config).predict_proba(patches)
@@ -127,9 +127,9 @@ def _check_classifier(package: ModelPackage, path: Path, patches: np.ndarray) ->
 
 def check_inputs(package: ModelPackage, seed: int = 7) -> tuple[list[np.ndarray], np.ndarray]:
     """Real-looking inputs to compare the backends on: canvases and crops of phantom studies, CT and MR."""
-    from .normalise import normalised_canvas
+    from ..study.normalise import normalised_canvas
     from .phantom import make_study
-    from .volume import to_axial_stack
+    from ..study.volume import to_axial_stack
 
     canvases, patches = [], []
     classifier = package.torch_classifier()

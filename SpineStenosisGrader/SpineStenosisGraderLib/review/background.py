@@ -30,14 +30,14 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .errors import SpineStenosisGraderError
-from .result import StudyResult
-from .writers import RESULT_FILE
+from ..errors import SpineStenosisGraderError
+from ..result import StudyResult
+from ..outputs.writers import RESULT_FILE
 
 #: the module the background process runs
 CLI_MODULE = "SpineStenosisGraderLib.cli"
 #: the folder that holds the SpineStenosisGraderLib package (put on the process's PYTHONPATH)
-LIBRARY_PARENT = Path(__file__).resolve().parent.parent
+LIBRARY_PARENT = Path(__file__).resolve().parents[2]
 INPUT_FILE = "input.nrrd"
 OUTPUT_FOLDER = "output"
 #: lines of the process's stderr kept to explain a failure

@@ -12,9 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .normalise import patch_window, sample_patch
-from .result import GradePrediction
-from .scales import GradingScale
+from ..study.normalise import patch_window, sample_patch
+from ..result import GradePrediction
+from ..scales import GradingScale
 
 DEFAULT_CLASSIFIER_CONFIG: dict[str, Any] = {
     "backbone": "resnet10t",

@@ -24,8 +24,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .result import OrientedBox
+from ..errors import InputError
+from ..result import OrientedBox
 
 #: an axial study may be tilted (angled lumbar slabs are 10-25 degrees); beyond
 #: this the slices are closer to sagittal or coronal than to axial.

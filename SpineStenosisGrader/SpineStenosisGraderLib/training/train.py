@@ -18,13 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from .annotations import AnnotatedScan, load_scans
-from .classifier import DEFAULT_CLASSIFIER_CONFIG, build_classifier_model, grade_patch
-from .detector import DEFAULT_DETECTOR_CONFIG, build_detector_model
-from .levels import DISC_HEIGHT_MM
-from .normalise import intensity_window, sample_patch
-from .package import write_manifest
-from .scales import get_scale
-from .volume import to_axial_stack
+from ..inference.classifier import DEFAULT_CLASSIFIER_CONFIG, build_classifier_model, grade_patch
+from ..inference.detector import DEFAULT_DETECTOR_CONFIG, build_detector_model
+from ..inference.levels import DISC_HEIGHT_MM
+from ..study.normalise import intensity_window, sample_patch
+from ..packages.package import write_manifest
+from ..scales import get_scale
+from ..study.volume import to_axial_stack
 
 #: phantom seeds for training start here; evaluation uses EVAL_SEED_BASE and up
 TRAIN_SEED_BASE = 0

@@ -41,7 +41,7 @@ from .report import (
     level_scale,
     measurement_label,
 )
-from .result import DiscLevel, OrientedBox, StudyResult
+from ..result import DiscLevel, OrientedBox, StudyResult
 
 #: the schema id Slicer 5.x writes (the newest builds write v1.0.4); Slicer reads any v1.x.y
 MARKUPS_SCHEMA = (

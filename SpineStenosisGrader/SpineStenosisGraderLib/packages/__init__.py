@@ -1,0 +1,1 @@
+"""Model packages: manifest, SHA256, backends, offline import, the installed list."""

@@ -1,0 +1,1 @@
+"""Layer 7's MRML side: results to nodes, corrections back, background runs."""
