@@ -1,4 +1,4 @@
-"""Level grouping and naming, lumbar and cervical, with re-anchoring."""
+"""Level grouping and naming from landmarks, lumbar, thoracic and cervical, with re-anchoring."""
 
 import numpy as np
 import pytest
@@ -10,9 +10,9 @@ from SpineStenosisGraderLib.inference.levels import (
     SPINE_DISCS,
     SliceCanal,
     find_discs,
-    infer_region,
+    name_from_anatomy,
     name_levels,
-    numbering_note,
+    region_of_disc,
 )
 
 
@@ -25,18 +25,62 @@ def synthetic_canals(n_slices, disc_slices, half_width=1, score=0.9):
 
 
 def test_lumbar_discs_found_and_named_from_the_sacrum():
-    discs = [8, 20, 32, 44, 56]
+    # the sacral alae reach up to slice 6; a disc-like place at slice 2 lies inside the sacrum
+    discs = [2, 8, 20, 32, 44, 56]
     levels = find_discs(synthetic_canals(64, discs), 64, 3.0)
     assert [lv.slice_index for lv in levels] == discs
-    assert infer_region(levels, 3.0) == "lumbar"
-    assert name_levels(len(levels), "lumbar") == ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2"]
+    naming = name_from_anatomy(levels, "lumbar", 3.0, sacrum_top_slice=6)
+    assert [c.slice_index for c in naming.kept] == [8, 20, 32, 44, 56]
+    assert naming.names == ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2"]
+    assert naming.anchored and naming.landmark == "sacrum"
+    assert naming.confidence == ["high"] * 5
+    assert any("inside the sacrum (slice 2)" in w for w in naming.warnings)
+    assert "five lumbar vertebrae" in naming.note
 
 
-def test_cervical_discs_named_from_c2():
+def test_a_lowest_disc_far_above_the_sacrum_is_l4_l5_and_said_to_be_unsure():
+    levels = find_discs(synthetic_canals(64, [20, 32, 44]), 64, 3.0)
+    naming = name_from_anatomy(levels, "lumbar", 3.0, sacrum_top_slice=6)  # 42 mm below the lowest disc
+    assert naming.names == ["L4-L5", "L3-L4", "L2-L3"]
+    assert naming.confidence == ["low"] * 3
+    assert any("L5-S1 was not found" in w for w in naming.warnings)
+
+
+def test_without_a_landmark_names_are_counted_but_marked_not_anchored():
+    levels = find_discs(synthetic_canals(64, [8, 20, 32]), 64, 3.0)
+    naming = name_from_anatomy(levels, "lumbar", 3.0)
+    assert naming.names == ["L5-S1", "L4-L5", "L3-L4"]
+    assert not naming.anchored and naming.landmark == ""
+    assert naming.confidence == ["none"] * 3
+    assert naming.note.startswith("Not anchored")
+
+
+def test_cervical_discs_counted_from_c2_and_not_anchored():
     discs = [3, 11, 19, 27]
     levels = find_discs(synthetic_canals(32, discs, half_width=0), 32, 2.0)
-    assert infer_region(levels, 2.0) == "cervical"
-    assert name_levels(len(levels), "cervical") == ["C5-C6", "C4-C5", "C3-C4", "C2-C3"]
+    naming = name_from_anatomy(levels, "cervical", 2.0)
+    assert naming.names == ["C5-C6", "C4-C5", "C3-C4", "C2-C3"]
+    assert not naming.anchored and "highest" in naming.note
+
+
+def test_an_unknown_region_claims_no_level_name():
+    levels = find_discs(synthetic_canals(40, [10, 30]), 40, 3.0)
+    naming = name_from_anatomy(levels, "unknown", 3.0)
+    assert naming.names == ["disc 1", "disc 2"]
+    assert not naming.anchored
+
+
+def test_the_users_anchor_names_every_level_and_wins_over_the_sacrum():
+    levels = find_discs(synthetic_canals(64, [8, 20, 32]), 64, 3.0)
+    naming = name_from_anatomy(levels, "lumbar", 3.0, sacrum_top_slice=6, anchor=(-1, "L1-L2"))
+    assert naming.names == ["L3-L4", "L2-L3", "L1-L2"]
+    assert naming.anchored and naming.landmark == "user" and "highest" in naming.note
+
+
+@pytest.mark.parametrize("name,region", [("C7-T1", "cervical"), ("T12-L1", "thoracic"), ("L5-S1", "lumbar"),
+                                         ("disc 1", "unknown"), ("below L5-S1 (1)", "unknown")])
+def test_a_discs_region_is_that_of_the_vertebra_above(name, region):
+    assert region_of_disc(name) == region
 
 
 def test_low_scores_and_isolated_noise_are_ignored():
@@ -74,13 +118,10 @@ def test_bad_anchor_is_a_clear_error():
         name_levels(3, "lumbar", anchor=(5, "L4-L5"))
 
 
-@given(n=st.integers(1, 12), region=st.sampled_from(["lumbar", "cervical"]))
+@given(n=st.integers(1, 12), region=st.sampled_from(["lumbar", "thoracic", "cervical"]))
 def test_names_are_unique_and_contiguous(n, region):
     names = name_levels(n, region)
     assert len(set(names)) == n
-
-
-def test_numbering_note_says_how_levels_were_counted():
-    assert "L5-S1" in numbering_note("lumbar", None, ["L5-S1"])
-    assert "C2-C3" in numbering_note("cervical", None, ["C2-C3"])
-    assert "highest" in numbering_note("lumbar", (-1, "L1-L2"), ["L2-L3", "L1-L2"])
+    known = [SPINE_DISCS.index(name) for name in names if name in SPINE_DISCS]
+    # inferior first: each known name is the next disc up from the one below it
+    assert known == list(range(known[0], known[0] - len(known), -1))

@@ -119,7 +119,7 @@ class _Recorder:
         self.counting = False
         self.reset()
         # the pipeline asks the package for its models: hand it recording proxies of the loaded ones
-        package.detector = lambda: _proxy(self.detector_model, "detect", partial(self._call, "detector"))
+        package.detector = lambda: _proxy(self.detector_model, "detect_candidates", partial(self._call, "detector"))
         package.classifier = lambda: _proxy(self.classifier_model, "grade", partial(self._call, "classifier"))
         roi_heads = getattr(getattr(self.detector_model, "model", None), "roi_heads", None)
         if roi_heads is not None:

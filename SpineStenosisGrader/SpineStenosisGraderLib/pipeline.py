@@ -9,26 +9,26 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .inference.landmarks import find_sacrum, measure_bone
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
+    UNKNOWN_REGION,
     SliceCanal,
     check_level_name,
     find_discs,
-    infer_region,
-    name_levels,
-    numbering_note,
+    name_from_anatomy,
+    region_of_disc,
 )
-from .study.normalise import detect_modality, normalised_canvas
+from .inference.region import infer_region
+from .inference.tracking import MIN_CANAL_SCORE, track_canal
 from .packages.package import ModelPackage, load_default_package
 from .result import CanalDetection, DiscLevel, StudyInfo, StudyResult
+from .study.normalise import detect_modality, normalised_canvas
 from .study.volume import AxialStack, load_stack, to_axial_stack
 
 #: a callback told the current stage and the overall fraction done
 Progress = Callable[[str, float], None]
-
-#: per-slice detections below this score are not reported
-MIN_DETECTION_SCORE = 0.3
 
 
 def _noop(stage: str, fraction: float) -> None:
@@ -53,11 +53,12 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     progress("detect", 0.05)
     config = package.detector_config
     canvas, grid = normalised_canvas(stack, modality, int(config["canvas"]), float(config["spacing_mm"]))
-    found = package.detector().detect(canvas)
+    found = track_canal(package.detector().detect_candidates(canvas), float(config["spacing_mm"]),
+                        stack.spacing[2], MIN_CANAL_SCORE)
     canals: list[Optional[SliceCanal]] = []
     detections: list[CanalDetection] = []
     for k, hit in enumerate(found):
-        if hit is None or hit.score < MIN_DETECTION_SCORE:
+        if hit is None:
             canals.append(None)
             continue
         box_ij = tuple(float(v) for v in grid.to_stack(np.asarray(hit.box_uv))[0])
@@ -68,15 +69,22 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     t0 = time.perf_counter()
     progress("levels", 0.75)
     dz = stack.spacing[2]
-    candidates = find_discs(canals, stack.n_slices, dz)
-    inferred = infer_region(candidates, dz, default=(package.manifest.get("regions") or ["lumbar"])[0])
-    if region is None and len(candidates) < 2:
-        warnings.append(f"Too few discs to tell the region; assumed {inferred}. Set the region if that is wrong.")
-    region = region or inferred
-    if region != inferred and len(candidates) >= 2:
-        warnings.append(f"The disc spacing looks {inferred}, but the region was set to {region}.")
-    names = name_levels(len(candidates), region, anchor)
-    if not candidates:
+    bones = measure_bone(stack, canals) if modality == "CT" else []
+    sacrum = find_sacrum(stack, bones, canals)
+    estimate = infer_region(stack, modality, canals, bones, sacrum)
+    user_region = region
+    if region is None:
+        region = estimate.region
+        if region == UNKNOWN_REGION and detections:
+            warnings.append("The spine region could not be told from the slices, so the levels are not named or "
+                            "graded. Set the region (--region, or Spine region in Slicer).")
+    elif estimate.region not in (UNKNOWN_REGION, region):
+        warnings.append(f"The anatomy looks {estimate.region} ({'; '.join(estimate.evidence)}), "
+                        f"but the region was set to {region}.")
+    naming = name_from_anatomy(find_discs(canals, stack.n_slices, dz), region, dz,
+                               sacrum.top_slice if sacrum else None, anchor)
+    warnings.extend(naming.warnings)
+    if not naming.kept:
         warnings.append("No disc level was found. Check that the study is an axial spine CT or T2 MRI.")
     thickness = max(1.0, DISC_HEIGHT_MM[region] / dz)
     levels = [
@@ -87,9 +95,13 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
                 "canal_box_width_mm": (c.box_ij[2] - c.box_ij[0]) * stack.spacing[0],
                 "canal_box_depth_mm": (c.box_ij[3] - c.box_ij[1]) * stack.spacing[1],
             },
+            region=region_of_disc(name) if naming.anchored else region,
+            name_anchored=naming.anchored,
+            name_confidence=confidence,
         )
-        for name, c in zip(names, candidates)
+        for name, c, confidence in zip(naming.names, naming.kept, naming.confidence)
     ]
+    candidates = naming.kept
     timings["levels"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -103,7 +115,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         ])
         for level, grade in zip(levels, classifier.grade(patches)):
             level.grade = grade
-    elif levels:
+    elif levels and region != UNKNOWN_REGION:
         warnings.append(
             f"The model package grades {', '.join(graded_regions)} levels only; the {region} levels "
             "are located but not graded."
@@ -118,7 +130,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         n_slices=stack.n_slices,
         slice_spacing_mm=dz,
         pixel_spacing_mm=(stack.spacing[0], stack.spacing[1]),
-        numbering=numbering_note(region, anchor, names),
+        numbering=naming.note,
+        region_confidence="user" if user_region else estimate.confidence,
+        region_evidence=(("set by the user",) if user_region else ()) + tuple(estimate.evidence),
+        names_anchored_by=naming.landmark,
         stack_origin_lps=stack.origin,
         stack_spacing_mm=stack.spacing,
         stack_direction_lps=tuple(float(v) for v in stack.direction.reshape(-1)),

@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-SCHEMA_VERSION = "1.1"  # 1.1: corrections say when and whether the clinician added the level; removed_levels
+SCHEMA_VERSION = "1.2"  # 1.1: corrections say when and whether the clinician added the level; removed_levels
+# 1.2: the region is read from the anatomy (study and level, with evidence); names say whether a landmark anchors them
 SCHEMA_ID = "spine-stenosis-grader/result"
 
 
@@ -177,6 +178,12 @@ class DiscLevel:
     grade: Optional[GradePrediction] = None
     measurements: dict[str, float] = field(default_factory=dict)
     correction: Optional[ClinicianCorrection] = None
+    #: cervical, thoracic, lumbar or unknown: the named disc's region, else the study's
+    region: str = ""
+    #: the name rests on a landmark in the study (or the user's anchor), not on where the study ends
+    name_anchored: bool = False
+    #: how sure the name is: "high", "low" or "none"
+    name_confidence: str = "none"
 
     @property
     def edited(self) -> bool:
@@ -193,6 +200,9 @@ class DiscLevel:
             "grade": self.grade.to_dict() if self.grade else None,
             "measurements": {k: float(v) for k, v in self.measurements.items()},
             "correction": self.correction.to_dict() if self.correction else None,
+            "region": self.region,
+            "name_anchored": bool(self.name_anchored),
+            "name_confidence": self.name_confidence,
         }
 
     @classmethod
@@ -205,6 +215,10 @@ class DiscLevel:
             grade=GradePrediction.from_dict(data["grade"]) if data.get("grade") else None,
             measurements={k: float(v) for k, v in data.get("measurements", {}).items()},
             correction=ClinicianCorrection.from_dict(data["correction"]) if data.get("correction") else None,
+            region=data.get("region", ""),
+            # results before 1.2 counted names from the end of the study: never anchored
+            name_anchored=bool(data.get("name_anchored", False)),
+            name_confidence=data.get("name_confidence", "none"),
         )
 
 
@@ -239,6 +253,11 @@ class StudyInfo:
     slice_spacing_mm: float
     pixel_spacing_mm: tuple[float, float]
     numbering: str = ""
+    #: how sure the region is ("high", "low" or "none") and what in the slices says so
+    region_confidence: str = ""
+    region_evidence: tuple[str, ...] = ()
+    #: the landmark the level names rest on: "sacrum", "user", or "" when they are not anchored
+    names_anchored_by: str = ""
     #: origin, spacing and direction of the axial stack (ITK conventions, LPS), so a
     #: slice index in this file can be mapped back to patient space.
     stack_origin_lps: tuple[float, float, float] = (0.0, 0.0, 0.0)

@@ -36,8 +36,12 @@ class CanalDetector(ABC):
     """Finds at most one canal per slice on normalised canvas slices [n, H, W] in [0, 1]."""
 
     @abstractmethod
+    def detect_candidates(self, canvas: np.ndarray, batch_size: int = 4) -> list[list[SliceDetection]]:
+        """One entry per slice: its canal candidates, best first (empty where none was found)."""
+
     def detect(self, canvas: np.ndarray, batch_size: int = 4) -> list[SliceDetection | None]:
-        """One entry per slice: the canal, or None where no canal was found."""
+        """One entry per slice: the best candidate, or None where no canal was found."""
+        return [found[0] if found else None for found in self.detect_candidates(canvas, batch_size)]
 
 
 DEFAULT_DETECTOR_CONFIG: dict[str, Any] = {
@@ -125,27 +129,33 @@ def build_detector_model(config: dict[str, Any]):
     return model
 
 
-def best_canal(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> SliceDetection | None:
-    """Fold per-class detections into one canal with a disc probability.
+def canal_candidates(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> list[SliceDetection]:
+    """Fold per-class detections into canal candidates, best first, each with a disc probability.
 
     torchvision runs NMS per class, so the same canal can come back once as
-    "canal" and once as "canal at a disc". The box is the best-scoring one;
-    the disc probability is the share of the disc class among the detections
-    that overlap it.
+    "canal" and once as "canal at a disc". Each candidate is the best-scoring
+    box not yet taken, with every box that overlaps it; its disc probability is
+    the share of the disc class among them. The tracking chooses among the
+    candidates, so a slice keeps its second-best box for when the best one lies
+    off the canal.
     """
-    if len(scores) == 0:
-        return None
-    top = int(np.argmax(scores))
-    box = boxes[top]
-    overlaps = _iou(box, boxes) > 0.3
-    disc_score = float(scores[overlaps & (labels == 2)].max(initial=0.0))
-    plain_score = float(scores[overlaps & (labels == 1)].max(initial=0.0))
-    total = disc_score + plain_score
-    return SliceDetection(
-        box_uv=tuple(float(v) for v in box),
-        score=float(min(1.0, total)),
-        disc_probability=disc_score / total if total > 0 else 0.0,
-    )
+    boxes, scores, labels = np.asarray(boxes), np.asarray(scores), np.asarray(labels)
+    taken = np.zeros(len(scores), dtype=bool)
+    out = []
+    for top in np.argsort(-scores, kind="stable"):
+        if taken[top]:
+            continue
+        overlaps = (_iou(boxes[top], boxes) > 0.3) & ~taken
+        taken |= overlaps
+        disc_score = float(scores[overlaps & (labels == 2)].max(initial=0.0))
+        plain_score = float(scores[overlaps & (labels == 1)].max(initial=0.0))
+        total = disc_score + plain_score
+        out.append(SliceDetection(
+            box_uv=tuple(float(v) for v in boxes[top]),
+            score=float(min(1.0, total)),
+            disc_probability=disc_score / total if total > 0 else 0.0,
+        ))
+    return out
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -179,21 +189,21 @@ class OnnxCanalDetector(CanalDetector):
         self.sessions = list(sessions)
         self.input_name = self.sessions[0].get_inputs()[0].name
 
-    def _run(self, session, images: np.ndarray) -> list[SliceDetection | None]:
-        results: list[SliceDetection | None] = []
+    def _run(self, session, images: np.ndarray) -> list[list[SliceDetection]]:
+        results: list[list[SliceDetection]] = []
         for image in images:
             boxes, labels, scores = session.run(None, {self.input_name: np.ascontiguousarray(image[None])})
-            results.append(best_canal(boxes, scores, labels))
+            results.append(canal_candidates(boxes, scores, labels))
         return results
 
-    def detect(self, canvas: np.ndarray, batch_size: int = 4) -> list[SliceDetection | None]:
+    def detect_candidates(self, canvas: np.ndarray, batch_size: int = 4) -> list[list[SliceDetection]]:
         from concurrent.futures import ThreadPoolExecutor
 
         canvas = np.asarray(canvas, dtype=np.float32)
         workers = min(len(self.sessions), len(canvas))
         if workers <= 1:
             return self._run(self.sessions[0], canvas)
-        results: list[SliceDetection | None] = [None] * len(canvas)
+        results: list[list[SliceDetection]] = [[] for _ in range(len(canvas))]
         with ThreadPoolExecutor(workers) as pool:
             # interleaved shares: neighbouring slices cost about the same
             shares = {w: pool.submit(self._run, self.sessions[w], canvas[w::workers]) for w in range(workers)}
@@ -212,15 +222,15 @@ class TorchCanalDetector(CanalDetector):
             torch.set_num_threads(threads)
         self.model = model.eval()
 
-    def detect(self, canvas: np.ndarray, batch_size: int = 4) -> list[SliceDetection | None]:
+    def detect_candidates(self, canvas: np.ndarray, batch_size: int = 4) -> list[list[SliceDetection]]:
         import torch
 
-        results: list[SliceDetection | None] = []
+        results: list[list[SliceDetection]] = []
         with torch.inference_mode():
             for start in range(0, len(canvas), batch_size):
                 batch = [torch.from_numpy(np.ascontiguousarray(s))[None] for s in canvas[start:start + batch_size]]
                 for out in self.model(batch):
-                    results.append(best_canal(
+                    results.append(canal_candidates(
                         out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy()
                     ))
         return results

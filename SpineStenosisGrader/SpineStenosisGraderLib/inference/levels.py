@@ -1,16 +1,20 @@
 """Layer 4: group per-slice canal detections into disc levels and name them.
 
 The detector says, per slice, how likely the slice cuts a disc. Runs of
-disc-like slices along the spine are discs; each disc's representative slice
-is the one the detector is surest of. Names are counted from the anatomy's
-end that axial studies usually include (L5-S1 for lumbar, C2-C3 for
-cervical), and one anchor ("this disc is L4-L5") renames every level, because
-lumbar-only studies are misnumbered in about one patient in seven.
+disc-like slices along the tracked canal are discs; each disc's representative
+slice is the one the detector is surest of.
+
+Names come from a landmark the study contains (the sacrum: the lowest disc
+above it is L5-S1), or from the user's anchor ("this disc is L4-L5"), which
+renames every level. Without either, the levels are still counted from the end
+that axial studies usually include (L5-S1 for lumbar, C2-C3 for cervical), but
+they are marked as not anchored everywhere they are shown: lumbar-only studies
+are misnumbered in about one patient in seven.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -24,12 +28,14 @@ SPINE_DISCS: tuple[str, ...] = (
     + tuple(f"T{n}-T{n + 1}" for n in range(1, 12))
     + ("T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
 )
-REGIONS = ("lumbar", "cervical")
+REGIONS = ("lumbar", "thoracic", "cervical")
+#: the study's region when its slices do not tell (see ``region``)
+UNKNOWN_REGION = "unknown"
 
 #: nominal disc heights, for the thickness of a level's box
-DISC_HEIGHT_MM = {"lumbar": 10.0, "cervical": 6.0}
-#: consecutive cervical discs are 14-20 mm apart, lumbar ones 30-45 mm
-CERVICAL_MAX_DISC_SPACING_MM = 25.0
+DISC_HEIGHT_MM = {"lumbar": 10.0, "thoracic": 6.0, "cervical": 6.0, UNKNOWN_REGION: 8.0}
+#: the default count, when no landmark names the levels: the disc each region's count starts from
+DEFAULT_ANCHORS = {"lumbar": (0, "L5-S1"), "thoracic": (0, "T12-L1"), "cervical": (-1, "C2-C3")}
 #: two disc-like runs closer than this belong to one disc
 MIN_DISC_SEPARATION_MM = 9.0
 
@@ -97,14 +103,6 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     return levels
 
 
-def infer_region(levels: Sequence[LevelCandidate], slice_spacing_mm: float, default: str = "lumbar") -> str:
-    """Cervical or lumbar from the spacing of the discs, when there are two or more."""
-    if len(levels) < 2:
-        return default
-    gaps = np.diff([lv.slice_index for lv in levels]) * slice_spacing_mm
-    return "cervical" if float(np.median(gaps)) < CERVICAL_MAX_DISC_SPACING_MM else "lumbar"
-
-
 def check_level_name(name: str) -> str:
     """A disc name as the user typed it ("l4-l5", "L4/L5") in its canonical form, or a clear error."""
     canonical = name.strip().upper().replace("/", "-")
@@ -116,8 +114,8 @@ def check_level_name(name: str) -> str:
 def name_levels(n_levels: int, region: str, anchor: Optional[tuple[int, str]] = None) -> list[str]:
     """Names for ``n_levels`` consecutive discs listed inferior first.
 
-    By default the lowest lumbar disc is L5-S1 and the highest cervical disc
-    is C2-C3. ``anchor = (position, name)`` says the disc at ``position``
+    By default the lowest lumbar disc is L5-S1, the lowest thoracic one T12-L1
+    and the highest cervical disc C2-C3. ``anchor = (position, name)`` says the disc at ``position``
     (0 = most inferior; -1 = most superior) is ``name``; all others follow from it. Discs beyond
     the ends of the spine get names like "below L5-S1 (1)".
     """
@@ -127,9 +125,7 @@ def name_levels(n_levels: int, region: str, anchor: Optional[tuple[int, str]] = 
         anchor = (anchor[0], check_level_name(anchor[1]))
     if n_levels == 0:
         return []
-    if anchor is None:
-        anchor = (0, "L5-S1") if region == "lumbar" else (n_levels - 1, "C2-C3")
-    position, name = anchor
+    position, name = anchor if anchor is not None else DEFAULT_ANCHORS[region]
     if position < 0:
         position += n_levels
     if not 0 <= position < n_levels:
@@ -148,14 +144,92 @@ def name_levels(n_levels: int, region: str, anchor: Optional[tuple[int, str]] = 
     return names
 
 
-def numbering_note(region: str, anchor: Optional[tuple[int, str]], names: Sequence[str]) -> str:
-    if not names:
-        return "No disc level was found."
+def region_of_disc(name: str) -> str:
+    """The region of a named disc: that of the vertebra above it (T12-L1 is thoracic, L5-S1 lumbar)."""
+    head = name.split("-")[0][:1]
+    return {"C": "cervical", "T": "thoracic", "L": "lumbar"}.get(head, UNKNOWN_REGION) if name in SPINE_DISCS \
+        else UNKNOWN_REGION
+
+
+@dataclass
+class LevelNaming:
+    """The names of the discs found, and how far they can be trusted.
+
+    ``anchored`` says the names rest on a landmark in the study or on the user's
+    anchor, not on where the study happens to end. ``confidence`` is one of
+    "high", "low" or "none" per level. ``kept`` lists the candidates that are
+    levels: discs found inside the sacrum are not.
+    """
+
+    kept: list[LevelCandidate]
+    names: list[str]
+    anchored: bool
+    landmark: str
+    confidence: list[str]
+    note: str
+    warnings: list[str] = field(default_factory=list)
+
+
+#: the L5-S1 disc lies just above the top of the sacral alae: within this of it
+L5_S1_ABOVE_SACRUM_MM = 25.0
+#: disc-like slices this far below the top of the alae are inside the sacrum
+INSIDE_SACRUM_MM = 4.0
+#: a lumbar disc spacing: a lowest disc this far above the sacrum is L4-L5, and L5-S1 was missed
+L4_L5_ABOVE_SACRUM_MM = 65.0
+
+
+def unanchored_names(n_levels: int) -> list[str]:
+    """Names that claim no level: "disc 1" is the most inferior disc found."""
+    return [f"disc {p + 1}" for p in range(n_levels)]
+
+
+def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_spacing_mm: float,
+                      sacrum_top_slice: Optional[int] = None,
+                      anchor: Optional[tuple[int, str]] = None) -> LevelNaming:
+    """Name the discs (inferior first) from the user's anchor, else the sacrum, else count them unanchored.
+
+    ``sacrum_top_slice`` is the most superior slice showing the sacral alae, where
+    the study contains the sacrum. Discs found inside the sacrum are dropped
+    with a warning: they are the fused sacral segments, not levels.
+    """
+    kept = list(candidates)
+    warnings: list[str] = []
+    if sacrum_top_slice is not None:
+        inside = [c for c in kept if (sacrum_top_slice - c.slice_index) * slice_spacing_mm > INSIDE_SACRUM_MM]
+        if inside:
+            warnings.append(f"{len(inside)} disc-like place(s) inside the sacrum (slice "
+                            f"{', '.join(str(c.slice_index) for c in inside)}) are not levels.")
+            kept = [c for c in kept if c not in inside]
+    n = len(kept)
+    if n == 0:
+        return LevelNaming([], [], False, "", [], "No disc level was found.", warnings)
     if anchor is not None:
+        names = name_levels(n, region if region in REGIONS else "lumbar", anchor)
         which = "the highest disc found" if anchor[0] == -1 else f"disc {anchor[0] + 1} from the bottom"
-        return f"Numbered from the user's anchor: {which} is {anchor[1]}."
-    if region == "lumbar":
-        return ("Counted upward from the lowest disc found, taken as L5-S1. Check it against a sagittal view "
-                "(transitional vertebrae, or a study that stops above the sacrum) and re-anchor if needed.")
-    return ("Counted downward from the highest disc found, taken as C2-C3. Check it against a sagittal view "
-            "and re-anchor if the study does not start at C2.")
+        return LevelNaming(kept, names, True, "user", ["high"] * n,
+                           f"Numbered from the user's anchor: {which} is {anchor[1]}.", warnings)
+    if sacrum_top_slice is not None and region == "lumbar":
+        gap_mm = (kept[0].slice_index - sacrum_top_slice) * slice_spacing_mm
+        if gap_mm <= L5_S1_ABOVE_SACRUM_MM:
+            names = name_levels(n, "lumbar", (0, "L5-S1"))
+            return LevelNaming(kept, names, True, "sacrum", ["high"] * n, (
+                "Named from the sacrum: the lowest disc above the sacral alae is L5-S1. The count assumes five "
+                "lumbar vertebrae; with a transitional vertebra (L6, or a sacralised L5) re-anchor the levels."),
+                warnings)
+        if gap_mm <= L4_L5_ABOVE_SACRUM_MM:
+            names = name_levels(n, "lumbar", (0, "L4-L5"))
+            return LevelNaming(kept, names, True, "sacrum", ["low"] * n, (
+                f"Named from the sacrum: no disc was found just above it, and the lowest disc found lies "
+                f"{gap_mm:.0f} mm above the sacral alae, where L4-L5 is expected. Check L5-S1 on a sagittal "
+                "view."), warnings + ["L5-S1 was not found above the sacrum; the lowest level is taken as L4-L5."])
+    if region in REGIONS:
+        names = name_levels(n, region)
+        start = names[0] if DEFAULT_ANCHORS[region][0] == 0 else names[-1]
+        end = "lowest" if DEFAULT_ANCHORS[region][0] == 0 else "highest"
+        return LevelNaming(kept, names, False, "", ["none"] * n, (
+            f"Not anchored: the study shows no landmark (sacrum, C2, ribs) to name the levels from, so they are "
+            f"counted from the {end} disc found, taken as {start}. Check them against a sagittal view and "
+            "re-anchor (\"This level is...\")."), warnings)
+    return LevelNaming(kept, unanchored_names(n), False, "", ["none"] * n, (
+        "Not anchored: the spine region could not be told from the slices, so the levels are numbered disc 1, "
+        "disc 2, ... from the bottom. Set the region, or re-anchor one level (\"This level is...\")."), warnings)

@@ -1,0 +1,127 @@
+"""Layer 4: anatomical landmarks that fix the level names, read from the slices around the canal.
+
+Counting levels from the end of a study names them right only when the study
+ends where the count assumes. A landmark the study contains does not depend on
+that. The landmark found here is the sacrum on CT: below L5-S1 the bone in front
+of the canal spreads sideways into the sacral alae and on to the sacroiliac
+joints, more than 100 mm across, while a lumbar vertebra's body and transverse
+processes span 50-90 mm.
+
+Everything is measured in millimetres on the raw slices, so the spacing and the
+field of view do not matter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..study.volume import AxialStack
+from .levels import SliceCanal
+
+#: cancellous bone and denser, in HU: well above muscle and disc (40-100 HU)
+BONE_HU = 150.0
+#: bone connected to the vertebra this wide on both sides of the canal is the sacral ala
+ALA_HALF_WIDTH_MM = 45.0
+ALA_WIDTH_MM = 100.0
+#: how far in front of the canal the vertebral body (or the sacrum's) is looked for
+BODY_SEARCH_MM = 15.0
+#: less bone than this in front of the canal is no vertebral body (a cervical body cut is about 200 mm2)
+MIN_BODY_AREA_MM2 = 80.0
+#: the sacrum must reach the lower end of the tracked canal (within this), or it is not the sacrum
+SACRUM_AT_END_MM = 20.0
+#: a lumbar vertebra this wide (body and transverse processes) may be transitional
+TRANSITIONAL_WIDTH_MM = 85.0
+
+
+@dataclass
+class VertebralBone:
+    """The bone joined to the vertebra in front of the canal on one slice, in mm."""
+
+    slice_index: int
+    #: lateral reach of the bone left and right of the canal centre
+    left_mm: float
+    right_mm: float
+    #: width of the bone 4-15 mm in front of the canal: the vertebral body's width, where one is cut
+    body_width_mm: float
+
+    @property
+    def width_mm(self) -> float:
+        return self.left_mm + self.right_mm
+
+
+@dataclass
+class Landmark:
+    """A landmark the study contains: its name, the slices that show it, and why it was believed."""
+
+    name: str
+    slices: tuple[int, ...]
+    #: the most superior slice that shows it
+    top_slice: int
+    evidence: str
+
+
+def vertebral_bone(stack: AxialStack, canal: SliceCanal) -> Optional[VertebralBone]:
+    """The bone in front of the canal on a CT slice, or None when there is none (a disc, or no bone)."""
+    sx, sy = stack.spacing[0], stack.spacing[1]
+    image = stack.array[canal.slice_index]
+    i0, j0, i1, _ = canal.box_ij
+    ci = int(round((i0 + i1) / 2.0))
+    front = int(np.floor(j0))
+    search = int(round(BODY_SEARCH_MM / sy))
+    if not 0 <= ci < image.shape[1] or front - search < 0:
+        return None
+    bone = ndimage.binary_fill_holes(ndimage.binary_closing(image > BONE_HU, iterations=1))
+    labels, _ = ndimage.label(bone)
+    column = labels[front - search:front, ci]
+    touching = np.unique(column[column > 0])
+    if len(touching) == 0:
+        return None
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, touching)
+    component = labels == touching[int(np.argmax(sizes))]
+    columns = np.nonzero(component.any(axis=0))[0]
+    centre = (i0 + i1) / 2.0
+    body_rows = component[max(0, front - search):max(0, front - int(round(4.0 / sy)))]
+    body_columns = np.nonzero(body_rows.any(axis=0))[0]
+    body_width = (body_columns.max() - body_columns.min() + 1) * sx if len(body_columns) else 0.0
+    if body_rows.sum() * sx * sy < MIN_BODY_AREA_MM2:
+        # an endplate's rim or a facet, not a vertebral body cut across
+        body_width = 0.0
+    return VertebralBone(canal.slice_index, max(0.0, (centre - columns.min()) * sx),
+                         max(0.0, (columns.max() + 1 - centre) * sx), float(body_width))
+
+
+def measure_bone(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> list[VertebralBone]:
+    """The vertebral bone on every slice with a canal (CT only)."""
+    return [bone for canal in canals if canal is not None
+            for bone in [vertebral_bone(stack, canal)] if bone is not None]
+
+
+def find_sacrum(stack: AxialStack, bones: Sequence[VertebralBone],
+                canals: Sequence[Optional[SliceCanal]]) -> Optional[Landmark]:
+    """The sacrum, where the bone around the lower end of the canal spreads into the alae."""
+    tracked = [c.slice_index for c in canals if c is not None]
+    if not tracked or not bones:
+        return None
+    dz = stack.spacing[2]
+    alae = sorted(b.slice_index for b in bones
+                  if b.width_mm >= ALA_WIDTH_MM and min(b.left_mm, b.right_mm) >= ALA_HALF_WIDTH_MM)
+    if not alae:
+        return None
+    # the run of ala slices at the lower end of the track; one slice without may lie between
+    run = [alae[0]]
+    for k in alae[1:]:
+        if (k - run[-1]) * dz > 2.0 * dz + 0.5:
+            break
+        run.append(k)
+    if (run[0] - min(tracked)) * dz > SACRUM_AT_END_MM or len(run) * dz < 4.0:
+        return None
+    widths = [b.width_mm for b in bones if b.slice_index in run]
+    return Landmark(
+        name="sacrum", slices=tuple(run), top_slice=run[-1],
+        evidence=(f"sacral alae: bone {min(widths):.0f}-{max(widths):.0f} mm across on slices "
+                  f"{run[0]}-{run[-1]}, at the lower end of the canal"),
+    )

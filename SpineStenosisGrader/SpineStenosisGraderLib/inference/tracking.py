@@ -1,0 +1,80 @@
+"""Layer 3: join each slice's canal candidates into one continuous canal through the study.
+
+There is one spinal canal and it is a tube: from one slice to the next its
+centre moves by a few millimetres at most. A detector that looks at one slice
+at a time can still be fooled by a hip, a bowel loop or a neck muscle that looks
+like a canal on that slice. So the canal is chosen for the whole study at once:
+the path through the slices' candidates (at most one per slice, skipping
+slices) that maximises the candidates' evidence minus a penalty for every jump
+larger than the tube allows. A strong false box that lies off the tube costs
+more in jumps than it brings in score, and a slice where no candidate fits the
+tube is left without a canal instead of getting a guess.
+
+This is a longest-path problem on a DAG ordered by slice, solved exactly by
+dynamic programming.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .detector import SliceDetection
+
+#: a candidate scoring below this brings no evidence for the canal
+MIN_CANAL_SCORE = 0.3
+#: how far the canal centre may move between slices without penalty: a base for box jitter,
+#: plus a slope per mm along the spine (the lumbar lordosis and cervical curve tilt the
+#: canal by at most about 30 degrees against the axial plane: tan 30 = 0.58)
+JUMP_BASE_MM = 6.0
+JUMP_SLOPE = 0.6
+#: penalty per mm of jump beyond that allowance, in units of detection score
+JUMP_PENALTY_PER_MM = 0.15
+#: the track may skip slices with no fitting candidate over at most this distance
+MAX_GAP_MM = 30.0
+
+
+def _centres(candidates: Sequence[SliceDetection]) -> np.ndarray:
+    return np.array([[(c.box_uv[0] + c.box_uv[2]) / 2.0, (c.box_uv[1] + c.box_uv[3]) / 2.0] for c in candidates])
+
+
+def track_canal(candidates: Sequence[Sequence[SliceDetection]], pixel_mm: float, slice_mm: float,
+                min_score: float = MIN_CANAL_SCORE) -> list[Optional[SliceDetection]]:
+    """The canal on each slice, or None where no candidate continues the tube.
+
+    ``candidates[k]`` are slice k's canal candidates on a canvas of ``pixel_mm``
+    mm per pixel; slices are ``slice_mm`` apart. Candidates below ``min_score``
+    are never chosen.
+    """
+    nodes: list[tuple[int, SliceDetection]] = [
+        (k, c) for k, slice_candidates in enumerate(candidates) for c in slice_candidates if c.score >= min_score
+    ]
+    chosen: list[Optional[SliceDetection]] = [None] * len(candidates)
+    if not nodes:
+        return chosen
+    ks = np.array([k for k, _ in nodes])
+    centres_mm = _centres([c for _, c in nodes]) * pixel_mm
+    # evidence: how far above the threshold each candidate scores (a bare pass brings almost nothing)
+    reward = np.array([c.score for _, c in nodes]) - min_score + 1e-6
+    best = reward.copy()
+    previous = np.full(len(nodes), -1)
+    max_gap = max(MAX_GAP_MM, 2.5 * slice_mm)
+    for a in range(len(nodes)):
+        # earlier nodes on earlier slices within reach (nodes are ordered by slice)
+        dz_mm = (ks[a] - ks[:a]) * slice_mm
+        reach = np.nonzero((dz_mm > 0) & (dz_mm <= max_gap))[0]
+        if len(reach) == 0:
+            continue
+        jump = np.hypot(*(centres_mm[reach] - centres_mm[a]).T)
+        allowed = JUMP_BASE_MM + JUMP_SLOPE * dz_mm[reach]
+        value = best[reach] + reward[a] - JUMP_PENALTY_PER_MM * np.maximum(0.0, jump - allowed)
+        top = int(np.argmax(value))
+        if value[top] > best[a]:
+            best[a] = value[top]
+            previous[a] = reach[top]
+    a = int(np.argmax(best))
+    while a >= 0:
+        chosen[ks[a]] = nodes[a][1]
+        a = int(previous[a])
+    return chosen
