@@ -629,6 +629,12 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def fillResultsRow(self, row: int, review, roi, level, scale) -> None:
         table = self.ui.resultsTableWidget
         nameItem = qt.QTableWidgetItem(roi.GetName())
+        status = self.logic.nameStatus(level)
+        if status:
+            # the name is a count from the end of the study, not read from a landmark: say so beside it
+            statusText = {"not anchored": _("not anchored"), "name unsure": _("name unsure")}.get(status, status)
+            nameItem.setText(_("{name} ({status})").format(name=roi.GetName(), status=statusText))
+            nameItem.setToolTip(review.result().study.numbering)
         table.setItem(row, self.LEVEL_COLUMN, nameItem)
 
         grade = level.grade
@@ -1241,6 +1247,13 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
         reviews = StudyReview.in_scene(volumeNode.GetScene(), volumeNode)
         return reviews[-1] if reviews else None
+
+    @staticmethod
+    def nameStatus(level) -> str:
+        """'not anchored' or 'name unsure' when the level's name is not fixed by a landmark or the clinician, else ''."""
+        from SpineStenosisGraderLib.outputs.report import name_status
+
+        return name_status(level)
 
     @staticmethod
     def refreshResultTables(scene) -> None:

@@ -8,6 +8,7 @@ its Logic is run in test_module_logic.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -192,7 +193,13 @@ def test_attributes_and_description(scene, volume, result):
     assert attr(l45, "modelVersion") == "0.1.0"
     assert attr(l45, "sliceIndex") == "25"
     description = attr(l45, "description")
-    assert description.startswith("L4-L5: ")
+    # the fixture's names rest on no landmark, and the description says so
+    assert description.startswith("L4-L5 (not anchored): ")
+    assert attr(l45, "nameAnchored") == "false" and attr(l45, "nameConfidence") == "none"
+    anchored = dataclasses.replace(result.levels[1], name_anchored=True, name_confidence="high")
+    assert mrml.level_description(anchored, result.model).startswith("L4-L5: ")
+    unsure = dataclasses.replace(anchored, name_confidence="low")
+    assert mrml.level_description(unsure, result.model).startswith("L4-L5 (name unsure): ")
     assert "C: severe stenosis" in description
     assert "uncertain" in description
     assert "not for clinical use" in description
@@ -221,6 +228,7 @@ def test_table_contents(scene, volume, result):
     rows = [dict(zip(mrml.TABLE_COLUMNS, row)) for row in _table_rows(table)]
     assert [row["level"] for row in rows] == ["L3-L4", "L4-L5", "L5-S1"]
     assert [row["ai_level"] for row in rows] == ["L3-L4", "L4-L5", "L5-S1"]
+    assert [row["name_status"] for row in rows] == ["not anchored"] * 3
     assert [row["ai_grade"] for row in rows] == ["A", "C", ""]
     probability = table.GetTable().GetColumnByName("probability")
     assert probability.GetValue(0) == pytest.approx(0.91)
@@ -357,8 +365,9 @@ def test_save_and_reload_keeps_boxes_and_attributes(scene, volume, result, tmp_p
 
     table = rois[0].GetNodeReference(mrml.TABLE_REFERENCE_ROLE)
     assert table.GetName() == "T2 axial stenosis grades"
-    assert [row[:3] for row in _table_rows(table)] == [["L3-L4", "L3-L4", "A"], ["L4-L5", "L4-L5", "C"],
-                                                       ["L5-S1", "L5-S1", ""]]
+    rows = [dict(zip(mrml.TABLE_COLUMNS, row)) for row in _table_rows(table)]
+    assert [[row["level"], row["ai_level"], row["ai_grade"]] for row in rows] == [
+        ["L3-L4", "L3-L4", "A"], ["L4-L5", "L4-L5", "C"], ["L5-S1", "L5-S1", ""]]
 
     shnode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(reloaded)
     folder = shnode.GetItemParent(shnode.GetItemByDataNode(rois[0]))

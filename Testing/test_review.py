@@ -39,6 +39,7 @@ from SpineStenosisGraderLib.result import (
     StudyInfo,
     StudyResult,
 )
+from SpineStenosisGraderLib.outputs.report import name_status
 from SpineStenosisGraderLib.review.review import StudyReview, match_by_position
 from SpineStenosisGraderLib.scales import SCHIZAS
 from SpineStenosisGraderLib.study.volume import to_axial_stack
@@ -291,12 +292,15 @@ def test_reanchoring_shifts_every_name(scene, region, anchor_position, anchor, e
     result = lumbar_result() if region == "lumbar" else cervical_result()
     review = StudyReview.create(scene, result)
     before = [roi.GetName() for roi in review.level_rois()]
+    assert all(name_status(level) == "not anchored" for level in review.result().levels)
     changed = review.reanchor(review.level_rois()[anchor_position], anchor.lower(), author="Dr A")
     assert [roi.GetName() for roi in review.level_rois()] == expected
     assert changed == {old: new for old, new in zip(before, expected) if old != new}
     levels = review.result().levels
     assert [level.name for level in levels] == before  # the model's names stay beside
     assert all(level.correction.author == "Dr A" for level in levels if level.correction is not None)
+    # the clinician's anchor fixes every name, those it left unchanged too
+    assert all(level.name_anchored and name_status(level) == "" for level in levels)
     review.reanchor(review.level_rois()[0], before[0])  # back to the model's numbering
     assert not any(review.is_edited(roi) for roi in review.level_rois())
 

@@ -46,6 +46,7 @@ def _grade(args: argparse.Namespace) -> int:
     from .packages.package import load_package
     from .pipeline import grade_file, representative_slices
     from .outputs.writers import write_study_outputs
+    from .outputs.report import name_status
 
     output = Path(args.output)
     _check_output_folder(output)
@@ -92,13 +93,17 @@ def _grade(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if not args.quiet:
+        study = result.study
+        print(f"region: {study.region} ({study.region_confidence}: {'; '.join(study.region_evidence)})")
+        print(f"levels: {study.numbering}")
         for level in result.levels:
             if level.grade:
                 flag = ", uncertain" if level.grade.uncertain else ""
                 grade = f"{level.grade.grade} (p={level.grade.probability:.2f}{flag})"
             else:
                 grade = "not graded"
-            print(f"{level.name:>8}  slice {level.slice_index:>4}  {grade}")
+            status = name_status(level)
+            print(f"{level.name:>8}  slice {level.slice_index:>4}  {grade}" + (f"  [{status}]" if status else ""))
         print(f"{len(written)} files written to {args.output}")
     return 0
 

@@ -69,6 +69,15 @@ def effective_name(level: DiscLevel) -> str:
     return level.name
 
 
+def name_status(level: DiscLevel) -> str:
+    """How far the level's name can be trusted, in words; empty when a landmark or a clinician fixed it."""
+    if level.correction is not None and level.correction.name:
+        return ""
+    if not level.name_anchored:
+        return "not anchored"
+    return "" if level.name_confidence == "high" else "name unsure"
+
+
 def effective_box(level: DiscLevel) -> OrientedBox:
     """The level's box, as the clinician edited it if they did."""
     if level.correction is not None and level.correction.box is not None:
@@ -229,7 +238,9 @@ def _draw_level(ax_full, ax_zoom, level: DiscLevel, study: StudyInfo, image: np.
     i0, i1, j0, j1 = _box_pixel_rect(level, study)
     grade = effective_grade(level)
     uncertain = level.grade is not None and level.grade.uncertain and grade == level.grade.grade
-    label = effective_name(level) + (f"  {grade}" if grade else "") + (" ?" if uncertain else "")
+    status = name_status(level)
+    label = (effective_name(level) + (f" ({status})" if status else "") + (f"  {grade}" if grade else "")
+             + (" ?" if uncertain else ""))
 
     # zoom region in pixels, margin measured in mm so it looks alike at any resolution
     margin_i = max(ZOOM_MARGIN * (i1 - i0), ZOOM_MIN_MARGIN_MM / spacing_i)
@@ -411,7 +422,9 @@ def _header_html(result: StudyResult, generated: str) -> str:
         ("Model", f"{_esc(model.name)} <span class=\"muted\">v{_esc(model.version)}</span>"),
         ("Modality", _esc(study.modality)),
         ("Task", _esc(model.task)),
-        ("Region", _esc(study.region)),
+        ("Region", _esc(study.region) + (f' <span class="muted">({_esc(study.region_confidence)}: '
+                                          f'{_esc("; ".join(study.region_evidence))})</span>'
+                                          if study.region_evidence else "")),
         ("Scale", "; ".join(_esc(s.title) for s in scales) or '<span class="muted">none</span>'),
         ("Slices", f"{int(study.n_slices)} <span class=\"muted\">({spacing})</span>"),
         ("Generated", _esc(generated)),
@@ -444,7 +457,10 @@ def _summary_html(result: StudyResult) -> str:
     rows = []
     for level in result.levels:
         pred = level.grade
-        cells = [f"<td><b>{_esc(effective_name(level))}</b></td>",
+        status = name_status(level)
+        cells = [f"<td><b>{_esc(effective_name(level))}</b>"
+                 + (f' <span class="flag" title="{_esc(result.study.numbering)}">{_esc(status)}</span>' if status else "")
+                 + "</td>",
                  f"<td>{_grade_chip(level, pred.grade if pred else None)}</td>",
                  f'<td class="num">{_percent(pred.probability) if pred else ""}</td>',
                  "<td>" + ('<span class="flag">uncertain</span>' if pred and pred.uncertain else
@@ -499,6 +515,8 @@ def _card_html(level: DiscLevel, result: StudyResult, picture: str) -> str:
     rgb = grade_color(level)
     name = effective_name(level)
     head = [f'<span class="lvl">{_esc(name)}</span>', _grade_chip(level, pred.grade if pred else None)]
+    if name_status(level):
+        head.append(f'<span class="flag" title="{_esc(result.study.numbering)}">{_esc(name_status(level))}</span>')
     if pred is not None:
         head.append(f"<span>{_percent(pred.probability)}</span>")
         if pred.uncertain:

@@ -291,7 +291,7 @@ def _num(value: Optional[float], digits: int) -> str:
     return f"{value:.{digits}f}" if np.isfinite(value) else ""
 
 
-_CSV_HEAD = ["level", "slice_index", "center_L_mm", "center_P_mm", "center_S_mm",
+_CSV_HEAD = ["level", "name_anchored", "name_confidence", "region", "slice_index", "center_L_mm", "center_P_mm", "center_S_mm",
              "size_1_mm", "size_2_mm", "size_3_mm", "detection_score",
              "task", "scale", "grade", "grade_label", "probability"]
 _CSV_TAIL = ["clinician_grade", "clinician_name", "clinician_author", "clinician_note",
@@ -341,6 +341,9 @@ def write_levels_csv(result: StudyResult, path: Path) -> None:
             row = dict.fromkeys(columns, "")
             row.update({
                 "level": _text_cell(level.name),
+                "name_anchored": "true" if level.name_anchored else "false",
+                "name_confidence": _text_cell(level.name_confidence),
+                "region": _text_cell(level.region),
                 "slice_index": str(int(level.slice_index)),
                 "center_L_mm": _num(level.box.center[0], 3),
                 "center_P_mm": _num(level.box.center[1], 3),

@@ -39,7 +39,7 @@ import numpy as np
 import slicer
 import vtk
 
-from ..outputs.report import effective_grade, effective_name, grade_color
+from ..outputs.report import effective_grade, effective_name, grade_color, name_status
 from ..result import ClinicianCorrection, DiscLevel, GradePrediction, ModelInfo, OrientedBox, StudyResult
 from ..scales import get_scale
 
@@ -49,7 +49,7 @@ ATTRIBUTE_PREFIX = "SpineStenosisGrader."
 VOLUME_REFERENCE_ROLE = "spineStenosisGraderVolume"
 TABLE_REFERENCE_ROLE = "spineStenosisGraderTable"
 
-TABLE_COLUMNS = ("level", "ai_level", "ai_grade", "probability", "uncertain", "clinician_grade", "final_grade",
+TABLE_COLUMNS = ("level", "ai_level", "name_status", "ai_grade", "probability", "uncertain", "clinician_grade", "final_grade",
                  "edited", "model")
 
 #: attributes of the results table: the run as last recorded (StudyResult JSON), the levelId of each of
@@ -149,6 +149,8 @@ def level_description(level: DiscLevel, model: ModelInfo) -> str:
         name += " (added by the clinician)"
     elif name != level.name:
         name += f" (model: {level.name})"
+    elif name_status(level):
+        name += f" ({name_status(level)})"
     if level.grade is None:
         grade_text = "not graded by the model"
     else:
@@ -176,6 +178,7 @@ def set_level_attributes(roi, level: DiscLevel, model: ModelInfo) -> None:
     roi.SetAttribute(_attr("level"), level.name)
     roi.SetAttribute(_attr("sliceIndex"), str(int(level.slice_index)))
     roi.SetAttribute(_attr("detectionScore"), repr(float(level.detection_score)))
+    set_name_anchoring(roi, level.name_anchored, level.name_confidence, level.region)
     roi.SetAttribute(AI_BOX_ATTRIBUTE, json.dumps(level.box.to_dict()))
     roi.RemoveAttribute(GRADED_BOX_ATTRIBUTE)
     if level.grade is not None:
@@ -192,6 +195,13 @@ def set_level_attributes(roi, level: DiscLevel, model: ModelInfo) -> None:
     roi.SetAttribute(_attr("clinicalUse"), model.clinical_use)
     if not roi.GetAttribute(LEVEL_ID_ATTRIBUTE):
         roi.SetAttribute(LEVEL_ID_ATTRIBUTE, uuid.uuid4().hex)
+
+
+def set_name_anchoring(roi, anchored: bool, confidence: str, region: str) -> None:
+    """Store whether the level's name rests on a landmark (or the clinician's anchor), and how sure it is."""
+    roi.SetAttribute(_attr("nameAnchored"), "true" if anchored else "false")
+    roi.SetAttribute(_attr("nameConfidence"), confidence)
+    roi.SetAttribute(_attr("region"), region)
 
 
 def set_model_grade(roi, grade: GradePrediction, slice_index: int) -> None:
@@ -278,6 +288,9 @@ def roi_model_level(roi) -> DiscLevel:
         detection_score=number("detectionScore", "0"),
         grade=grade,
         measurements={k: float(v) for k, v in json_attribute(roi, _attr("measurements"), {}).items()},
+        region=roi.GetAttribute(_attr("region")) or "",
+        name_anchored=roi.GetAttribute(_attr("nameAnchored")) == "true",
+        name_confidence=roi.GetAttribute(_attr("nameConfidence")) or "none",
     )
 
 
@@ -352,6 +365,9 @@ _COLUMN_DESCRIPTIONS = {
     "probability": "Model probability of its grade",
     "uncertain": "1 if the model flags its grade as uncertain",
     "clinician_grade": "Grade given by the clinician (empty: none)",
+    "name_status": "Empty when a landmark in the study (or the clinician) fixed the name; 'not anchored' when "
+                   "the levels were only counted from the end of the study; 'name unsure' when the landmark was "
+                   "far from the level",
     "final_grade": "The grade that counts: the clinician's if given, else the model's",
     "edited": "1 if a clinician changed the level: grade, name or box, or added it",
     "model": "Model package name and version",
@@ -369,6 +385,7 @@ def write_result_table(table_node, result: StudyResult) -> None:
         grade, correction = level.grade, level.correction
         columns["level"].InsertNextValue(effective_name(level))
         columns["ai_level"].InsertNextValue("" if correction is not None and correction.added else level.name)
+        columns["name_status"].InsertNextValue(name_status(level))
         columns["ai_grade"].InsertNextValue(grade.grade if grade else "")
         columns["probability"].InsertNextValue(grade.probability if grade else float("nan"))
         columns["uncertain"].InsertNextValue(int(bool(grade and grade.uncertain)))

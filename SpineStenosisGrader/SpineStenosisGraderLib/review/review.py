@@ -34,7 +34,7 @@ import SimpleITK as sitk
 from . import mrml
 from ..outputs import writers
 from ..errors import InputError
-from ..inference.levels import REGIONS, SPINE_DISCS, check_level_name, name_levels
+from ..inference.levels import REGIONS, SPINE_DISCS, check_level_name, name_levels, region_of_disc
 from ..packages.package import ModelPackage, sha256_file
 from ..outputs.report import effective_box, effective_grade, effective_name, lps_to_index
 from ..result import ClinicianCorrection, DiscLevel, GradePrediction, StudyInfo, StudyResult
@@ -366,6 +366,8 @@ class StudyReview:
             old_name = other.GetName()
             if self._set_name(other, new_name, author):
                 changed[old_name] = new_name
+            # the clinician's anchor now fixes every name, also those that stayed as they were
+            mrml.set_name_anchoring(other, True, "high", region_of_disc(new_name))
         self.refresh_table()
         return changed
 
