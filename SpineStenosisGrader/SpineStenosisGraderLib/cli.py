@@ -123,31 +123,51 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .training.evaluation import evaluate_detection, evaluate_grades, evaluate_levels, time_studies
+    from .training.evaluation import evaluate_grades, evaluate_levels, evaluate_real, pooled, time_studies
     from .packages.package import load_package
 
     package = load_package(args.model, backend=args.backend)
-    if args.write_manifest and args.scans != "holdout":
-        raise SpineStenosisGraderError("Only held-out scans are written into a manifest; drop --scans train.")
-    detection = [s.to_dict() for s in evaluate_detection(package, Path(args.catalogue), use=args.scans)]
-    if not detection:
+    use = None if args.scans == "all" else args.scans
+    if args.write_manifest and not args.fold_packages and args.scans != "holdout":
+        raise SpineStenosisGraderError("Only held-out figures are written into a manifest: use --scans holdout, "
+                                       "or --fold-packages for leave-one-scan-out.")
+    if args.fold_packages:
+        folds = Path(args.fold_packages)
+
+        def package_for(scan: str):
+            if not (folds / scan / "manifest.json").is_file():
+                raise SpineStenosisGraderError(
+                    f"No fold package for {scan} in {folds}: train one without it "
+                    f"(spine-stenosis-grader train --exclude-scan {scan} --out {folds / scan}).")
+            return load_package(folds / scan, backend=args.backend)
+    else:
+        def package_for(scan: str):
+            return package
+    scores = evaluate_real(package_for, Path(args.catalogue), use=use)
+    if not scores:
         raise SpineStenosisGraderError(f"The catalogue {args.catalogue} has no scans with use={args.scans}.")
-    total = sum(d["canal_slices"] for d in detection)
-    hits = sum(d["hits_iou_ge_0_5"] for d in detection)
+    if args.write_manifest and any(s.trained_on for s in scores):
+        raise SpineStenosisGraderError("Only held-out figures (from scans the package did not train on) are written "
+                                       "into a manifest; use --fold-packages or --scans holdout.")
+    summary = pooled(scores)
     metrics = {
-        "detection": {
-            "data": f"real scans with use={args.scans} in {Path(args.catalogue).name} "
-                    + ("(not trained on)" if args.scans == "holdout" else "(TRAINED ON: a fit, not a test)"),
-            "iou_threshold": 0.5,
-            "hit_fraction_all": round(hits / total, 4) if total else None,
-            "per_scan": detection,
+        "real_scans": {
+            "data": f"real scans ({args.scans}) in {Path(args.catalogue).name}, graded as a user would (no region "
+                    "given); " + ("each by the fold package trained without it (leave-one-scan-out)"
+                                  if args.fold_packages else f"all by {package.name} {package.version}"),
+            "canal_hit": "IoU >= 0.5 with the reference box, or a box centred on the canal no more than 10 mm "
+                         "wider than the reference on any side",
+            "pooled": summary,
+            "per_scan": [s.to_dict() for s in scores],
         },
-        "levels": evaluate_levels(package),
-        "grade": evaluate_grades(package, n_slices=args.grade_slices),
     }
+    if not args.real_only:
+        metrics["levels"] = evaluate_levels(package)
+        metrics["grade"] = evaluate_grades(package, n_slices=args.grade_slices)
     if args.time:
         metrics["time_per_study"] = time_studies(package, [Path(p) for p in args.time])
     print(json.dumps(metrics, indent=2))
+    print(_real_scan_table(scores, summary), file=sys.stderr)
     if args.write_manifest:
         manifest_path = package.path / "manifest.json"
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -155,6 +175,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         # the manifest is not among the hashed files, so the weights' SHA256 stay valid
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def _real_scan_table(scores, summary) -> str:
+    """The per-scan figures as a Markdown table, for people (the JSON on stdout is for programs)."""
+    lines = ["| scan | canal found | levels on canal (of those with a reference near) | discs found (8 mm) | "
+             "false levels | names right | region (true -> found) |", "|---|---|---|---|---|---|---|"]
+    for s in scores:
+        mark = " (trained on)" if s.trained_on else ""
+        names = f"{s.names_right}/{s.names_checked}" + ("" if s.names_anchored_by else " (not anchored)")
+        lines.append(f"| {s.scan}{mark} | {s.hits}/{s.canal_slices} | {s.levels_on_canal}/{s.levels_checked} | "
+                     f"{s.discs_found}/{s.discs_inside} | {s.false_levels} | {names} | "
+                     f"{s.region_true} -> {s.region_found} |")
+    lines.append(f"| pooled | {summary['canal_hits']} | {summary['levels_on_canal']} | "
+                 f"{summary['discs_found_within_8mm']} | {summary['false_levels']} | {summary['names_right']} | "
+                 f"{summary['region_right']} right |")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder for result.json, levels.csv, *.mrk.json, report.html")
     grade.add_argument("--model", help="model package folder (default: the embedded package)")
     grade.add_argument("--modality", choices=["CT", "MR"], help="override the detected modality")
-    grade.add_argument("--region", choices=["lumbar", "cervical"], help="override the detected region")
+    grade.add_argument("--region", choices=["lumbar", "thoracic", "cervical"],
+                       help="set the region (otherwise read from the anatomy: sacrum, vertebral bodies, body outline)")
     grade.add_argument("--series", help="DICOM SeriesInstanceUID, when the folder holds several series")
     grade.add_argument("--stack", type=int, help="stack number, when a series holds stacks at several angles")
     grade.add_argument("--lowest-level", help="name of the lowest disc found, e.g. L4-L5 (re-anchors every name)")
@@ -204,8 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="measure a package on held-out real scans and unseen phantoms")
     evaluate.add_argument("--model", help="model package folder (default: the embedded package)")
     evaluate.add_argument("--catalogue", default=str(DEFAULT_CATALOGUE))
-    evaluate.add_argument("--scans", default="holdout", choices=["holdout", "train"],
-                          help="which catalogue scans: held out of training (default) or trained on")
+    evaluate.add_argument("--scans", default="holdout", choices=["holdout", "train", "all"],
+                          help="which catalogue scans: held out of the default package's training (default), "
+                               "trained on, or all (with --fold-packages: leave-one-scan-out)")
+    evaluate.add_argument("--fold-packages", help="folder with one package per scan, named by the scan and trained "
+                                                  "without it: each scan is scored by its own (leave-one-scan-out)")
+    evaluate.add_argument("--real-only", action="store_true", help="only the real scans, not the phantoms")
     evaluate.add_argument("--grade-slices", type=int, default=400)
     evaluate.add_argument("--time", nargs="*", help="studies to time end to end (median of 3)")
     _add_backend_option(evaluate)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -22,16 +22,46 @@ from .train import EVAL_SEED_BASE, classifier_sample, grade_samples
 IOU_THRESHOLD = 0.5
 
 
+#: a disc at least this far inside the study must be found (its centre to the study's end)
+DISC_INSIDE_MM = 4.0
+#: a disc is found when a level lies within this of it; a level farther than FALSE_LEVEL_MM from every disc is false
+DISC_FOUND_MM = 8.0
+FALSE_LEVEL_MM = 10.0
+#: a box centred on the canal that is no wider than the reference by more than this still finds the canal
+#: (the reference of a cord-only or bony-hole label is narrower or wider than the dural sac the model boxes)
+CENTRED_MARGIN_MM = 10.0
+#: a level's box is checked against the reference canal on its slice, or the nearest one within this
+LEVEL_REFERENCE_MM = 6.0
+
+
 @dataclass
-class DetectionScore:
+class RealScanScore:
+    """How a package does on one real labelled scan: canal per slice, levels, region and names."""
+
     scan: str
+    modality: str
+    #: whether the package trained on this scan (then the figures are a fit, not a test)
+    trained_on: bool
+    region_true: str
+    region_found: str
+    region_evidence: str
     canal_slices: int
     hits: int
     mean_iou: float
-    #: detected disc levels whose slice lies within one disc half-height of a true disc
-    discs_true: int
+    #: detections on slices without a reference canal (e.g. the sacral canal below a label that stops at S1)
+    detections_off_reference: int
+    levels: int
+    #: levels with a reference canal on or near their slice, and how many of them sit on it
+    levels_checked: int
+    levels_on_canal: int
+    discs_inside: int
     discs_found: int
-    discs_matched: int
+    disc_errors_mm: list[float]
+    false_levels: int
+    names_checked: int
+    names_right: int
+    names_anchored_by: str
+    rows: list[dict[str, Any]]
 
     @property
     def hit_fraction(self) -> float:
@@ -39,32 +69,123 @@ class DetectionScore:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "scan": self.scan, "canal_slices": self.canal_slices, "hits_iou_ge_0_5": self.hits,
-            "hit_fraction": round(self.hit_fraction, 4), "mean_iou": round(self.mean_iou, 4),
-            "discs_true": self.discs_true, "discs_found": self.discs_found, "discs_matched": self.discs_matched,
+            "scan": self.scan, "modality": self.modality, "trained_on": self.trained_on,
+            "region": {"true": self.region_true, "found": self.region_found, "right": self.region_true == self.region_found,
+                       "evidence": self.region_evidence},
+            "canal": {"reference_slices": self.canal_slices, "hits": self.hits,
+                      "hit_fraction": round(self.hit_fraction, 4), "mean_iou": round(self.mean_iou, 4),
+                      "detections_off_reference": self.detections_off_reference},
+            "levels": {"found": self.levels, "checked_against_a_reference": self.levels_checked,
+                       "on_canal": self.levels_on_canal, "false": self.false_levels},
+            "discs": {"inside_study": self.discs_inside, "found_within_8mm": self.discs_found,
+                      "errors_mm": [round(e, 1) for e in self.disc_errors_mm]},
+            "names": {"checked": self.names_checked, "right": self.names_right,
+                      "anchored_by": self.names_anchored_by or "not anchored"},
+            "per_level": self.rows,
         }
 
 
-def score_detection(package: ModelPackage, scan: AnnotatedScan) -> DetectionScore:
-    """Per canal-bearing slice: is the detected box at IoU >= 0.5 with the reference box?
+def canal_hit(found: Sequence[float], reference: Sequence[float], canal_slice: np.ndarray,
+              spacing: Sequence[float]) -> bool:
+    """IoU >= 0.5 with the reference box, or a box centred on the canal and not much wider than it."""
+    if box_iou(found, reference) >= IOU_THRESHOLD:
+        return True
+    ci, cj = int(np.floor((found[0] + found[2]) / 2.0)), int(np.floor((found[1] + found[3]) / 2.0))
+    if not (0 <= cj < canal_slice.shape[0] and 0 <= ci < canal_slice.shape[1]) or not canal_slice[cj, ci]:
+        return False
+    mi, mj = CENTRED_MARGIN_MM / spacing[0], CENTRED_MARGIN_MM / spacing[1]
+    return bool(found[0] >= reference[0] - mi and found[2] <= reference[2] + mi
+                and found[1] >= reference[1] - mj and found[3] <= reference[3] + mj)
 
-    The detected box is read back from the result's LPS box, so the score also
-    covers the way from canvas pixels to patient space and back.
+
+def trained_on(package: ModelPackage, scan_name: str) -> bool:
+    training = package.manifest.get("training_data", {})
+    return scan_name in training.get("detector_real_scans", [])
+
+
+def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore:
+    """Grade the scan as a user would (no region given) and score it against its labels.
+
+    The detected boxes are read back from the result's LPS boxes, so the score
+    also covers the way from canvas pixels to patient space and back.
     """
-    result = grade_stack(scan.stack, package, modality=scan.modality, region=scan.region)
-    by_slice = {d.slice_index: d for d in result.detections}
-    ious = []
+    stack = scan.stack
+    result = grade_stack(stack, package, modality=scan.modality)
+    spacing = stack.spacing
+    dz = spacing[2]
+    by_slice = {d.slice_index: stack.box_to_slice(d.box)[1] for d in result.detections}
+    ious, hits = [], 0
     for k, ref in scan.boxes.items():
-        hit = by_slice.get(k)
-        ious.append(box_iou(scan.stack.box_to_slice(hit.box)[1], ref) if hit else 0.0)
-    dz = scan.stack.spacing[2]
-    tolerance = max(dz, 6.0 if scan.region == "lumbar" else 4.0)
-    # a disc whose centre lies outside the stack cannot be found
-    inside = [z for z in scan.discs.values() if 0 <= z <= scan.stack.n_slices - 1]
-    matched = match_levels([lv.slice_index for lv in result.levels], inside, tolerance / dz)
-    return DetectionScore(scan.name, len(ious), int(sum(i >= IOU_THRESHOLD for i in ious)),
-                          float(np.mean(ious)) if ious else float("nan"), len(inside), len(result.levels),
-                          len(matched))
+        found = by_slice.get(k)
+        ious.append(box_iou(found, ref) if found else 0.0)
+        hits += int(found is not None and canal_hit(found, ref, scan.canal[k] > 0, spacing))
+    # levels: on the canal, near a disc, named right
+    inside = {name: k for name, k in scan.discs.items()
+              if min(k + 0.5, stack.n_slices - 0.5 - k) * dz >= DISC_INSIDE_MM}
+    level_slices = [float(stack.box_to_slice(lv.box)[0]) for lv in result.levels]
+    true_names, true_slices = list(inside), [inside[n] for n in inside]
+    matches = match_levels(level_slices, true_slices, DISC_FOUND_MM / dz)
+    matched = {a: b for a, b in matches}
+    all_discs = list(scan.discs.values())
+    rows, on_canal, levels_checked, false_levels, names_right = [], 0, 0, 0, 0
+    for a, level in enumerate(result.levels):
+        k = int(round(level_slices[a]))
+        # a bony-hole reference has no box where the ring opens at the disc: take the nearest reference
+        # slice within a disc's half-height, where the canal has not moved
+        near = [r for r in scan.boxes if abs(r - k) * dz <= LEVEL_REFERENCE_MM]
+        r = min(near, key=lambda r: abs(r - k)) if near else None
+        level_box = stack.box_to_slice(level.box)[1]
+        # None: no reference canal near enough to tell
+        is_on = None if r is None else canal_hit(level_box, scan.boxes[r], scan.canal[r] > 0, spacing)
+        on_canal += int(is_on is True)
+        levels_checked += int(is_on is not None)
+        nearest = min(all_discs, key=lambda z: abs(z - level_slices[a])) if all_discs else None
+        distance = abs(nearest - level_slices[a]) * dz if nearest is not None else float("inf")
+        false_levels += int(distance > FALSE_LEVEL_MM)
+        true_name = true_names[matched[a]] if a in matched else None
+        names_right += int(true_name is not None and level.name == true_name)
+        rows.append({"name": level.name, "slice": k, "on_canal": is_on,
+                     "nearest_disc_mm": round(distance, 1), "true_name": true_name})
+    errors = sorted(abs(level_slices[a] - true_slices[b]) * dz for a, b in matches)
+    return RealScanScore(
+        scan=scan.name, modality=scan.modality, trained_on=trained_on(package, scan.name),
+        region_true=scan.region, region_found=result.study.region,
+        region_evidence="; ".join(result.study.region_evidence),
+        canal_slices=len(ious), hits=hits, mean_iou=float(np.mean(ious)) if ious else float("nan"),
+        detections_off_reference=sum(1 for k in by_slice if k not in scan.boxes),
+        levels=len(result.levels), levels_checked=levels_checked, levels_on_canal=on_canal, discs_inside=len(inside), discs_found=len(matches),
+        disc_errors_mm=errors, false_levels=false_levels, names_checked=len(matches), names_right=names_right,
+        names_anchored_by=result.study.names_anchored_by, rows=rows,
+    )
+
+
+def pooled(scores: Sequence[RealScanScore]) -> dict[str, Any]:
+    """The figures of several scans together, and the worst single scan's canal hit rate."""
+    slices = sum(s.canal_slices for s in scores)
+    errors = [e for s in scores for e in s.disc_errors_mm]
+    return {
+        "scans": len(scores),
+        "canal_hit_fraction": round(sum(s.hits for s in scores) / slices, 4) if slices else None,
+        "canal_hits": f"{sum(s.hits for s in scores)}/{slices}",
+        "worst_scan_hit_fraction": round(min(s.hit_fraction for s in scores), 4) if scores else None,
+        "levels_on_canal": f"{sum(s.levels_on_canal for s in scores)}/{sum(s.levels_checked for s in scores)}",
+        "levels_without_a_reference_near": sum(s.levels - s.levels_checked for s in scores),
+        "region_right": f"{sum(s.region_true == s.region_found for s in scores)}/{len(scores)}",
+        "discs_found_within_8mm": f"{sum(s.discs_found for s in scores)}/{sum(s.discs_inside for s in scores)}",
+        "disc_error_median_mm": round(float(np.median(errors)), 1) if errors else None,
+        "false_levels": sum(s.false_levels for s in scores),
+        "names_right": f"{sum(s.names_right for s in scores)}/{sum(s.names_checked for s in scores)}",
+        "scans_trained_on": [s.scan for s in scores if s.trained_on],
+    }
+
+
+def evaluate_real(packages: Callable[[str], ModelPackage], catalogue: Path,
+                  use: Optional[str] = None) -> list[RealScanScore]:
+    """Score every catalogue scan (``use`` = "train", "holdout" or None for all) with ``packages(scan name)``.
+
+    For leave-one-scan-out, ``packages`` gives each scan the package trained without it.
+    """
+    return [score_real_scan(packages(scan.name), scan) for scan in load_scans(catalogue, use=use)]
 
 
 def match_levels(found: Sequence[float], true: Sequence[float], tolerance: float) -> list[tuple[int, int]]:
@@ -80,10 +201,6 @@ def match_levels(found: Sequence[float], true: Sequence[float], tolerance: float
             used_true.add(b)
             matches.append((a, b))
     return matches
-
-
-def evaluate_detection(package: ModelPackage, catalogue: Path, use: Optional[str] = "holdout") -> list[DetectionScore]:
-    return [score_detection(package, scan) for scan in load_scans(catalogue, use=use)]
 
 
 def evaluate_levels(package: ModelPackage, n_studies: int = 12, seed_base: int = EVAL_SEED_BASE) -> dict[str, Any]:
