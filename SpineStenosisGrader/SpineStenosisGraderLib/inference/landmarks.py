@@ -29,6 +29,9 @@ ALA_HALF_WIDTH_MM = 45.0
 ALA_WIDTH_MM = 100.0
 #: how far in front of the canal the vertebral body (or the sacrum's) is looked for
 BODY_SEARCH_MM = 15.0
+#: the neighbourhood of the canal searched for bone: sideways (past the sacroiliac joints) and front and back
+CROP_HALF_WIDTH_MM = 130.0
+CROP_MARGIN_MM = 25.0
 #: less bone than this in front of the canal is no vertebral body (a cervical body cut is about 200 mm2)
 MIN_BODY_AREA_MM2 = 80.0
 #: the sacrum must reach the lower end of the tracked canal (within this), or it is not the sacrum
@@ -67,13 +70,21 @@ class Landmark:
 def vertebral_bone(stack: AxialStack, canal: SliceCanal) -> Optional[VertebralBone]:
     """The bone in front of the canal on a CT slice, or None when there is none (a disc, or no bone)."""
     sx, sy = stack.spacing[0], stack.spacing[1]
-    image = stack.array[canal.slice_index]
-    i0, j0, i1, _ = canal.box_ij
-    ci = int(round((i0 + i1) / 2.0))
-    front = int(np.floor(j0))
+    i0, j0, i1, j1 = canal.box_ij
+    height, width = stack.array.shape[1:]
+    centre = (i0 + i1) / 2.0
     search = int(round(BODY_SEARCH_MM / sy))
-    if not 0 <= ci < image.shape[1] or front - search < 0:
+    # only the neighbourhood of the canal is needed: a crop keeps this cheap on 512-pixel slices
+    top = int(np.floor(j0)) - int(round((BODY_SEARCH_MM + CROP_MARGIN_MM) / sy))
+    bottom = int(np.ceil(j1)) + int(round(CROP_MARGIN_MM / sy))
+    left = max(0, int(np.floor(centre - CROP_HALF_WIDTH_MM / sx)))
+    right = min(width, int(np.ceil(centre + CROP_HALF_WIDTH_MM / sx)))
+    front = int(np.floor(j0)) - max(0, top)
+    ci = int(round(centre)) - left
+    if not 0 <= ci < right - left or front - search < 0:
         return None
+    image = stack.array[canal.slice_index, max(0, top):min(height, bottom), left:right]
+    # filled: an old vertebra's cancellous bone may be darker than BONE_HU inside its cortex
     bone = ndimage.binary_fill_holes(ndimage.binary_closing(image > BONE_HU, iterations=1))
     labels, _ = ndimage.label(bone)
     column = labels[front - search:front, ci]
@@ -82,9 +93,8 @@ def vertebral_bone(stack: AxialStack, canal: SliceCanal) -> Optional[VertebralBo
         return None
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, touching)
     component = labels == touching[int(np.argmax(sizes))]
-    columns = np.nonzero(component.any(axis=0))[0]
-    centre = (i0 + i1) / 2.0
-    body_rows = component[max(0, front - search):max(0, front - int(round(4.0 / sy)))]
+    columns = np.nonzero(component.any(axis=0))[0] + left
+    body_rows = component[front - search:max(0, front - int(round(4.0 / sy)))]
     body_columns = np.nonzero(body_rows.any(axis=0))[0]
     body_width = (body_columns.max() - body_columns.min() + 1) * sx if len(body_columns) else 0.0
     if body_rows.sum() * sx * sy < MIN_BODY_AREA_MM2:
