@@ -36,8 +36,6 @@ CROP_MARGIN_MM = 25.0
 MIN_BODY_AREA_MM2 = 80.0
 #: the sacrum must reach the lower end of the tracked canal (within this), or it is not the sacrum
 SACRUM_AT_END_MM = 20.0
-#: a lumbar vertebra this wide (body and transverse processes) may be transitional
-TRANSITIONAL_WIDTH_MM = 85.0
 
 
 @dataclass
