@@ -10,6 +10,7 @@ from SpineStenosisGraderLib.training.annotations import load_annotated_scan, loa
 from SpineStenosisGraderLib.training.synthesis import (
     SynthesisOptions, kmeans_1d, synthesize_from_map, synthesize_slice, tissue_map_from_scan,
 )
+from SpineStenosisGraderLib.training.train import build_detector_data, origin_of, train_detector
 
 CATALOGUE = DATA / "scans.json"
 FLAT = SynthesisOptions(noise=False, bias=False, resolution=False)
@@ -146,3 +147,32 @@ def test_a_catalogue_entry_without_tissues_is_clustered_whole(tmp_path):
 def test_kmeans_finds_separated_groups():
     values = np.concatenate([np.full(50, -1000.0), np.full(80, -100.0), np.full(60, 40.0), np.full(30, 700.0)])
     assert np.allclose(kmeans_1d(values, 4), [-1000, -100, 40, 700])
+
+
+def test_exclude_scans_drops_a_scan_and_everything_made_from_it():
+    kwargs = dict(n_phantoms=1, per_study=2, seed=0, synthetic_per_scan=4, synthetic_per_phantom=2)
+    full = build_detector_data(CATALOGUE, **kwargs)
+    sources = {d.source for d in full}
+    assert {"totalsegmentator_ct", "synth:totalsegmentator_ct", "phantom-0", "synth:phantom-0"} <= sources
+    fold = build_detector_data(CATALOGUE, exclude_scans=["totalsegmentator_ct", "phantom-0"], **kwargs)
+    assert {origin_of(d.source) for d in fold} == {"tptbox_mri"}
+    # what the other scans give does not depend on which scan is left out
+    mri = [d for d in full if origin_of(d.source) == "tptbox_mri"]
+    assert len(mri) == len(fold) and all(np.array_equal(a.image, b.image) for a, b in zip(mri, fold))
+    everything = build_detector_data(CATALOGUE, all_scans=True, exclude_scans=["tptbox_ct"], **kwargs)
+    assert "synth:sct_cervical_t2" in {d.source for d in everything}
+    assert not any(origin_of(d.source) == "tptbox_ct" for d in everything)
+
+
+@pytest.mark.slow
+def test_detector_training_is_deterministic():
+    from SpineStenosisGraderLib.inference.detector import DEFAULT_DETECTOR_CONFIG
+
+    data = build_detector_data(CATALOGUE, n_phantoms=1, per_study=3, seed=0, synthetic_per_scan=3,
+                               synthetic_per_phantom=2)
+    weights = []
+    for _ in range(2):
+        model, losses = train_detector(data, dict(DEFAULT_DETECTOR_CONFIG), iterations=6, batch_size=2, seed=4)
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(np.array_equal(weights[0][k].numpy(), weights[1][k].numpy()) for k in weights[0])
