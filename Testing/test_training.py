@@ -32,6 +32,23 @@ def test_train_command_writes_a_package_the_grader_loads(tmp_path):
     # an untrained package still runs the whole pipeline without error
     result, _ = grade_file(DATA / "tptbox" / "sample_mri" / "sub-mri_label-6_T2w.nii.gz", package)
     assert result.model.name == manifest["name"]
+    training = manifest["training_data"]
+    assert training["command"].startswith("spine-stenosis-grader train --out ") and training["seed"] == 0
+    assert set(training["code"]) == {"commit", "dirty"} and training["final_loss"]["detector"] > 0
+    assert {"totalsegmentator_ct", "tptbox_mri", "phantoms"} <= set(training["detector_synthetic_slices"])
+
+
+def test_a_leave_one_scan_out_fold_trains_the_detector_and_reuses_a_classifier(tmp_path):
+    base = train_tiny(tmp_path / "base")
+    fold_dir = tmp_path / "fold"
+    assert main(["train", "--out", str(fold_dir), *TINY, "--exclude-scan", "tptbox_mri", "--detector-only",
+                 "--classifier-from", str(tmp_path / "base")]) == 0
+    fold = load_package(fold_dir).manifest
+    assert fold["training_data"]["detector_real_scans"] == ["totalsegmentator_ct"]
+    assert "tptbox_mri" not in fold["training_data"]["detector_synthetic_slices"]
+    assert fold["files"]["classifier"]["sha256"] == base.manifest["files"]["classifier"]["sha256"]
+    assert fold["training_data"]["classifier_from"]["sha256"] == base.manifest["files"]["classifier"]["sha256"]
+    assert main(["train", "--out", str(tmp_path / "x"), "--exclude-scan", "no_such_scan"]) == 2
 
 
 @pytest.mark.slow

@@ -111,12 +111,25 @@ def _grade(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .training.train import train_default_package
 
+    import shlex
+
+    if args.classifier_from and not args.detector_only:
+        raise SpineStenosisGraderError("--classifier-from goes with --detector-only.")
+    classifier_from = None
+    if args.detector_only:
+        from .packages.package import DEFAULT_PACKAGE_DIR
+
+        classifier_from = Path(args.classifier_from) if args.classifier_from else DEFAULT_PACKAGE_DIR
     given = {
         "n_phantoms": args.phantoms, "per_study": args.per_study, "detector_iterations": args.detector_iterations,
         "n_grade_slices": args.grade_slices, "classifier_epochs": args.classifier_epochs, "seed": args.seed,
+        "synthetic_per_scan": args.synthetic_per_scan, "synthetic_per_phantom": args.synthetic_per_phantom,
     }
+    command = shlex.join(["spine-stenosis-grader", *args.argv])
     # the defaults live in train_default_package only
     training = train_default_package(Path(args.out), Path(args.catalogue),
+                                     exclude_scans=tuple(args.exclude_scan), all_scans=args.all_scans,
+                                     classifier_from=classifier_from, command=command,
                                      **{k: v for k, v in given.items() if v is not None})
     print(json.dumps(training, indent=2))
     return 0
@@ -232,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--grade-slices", type=int)
     train.add_argument("--classifier-epochs", type=int)
     train.add_argument("--seed", type=int)
+    train.add_argument("--synthetic-per-scan", type=int,
+                       help="detector slices synthesised from each real scan's label map (0: none)")
+    train.add_argument("--synthetic-per-phantom", type=int,
+                       help="detector slices synthesised from each phantom study's label map (0: none)")
+    train.add_argument("--exclude-scan", action="append", default=[], metavar="NAME",
+                       help="leave this catalogue scan, and every image synthesised from it, out of training "
+                            "(repeat for more; for leave-one-scan-out)")
+    train.add_argument("--all-scans", action="store_true",
+                       help="train on every catalogue scan, held-out ones included (less --exclude-scan)")
+    train.add_argument("--detector-only", action="store_true",
+                       help="train only the detector; reuse the classifier of --classifier-from unchanged")
+    train.add_argument("--classifier-from", metavar="PACKAGE_DIR",
+                       help="with --detector-only: the package whose classifier to reuse (default: the embedded one)")
     train.set_defaults(func=_train)
 
     export = sub.add_parser("export-onnx", help="add ONNX Runtime graphs to a model package (needs PyTorch)")
@@ -275,6 +301,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # the exact command, for the manifest of a trained package
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except SpineStenosisGraderError as exc:

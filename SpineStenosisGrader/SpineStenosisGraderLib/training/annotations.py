@@ -33,6 +33,9 @@ class AnnotatedScan:
     use: str = "train"
     notes: str = ""
     boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+    #: the catalogue's ``tissues`` specs (segmentations for synthesis, read on demand) and their folder
+    tissues: list[dict[str, Any]] = field(default_factory=list)
+    root: Optional[Path] = None
 
     def __post_init__(self) -> None:
         if not self.boxes:
@@ -65,14 +68,15 @@ def canal_boxes(canal: np.ndarray, min_pixels: int = 4) -> dict[int, tuple[int, 
     return boxes
 
 
-def _label_array(root: Path, spec: dict[str, Any], stack: AxialStack) -> np.ndarray:
+def label_array(root: Path, spec: dict[str, Any], stack: AxialStack) -> np.ndarray:
+    """A catalogue label file on the stack's grid (nearest neighbour, or linear for a thresholded map)."""
     image = sitk.ReadImage(str(root / spec["file"]))
     nearest = "threshold" not in spec
     return sitk.GetArrayFromImage(resample_like(image, stack, nearest=nearest))
 
 
 def _canal_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> np.ndarray:
-    array = _label_array(root, spec, stack)
+    array = label_array(root, spec, stack)
     if "threshold" in spec:
         mask = array > float(spec["threshold"])
     elif spec.get("bone_holes"):
@@ -108,7 +112,7 @@ def _bone_holes(bone: np.ndarray, body: np.ndarray, stack: AxialStack) -> np.nda
 
 
 def _discs_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> dict[str, float]:
-    array = _label_array(root, spec, stack)
+    array = label_array(root, spec, stack)
     names = {int(k): v for k, v in spec["labels"].items()}
     method = spec.get("method", "centroid_midpoint")
     kk = np.arange(array.shape[0], dtype=float)
@@ -158,6 +162,8 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
         region=entry["region"],
         use=entry.get("use", "train"),
         notes=entry.get("notes", ""),
+        tissues=list(entry.get("tissues", [])),
+        root=root,
     )
 
 

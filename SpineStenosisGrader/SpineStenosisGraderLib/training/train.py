@@ -8,16 +8,20 @@ evaluation seeds in ``evaluation.py``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import subprocess
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from .annotations import AnnotatedScan, load_scans
+from .annotations import AnnotatedScan, load_catalogue, load_scans
+from .synthesis import TissueMap, synthesize_from_map, tissue_map_from_phantom, tissue_map_from_scan
 from ..inference.classifier import DEFAULT_CLASSIFIER_CONFIG, build_classifier_model, grade_patch
 from ..inference.detector import DEFAULT_DETECTOR_CONFIG, build_detector_model
 from ..inference.levels import DISC_HEIGHT_MM
@@ -29,6 +33,13 @@ from ..study.volume import to_axial_stack
 #: phantom seeds for training start here; evaluation uses EVAL_SEED_BASE and up
 TRAIN_SEED_BASE = 0
 EVAL_SEED_BASE = 1_000_000
+#: a synthetic slice's source is this prefix and the scan or phantom its label map came from
+SYNTH_PREFIX = "synth:"
+#: threads torch trains with: fixed, because the sum order of a reduction depends on it
+TRAIN_THREADS = 2
+#: share of each detector batch drawn from each pool, renormalised over the pools that have slices;
+#: without synthetic slices real and phantom keep the 0.4 : 0.6 the package before synthesis trained with
+POOL_FRACTIONS = {"real": 0.26, "phantom": 0.39, "synthetic": 0.35}
 
 
 @dataclass
@@ -53,8 +64,41 @@ def slices_from_scan(scan: AnnotatedScan) -> list[DetectorSlice]:
     return out
 
 
+def origin_of(source: str) -> str:
+    """The scan or phantom a slice comes from, whether real or synthesised from its labels."""
+    return source[len(SYNTH_PREFIX):] if source.startswith(SYNTH_PREFIX) else source
+
+
+def pool_of(source: str) -> str:
+    if source.startswith(SYNTH_PREFIX):
+        return "synthetic"
+    return "phantom" if source.startswith("phantom") else "real"
+
+
+def synthetic_slices(tmap: TissueMap, count: int, rng: np.random.Generator) -> list[DetectorSlice]:
+    """``count`` domain-randomised slices of the tissue map's canal slices (disc slices favoured)."""
+    keys = np.flatnonzero(tmap.canal.any(axis=(1, 2)))
+    if count <= 0 or keys.size == 0:
+        return []
+    weights = 1.0 + 3.0 * (tmap.disc_weight[keys] >= 0.5)
+    out = []
+    for k in rng.choice(keys, size=count, replace=True, p=weights / weights.sum()):
+        synth = synthesize_from_map(tmap, int(k), rng)
+        if synth.box_ij is None:  # the deformation or crop left too little canal
+            continue
+        out.append(DetectorSlice(synth.image.astype(np.float16), synth.spacing,
+                                 tuple(float(v) for v in synth.box_ij),
+                                 2 if tmap.disc_weight[k] >= 0.5 else 1, SYNTH_PREFIX + tmap.source))
+    return out
+
+
+def _component_rng(seed: int, component: str) -> np.random.Generator:
+    """One generator per scan or phantom: leaving one out does not change what the others give."""
+    return np.random.default_rng([seed, zlib.crc32(component.encode())])
+
+
 def slices_from_phantom(seed: int, modality: str, region: str, per_study: int,
-                        rng: np.random.Generator) -> list[DetectorSlice]:
+                        rng: np.random.Generator, synthetic: int = 0, synth_seed: int = 0) -> list[DetectorSlice]:
     from .phantom import make_study
 
     study = make_study(seed, modality=modality, region=region)
@@ -65,12 +109,16 @@ def slices_from_phantom(seed: int, modality: str, region: str, per_study: int,
     weights = np.array([1.0 + 3.0 * float(study.disc_weight[k] >= 0.5) for k in keys])
     chosen = rng.choice(keys, size=min(per_study, len(keys)), replace=False, p=weights / weights.sum())
     spacing = (stack.spacing[0], stack.spacing[1])
-    return [
+    out = [
         DetectorSlice(window.apply(stack.array[k]).astype(np.float16), spacing,
                       tuple(float(v) for v in study.canal_boxes[k]),
                       2 if study.disc_weight[k] >= 0.5 else 1, f"phantom-{seed}")
         for k in chosen
     ]
+    if synthetic > 0:
+        out.extend(synthetic_slices(tissue_map_from_phantom(study), synthetic,
+                                    _component_rng(synth_seed, f"phantom-{seed}")))
+    return out
 
 
 def augment_intensity(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -123,18 +171,44 @@ def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def train_detector(data: Sequence[DetectorSlice], config: dict[str, Any], iterations: int, batch_size: int,
-                   seed: int, lr: float = 1.5e-3, real_fraction: float = 0.4):
-    """Train the Faster R-CNN; real slices make up ``real_fraction`` of every batch on average."""
+@contextlib.contextmanager
+def deterministic_torch(seed: int, threads: int = TRAIN_THREADS) -> Iterator[None]:
+    """Same seed, same software, same weights: deterministic kernels and a fixed thread count."""
     import torch
 
+    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.set_num_threads(threads)
+    # warn_only: an op without a deterministic kernel warns instead of stopping a run
+    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
+
+
+def train_detector(data: Sequence[DetectorSlice], config: dict[str, Any], iterations: int, batch_size: int,
+                   seed: int, lr: float = 1.5e-3, fractions: Optional[dict[str, float]] = None):
+    """Train the Faster R-CNN; each batch item comes from a pool (real, synthetic, phantom) by ``fractions``."""
+    with deterministic_torch(seed):
+        return _train_detector(data, config, iterations, batch_size, seed, lr, fractions or POOL_FRACTIONS)
+
+
+def _train_detector(data, config, iterations, batch_size, seed, lr, fractions):
+    import torch
+
     rng = np.random.default_rng(seed)
     model = build_detector_model(config)
     model.train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    real = [d for d in data if not d.source.startswith("phantom")]
-    phantom = [d for d in data if d.source.startswith("phantom")]
+    pools = {name: [d for d in data if pool_of(d.source) == name] for name in fractions}
+    pools = {name: items for name, items in pools.items() if items}
+    names = list(pools)
+    # one uniform draw per item against cumulative shares (none with one pool): without synthetic
+    # slices this is the draw sequence, and so the weights, of the trainer before synthesis
+    cuts = np.cumsum([fractions[n] for n in names])[:-1] / sum(fractions[n] for n in names)
     losses: list[float] = []
     bar = tqdm(range(iterations), desc="detector", unit="it")
     for step in bar:
@@ -142,7 +216,7 @@ def train_detector(data: Sequence[DetectorSlice], config: dict[str, Any], iterat
             group["lr"] = _cosine_lr(step, iterations, lr, warmup=max(1, iterations // 20))
         images, targets = [], []
         for _ in range(batch_size):
-            pool = real if (real and rng.random() < real_fraction) or not phantom else phantom
+            pool = pools[names[int(np.searchsorted(cuts, rng.random(), side="right")) if len(names) > 1 else 0]]
             item = pool[int(rng.integers(len(pool)))]
             patch, box = detector_sample(item, config, rng)
             images.append(torch.from_numpy(patch)[None])
@@ -203,9 +277,13 @@ def classifier_sample(item: GradeSample, config: dict[str, Any], rng: Optional[n
 
 def train_classifier(data: Sequence[GradeSample], config: dict[str, Any], n_classes: int, epochs: int,
                      batch_size: int, seed: int, lr: float = 2e-3):
+    with deterministic_torch(seed):
+        return _train_classifier(data, config, n_classes, epochs, batch_size, seed, lr)
+
+
+def _train_classifier(data, config, n_classes, epochs, batch_size, seed, lr):
     import torch
 
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 1)
     model = build_classifier_model(config, n_classes)
     model.train()
@@ -234,15 +312,75 @@ def train_classifier(data: Sequence[GradeSample], config: dict[str, Any], n_clas
 PHANTOM_MIX = (("MR", "lumbar"), ("CT", "lumbar"), ("MR", "cervical"), ("CT", "cervical"))
 
 
-def build_detector_data(catalogue: Path, n_phantoms: int, per_study: int, seed: int) -> list[DetectorSlice]:
+#: synthetic slices drawn from each real scan's label map, and from each phantom study's
+SYNTHETIC_PER_SCAN = 300
+SYNTHETIC_PER_PHANTOM = 4
+
+
+def training_scans(catalogue: Path, all_scans: bool = False, exclude_scans: Sequence[str] = ()) -> list[str]:
+    """Names of the catalogue scans the detector trains on: ``use: train`` (or all), less the excluded."""
+    entries = load_catalogue(catalogue)
+    names = [e["name"] for e in entries]
+    unknown = sorted(set(exclude_scans) - set(names) - {s for s in exclude_scans if s.startswith("phantom-")})
+    if unknown:
+        from ..errors import SpineStenosisGraderError
+
+        raise SpineStenosisGraderError(f"Not in {catalogue.name}: {', '.join(unknown)} (it has {', '.join(names)}).")
+    return [e["name"] for e in entries
+            if (all_scans or e.get("use") == "train") and e["name"] not in set(exclude_scans)]
+
+
+def build_detector_data(catalogue: Path, n_phantoms: int, per_study: int, seed: int, *,
+                        synthetic_per_scan: int = SYNTHETIC_PER_SCAN,
+                        synthetic_per_phantom: int = SYNTHETIC_PER_PHANTOM,
+                        exclude_scans: Sequence[str] = (), all_scans: bool = False) -> list[DetectorSlice]:
+    """Real slices, phantom slices and slices synthesised from both's label maps.
+
+    Nothing derived from a scan in ``exclude_scans`` is kept (its real slices
+    and every synthetic slice drawn from its labels), for leave-one-scan-out.
+    """
     rng = np.random.default_rng(seed)
     data: list[DetectorSlice] = []
-    for scan in load_scans(catalogue, use="train"):
+    wanted = set(training_scans(catalogue, all_scans, exclude_scans))
+    for scan in load_scans(catalogue):
+        if scan.name not in wanted:
+            continue
         data.extend(slices_from_scan(scan))
+        if synthetic_per_scan > 0:
+            data.extend(synthetic_slices(tissue_map_from_scan(scan), synthetic_per_scan,
+                                         _component_rng(seed, scan.name)))
     for n in tqdm(range(n_phantoms), desc="detector phantoms", unit="study"):
         modality, region = PHANTOM_MIX[n % len(PHANTOM_MIX)]
-        data.extend(slices_from_phantom(TRAIN_SEED_BASE + n, modality, region, per_study, rng))
-    return data
+        data.extend(slices_from_phantom(TRAIN_SEED_BASE + n, modality, region, per_study, rng,
+                                        synthetic_per_phantom, seed))
+    excluded = set(exclude_scans)
+    return [d for d in data if origin_of(d.source) not in excluded]
+
+
+def git_state() -> dict[str, Any]:
+    """The commit of the code that trained, and whether the work tree differed from it."""
+    root = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def load_classifier(package_dir: Path):
+    """An existing package's classifier, its config and where it came from, to reuse it unchanged."""
+    from ..packages.package import load_package
+
+    package = load_package(package_dir, backend="torch")
+    config = {k: v for k, v in package.classifier_config.items() if k not in ("classes", "definitions")}
+    model = package.torch_classifier().model
+    origin = {"package": f"{package.name} {package.version}",
+              "sha256": package.manifest["files"]["classifier"]["sha256"],
+              "training_data": package.manifest.get("training_data", {}).get("summary", "")}
+    return model, config, origin
 
 
 def save_package(out_dir: Path, detector, classifier, detector_config: dict[str, Any],
@@ -285,32 +423,78 @@ def save_package(out_dir: Path, detector, classifier, detector_config: dict[str,
 def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 96, per_study: int = 24,
                           detector_iterations: int = 700, detector_batch: int = 8,
                           n_grade_slices: int = 2400, classifier_epochs: int = 10, classifier_batch: int = 48,
-                          seed: int = 0, version: str = "0.1.0") -> dict[str, Any]:
-    """Train detector and classifier and write the package. Returns what was done, for the log."""
+                          seed: int = 0, version: str = "0.1.0",
+                          synthetic_per_scan: int = SYNTHETIC_PER_SCAN,
+                          synthetic_per_phantom: int = SYNTHETIC_PER_PHANTOM,
+                          exclude_scans: Sequence[str] = (), all_scans: bool = False,
+                          classifier_from: Optional[Path] = None, command: Optional[str] = None) -> dict[str, Any]:
+    """Train detector and classifier and write the package. Returns what was done, for the log.
+
+    ``exclude_scans`` leaves catalogue scans (and everything synthesised from
+    them) out, for leave-one-scan-out folds; ``all_scans`` trains on held-out
+    scans too. With ``classifier_from`` only the detector is trained and that
+    package's classifier is reused as it is (it trains on phantoms alone).
+    """
     started = time.time()
     detector_config = dict(DEFAULT_DETECTOR_CONFIG)
-    classifier_config = dict(DEFAULT_CLASSIFIER_CONFIG)
-    data = build_detector_data(catalogue, n_phantoms, per_study, seed)
+    data = build_detector_data(catalogue, n_phantoms, per_study, seed, synthetic_per_scan=synthetic_per_scan,
+                               synthetic_per_phantom=synthetic_per_phantom, exclude_scans=exclude_scans,
+                               all_scans=all_scans)
+    data_minutes = (time.time() - started) / 60.0
     detector, det_losses = train_detector(data, detector_config, detector_iterations, detector_batch, seed)
-    scale = get_scale(classifier_config["scale"])
-    grade_data = grade_samples(range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + n_grade_slices), "lumbar", scale.key)
-    classifier, cls_losses = train_classifier(grade_data, classifier_config, len(scale.classes),
-                                              classifier_epochs, classifier_batch, seed)
-    real_names = sorted({d.source for d in data if not d.source.startswith("phantom")})
+    if classifier_from is not None:
+        classifier, classifier_config, classifier_origin = load_classifier(Path(classifier_from))
+        cls_losses: list[float] = []
+        grade_summary = f"the classifier of {classifier_origin['package']} reused unchanged"
+    else:
+        classifier_config = dict(DEFAULT_CLASSIFIER_CONFIG)
+        scale = get_scale(classifier_config["scale"])
+        grade_data = grade_samples(range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + n_grade_slices), "lumbar", scale.key)
+        classifier, cls_losses = train_classifier(grade_data, classifier_config, len(scale.classes),
+                                                  classifier_epochs, classifier_batch, seed)
+        classifier_origin = None
+        grade_summary = f"{n_grade_slices} phantom disc slices for the grade"
+    real_names = sorted({d.source for d in data if pool_of(d.source) == "real"})
+    synth_counts: dict[str, int] = {}
+    for d in data:
+        if pool_of(d.source) == "synthetic":
+            key = "phantoms" if origin_of(d.source).startswith("phantom") else origin_of(d.source)
+            synth_counts[key] = synth_counts.get(key, 0) + 1
+    if command is None:
+        command = (f"spine-stenosis-grader train --catalogue {catalogue.name} --phantoms {n_phantoms} "
+                   f"--per-study {per_study} --detector-iterations {detector_iterations} "
+                   f"--grade-slices {n_grade_slices} --classifier-epochs {classifier_epochs} --seed {seed} "
+                   f"--synthetic-per-scan {synthetic_per_scan} --synthetic-per-phantom {synthetic_per_phantom}"
+                   + "".join(f" --exclude-scan {name}" for name in exclude_scans)
+                   + (" --all-scans" if all_scans else "")
+                   + (f" --detector-only --classifier-from {classifier_from}" if classifier_from else ""))
     training = {
-        "summary": (f"{n_phantoms} phantom studies (CT and T2 MR, lumbar and cervical) and the public scans "
-                    f"{', '.join(real_names)} for the detector; {n_grade_slices} phantom disc slices for the grade"),
+        "summary": (f"{n_phantoms} phantom studies (CT and T2 MR, lumbar and cervical), the public scans "
+                    f"{', '.join(real_names)}"
+                    + (" and images synthesised from the label maps of both (random contrast, resolution, noise, "
+                       "bias and deformation)" if synth_counts else "")
+                    + f" for the detector; {grade_summary}"),
         "detector_real_scans": real_names,
+        "detector_excluded_scans": sorted(exclude_scans),
         "detector_phantom_seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + n_phantoms - 1],
         "detector_slices": len(data),
-        "grade_phantom_seeds": [TRAIN_SEED_BASE, TRAIN_SEED_BASE + n_grade_slices - 1],
-        "command": (f"spine-stenosis-grader train --catalogue {catalogue.name} --phantoms {n_phantoms} "
-                    f"--per-study {per_study} --detector-iterations {detector_iterations} "
-                    f"--grade-slices {n_grade_slices} --classifier-epochs {classifier_epochs} --seed {seed}"),
+        "detector_synthetic_slices": synth_counts,
+        "detector_pool_fractions": POOL_FRACTIONS,
+        "command": command,
+        "code": git_state(),
         "seed": seed,
-        "final_loss": {"detector": float(np.mean(det_losses[-50:])), "classifier": float(np.mean(cls_losses[-50:]))},
+        "torch_threads": TRAIN_THREADS,
+        "final_loss": {"detector": float(np.mean(det_losses[-50:])),
+                       "classifier": float(np.mean(cls_losses[-50:])) if cls_losses else None},
+        "last_losses": {"detector": [round(v, 6) for v in det_losses[-5:]],
+                        "classifier": [round(v, 6) for v in cls_losses[-5:]]},
+        "data_minutes": round(data_minutes, 1),
         "minutes": round((time.time() - started) / 60.0, 1),
     }
+    if classifier_origin is not None:
+        training["classifier_from"] = classifier_origin
+    else:
+        training["grade_phantom_seeds"] = [TRAIN_SEED_BASE, TRAIN_SEED_BASE + n_grade_slices - 1]
     save_package(out_dir, detector, classifier, detector_config, classifier_config, training, {}, version)
     # the light runtime's graphs, made from the weights just written (see export.py)
     from .export import export_onnx
