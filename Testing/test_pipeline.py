@@ -1,5 +1,5 @@
 """The whole pipeline on real scans: boxes land on the same anatomy in LPS whatever the
-file's axis order, flips or pixel spacing; the held-out real scans are detected."""
+file's axis order, flips or pixel spacing; the real scans' canal is detected."""
 
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ from SpineStenosisGraderLib.pipeline import grade_image
 SCAN = DATA / "sct_cervical_t2" / "t2.nii.gz"
 
 #: measured with `spine-stenosis-grader evaluate` (README); the test guards against regressions
-MIN_HELD_OUT_HIT_FRACTION = 0.9  # measured: 1.0 (65 of 65 slices, IoU >= 0.5 or centred on the canal)
+MIN_HIT_FRACTION = 0.9  # measured: 1.0 on every scan (IoU >= 0.5 or centred on the canal)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +64,13 @@ def test_detections_stay_on_the_canal_when_resampled(package, reference):
     assert np.median(centre_shift) < 1.5
 
 
-def test_held_out_real_scans_are_detected(package):
-    scores = evaluate_real(lambda scan: package, DATA / "scans.json", use="holdout")
-    assert {s.scan for s in scores} == {"tptbox_ct", "sct_cervical_t2"}
-    assert not any(s.trained_on for s in scores)
-    total = sum(s.canal_slices for s in scores)
-    hits = sum(s.hits for s in scores)
-    assert hits / total >= MIN_HELD_OUT_HIT_FRACTION
+def test_the_real_scans_canal_is_found_on_every_scan(package):
+    # a fit (the default package learns from every real scan); the leave-one-scan-out figures are the
+    # README's, from `spine-stenosis-grader evaluate --fold-packages`
+    scores = evaluate_real(lambda scan: package, DATA / "scans.json")
+    assert {s.scan for s in scores} == {"totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"}
+    for score in scores:
+        assert score.hit_fraction >= MIN_HIT_FRACTION, score.scan
 
 
 def test_phantom_levels_are_found_and_named(package):

@@ -264,12 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("package", nargs="?", help="model package folder (default: the embedded package)")
     export.set_defaults(func=_export_onnx)
 
-    evaluate = sub.add_parser("evaluate", help="measure a package on held-out real scans and unseen phantoms")
+    evaluate = sub.add_parser("evaluate", help="measure packages on real labelled scans (leave-one-scan-out with "
+                                                 "--fold-packages) and on unseen phantoms")
     evaluate.add_argument("--model", help="model package folder (default: the embedded package)")
     evaluate.add_argument("--catalogue", default=str(DEFAULT_CATALOGUE))
-    evaluate.add_argument("--scans", default="holdout", choices=["holdout", "train", "all"],
-                          help="which catalogue scans: held out of the default package's training (default), "
-                               "trained on, or all (with --fold-packages: leave-one-scan-out)")
+    evaluate.add_argument("--scans", default="all", choices=["holdout", "train", "all"],
+                          help="which catalogue scans by their 'use': all (default; with --fold-packages each is "
+                               "scored leave-one-scan-out), held out of training, or trained on")
     evaluate.add_argument("--fold-packages", help="folder with one package per scan, named by the scan and trained "
                                                   "without it: each scan is scored by its own (leave-one-scan-out)")
     evaluate.add_argument("--real-only", action="store_true", help="only the real scans, not the phantoms")
