@@ -76,8 +76,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if region is None:
         region = estimate.region
         if region == UNKNOWN_REGION and detections:
-            warnings.append("The spine region could not be told from the slices, so the levels are not named or "
-                            "graded. Set the region (--region, or Spine region in Slicer).")
+            warnings.append("The spine region could not be told from the slices, so the levels are not graded"
+                            + ("" if anchor else " and are numbered, not named")
+                            + ". Set the region (--region, or Spine region in Slicer).")
     elif estimate.region not in (UNKNOWN_REGION, region):
         warnings.append(f"The anatomy looks {estimate.region} ({'; '.join(estimate.evidence)}), "
                         f"but the region was set to {region}.")
