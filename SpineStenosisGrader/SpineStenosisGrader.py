@@ -977,12 +977,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
             self.ensureTorch()
         if not requirements:
             return
-        try:
-            import slicer.packaging
-
-            pipEnsure = getattr(slicer.packaging, "pip_ensure", None)
-        except ImportError:
-            pipEnsure = None
+        pipEnsure = self.slicerPipEnsure()
         if pipEnsure is not None:
             pipEnsure(requirements, requester="SpineStenosisGrader")
             return
@@ -996,6 +991,22 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("Installation of {packages} was cancelled.").format(packages=", ".join(missing)))
         # A list keeps each specifier one argument (">=" needs no shell quoting).
         slicer.util.pip_install(missing)
+
+    @staticmethod
+    def slicerPipEnsure():
+        """slicer.packaging.pip_ensure (Slicer 5.11 and later), or None on older Slicer.
+
+        Imported by name: an ``import slicer.packaging`` statement in a function would make
+        ``slicer`` a local name of that function, and every other use of ``slicer`` in it
+        (slicer.util on older Slicer) would raise UnboundLocalError.
+        """
+        import importlib
+
+        try:
+            packaging = importlib.import_module("slicer.packaging")
+        except ImportError:
+            return None
+        return getattr(packaging, "pip_ensure", None)
 
     def ensureTorch(self) -> None:
         """Install PyTorch through the PyTorch extension if it is missing (only for the PyTorch backend)."""

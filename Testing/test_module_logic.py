@@ -337,3 +337,44 @@ def test_installed_packages_and_import_go_through_the_user_folder(logic, tmp_pat
     facts = logic.packageFacts(imported)
     assert "not for clinical use" in facts["intended_use"].lower()
     assert logic.packageTasks(imported)[0][0] == "lumbar_central_canal"
+
+
+def _slicer_without_packaging(monkeypatch, module, confirm=True):
+    """Slicer before 5.11: no slicer.packaging; slicer.util asks and pip-installs (recorded here)."""
+    installed, asked = [], []
+
+    def confirmOkCancelDisplay(message, *args, **kwargs):
+        asked.append(message)
+        return confirm
+
+    util = types.SimpleNamespace(confirmOkCancelDisplay=confirmOkCancelDisplay, pip_install=installed.append)
+    monkeypatch.setattr(module, "slicer", types.SimpleNamespace(util=util))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # "import slicer.packaging" raises ImportError
+    return installed, asked
+
+
+def test_dependencies_install_with_pip_install_on_slicer_before_pip_ensure(logic, module, monkeypatch):
+    installed, asked = _slicer_without_packaging(monkeypatch, module)
+    logic.requirements = lambda backend=None: ["onnxruntime>=1.0", "no-such-package-for-this-test>=1.0"]
+    logic.ensureDependencies()
+    # only what is missing is installed, after the user said yes
+    assert installed == [["no-such-package-for-this-test>=1.0"]]
+    assert len(asked) == 1 and "no-such-package-for-this-test" in asked[0]
+
+
+def test_declining_the_install_on_older_slicer_says_what_was_not_installed(logic, module, monkeypatch):
+    installed, _ = _slicer_without_packaging(monkeypatch, module, confirm=False)
+    logic.requirements = lambda backend=None: ["no-such-package-for-this-test>=1.0"]
+    with pytest.raises(RuntimeError, match="no-such-package-for-this-test.*cancelled"):
+        logic.ensureDependencies()
+    assert installed == []
+
+
+def test_dependencies_go_through_pip_ensure_where_slicer_has_it(logic, module, monkeypatch):
+    calls = []
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = lambda requirements, requester=None: calls.append((requirements, requester))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    logic.requirements = lambda backend=None: ["onnxruntime>=1.0"]
+    logic.ensureDependencies()
+    assert calls == [(["onnxruntime>=1.0"], "SpineStenosisGrader")]
