@@ -749,9 +749,15 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         roi, self._placingRoi = self._placingRoi, None
         try:
             with slicer.util.tryWithErrorDisplay(_("The box was not added as a level.")):
-                added = self.logic.finishPlacingLevel(self._review, roi)
-                self.ui.statusLabel.text = (_("Added level {name}.").format(name=roi.GetName()) if added
-                                            else _("No box was placed."))
+                renamed = self.logic.finishPlacingLevel(self._review, roi)
+                if renamed is None:
+                    self.ui.statusLabel.text = _("No box was placed.")
+                else:
+                    status = _("Added level {name}.").format(name=roi.GetName())
+                    if renamed:
+                        status += " " + _("Renamed to make room: {changes}").format(changes=", ".join(
+                            "{old} → {new}".format(old=old, new=new) for old, new in renamed.items()))
+                    self.ui.statusLabel.text = status
         finally:
             self.updateResultsTable()
 
@@ -761,6 +767,7 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
         self.removeObserver(interactionNode, interactionNode.EndPlacementEvent, self.onEndPlacement)
         roi, self._placingRoi = self._placingRoi, None
+        self.logic.restorePlaceModePersistence()
         if roi.GetScene() is not None:
             roi.GetScene().RemoveNode(roi)
 
@@ -895,6 +902,8 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         self.lastChanges = []
         self.lastRunWasRerun = False
         self.lastRunSeconds = 0.0
+        #: (interaction node, its place-mode persistence) while a level box is being placed
+        self._placeModePersistence = None
 
     def getParameterNode(self):
         return SpineStenosisGraderParameterNode(super().getParameterNode())
@@ -1299,9 +1308,11 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
         return list(SPINE_DISCS)
 
-    @staticmethod
-    def startPlacingLevel(review):
-        """A new box ROI the user places with the mouse (two opposite corners); adopt it with finishPlacingLevel()."""
+    def startPlacingLevel(self, review):
+        """A new box ROI the user places with the mouse (two opposite corners); adopt it with finishPlacingLevel().
+
+        The place mode is set to end after this one box; finishPlacingLevel() puts back the user's setting.
+        """
         if review is None:
             raise ValueError(_("Grade the volume first: a new level joins a grading run."))
         scene = review.table_node.GetScene()
@@ -1312,20 +1323,37 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         interactionNode = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
         selectionNode.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
         selectionNode.SetReferenceActivePlaceNodeID(roi.GetID())
+        if self._placeModePersistence is None:
+            self._placeModePersistence = (interactionNode, interactionNode.GetPlaceModePersistence())
         interactionNode.SetPlaceModePersistence(0)
         interactionNode.SetCurrentInteractionMode(interactionNode.Place)
         return roi
 
-    @staticmethod
-    def finishPlacingLevel(review, roi) -> bool:
-        """Adopt the placed ``roi`` as a new level of ``review``; remove it if no box was placed."""
+    def restorePlaceModePersistence(self) -> None:
+        """Put back the place-mode persistence startPlacingLevel() changed."""
+        saved, self._placeModePersistence = self._placeModePersistence, None
+        if saved is not None:
+            interactionNode, persistence = saved
+            interactionNode.SetPlaceModePersistence(persistence)
+
+    def finishPlacingLevel(self, review, roi) -> Optional[dict]:
+        """Adopt the placed ``roi`` as a new level of ``review``, named from where it lies.
+
+        The ROI is removed if no box was placed, or if it cannot be added (then the error is raised).
+        :return: None if no box was placed, else ``{old name: new name}`` of the levels renamed to make room
+        """
+        self.restorePlaceModePersistence()
         if roi is None or roi.GetScene() is None:
-            return False
+            return None
         if review is None or min(roi.GetSize()) <= 0.0:
             roi.GetScene().RemoveNode(roi)
-            return False
-        review.add_level(roi)
-        return True
+            return None
+        try:
+            return review.add_level(roi)
+        except BaseException:
+            if roi.GetScene() is not None:
+                roi.GetScene().RemoveNode(roi)
+            raise
 
     def packageForRun(self, review, backend: Optional[str] = None):
         """The installed package that graded ``review``'s run (same name and version), loaded for ``backend``."""

@@ -228,14 +228,17 @@ def test_a_placed_box_becomes_a_level_and_an_abandoned_one_is_removed(graded, lo
     review = StudyReview.create(scene, graded.review.result(), _load_sample(scene))
     interaction = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
     selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    interaction.SetPlaceModePersistence(1)  # the user's own setting: keep placing
 
     abandoned = logic.startPlacingLevel(review)
     assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert interaction.GetPlaceModePersistence() == 0  # one box, then the place mode ends
     assert selection.GetActivePlaceNodeID() == abandoned.GetID()
     assert selection.GetActivePlaceNodeClassName() == "vtkMRMLMarkupsROINode"
     interaction.SetCurrentInteractionMode(interaction.ViewTransform)  # the user pressed Esc
-    assert not logic.finishPlacingLevel(review, abandoned)
+    assert logic.finishPlacingLevel(review, abandoned) is None
     assert abandoned.GetScene() is None
+    assert interaction.GetPlaceModePersistence() == 1  # the user's setting is back
 
     # the detector missed a disc: here, one level is taken away and placed again by hand
     missed = review.level_rois()[2]
@@ -246,13 +249,50 @@ def test_a_placed_box_becomes_a_level_and_an_abandoned_one_is_removed(graded, lo
     # two opposite corners clicked on the axial slice through the disc
     placed.AddControlPoint(vtk.vtkVector3d(*(center - [8.0, 6.0, 0.0])))
     placed.AddControlPoint(vtk.vtkVector3d(*(center + [8.0, 6.0, 0.0])))
-    assert logic.finishPlacingLevel(review, placed)
+    assert logic.finishPlacingLevel(review, placed) == {}
     assert len(review.level_rois()) == levels_before + 1
     assert placed.GetName() == name  # named from the level below it
     assert review.is_edited(placed) and review.grade_is_stale(placed)
+    assert interaction.GetPlaceModePersistence() == 1
 
     with pytest.raises(ValueError, match="Grade the volume first"):
         logic.startPlacingLevel(None)
+
+
+def _place_box(logic, review, center):
+    roi = logic.startPlacingLevel(review)
+    roi.AddControlPoint(vtk.vtkVector3d(*(np.asarray(center) - [8.0, 6.0, 0.0])))
+    roi.AddControlPoint(vtk.vtkVector3d(*(np.asarray(center) + [8.0, 6.0, 0.0])))
+    return roi
+
+
+def test_a_box_placed_between_two_found_levels_takes_its_name_and_the_names_above_move(graded, logic):
+    scene = _new_scene()
+    review = StudyReview.create(scene, graded.review.result(), _load_sample(scene))
+    names = [roi.GetName() for roi in review.level_rois()]
+    # the detector missed the third disc and counted on from the sacrum: the levels above it are named one low
+    missed = review.level_rois()[2]
+    center = np.array(missed.GetCenter())
+    review.remove_level(missed)
+    lowest = review.level_rois()[0]
+    review.reanchor(lowest, lowest.GetName())
+    assert [roi.GetName() for roi in review.level_rois()] == names[:-1]  # the third name is taken
+    placed = _place_box(logic, review, center)
+    renamed = logic.finishPlacingLevel(review, placed)
+    assert placed.GetName() == names[2]
+    assert [roi.GetName() for roi in review.level_rois()] == names
+    assert len(renamed) == len(names) - 3
+
+
+def test_a_box_that_cannot_become_a_level_is_removed_with_the_reason(graded, logic):
+    scene = _new_scene()
+    review = StudyReview.create(scene, graded.review.result(), _load_sample(scene))
+    rois_before = scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode")
+    outside = _place_box(logic, review, np.array(review.level_rois()[-1].GetCenter()) + [0.0, 0.0, 500.0])
+    with pytest.raises(SpineStenosisGraderError, match="outside the graded volume"):
+        logic.finishPlacingLevel(review, outside)
+    assert outside.GetScene() is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == rois_before
 
 
 def test_regrading_a_moved_box_uses_the_package_that_graded_the_run(graded):
