@@ -418,3 +418,62 @@ def test_dependencies_go_through_pip_ensure_where_slicer_has_it(logic, module, m
     logic.requirements = lambda backend=None: ["onnxruntime>=1.0"]
     logic.ensureDependencies()
     assert calls == [(["onnxruntime>=1.0"], "SpineStenosisGrader")]
+
+
+class _InputDialog:
+    """qt.QInputDialog as PythonQt gives it: getItem cannot say "cancelled" and returns the current item."""
+
+    answer = None  # what the user does: None cancels, a string is typed and accepted
+    shown = []
+
+    def __init__(self, parent=None):
+        self.values = {}
+
+    @staticmethod
+    def getItem(parent, title, label, items, current=0, editable=True):
+        return items[current]
+
+    def __getattr__(self, name):  # setWindowTitle, setLabelText, setComboBoxItems, ...
+        if not name.startswith("set"):
+            raise AttributeError(name)
+        return lambda value: self.values.__setitem__(name[3:], value)
+
+    def exec_(self):
+        _InputDialog.shown.append(self.values)
+        return 0 if self.answer is None else 1
+
+    def textValue(self):
+        return self.answer
+
+
+def test_cancel_in_the_level_name_dialogs_cancels(module, logic, monkeypatch):
+    qt = types.SimpleNamespace(QInputDialog=_InputDialog, QDialog=types.SimpleNamespace(Accepted=1, Rejected=0))
+    monkeypatch.setattr(module, "qt", qt)
+    monkeypatch.setattr(module, "slicer", types.SimpleNamespace(util=types.SimpleNamespace(mainWindow=lambda: None)))
+    widget = types.SimpleNamespace(logic=logic)
+    ask = module.SpineStenosisGraderWidget.askLevelName
+
+    monkeypatch.setattr(_InputDialog, "answer", None)
+    assert ask(widget, "Rename level", "New name:", "L4-L5") == ""
+    shown = _InputDialog.shown[-1]
+    assert shown["TextValue"] == "L4-L5" and "L5-S1" in shown["ComboBoxItems"] and shown["ComboBoxEditable"]
+    monkeypatch.setattr(_InputDialog, "answer", " l3/l4 ")
+    assert ask(widget, "Rename level", "New name:", "L4-L5") == "l3/l4"
+
+
+def test_the_self_test_skips_grading_and_says_why_when_the_requirements_are_missing(module, monkeypatch):
+    monkeypatch.setattr(module.SpineStenosisGraderLogic, "requirements",
+                        lambda self, backend=None: ["no-such-package-for-this-test>=1.0"])
+    test = module.SpineStenosisGraderTest()
+    shown, ran = [], []
+    test.delayDisplay = shown.append
+    test.setUp = lambda: ran.append("setUp")
+    test.test_CancelLeavesTheSceneUnchanged = lambda: ran.append("cancel")
+    test.test_GradeCorrectSaveAndReload = lambda: ran.append("grade")
+    test.runTest()
+    assert ran == []
+    assert len(shown) == 1 and "no-such-package-for-this-test" in shown[0] and "skipped" in shown[0]
+
+    monkeypatch.setattr(module.SpineStenosisGraderLogic, "requirements", lambda self, backend=None: ["numpy>=1.0"])
+    test.runTest()
+    assert ran == ["setUp", "cancel", "setUp", "grade"]
