@@ -248,8 +248,10 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
-        # The table node is saved with the scene: make sure it says what the boxes say now.
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartSaveEvent, self.onSceneStartSave)
+        # The table nodes are saved with the scene, and Slicer fires no event before it saves
+        # (vtkMRMLScene::StartSaveEvent is declared but never fired): every correction brings
+        # the tables up to date instead. Grades, names and added or removed levels do so as they
+        # are made; a moved box does so through observeLevelRois().
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.modelPackageComboBox.connect("currentIndexChanged(int)", self.onModelPackageChanged)
@@ -317,9 +319,6 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         # A level box or the whole run may have been deleted elsewhere (Data module): refresh later, once.
         if self._review is not None and not self._updatingTable:
             self._tableRefreshTimer.start()
-
-    def onSceneStartSave(self, caller, event) -> None:
-        self.logic.refreshResultTables(slicer.mrmlScene)
 
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed."""
@@ -683,10 +682,13 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         table.setItem(row, self.EDITED_COLUMN, editedItem)
 
     def observeLevelRois(self, rois: list) -> None:
-        """Follow the level boxes, so that a box dragged in a view shows as edited."""
+        """Follow the level boxes of every run in the scene (``rois``, the shown run's, are among them), so
+        that a box dragged in a view shows as edited and every run's table says so before the scene is saved."""
         for roi in self._observedRois:
             self.removeObserver(roi, vtk.vtkCommand.ModifiedEvent, self.onLevelRoiModified)
-        self._observedRois = list(rois)
+        ids = {roi.GetID() for roi in rois}
+        self._observedRois = list(rois) + [roi for roi in self.logic.levelRois(slicer.mrmlScene)
+                                           if roi.GetID() not in ids]
         for roi in self._observedRois:
             self.addObserver(roi, vtk.vtkCommand.ModifiedEvent, self.onLevelRoiModified)
 
@@ -695,11 +697,10 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._tableRefreshTimer.start()
 
     def onTableRefreshTimer(self) -> None:
-        if self._review is None:
-            return
-        if self._review.table_node.GetScene() is not None:
-            self._review.refresh_table()
-        self.updateResultsTable()
+        """A box was moved (or a level removed): every run's table follows, then the panel."""
+        self.logic.refreshResultTables(slicer.mrmlScene)
+        if self._review is not None:
+            self.updateResultsTable()
 
     def onClinicianGradeChanged(self, roiID: str, combo) -> None:
         if self._updatingTable or self._review is None:
@@ -1291,11 +1292,18 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def refreshResultTables(scene) -> None:
-        """Bring every run's table node up to date with its boxes (before the scene is saved)."""
+        """Bring every run's table node up to date with its boxes (after a box was moved)."""
         from SpineStenosisGraderLib.review.review import StudyReview
 
         for review in StudyReview.in_scene(scene):
             review.refresh_table()
+
+    @staticmethod
+    def levelRois(scene) -> list:
+        """The level ROIs of every grading run in ``scene``."""
+        from SpineStenosisGraderLib.review.review import StudyReview
+
+        return [roi for review in StudyReview.in_scene(scene) for roi in review.level_rois()]
 
     @staticmethod
     def showResultTable(review) -> None:

@@ -477,3 +477,34 @@ def test_the_self_test_skips_grading_and_says_why_when_the_requirements_are_miss
     monkeypatch.setattr(module.SpineStenosisGraderLogic, "requirements", lambda self, backend=None: ["numpy>=1.0"])
     test.runTest()
     assert ran == ["setUp", "cancel", "setUp", "grade"]
+
+
+def _edited_column(review):
+    table = review.table_node
+    column = next(c for c in range(table.GetNumberOfColumns()) if table.GetColumnName(c) == "edited")
+    return [table.GetCellText(row, column) for row in range(table.GetNumberOfRows())]
+
+
+def test_a_moved_box_brings_every_runs_table_up_to_date_without_a_save_event(graded, logic, module, monkeypatch):
+    """Slicer never fires vtkMRMLScene::StartSaveEvent: the tables follow the boxes as they move."""
+    scene = _new_scene()
+    shown = StudyReview.create(scene, graded.review.result(), _load_sample(scene, "shown"))
+    other = StudyReview.create(scene, graded.review.result(), _load_sample(scene, "other"))
+    monkeypatch.setattr(module, "slicer", types.SimpleNamespace(mrmlScene=scene))
+    observed = []
+    widget = types.SimpleNamespace(
+        logic=logic, _review=shown, _observedRois=[], updateResultsTable=lambda: None,
+        onLevelRoiModified=None, addObserver=lambda node, event, method: observed.append(node.GetID()),
+        removeObserver=lambda node, event, method: observed.remove(node.GetID()))
+
+    # the panel shows one run, but the boxes of every run are followed
+    module.SpineStenosisGraderWidget.observeLevelRois(widget, shown.level_rois())
+    assert sorted(observed) == sorted(roi.GetID() for roi in shown.level_rois() + other.level_rois())
+
+    row = _edited_column(other).index("0")  # a level nobody has touched yet
+    roi = other.level_rois()[row]
+    center = list(roi.GetCenter())
+    roi.SetCenter(center[0] + 3.0, center[1], center[2])
+    assert _edited_column(other)[row] == "0"  # moving a box does not touch the table by itself
+    module.SpineStenosisGraderWidget.onTableRefreshTimer(widget)  # what the box's ModifiedEvent starts
+    assert _edited_column(other)[row] == "1"
