@@ -48,7 +48,7 @@ class SpineStenosisGrader(ScriptedLoadableModule):
         self.parent.title = _("Spine Stenosis Grader")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
-        self.parent.contributors = ["SpineStenosisGrader developers"]
+        self.parent.contributors = ["SpineStenosisGrader developers (SpineStenosisGrader project)"]
         self.parent.helpText = _("""
 Grades spinal canal stenosis on axial CT and T2 MRI of the lumbar and cervical spine.
 It finds the spinal canal on each slice, groups the slices into intervertebral disc levels
