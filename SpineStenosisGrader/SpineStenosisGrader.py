@@ -326,7 +326,9 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
         # Select a volume if nothing is selected yet, to save the user a click.
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            # the first image volume: a label map is a scalar volume too, but not one to grade
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            firstVolumeNode = next((v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")), None)
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
 
@@ -548,7 +550,9 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             with slicer.util.tryWithErrorDisplay(_("Grading failed.")):
                 reports = self.logic.pollGrading()
         except Exception:
-            self.ui.statusLabel.text = _("Grading failed; the scene is unchanged.")
+            # the run failed, or its result could not be loaded (possibly after some of it was): no claim
+            # about the scene here
+            self.ui.statusLabel.text = _("Grading failed: see the error message.")
             raise
         finally:
             if not self.logic.isGrading():
@@ -1060,8 +1064,12 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         from SpineStenosisGraderLib.packages.package import import_package
 
         package = import_package(source, self.packagesRoot())
-        return next(entry for entry in self.installedPackages() if entry.usable
-                    and os.path.samefile(entry.path, package.path))
+        entry = next((entry for entry in self.installedPackages() if entry.usable
+                      and os.path.samefile(entry.path, package.path)), None)
+        if entry is None:
+            raise RuntimeError(_("The model package was imported into {folder}, but it is not listed as usable there. "
+                                 "Remove that folder and import the package again.").format(folder=package.path))
+        return entry
 
     @staticmethod
     def packageTasks(entry) -> list:
@@ -1154,6 +1162,9 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
     def checkVolume(volumeNode) -> None:
         if not volumeNode or volumeNode.GetImageData() is None:
             raise ValueError(_("Select an input volume that holds an image."))
+        if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise ValueError(_("{name} is a label map, not a CT or MR image. Select the study's image volume.").format(
+                name=volumeNode.GetName()))
         if volumeNode.GetParentTransformNode() is not None:
             # the image is read without its transform, so boxes would land beside the anatomy
             raise ValueError(_("The volume is under a transform. Harden the transform (Data module: right-click "

@@ -209,3 +209,34 @@ def test_bad_voxel_values_and_spacing_are_one_line_errors_and_write_nothing(tmp_
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
     assert "done" not in captured.out
     assert not out.exists()
+
+
+def test_background_grading_never_imports_matplotlib_or_tqdm(tmp_path):
+    """The Slicer module grades with --no-report --progress-format jsonl: requirements.txt leaves both out."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('matplotlib', 'tqdm'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from SpineStenosisGraderLib.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", blocker, "grade", str(SAMPLE), "-o", str(out), "--no-report",
+         "--progress-format", "jsonl"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "SpineStenosisGrader")})
+    assert done.returncode == 0, done.stderr
+    assert (out / "result.json").exists() and not (out / "report.html").exists()
+    requirements = (ROOT / "SpineStenosisGrader" / "Resources" / "requirements.txt").read_text()
+    names = [line.split(">")[0].split("=")[0].strip().lower() for line in requirements.splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert "matplotlib" not in names and "tqdm" not in names

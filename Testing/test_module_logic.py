@@ -215,6 +215,10 @@ def test_volumes_that_cannot_be_graded_are_refused_before_any_process_starts(log
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(ValueError, match="holds an image"):
         logic.startGrading(empty)
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "segmentation")
+    labels.SetAndObserveImageData(vtk.vtkImageData())
+    with pytest.raises(ValueError, match="segmentation is a label map"):
+        logic.startGrading(labels)
     volume = _load_sample(scene)
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     volume.SetAndObserveTransformNodeID(transform.GetID())
