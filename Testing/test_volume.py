@@ -315,3 +315,29 @@ def test_a_nifti_named_gz_that_is_not_gzip_is_a_clear_error(tmp_path):
     fake.write_bytes(plain.read_bytes())
     with pytest.raises(InputError, match="truncated"):
         load_stack(fake)
+
+
+def _png_named_nifti(path: Path) -> None:
+    sitk.WriteImage(sitk.Image(32, 32, sitk.sitkUInt8), str(path.with_suffix(".png")))
+    path.with_suffix(".png").rename(path)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.write_bytes(b""), "Cannot read"),
+    (lambda path: path.write_text("patient notes, not an image\n"), "Cannot read"),
+    (_png_named_nifti, "Cannot read|2D"),
+], ids=["empty-file", "text-named-nii-gz", "png-named-nii-gz"])
+def test_files_that_are_not_volumes_are_one_line_errors(tmp_path, make, message):
+    path = tmp_path / "study.nii.gz"
+    make(path)
+    with pytest.raises(InputError, match=message) as caught:
+        load_stack(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_4d_series_and_vector_pixels_are_refused(mri):
+    volume = sitk.Cast(mri[0], sitk.sitkFloat32)
+    with pytest.raises(InputError, match="4D"):
+        to_axial_stack(sitk.JoinSeries([volume, volume]))
+    with pytest.raises(InputError, match="colour or vector"):
+        to_axial_stack(sitk.Compose([volume, volume, volume]))
