@@ -48,7 +48,7 @@ class SpineStenosisGrader(ScriptedLoadableModule):
         self.parent.title = _("Spine Stenosis Grader")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
-        self.parent.contributors = ["SpineStenosisGrader developers"]
+        self.parent.contributors = ["SpineStenosisGrader developers (SpineStenosisGrader project)"]
         self.parent.helpText = _("""
 Grades spinal canal stenosis on axial CT and T2 MRI of the lumbar and cervical spine.
 It finds the spinal canal on each slice, groups the slices into intervertebral disc levels
@@ -248,8 +248,10 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
-        # The table node is saved with the scene: make sure it says what the boxes say now.
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartSaveEvent, self.onSceneStartSave)
+        # The table nodes are saved with the scene, and Slicer fires no event before it saves
+        # (vtkMRMLScene::StartSaveEvent is declared but never fired): every correction brings
+        # the tables up to date instead. Grades, names and added or removed levels do so as they
+        # are made; a moved box does so through observeLevelRois().
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.modelPackageComboBox.connect("currentIndexChanged(int)", self.onModelPackageChanged)
@@ -318,16 +320,15 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if self._review is not None and not self._updatingTable:
             self._tableRefreshTimer.start()
 
-    def onSceneStartSave(self, caller, event) -> None:
-        self.logic.refreshResultTables(slicer.mrmlScene)
-
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed."""
         self.setParameterNode(self.logic.getParameterNode())
 
         # Select a volume if nothing is selected yet, to save the user a click.
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            # the first image volume: a label map is a scalar volume too, but not one to grade
+            volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            firstVolumeNode = next((v for v in volumes if not v.IsA("vtkMRMLLabelMapVolumeNode")), None)
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
 
@@ -549,7 +550,9 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             with slicer.util.tryWithErrorDisplay(_("Grading failed.")):
                 reports = self.logic.pollGrading()
         except Exception:
-            self.ui.statusLabel.text = _("Grading failed; the scene is unchanged.")
+            # the run failed, or its result could not be loaded (possibly after some of it was): no claim
+            # about the scene here
+            self.ui.statusLabel.text = _("Grading failed: see the error message.")
             raise
         finally:
             if not self.logic.isGrading():
@@ -683,10 +686,13 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         table.setItem(row, self.EDITED_COLUMN, editedItem)
 
     def observeLevelRois(self, rois: list) -> None:
-        """Follow the level boxes, so that a box dragged in a view shows as edited."""
+        """Follow the level boxes of every run in the scene (``rois``, the shown run's, are among them), so
+        that a box dragged in a view shows as edited and every run's table says so before the scene is saved."""
         for roi in self._observedRois:
             self.removeObserver(roi, vtk.vtkCommand.ModifiedEvent, self.onLevelRoiModified)
-        self._observedRois = list(rois)
+        ids = {roi.GetID() for roi in rois}
+        self._observedRois = list(rois) + [roi for roi in self.logic.levelRois(slicer.mrmlScene)
+                                           if roi.GetID() not in ids]
         for roi in self._observedRois:
             self.addObserver(roi, vtk.vtkCommand.ModifiedEvent, self.onLevelRoiModified)
 
@@ -695,11 +701,10 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._tableRefreshTimer.start()
 
     def onTableRefreshTimer(self) -> None:
-        if self._review is None:
-            return
-        if self._review.table_node.GetScene() is not None:
-            self._review.refresh_table()
-        self.updateResultsTable()
+        """A box was moved (or a level removed): every run's table follows, then the panel."""
+        self.logic.refreshResultTables(slicer.mrmlScene)
+        if self._review is not None:
+            self.updateResultsTable()
 
     def onClinicianGradeChanged(self, roiID: str, combo) -> None:
         if self._updatingTable or self._review is None:
@@ -749,9 +754,15 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         roi, self._placingRoi = self._placingRoi, None
         try:
             with slicer.util.tryWithErrorDisplay(_("The box was not added as a level.")):
-                added = self.logic.finishPlacingLevel(self._review, roi)
-                self.ui.statusLabel.text = (_("Added level {name}.").format(name=roi.GetName()) if added
-                                            else _("No box was placed."))
+                renamed = self.logic.finishPlacingLevel(self._review, roi)
+                if renamed is None:
+                    self.ui.statusLabel.text = _("No box was placed.")
+                else:
+                    status = _("Added level {name}.").format(name=roi.GetName())
+                    if renamed:
+                        status += " " + _("Renamed to make room: {changes}").format(changes=", ".join(
+                            "{old} → {new}".format(old=old, new=new) for old, new in renamed.items()))
+                    self.ui.statusLabel.text = status
         finally:
             self.updateResultsTable()
 
@@ -761,6 +772,7 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
         self.removeObserver(interactionNode, interactionNode.EndPlacementEvent, self.onEndPlacement)
         roi, self._placingRoi = self._placingRoi, None
+        self.logic.restorePlaceModePersistence()
         if roi.GetScene() is not None:
             roi.GetScene().RemoveNode(roi)
 
@@ -776,10 +788,20 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.updateResultsTable()
 
     def askLevelName(self, title: str, label: str, current: str) -> str:
-        """A disc name from a list the user can also type into; empty if cancelled."""
-        names = self.logic.levelNames()
-        index = names.index(current) if current in names else 0
-        return qt.QInputDialog.getItem(slicer.util.mainWindow(), title, label, names, index, True).strip()
+        """A disc name from a list the user can also type into; empty if cancelled.
+
+        A dialog object, not QInputDialog.getItem: through PythonQt getItem cannot say whether
+        the user cancelled (it returns the current item either way), and Cancel must cancel.
+        """
+        dialog = qt.QInputDialog(slicer.util.mainWindow())
+        dialog.setWindowTitle(title)
+        dialog.setLabelText(label)
+        dialog.setComboBoxItems(self.logic.levelNames())
+        dialog.setComboBoxEditable(True)
+        dialog.setTextValue(current)
+        if dialog.exec_() != qt.QDialog.Accepted:
+            return ""
+        return dialog.textValue().strip()
 
     def onRenameLevelButton(self) -> None:
         roi = self.selectedRoi()
@@ -895,6 +917,8 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         self.lastChanges = []
         self.lastRunWasRerun = False
         self.lastRunSeconds = 0.0
+        #: (interaction node, its place-mode persistence) while a level box is being placed
+        self._placeModePersistence = None
 
     def getParameterNode(self):
         return SpineStenosisGraderParameterNode(super().getParameterNode())
@@ -977,17 +1001,12 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
             self.ensureTorch()
         if not requirements:
             return
-        try:
-            import slicer.packaging
-
-            pipEnsure = getattr(slicer.packaging, "pip_ensure", None)
-        except ImportError:
-            pipEnsure = None
+        pipEnsure = self.slicerPipEnsure()
         if pipEnsure is not None:
             pipEnsure(requirements, requester="SpineStenosisGrader")
             return
 
-        missing = [r for r in requirements if not self.isRequirementSatisfied(r)]
+        missing = self.missingRequirements(backend)
         if not missing:
             return
         message = _("Spine Stenosis Grader needs these Python packages:\n\n{packages}\n\n"
@@ -996,6 +1015,26 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("Installation of {packages} was cancelled.").format(packages=", ".join(missing)))
         # A list keeps each specifier one argument (">=" needs no shell quoting).
         slicer.util.pip_install(missing)
+
+    def missingRequirements(self, backend: Optional[str] = None) -> list:
+        """The requirements for ``backend`` that are not installed in a version they accept."""
+        return [r for r in self.requirements(backend) if not self.isRequirementSatisfied(r)]
+
+    @staticmethod
+    def slicerPipEnsure():
+        """slicer.packaging.pip_ensure (Slicer 5.11 and later), or None on older Slicer.
+
+        Imported by name: an ``import slicer.packaging`` statement in a function would make
+        ``slicer`` a local name of that function, and every other use of ``slicer`` in it
+        (slicer.util on older Slicer) would raise UnboundLocalError.
+        """
+        import importlib
+
+        try:
+            packaging = importlib.import_module("slicer.packaging")
+        except ImportError:
+            return None
+        return getattr(packaging, "pip_ensure", None)
 
     def ensureTorch(self) -> None:
         """Install PyTorch through the PyTorch extension if it is missing (only for the PyTorch backend)."""
@@ -1025,8 +1064,12 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         from SpineStenosisGraderLib.packages.package import import_package
 
         package = import_package(source, self.packagesRoot())
-        return next(entry for entry in self.installedPackages() if entry.usable
-                    and os.path.samefile(entry.path, package.path))
+        entry = next((entry for entry in self.installedPackages() if entry.usable
+                      and os.path.samefile(entry.path, package.path)), None)
+        if entry is None:
+            raise RuntimeError(_("The model package was imported into {folder}, but it is not listed as usable there. "
+                                 "Remove that folder and import the package again.").format(folder=package.path))
+        return entry
 
     @staticmethod
     def packageTasks(entry) -> list:
@@ -1119,6 +1162,9 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
     def checkVolume(volumeNode) -> None:
         if not volumeNode or volumeNode.GetImageData() is None:
             raise ValueError(_("Select an input volume that holds an image."))
+        if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise ValueError(_("{name} is a label map, not a CT or MR image. Select the study's image volume.").format(
+                name=volumeNode.GetName()))
         if volumeNode.GetParentTransformNode() is not None:
             # the image is read without its transform, so boxes would land beside the anatomy
             raise ValueError(_("The volume is under a transform. Harden the transform (Data module: right-click "
@@ -1257,11 +1303,18 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def refreshResultTables(scene) -> None:
-        """Bring every run's table node up to date with its boxes (before the scene is saved)."""
+        """Bring every run's table node up to date with its boxes (after a box was moved)."""
         from SpineStenosisGraderLib.review.review import StudyReview
 
         for review in StudyReview.in_scene(scene):
             review.refresh_table()
+
+    @staticmethod
+    def levelRois(scene) -> list:
+        """The level ROIs of every grading run in ``scene``."""
+        from SpineStenosisGraderLib.review.review import StudyReview
+
+        return [roi for review in StudyReview.in_scene(scene) for roi in review.level_rois()]
 
     @staticmethod
     def showResultTable(review) -> None:
@@ -1288,9 +1341,11 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
         return list(SPINE_DISCS)
 
-    @staticmethod
-    def startPlacingLevel(review):
-        """A new box ROI the user places with the mouse (two opposite corners); adopt it with finishPlacingLevel()."""
+    def startPlacingLevel(self, review):
+        """A new box ROI the user places with the mouse (two opposite corners); adopt it with finishPlacingLevel().
+
+        The place mode is set to end after this one box; finishPlacingLevel() puts back the user's setting.
+        """
         if review is None:
             raise ValueError(_("Grade the volume first: a new level joins a grading run."))
         scene = review.table_node.GetScene()
@@ -1301,20 +1356,37 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         interactionNode = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
         selectionNode.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
         selectionNode.SetReferenceActivePlaceNodeID(roi.GetID())
+        if self._placeModePersistence is None:
+            self._placeModePersistence = (interactionNode, interactionNode.GetPlaceModePersistence())
         interactionNode.SetPlaceModePersistence(0)
         interactionNode.SetCurrentInteractionMode(interactionNode.Place)
         return roi
 
-    @staticmethod
-    def finishPlacingLevel(review, roi) -> bool:
-        """Adopt the placed ``roi`` as a new level of ``review``; remove it if no box was placed."""
+    def restorePlaceModePersistence(self) -> None:
+        """Put back the place-mode persistence startPlacingLevel() changed."""
+        saved, self._placeModePersistence = self._placeModePersistence, None
+        if saved is not None:
+            interactionNode, persistence = saved
+            interactionNode.SetPlaceModePersistence(persistence)
+
+    def finishPlacingLevel(self, review, roi) -> Optional[dict]:
+        """Adopt the placed ``roi`` as a new level of ``review``, named from where it lies.
+
+        The ROI is removed if no box was placed, or if it cannot be added (then the error is raised).
+        :return: None if no box was placed, else ``{old name: new name}`` of the levels renamed to make room
+        """
+        self.restorePlaceModePersistence()
         if roi is None or roi.GetScene() is None:
-            return False
+            return None
         if review is None or min(roi.GetSize()) <= 0.0:
             roi.GetScene().RemoveNode(roi)
-            return False
-        review.add_level(roi)
-        return True
+            return None
+        try:
+            return review.add_level(roi)
+        except BaseException:
+            if roi.GetScene() is not None:
+                roi.GetScene().RemoveNode(roi)
+            raise
 
     def packageForRun(self, review, backend: Optional[str] = None):
         """The installed package that graded ``review``'s run (same name and version), loaded for ``backend``."""
@@ -1382,7 +1454,20 @@ class SpineStenosisGraderTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        """Run as few or as many tests as needed here."""
+        """Run as few or as many tests as needed here.
+
+        Grading needs the packages of Resources/requirements.txt. A test does not install them
+        (slicer.packaging.pip_ensure installs nothing while testing, so that tests leave the
+        Python environment as it was); without them the grading tests are skipped, and say so.
+        """
+        missing = self.makeLogic().missingRequirements()
+        if missing:
+            message = _("The grading tests were skipped: the Python packages {packages} are not installed. "
+                        "Press Apply in the module once to install them, then run the test again.").format(
+                            packages=", ".join(missing))
+            logging.warning(message)
+            self.delayDisplay(message)
+            return
         self.setUp()
         self.test_CancelLeavesTheSceneUnchanged()
         self.setUp()
@@ -1399,11 +1484,7 @@ class SpineStenosisGraderTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def makeLogic():
-        """A Logic whose imported-packages folder is empty, so that the user's packages play no part.
-
-        Nothing is installed here (pip_ensure installs nothing while testing): the packages of
-        Resources/requirements.txt must be in Slicer's Python already.
-        """
+        """A Logic whose imported-packages folder is empty, so that the user's packages play no part."""
         import tempfile
 
         return SpineStenosisGraderLogic(packagesRoot=tempfile.mkdtemp(prefix="SpineStenosisGraderTestModels-"))

@@ -164,3 +164,79 @@ def test_no_report_leaves_the_report_out_and_removes_an_earlier_one(tmp_path):
     assert main(["grade", str(mr), "-o", str(out), "-q", "--no-report"]) == 0
     assert not (out / "report.html").exists()
     assert StudyResult.from_json((out / "result.json").read_text()).levels
+
+
+def _sample_with(tmp_path, change):
+    image = sitk.ReadImage(str(SAMPLE))
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    change(array)
+    changed = sitk.GetImageFromArray(array)
+    changed.CopyInformation(image)
+    path = tmp_path / "bad.nii"
+    sitk.WriteImage(changed, str(path))
+    return path
+
+
+def _nan_region(array):
+    array[40:50, 30:60, 30:60] = np.nan
+
+
+def _one_inf(array):
+    array[50, 50, 50] = np.inf
+
+
+def _zero_spacing_file(tmp_path):
+    import struct
+
+    path = _sample_with(tmp_path, lambda array: None)
+    header = bytearray(path.read_bytes())
+    struct.pack_into("<f", header, 80, 0.0)  # pixdim[1]: the first axis has no size
+    path.write_bytes(bytes(header))
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp_path: _sample_with(tmp_path, _nan_region), "NaN"),
+    (lambda tmp_path: _sample_with(tmp_path, _one_inf), "1 voxel is infinite"),
+    (_zero_spacing_file, "spacing of 0 x 3 x 3 mm"),
+], ids=["nan-region", "one-inf-voxel", "zero-spacing"])
+def test_bad_voxel_values_and_spacing_are_one_line_errors_and_write_nothing(tmp_path, capsys, make, message):
+    path = make(tmp_path)
+    out = tmp_path / "out"
+    assert main(["grade", str(path), "-o", str(out), "--progress-format", "jsonl"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert "done" not in captured.out
+    assert not out.exists()
+
+
+def test_background_grading_never_imports_matplotlib_or_tqdm(tmp_path):
+    """The Slicer module grades with --no-report --progress-format jsonl: requirements.txt leaves both out."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('matplotlib', 'tqdm'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from SpineStenosisGraderLib.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", blocker, "grade", str(SAMPLE), "-o", str(out), "--no-report",
+         "--progress-format", "jsonl"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "SpineStenosisGrader")})
+    assert done.returncode == 0, done.stderr
+    assert (out / "result.json").exists() and not (out / "report.html").exists()
+    requirements = (ROOT / "SpineStenosisGrader" / "Resources" / "requirements.txt").read_text()
+    names = [line.split(">")[0].split("=")[0].strip().lower() for line in requirements.splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert "matplotlib" not in names and "tqdm" not in names

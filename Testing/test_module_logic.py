@@ -215,6 +215,10 @@ def test_volumes_that_cannot_be_graded_are_refused_before_any_process_starts(log
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(ValueError, match="holds an image"):
         logic.startGrading(empty)
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "segmentation")
+    labels.SetAndObserveImageData(vtk.vtkImageData())
+    with pytest.raises(ValueError, match="segmentation is a label map"):
+        logic.startGrading(labels)
     volume = _load_sample(scene)
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     volume.SetAndObserveTransformNodeID(transform.GetID())
@@ -228,14 +232,17 @@ def test_a_placed_box_becomes_a_level_and_an_abandoned_one_is_removed(graded, lo
     review = StudyReview.create(scene, graded.review.result(), _load_sample(scene))
     interaction = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
     selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    interaction.SetPlaceModePersistence(1)  # the user's own setting: keep placing
 
     abandoned = logic.startPlacingLevel(review)
     assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert interaction.GetPlaceModePersistence() == 0  # one box, then the place mode ends
     assert selection.GetActivePlaceNodeID() == abandoned.GetID()
     assert selection.GetActivePlaceNodeClassName() == "vtkMRMLMarkupsROINode"
     interaction.SetCurrentInteractionMode(interaction.ViewTransform)  # the user pressed Esc
-    assert not logic.finishPlacingLevel(review, abandoned)
+    assert logic.finishPlacingLevel(review, abandoned) is None
     assert abandoned.GetScene() is None
+    assert interaction.GetPlaceModePersistence() == 1  # the user's setting is back
 
     # the detector missed a disc: here, one level is taken away and placed again by hand
     missed = review.level_rois()[2]
@@ -246,13 +253,50 @@ def test_a_placed_box_becomes_a_level_and_an_abandoned_one_is_removed(graded, lo
     # two opposite corners clicked on the axial slice through the disc
     placed.AddControlPoint(vtk.vtkVector3d(*(center - [8.0, 6.0, 0.0])))
     placed.AddControlPoint(vtk.vtkVector3d(*(center + [8.0, 6.0, 0.0])))
-    assert logic.finishPlacingLevel(review, placed)
+    assert logic.finishPlacingLevel(review, placed) == {}
     assert len(review.level_rois()) == levels_before + 1
     assert placed.GetName() == name  # named from the level below it
     assert review.is_edited(placed) and review.grade_is_stale(placed)
+    assert interaction.GetPlaceModePersistence() == 1
 
     with pytest.raises(ValueError, match="Grade the volume first"):
         logic.startPlacingLevel(None)
+
+
+def _place_box(logic, review, center):
+    roi = logic.startPlacingLevel(review)
+    roi.AddControlPoint(vtk.vtkVector3d(*(np.asarray(center) - [8.0, 6.0, 0.0])))
+    roi.AddControlPoint(vtk.vtkVector3d(*(np.asarray(center) + [8.0, 6.0, 0.0])))
+    return roi
+
+
+def test_a_box_placed_between_two_found_levels_takes_its_name_and_the_names_above_move(graded, logic):
+    scene = _new_scene()
+    review = StudyReview.create(scene, graded.review.result(), _load_sample(scene))
+    names = [roi.GetName() for roi in review.level_rois()]
+    # the detector missed the third disc and counted on from the sacrum: the levels above it are named one low
+    missed = review.level_rois()[2]
+    center = np.array(missed.GetCenter())
+    review.remove_level(missed)
+    lowest = review.level_rois()[0]
+    review.reanchor(lowest, lowest.GetName())
+    assert [roi.GetName() for roi in review.level_rois()] == names[:-1]  # the third name is taken
+    placed = _place_box(logic, review, center)
+    renamed = logic.finishPlacingLevel(review, placed)
+    assert placed.GetName() == names[2]
+    assert [roi.GetName() for roi in review.level_rois()] == names
+    assert len(renamed) == len(names) - 3
+
+
+def test_a_box_that_cannot_become_a_level_is_removed_with_the_reason(graded, logic):
+    scene = _new_scene()
+    review = StudyReview.create(scene, graded.review.result(), _load_sample(scene))
+    rois_before = scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode")
+    outside = _place_box(logic, review, np.array(review.level_rois()[-1].GetCenter()) + [0.0, 0.0, 500.0])
+    with pytest.raises(SpineStenosisGraderError, match="outside the graded volume"):
+        logic.finishPlacingLevel(review, outside)
+    assert outside.GetScene() is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == rois_before
 
 
 def test_regrading_a_moved_box_uses_the_package_that_graded_the_run(graded):
@@ -337,3 +381,134 @@ def test_installed_packages_and_import_go_through_the_user_folder(logic, tmp_pat
     facts = logic.packageFacts(imported)
     assert "not for clinical use" in facts["intended_use"].lower()
     assert logic.packageTasks(imported)[0][0] == "lumbar_central_canal"
+
+
+def _slicer_without_packaging(monkeypatch, module, confirm=True):
+    """Slicer before 5.11: no slicer.packaging; slicer.util asks and pip-installs (recorded here)."""
+    installed, asked = [], []
+
+    def confirmOkCancelDisplay(message, *args, **kwargs):
+        asked.append(message)
+        return confirm
+
+    util = types.SimpleNamespace(confirmOkCancelDisplay=confirmOkCancelDisplay, pip_install=installed.append)
+    monkeypatch.setattr(module, "slicer", types.SimpleNamespace(util=util))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # "import slicer.packaging" raises ImportError
+    return installed, asked
+
+
+def test_dependencies_install_with_pip_install_on_slicer_before_pip_ensure(logic, module, monkeypatch):
+    installed, asked = _slicer_without_packaging(monkeypatch, module)
+    logic.requirements = lambda backend=None: ["onnxruntime>=1.0", "no-such-package-for-this-test>=1.0"]
+    logic.ensureDependencies()
+    # only what is missing is installed, after the user said yes
+    assert installed == [["no-such-package-for-this-test>=1.0"]]
+    assert len(asked) == 1 and "no-such-package-for-this-test" in asked[0]
+
+
+def test_declining_the_install_on_older_slicer_says_what_was_not_installed(logic, module, monkeypatch):
+    installed, _ = _slicer_without_packaging(monkeypatch, module, confirm=False)
+    logic.requirements = lambda backend=None: ["no-such-package-for-this-test>=1.0"]
+    with pytest.raises(RuntimeError, match="no-such-package-for-this-test.*cancelled"):
+        logic.ensureDependencies()
+    assert installed == []
+
+
+def test_dependencies_go_through_pip_ensure_where_slicer_has_it(logic, module, monkeypatch):
+    calls = []
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = lambda requirements, requester=None: calls.append((requirements, requester))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    logic.requirements = lambda backend=None: ["onnxruntime>=1.0"]
+    logic.ensureDependencies()
+    assert calls == [(["onnxruntime>=1.0"], "SpineStenosisGrader")]
+
+
+class _InputDialog:
+    """qt.QInputDialog as PythonQt gives it: getItem cannot say "cancelled" and returns the current item."""
+
+    answer = None  # what the user does: None cancels, a string is typed and accepted
+    shown = []
+
+    def __init__(self, parent=None):
+        self.values = {}
+
+    @staticmethod
+    def getItem(parent, title, label, items, current=0, editable=True):
+        return items[current]
+
+    def __getattr__(self, name):  # setWindowTitle, setLabelText, setComboBoxItems, ...
+        if not name.startswith("set"):
+            raise AttributeError(name)
+        return lambda value: self.values.__setitem__(name[3:], value)
+
+    def exec_(self):
+        _InputDialog.shown.append(self.values)
+        return 0 if self.answer is None else 1
+
+    def textValue(self):
+        return self.answer
+
+
+def test_cancel_in_the_level_name_dialogs_cancels(module, logic, monkeypatch):
+    qt = types.SimpleNamespace(QInputDialog=_InputDialog, QDialog=types.SimpleNamespace(Accepted=1, Rejected=0))
+    monkeypatch.setattr(module, "qt", qt)
+    monkeypatch.setattr(module, "slicer", types.SimpleNamespace(util=types.SimpleNamespace(mainWindow=lambda: None)))
+    widget = types.SimpleNamespace(logic=logic)
+    ask = module.SpineStenosisGraderWidget.askLevelName
+
+    monkeypatch.setattr(_InputDialog, "answer", None)
+    assert ask(widget, "Rename level", "New name:", "L4-L5") == ""
+    shown = _InputDialog.shown[-1]
+    assert shown["TextValue"] == "L4-L5" and "L5-S1" in shown["ComboBoxItems"] and shown["ComboBoxEditable"]
+    monkeypatch.setattr(_InputDialog, "answer", " l3/l4 ")
+    assert ask(widget, "Rename level", "New name:", "L4-L5") == "l3/l4"
+
+
+def test_the_self_test_skips_grading_and_says_why_when_the_requirements_are_missing(module, monkeypatch):
+    monkeypatch.setattr(module.SpineStenosisGraderLogic, "requirements",
+                        lambda self, backend=None: ["no-such-package-for-this-test>=1.0"])
+    test = module.SpineStenosisGraderTest()
+    shown, ran = [], []
+    test.delayDisplay = shown.append
+    test.setUp = lambda: ran.append("setUp")
+    test.test_CancelLeavesTheSceneUnchanged = lambda: ran.append("cancel")
+    test.test_GradeCorrectSaveAndReload = lambda: ran.append("grade")
+    test.runTest()
+    assert ran == []
+    assert len(shown) == 1 and "no-such-package-for-this-test" in shown[0] and "skipped" in shown[0]
+
+    monkeypatch.setattr(module.SpineStenosisGraderLogic, "requirements", lambda self, backend=None: ["numpy>=1.0"])
+    test.runTest()
+    assert ran == ["setUp", "cancel", "setUp", "grade"]
+
+
+def _edited_column(review):
+    table = review.table_node
+    column = next(c for c in range(table.GetNumberOfColumns()) if table.GetColumnName(c) == "edited")
+    return [table.GetCellText(row, column) for row in range(table.GetNumberOfRows())]
+
+
+def test_a_moved_box_brings_every_runs_table_up_to_date_without_a_save_event(graded, logic, module, monkeypatch):
+    """Slicer never fires vtkMRMLScene::StartSaveEvent: the tables follow the boxes as they move."""
+    scene = _new_scene()
+    shown = StudyReview.create(scene, graded.review.result(), _load_sample(scene, "shown"))
+    other = StudyReview.create(scene, graded.review.result(), _load_sample(scene, "other"))
+    monkeypatch.setattr(module, "slicer", types.SimpleNamespace(mrmlScene=scene))
+    observed = []
+    widget = types.SimpleNamespace(
+        logic=logic, _review=shown, _observedRois=[], updateResultsTable=lambda: None,
+        onLevelRoiModified=None, addObserver=lambda node, event, method: observed.append(node.GetID()),
+        removeObserver=lambda node, event, method: observed.remove(node.GetID()))
+
+    # the panel shows one run, but the boxes of every run are followed
+    module.SpineStenosisGraderWidget.observeLevelRois(widget, shown.level_rois())
+    assert sorted(observed) == sorted(roi.GetID() for roi in shown.level_rois() + other.level_rois())
+
+    row = _edited_column(other).index("0")  # a level nobody has touched yet
+    roi = other.level_rois()[row]
+    center = list(roi.GetCenter())
+    roi.SetCenter(center[0] + 3.0, center[1], center[2])
+    assert _edited_column(other)[row] == "0"  # moving a box does not touch the table by itself
+    module.SpineStenosisGraderWidget.onTableRefreshTimer(widget)  # what the box's ModifiedEvent starts
+    assert _edited_column(other)[row] == "1"

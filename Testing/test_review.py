@@ -314,6 +314,30 @@ def _place_roi(scene, z: float, name: str = "R"):
     return roi
 
 
+def test_a_level_placed_between_two_found_ones_is_named_from_its_place_and_the_names_beyond_move(scene, volume,
+                                                                                                  review):
+    # the detector missed the disc between L4-L5 and L3-L4 and counted on: the levels above it are named one low
+    between = _place_roi(scene, _z(22))
+    renamed = review.add_level(between, author="Dr A")
+    assert between.GetName() == "L3-L4"
+    assert renamed == {"L3-L4": "L2-L3", "L2-L3": "L1-L2"}
+    assert [roi.GetName() for roi in review.level_rois()] == ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2"]
+    assert review.is_edited(_by_name(review, "L1-L2")) and not review.is_edited(_by_name(review, "L4-L5"))
+    # a name left free between two levels is taken as it is, and nothing else moves
+    review.remove_level(_by_name(review, "L4-L5"))
+    again = _place_roi(scene, _z(17))
+    assert review.add_level(again) == {}
+    assert again.GetName() == "L4-L5"
+    assert [roi.GetName() for roi in review.level_rois()] == ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2"]
+
+
+def test_a_cervical_level_placed_between_two_found_ones_moves_the_names_below_it(scene, volume):
+    review = StudyReview.create(scene, cervical_result(), volume)
+    between = _place_roi(scene, _z(16))  # between C5-C6 (14) and C4-C5 (18); named from C2 at the top
+    assert review.add_level(between) == {"C5-C6": "C6-C7", "C6-C7": "C7-T1"}
+    assert [roi.GetName() for roi in review.level_rois()] == ["C7-T1", "C6-C7", "C5-C6", "C4-C5", "C3-C4"]
+
+
 def test_a_level_added_by_hand_has_no_model_grade(scene, volume, review):
     roi = _place_roi(scene, _z(44))  # above L2-L3: the model missed L1-L2
     review.add_level(roi, author="Dr A")
@@ -333,9 +357,7 @@ def test_a_level_added_by_hand_has_no_model_grade(scene, volume, review):
     below = _place_roi(scene, _z(1))  # below L5-S1: no disc name is left below it
     with pytest.raises(InputError, match="No disc lies below L5-S1"):
         review.add_level(below)
-    between = _place_roi(scene, _z(22))  # between L4-L5 and L3-L4, whose names leave no gap
-    with pytest.raises(InputError, match="no free name"):
-        review.add_level(between)
+    between = _place_roi(scene, _z(22))  # between L4-L5 and L3-L4
     with pytest.raises(InputError, match="already named"):
         review.add_level(between, "L3-L4")
     with pytest.raises(InputError, match="already a level of this"):

@@ -1,6 +1,9 @@
 """Reading and geometry: a box found on a scan must sit on the same anatomy in LPS
 whatever the file's axis order, flips, spacing or slice order."""
 
+import gzip
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -224,21 +227,68 @@ def test_steeply_tilted_volume_is_refused():
         to_axial_stack(image)
 
 
-def test_some_nans_are_replaced_with_a_warning(mri):
-    array = sitk.GetArrayFromImage(mri[0]).astype(np.float32)
-    array[3, 10:12, 10:12] = np.nan
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(mri[0])
-    stack = to_axial_stack(image)
-    assert np.isfinite(stack.array).all()
-    assert any("NaN" in w for w in stack.warnings)
+def _with_values(image: sitk.Image, change) -> sitk.Image:
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    change(array)
+    changed = sitk.GetImageFromArray(array)
+    changed.CopyInformation(image)
+    return changed
 
 
-def test_mostly_nan_is_refused(mri):
+def test_a_region_of_nan_voxels_is_refused(mri):
+    def nan_region(array):
+        array[3, 10:12, 10:12] = np.nan
+
+    with pytest.raises(InputError, match=r"^4 voxels are NaN: .*export the study again"):
+        to_axial_stack(_with_values(mri[0], nan_region))
+
+
+def test_a_single_infinite_voxel_is_refused(mri):
+    def one_inf(array):
+        array[5, 20, 20] = np.inf
+
+    with pytest.raises(InputError, match=r"^1 voxel is infinite"):
+        to_axial_stack(_with_values(mri[0], one_inf))
+
+
+def test_an_image_of_nan_is_refused(mri):
     array = np.full(sitk.GetArrayFromImage(mri[0]).shape, np.nan, dtype=np.float32)
     image = sitk.GetImageFromArray(array)
     with pytest.raises(InputError, match="NaN"):
         to_axial_stack(image)
+
+
+def _nifti_with_pixdim(source: Path, target: Path, pixdim: tuple[float, float, float]) -> Path:
+    """``source`` (a .nii) with its header's pixdim[1..3] set, as a program that writes NIfTI wrongly does."""
+    header = bytearray(source.read_bytes())
+    struct.pack_into("<3f", header, 80, *pixdim)
+    target.write_bytes(bytes(header))
+    return target
+
+
+@pytest.mark.parametrize("pixdim", [(0.0, 0.7, 4.0), (0.7, 0.7, 0.0), (-0.7, 0.7, 4.0), (float("nan"), 0.7, 4.0)])
+def test_a_nifti_whose_spacing_is_zero_or_negative_is_refused(mri, tmp_path, pixdim):
+    plain = tmp_path / "plain.nii"
+    sitk.WriteImage(mri[0], str(plain))
+    bad = _nifti_with_pixdim(plain, tmp_path / "bad.nii", pixdim)
+    with pytest.raises(InputError, match="spacing .* must be positive"):
+        load_stack(bad)
+    gzipped = tmp_path / "bad.nii.gz"
+    gzipped.write_bytes(gzip.compress(bad.read_bytes()))
+    with pytest.raises(InputError, match="spacing .* must be positive"):
+        load_stack(gzipped)
+
+
+def test_a_metaimage_with_zero_spacing_is_refused(mri, tmp_path):
+    good = tmp_path / "good.mha"
+    sitk.WriteImage(mri[0], str(good))
+    data = good.read_bytes()
+    split = data.index(b"ElementDataFile")
+    header = re.sub(rb"ElementSpacing = [^\n]*", b"ElementSpacing = 0 0 4", data[:split])
+    bad = tmp_path / "bad.mha"
+    bad.write_bytes(header + data[split:])
+    with pytest.raises(InputError, match="spacing that is zero or negative"):
+        load_stack(bad)
 
 
 def test_blank_volume_is_refused():
@@ -265,3 +315,29 @@ def test_a_nifti_named_gz_that_is_not_gzip_is_a_clear_error(tmp_path):
     fake.write_bytes(plain.read_bytes())
     with pytest.raises(InputError, match="truncated"):
         load_stack(fake)
+
+
+def _png_named_nifti(path: Path) -> None:
+    sitk.WriteImage(sitk.Image(32, 32, sitk.sitkUInt8), str(path.with_suffix(".png")))
+    path.with_suffix(".png").rename(path)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.write_bytes(b""), "Cannot read"),
+    (lambda path: path.write_text("patient notes, not an image\n"), "Cannot read"),
+    (_png_named_nifti, "Cannot read|2D"),
+], ids=["empty-file", "text-named-nii-gz", "png-named-nii-gz"])
+def test_files_that_are_not_volumes_are_one_line_errors(tmp_path, make, message):
+    path = tmp_path / "study.nii.gz"
+    make(path)
+    with pytest.raises(InputError, match=message) as caught:
+        load_stack(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_4d_series_and_vector_pixels_are_refused(mri):
+    volume = sitk.Cast(mri[0], sitk.sitkFloat32)
+    with pytest.raises(InputError, match="4D"):
+        to_axial_stack(sitk.JoinSeries([volume, volume]))
+    with pytest.raises(InputError, match="colour or vector"):
+        to_axial_stack(sitk.Compose([volume, volume, volume]))

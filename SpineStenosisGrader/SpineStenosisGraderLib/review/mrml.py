@@ -84,7 +84,7 @@ def _attr(name: str) -> str:
 
 def utc_timestamp() -> str:
     """Now, as ISO 8601 in UTC to the microsecond (so that two runs made in one second still sort)."""
-    return datetime.datetime.now(datetime.UTC).isoformat()
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
 def box_to_ras(box: OrientedBox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -371,40 +371,65 @@ class StudyReview:
         self.refresh_table()
         return changed
 
-    def _name_between_neighbours(self, box_centre: np.ndarray, study: StudyInfo) -> str:
-        """The disc name a new level at ``box_centre`` takes from the named level below it (or above it)."""
+    def _name_between_neighbours(self, box_centre: np.ndarray, study: StudyInfo) -> tuple[str, list[tuple[Any, str]]]:
+        """The disc name a new level at ``box_centre`` takes from its position, and the renames that make room.
+
+        A free name between its neighbours (or beyond the end one) is taken as it is.
+        Between two levels whose names leave no gap, the detector missed a disc and
+        counted on: the new level takes the name next to the neighbour on the landmark's
+        side (below it, counted from the sacrum; above it on a cervical spine, counted
+        from C2), and the levels on the other side move one name along, up to the first
+        gap. Returns ``(name, [(roi, new name), ...])``.
+        """
         axis = spine_axis(study)
         height = float(np.dot(box_centre, axis))
-        below, above = None, None
+        below, above = [], []  # (roi, name) of the named levels, inferior to superior
         for roi, level in self._levels(study):
             name = effective_name(level)
-            if name not in SPINE_DISCS:
-                continue
-            if float(np.dot(effective_box(level).center, axis)) < height:
-                below = name
-            elif above is None:
-                above = name
-        if below is not None:
-            index = SPINE_DISCS.index(below) - 1  # the list runs superior to inferior
-        elif above is not None:
-            index = SPINE_DISCS.index(above) + 1
-        else:
+            if name in SPINE_DISCS:
+                (below if float(np.dot(effective_box(level).center, axis)) < height else above).append((roi, name))
+        if not below and not above:
             raise InputError("Give the new level a name (for example L4-L5): no named level beside it to count from.")
-        if not 0 <= index < len(SPINE_DISCS):
-            raise InputError(f"No disc lies {'above' if below else 'below'} {below or above}: give the new level "
-                             "a name, or re-anchor the other levels first.")
-        guess = SPINE_DISCS[index]
-        if guess in [roi.GetName() for roi in self.level_rois()]:
-            raise InputError(f"The levels beside the new one leave no free name ({guess} is taken). Give it a name "
-                             "and re-anchor so that every name shifts.")
-        return guess
 
-    def add_level(self, roi, name: str | None = None, author: str = "") -> None:
+        def next_disc(name: str, upwards: bool) -> str | None:
+            index = SPINE_DISCS.index(name) + (-1 if upwards else 1)  # the list runs superior to inferior
+            return SPINE_DISCS[index] if 0 <= index < len(SPINE_DISCS) else None
+
+        taken = {roi.GetName() for roi in self.level_rois()}
+        guesses = ([next_disc(below[-1][1], True)] if below else []) + (
+            [next_disc(above[0][1], False)] if above else [])
+        for guess in guesses:
+            if guess is not None and guess not in taken:
+                return guess, []
+        if not (below and above):
+            neighbour = (below or above)[0 if not below else -1][1]
+            raise InputError(f"No disc lies {'above' if below else 'below'} {neighbour}: give the new level a name, "
+                             "or re-anchor the other levels first.")
+        # between two levels with no name free between them: insert it, and move the names on one side along
+        cervical = below[-1][1].startswith("C") and above[0][1].startswith("C")
+        upwards = not cervical
+        name = next_disc(below[-1][1], True) if upwards else next_disc(above[0][1], False)
+        moving = above if upwards else list(reversed(below))
+        renames, cursor = [], name
+        for roi, current in moving:
+            if current != cursor:
+                break  # a gap: the levels beyond keep their names
+            cursor = next_disc(cursor, upwards)
+            if cursor is None:
+                raise InputError(f"No disc name is left {'above' if upwards else 'below'} {current} to make room for "
+                                 "the new level: give it a name, and re-anchor so that every name shifts.")
+            renames.append((roi, cursor))
+        return name, renames
+
+    def add_level(self, roi, name: str | None = None, author: str = "") -> dict[str, str]:
         """Adopt an ROI the user placed (Place ROI) as a level the model missed.
 
-        Without ``name`` it is named after the level below it (the disc above
-        L4-L5 is L3-L4), or the one above it. The level has no model grade until
-        it is re-graded (``regrade_level``); the clinician may grade it at once.
+        Without ``name`` it is named from where it lies: after the level below it
+        (the disc above L4-L5 is L3-L4), or the one above it; between two levels whose
+        names leave no gap, the names beyond it move one place along to make room (see
+        ``_name_between_neighbours``). The level has no model grade until it is
+        re-graded (``regrade_level``); the clinician may grade it at once.
+        Returns ``{old name: new name}`` of the other levels renamed to make room.
         """
         if roi is None or not roi.IsA("vtkMRMLMarkupsROINode"):
             raise InputError("Place an ROI on the missed disc first (Markups: Place ROI), then add it as a level.")
@@ -420,11 +445,17 @@ class StudyReview:
         run = self._run()[0]
         box = mrml.roi_to_box(roi)
         slice_index = self._slice_of(box, run.study)
+        renames: list[tuple[Any, str]] = []
         if name is None:
-            canonical = self._name_between_neighbours(np.asarray(box.center), run.study)
+            canonical, renames = self._name_between_neighbours(np.asarray(box.center), run.study)
         else:
             canonical = check_level_name(name)
             self._check_free_name(canonical)
+        renamed = {}
+        for other, other_name in renames:
+            old_name = other.GetName()
+            if self._set_name(other, other_name, author):
+                renamed[old_name] = other_name
         level = DiscLevel(name=canonical, slice_index=slice_index, box=box, detection_score=0.0)
         roi.SetName(canonical)
         if roi.GetDisplayNode() is None:
@@ -436,6 +467,7 @@ class StudyReview:
             roi.SetNodeReferenceID(mrml.VOLUME_REFERENCE_ROLE, self.volume_node.GetID())
         mrml.put_in_folder(self.scene, mrml.run_folder(self.table_node), [roi])
         self.refresh_table()
+        return renamed
 
     @staticmethod
     def _slice_of(box, study: StudyInfo) -> int:

@@ -36,9 +36,6 @@ MAX_TILT_DEG = 40.0
 MAX_INPLANE_ANISOTROPY = 2.5
 COARSE_PIXEL_MM = 2.0
 
-#: a study with more non-finite voxels than this is refused rather than patched
-MAX_NONFINITE_FRACTION = 0.05
-
 
 def lps_to_continuous_index(origin: Sequence[float], spacing: Sequence[float], direction: np.ndarray,
                             points: np.ndarray) -> np.ndarray:
@@ -292,6 +289,83 @@ def _nifti_expected_bytes(header: bytes) -> Optional[int]:
     return max(offset, 348) + voxels * max(1, bitpix) // 8
 
 
+def _nifti_spacing(header: bytes) -> Optional[tuple[float, ...]]:
+    """The voxel spacing (pixdim[1..3], as many as the image has dimensions) a NIfTI-1 or NIfTI-2 header
+    gives; None if not NIfTI."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            n_dims = struct.unpack(endian + "h", header[40:42])[0]
+            pixdim = struct.unpack(endian + "8f", header[76:108])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            n_dims = struct.unpack(endian + "q", header[16:24])[0]
+            pixdim = struct.unpack(endian + "8d", header[104:168])
+            break
+    else:
+        return None
+    return tuple(float(v) for v in pixdim[1:1 + max(1, min(int(n_dims), 3))])
+
+
+def _check_nifti_spacing(path: Path) -> None:
+    """ITK reads a zero NIfTI voxel spacing as 1 mm and a negative one as positive, without a word; refuse both."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            spacing = _nifti_spacing(handle.read(540))
+    except (EOFError, OSError, zlib.error, struct.error):
+        return  # the completeness check or the reader says what is wrong
+    if spacing is not None and not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise InputError(
+            f"Cannot grade {path.name}: its header gives a voxel spacing of "
+            f"{' x '.join(f'{v:g}' for v in spacing)} mm, and a spacing must be positive. The file was written "
+            "wrongly; export the study again."
+        )
+
+
+def _nonfinite_message(n_bad: int, what: str) -> str:
+    # no scanner writes them: the file was damaged or made by a program that failed; a guess in their
+    # place would hide that, and NaN in a region hides the anatomy there
+    return (f"{n_bad} voxel{'s are' if n_bad > 1 else ' is'} {what}: the file is damaged or was written wrongly; "
+            "export the study again.")
+
+
+def _check_nifti_finite(path: Path) -> None:
+    """ITK reads NaN and infinite NIfTI voxels as 0 without a word; refuse a float NIfTI that holds any."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(540)
+            dtype = None
+            for endian in "<>":
+                if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+                    datatype = struct.unpack(endian + "h", header[70:72])[0]
+                    offset = int(struct.unpack(endian + "f", header[108:112])[0])
+                elif len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+                    datatype = struct.unpack(endian + "h", header[12:14])[0]
+                    offset = int(struct.unpack(endian + "q", header[168:176])[0])
+                else:
+                    continue
+                dtype = {16: np.dtype(endian + "f4"), 64: np.dtype(endian + "f8")}.get(datatype)
+                break
+            if dtype is None:
+                return  # integer voxels are always finite
+            data = header[offset:] if offset < len(header) else b""
+            handle.read(max(0, offset - len(header)))
+            n_nan = n_inf = 0
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                data += block
+                usable = len(data) - len(data) % dtype.itemsize
+                values = np.frombuffer(data[:usable], dtype=dtype)
+                n_nan += int(np.count_nonzero(np.isnan(values)))
+                n_inf += int(np.count_nonzero(np.isinf(values)))
+                data = data[usable:]  # less than one voxel is left over
+    except (EOFError, OSError, zlib.error, struct.error):
+        return  # the completeness check or the reader says what is wrong
+    if n_nan or n_inf:
+        what = "NaN or infinite" if n_nan and n_inf else "NaN" if n_nan else "infinite"
+        raise InputError(_nonfinite_message(n_nan + n_inf, what))
+
+
 def _gzip_size_matches(path: Path) -> bool:
     """True when the gzip trailer's size field equals the size the NIfTI header announces.
 
@@ -346,11 +420,19 @@ def read_image(path: Union[str, os.PathLike], series_uid: Optional[str] = None,
         return _read_dicom_series(p, series_uid, stack)
     if p.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_complete(p)
+        _check_nifti_spacing(p)
+        _check_nifti_finite(p)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(p))
         image = reader.Execute()
     except RuntimeError as exc:
+        if "spacing" in _last_line(exc).lower():
+            # ITK refuses a zero spacing in the header: "Refusing to change spacing from [1, 1, 1] to [0, 0, 3]"
+            raise InputError(
+                f"Cannot grade {p.name}: its header gives a voxel spacing that is zero or negative "
+                f"({_last_line(exc)}). The file was written wrongly; export the study again."
+            ) from None
         raise InputError(
             f"Cannot read {p.name}: the file is truncated, damaged or not an image SimpleITK knows "
             f"({_last_line(exc)}). Export the study again as NIfTI, NRRD, MHA or a DICOM folder."
@@ -373,6 +455,12 @@ def to_axial_stack(image: sitk.Image, source: str = "", dicom_modality: Optional
         )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("The image has colour or vector pixels; a grey-scale CT or MR series is needed.")
+    spacing = image.GetSpacing()
+    if not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise InputError(
+            f"The voxel spacing is {' x '.join(f'{v:g}' for v in spacing)} mm; a spacing must be positive. "
+            "Export the study again."
+        )
     size = image.GetSize()
     if min(size) < 2 or sorted(size)[1] < 16:
         raise InputError(
@@ -397,20 +485,11 @@ def to_axial_stack(image: sitk.Image, source: str = "", dicom_modality: Optional
     if stack.n_slices < 2:
         raise InputError("The volume has a single axial slice; load the whole axial series.")
     values = stack.array
-    finite = np.isfinite(values)
-    n_bad = int(values.size - np.count_nonzero(finite))
+    n_bad = int(values.size - np.count_nonzero(np.isfinite(values)))
     if n_bad:
-        fraction = n_bad / values.size
-        if fraction > MAX_NONFINITE_FRACTION:
-            raise InputError(
-                f"{fraction:.0%} of the voxels are NaN or infinite. The file is damaged; export the study again."
-            )
-        fill = float(values[finite].min()) if finite.any() else 0.0
-        array = np.where(finite, values, fill).astype(np.float32)
-        cleaned = sitk.GetImageFromArray(array)
-        cleaned.CopyInformation(oriented)
-        stack = AxialStack(cleaned, source=source, dicom_modality=dicom_modality, warnings=warnings)
-        warnings.append(f"{n_bad} NaN or infinite voxels were replaced by the image minimum.")
+        n_nan = int(np.count_nonzero(np.isnan(values)))
+        what = "NaN or infinite" if 0 < n_nan < n_bad else "NaN" if n_nan else "infinite"
+        raise InputError(_nonfinite_message(n_bad, what))
     if float(np.ptp(stack.array)) == 0.0:
         raise InputError("The image is blank (every voxel has the same value).")
     return stack
