@@ -34,8 +34,9 @@ CROP_HALF_WIDTH_MM = 130.0
 CROP_MARGIN_MM = 25.0
 #: less bone than this in front of the canal is no vertebral body (a cervical body cut is about 200 mm2)
 MIN_BODY_AREA_MM2 = 80.0
-#: the sacrum must reach the lower end of the tracked canal (within this), or it is not the sacrum
-SACRUM_AT_END_MM = 20.0
+#: below the alae the sacral canal runs at most the sacrum's length: bone as wide higher up the canal
+#: (a rib-bearing vertebra with its ribs, say) is not the sacrum
+SACRUM_BELOW_ALAE_MM = 100.0
 
 
 @dataclass
@@ -110,7 +111,7 @@ def measure_bone(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> l
 
 def find_sacrum(stack: AxialStack, bones: Sequence[VertebralBone],
                 canals: Sequence[Optional[SliceCanal]]) -> Optional[Landmark]:
-    """The sacrum, where the bone around the lower end of the canal spreads into the alae."""
+    """The sacrum: the lowest run of slices where the bone in front of the canal spreads into the alae."""
     tracked = [c.slice_index for c in canals if c is not None]
     if not tracked or not bones:
         return None
@@ -125,11 +126,11 @@ def find_sacrum(stack: AxialStack, bones: Sequence[VertebralBone],
         if (k - run[-1]) * dz > 2.0 * dz + 0.5:
             break
         run.append(k)
-    if (run[0] - min(tracked)) * dz > SACRUM_AT_END_MM or len(run) * dz < 4.0:
+    if (run[0] - min(tracked)) * dz > SACRUM_BELOW_ALAE_MM or len(run) * dz < 4.0:
         return None
     widths = [b.width_mm for b in bones if b.slice_index in run]
     return Landmark(
         name="sacrum", slices=tuple(run), top_slice=run[-1],
         evidence=(f"sacral alae: bone {min(widths):.0f}-{max(widths):.0f} mm across on slices "
-                  f"{run[0]}-{run[-1]}, at the lower end of the canal"),
+                  f"{run[0]}-{run[-1]}, near the lower end of the canal"),
     )
