@@ -135,10 +135,11 @@ class Modality(AutomaticChoice):
 
 
 class BodyRegion(AutomaticChoice):
-    """Spine region of the input; AUTO lets the grader decide from the spacing of the discs."""
+    """Spine region of the input; AUTO lets the grader read it from the anatomy (sacrum, vertebrae, outline)."""
 
     AUTO = "auto"
     LUMBAR = "lumbar"
+    THORACIC = "thoracic"
     CERVICAL = "cervical"
 
 
@@ -155,7 +156,8 @@ def choiceLabels() -> dict:
     automatic = _("Automatic")
     return {
         Modality.AUTO: automatic, Modality.CT: _("CT"), Modality.MR: _("MR (T2)"),
-        BodyRegion.AUTO: automatic, BodyRegion.LUMBAR: _("Lumbar"), BodyRegion.CERVICAL: _("Cervical"),
+        BodyRegion.AUTO: automatic, BodyRegion.LUMBAR: _("Lumbar"), BodyRegion.THORACIC: _("Thoracic"),
+        BodyRegion.CERVICAL: _("Cervical"),
         InferenceBackend.AUTO: automatic, InferenceBackend.ONNX: _("ONNX Runtime"),
         InferenceBackend.TORCH: _("PyTorch"),
     }
@@ -168,7 +170,7 @@ class SpineStenosisGraderParameterNode:
 
     inputVolume - The axial CT or T2 MRI volume to grade.
     modality - CT or MR, or automatic.
-    region - Lumbar or cervical spine, or automatic.
+    region - Lumbar, thoracic or cervical spine, or automatic.
     backend - What runs the model (ONNX Runtime or PyTorch), or automatic.
     modelPackagePath - Folder of the chosen model package; empty for the embedded default.
     includePatientInfo - Whether an exported annotation set carries the patient's name and ID.
@@ -1180,7 +1182,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
         :param packagePath: model package folder; None for the embedded default
         :param modality: "CT" or "MR", or None to take it from the DICOM header or the image
-        :param region: "lumbar" or "cervical", or None to detect it
+        :param region: "lumbar", "thoracic" or "cervical", or None to read it from the anatomy
         :param backend: "onnx" or "torch", or None / "auto" to let the package decide
         :return: the run (SpineStenosisGraderLib.review.background.GradingRun); call pollGrading() until isGrading()
                  is False, or cancelGrading()
@@ -1552,13 +1554,15 @@ class SpineStenosisGraderTest(ScriptedLoadableModuleTest):
         clinicianGrade = next(name for name in scale.names if name != aiGrade)
         review.set_clinician_grade(corrected, clinicianGrade)
         self.assertTrue(review.is_edited(corrected))
-        # Counted from the bottom, the sample's names are three levels low (its lowest "discs" are rudimentary
-        # sacral ones); its highest level is T12-L1, and naming it so puts every name right.
-        renamed = review.reanchor(rois[-1], "T12-L1")
-        expected = name_levels(len(rois), "lumbar", (-1, "T12-L1"))
+        # The sample's levels are named from the sacrum it contains, L5-S1 up to T12-L1. A clinician who
+        # counts a transitional vertebra says the lowest level is L4-L5, and every name shifts with it.
+        self.assertEqual(result.study.names_anchored_by, "sacrum")
+        self.assertEqual([level.name for level in result.levels][:2], ["L5-S1", "L4-L5"])
+        renamed = review.reanchor(rois[0], "L4-L5")
+        expected = name_levels(len(rois), "lumbar", (0, "L4-L5"))
         self.assertEqual([roi.GetName() for roi in review.level_rois()], expected)
-        self.assertEqual(renamed[result.levels[-1].name], "T12-L1")
-        self.assertIn("L4-L5", expected)
+        self.assertEqual(renamed["L5-S1"], "L4-L5")
+        self.assertEqual(logic.nameStatus(review.result().levels[0]), "")
         correctedName = corrected.GetName()
 
         self.delayDisplay("Saving and reloading the scene")
