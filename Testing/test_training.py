@@ -22,7 +22,8 @@ def train_tiny(out, seed=0):
 def test_train_command_writes_a_package_the_grader_loads(tmp_path):
     package = train_tiny(tmp_path / "pkg")
     manifest = package.manifest
-    assert manifest["training_data"]["detector_real_scans"] == ["totalsegmentator_ct", "tptbox_mri"]
+    assert manifest["training_data"]["detector_real_scans"] == ["sct_cervical_t2", "totalsegmentator_ct", "tptbox_ct",
+                                                                "tptbox_mri"]
     assert "Not for clinical use" in manifest["intended_use"]
     assert set(manifest["files"]) == {"detector", "classifier", "detector_onnx", "classifier_onnx"}
     for entry in manifest["files"].values():
@@ -35,7 +36,8 @@ def test_train_command_writes_a_package_the_grader_loads(tmp_path):
     training = manifest["training_data"]
     assert training["command"].startswith("spine-stenosis-grader train --out ") and training["seed"] == 0
     assert set(training["code"]) == {"commit", "dirty"} and training["final_loss"]["detector"] > 0
-    assert {"totalsegmentator_ct", "tptbox_mri", "phantoms"} <= set(training["detector_synthetic_slices"])
+    assert {"totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2", "phantoms"} <= set(
+        training["detector_synthetic_slices"])
 
 
 def test_a_leave_one_scan_out_fold_trains_the_detector_and_reuses_a_classifier(tmp_path):
@@ -44,7 +46,7 @@ def test_a_leave_one_scan_out_fold_trains_the_detector_and_reuses_a_classifier(t
     assert main(["train", "--out", str(fold_dir), *TINY, "--exclude-scan", "tptbox_mri", "--detector-only",
                  "--classifier-from", str(tmp_path / "base")]) == 0
     fold = load_package(fold_dir).manifest
-    assert fold["training_data"]["detector_real_scans"] == ["totalsegmentator_ct"]
+    assert fold["training_data"]["detector_real_scans"] == ["sct_cervical_t2", "totalsegmentator_ct", "tptbox_ct"]
     assert "tptbox_mri" not in fold["training_data"]["detector_synthetic_slices"]
     assert fold["files"]["classifier"]["sha256"] == base.manifest["files"]["classifier"]["sha256"]
     assert fold["training_data"]["classifier_from"]["sha256"] == base.manifest["files"]["classifier"]["sha256"]
