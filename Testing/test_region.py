@@ -1,0 +1,56 @@
+"""The region is read from the anatomy: the outline of a neck or a trunk, the sacrum, the vertebral bodies."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SpineStenosisGraderLib.inference.landmarks import Landmark, VertebralBone
+from SpineStenosisGraderLib.inference.levels import SliceCanal
+from SpineStenosisGraderLib.inference.region import infer_region
+from SpineStenosisGraderLib.study.volume import to_axial_stack
+
+
+def body_study(width_mm, fov_mm=400.0, modality="MR", pixel=1.0, slices=8):
+    """An axial study of an elliptical body ``width_mm`` across (left-right) in a square field of view."""
+    n = int(fov_mm / pixel)
+    j, i = np.mgrid[0:n, 0:n]
+    a, b = width_mm / 2 / pixel, width_mm / 3 / pixel
+    inside = ((i - n / 2) / a) ** 2 + ((j - n / 2) / b) ** 2 <= 1.0
+    slice_values = np.where(inside, 400.0, 5.0) if modality == "MR" else np.where(inside, 40.0, -1000.0)
+    image = sitk.GetImageFromArray(np.repeat(slice_values[None], slices, axis=0).astype(np.float32))
+    image.SetSpacing((pixel, pixel, 3.0))
+    stack = to_axial_stack(image)
+    canals = [SliceCanal(k, (n / 2 - 8, n / 2 + 5, n / 2 + 8, n / 2 + 20), 0.9, 0.1) for k in range(slices)]
+    return stack, canals
+
+
+@pytest.mark.parametrize("modality", ["MR", "CT"])
+def test_a_neck_outline_is_cervical_and_a_trunk_outline_lumbar_but_never_sure(modality):
+    stack, canals = body_study(120.0, modality=modality)
+    estimate = infer_region(stack, modality, canals, [], None)
+    assert estimate.region == "cervical" and estimate.confidence == "low"
+    (outline,) = [e for e in estimate.evidence if e.startswith("neck: body outline ")]
+    assert abs(float(outline.split()[3]) - 120.0) <= 4.0  # a pixel or two of edge and smoothing
+    stack, canals = body_study(320.0, modality=modality)
+    estimate = infer_region(stack, modality, canals, [], None)
+    assert estimate.region == "lumbar" and estimate.confidence == "low"
+    assert any("thoracic not ruled out" in e for e in estimate.evidence)
+
+
+def test_a_field_of_view_that_cuts_a_narrow_outline_tells_nothing():
+    stack, canals = body_study(150.0, fov_mm=100.0)
+    estimate = infer_region(stack, "MR", canals, [], None)
+    assert estimate.region == "unknown" and estimate.confidence == "none"
+
+
+def test_vertebral_bodies_tell_the_region_on_ct_and_the_sacrum_makes_it_lumbar():
+    stack, canals = body_study(330.0, modality="CT")
+    bones = [VertebralBone(k, 10.0, 10.0, width) for k, width in enumerate([17, 18, 0, 19, 18])]
+    assert infer_region(stack, "CT", canals, bones, None).region == "unknown"  # a neck's bodies in a trunk
+    bones = [VertebralBone(k, 20.0, 20.0, width) for k, width in enumerate([31, 33, 30, 0, 32])]
+    estimate = infer_region(stack, "CT", canals, bones, None)
+    assert estimate.region == "thoracic" and estimate.confidence == "high"
+    sacrum = Landmark("sacrum", (1, 2), 2, "sacral alae")
+    assert infer_region(stack, "CT", canals, bones, sacrum).region == "lumbar"
+    neck, neck_canals = body_study(120.0, modality="CT")
+    assert infer_region(neck, "CT", neck_canals, [], sacrum).region == "unknown"  # a sacrum in a neck
