@@ -146,9 +146,9 @@ def name_levels(n_levels: int, region: str, anchor: Optional[tuple[int, str]] = 
 
 def region_of_disc(name: str) -> str:
     """The region of a named disc: that of the vertebra above it (T12-L1 is thoracic, L5-S1 lumbar)."""
-    head = name.split("-")[0][:1]
-    return {"C": "cervical", "T": "thoracic", "L": "lumbar"}.get(head, UNKNOWN_REGION) if name in SPINE_DISCS \
-        else UNKNOWN_REGION
+    if name not in SPINE_DISCS:
+        return UNKNOWN_REGION
+    return {"C": "cervical", "T": "thoracic", "L": "lumbar"}[name[0]]
 
 
 @dataclass

@@ -67,7 +67,9 @@ def outline_width_mm(stack: AxialStack, k: int, modality: str) -> tuple[float, b
     return float((columns.max() - columns.min() + 1) * stack.spacing[0]), clipped
 
 
-def _outline(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], modality: str) -> Optional[str]:
+def _outline(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
+             modality: str) -> Optional[tuple[str, str]]:
+    """("cervical", why) for a neck's outline, ("trunk", why) for a trunk's, None when the slices do not tell."""
     tracked = [c.slice_index for c in canals if c is not None]
     if not tracked:
         return None
@@ -78,12 +80,14 @@ def _outline(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], modality
     if len(whole) * 2 > len(widths):
         width = float(np.median(whole))
         if width < NECK_MAX_WIDTH_MM:
-            return f"neck: body outline {width:.0f} mm across"
+            return "cervical", f"neck: body outline {width:.0f} mm across"
         if width > TRUNK_MIN_WIDTH_MM:
-            return f"trunk: body outline {width:.0f} mm across"
-    elif widths and np.median([w for w, _ in widths]) > TRUNK_MIN_WIDTH_MM:
+            return "trunk", f"trunk: body outline {width:.0f} mm across"
+        return None
+    cut = float(np.median([w for w, _ in widths]))
+    if cut > TRUNK_MIN_WIDTH_MM:
         # even cut by the field of view, the outline is wider than any neck
-        return f"trunk: body outline wider than {np.median([w for w, _ in widths]):.0f} mm"
+        return "trunk", f"trunk: body outline wider than {cut:.0f} mm"
     return None
 
 
@@ -92,11 +96,12 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
     """The region the study shows, from its anatomy; "unknown" when the slices do not tell."""
     evidence: list[str] = []
     outline = _outline(stack, canals, modality)
+    outline_region = outline[0] if outline else None
     if outline:
-        evidence.append(outline)
+        evidence.append(outline[1])
     if sacrum is not None:
         evidence.append(sacrum.evidence)
-        if outline and outline.startswith("neck"):
+        if outline_region == "cervical":
             return RegionEstimate(UNKNOWN, "none", evidence + ["the sacrum and a neck outline disagree"])
         return RegionEstimate("lumbar", "high", evidence)
     bodies = [b.body_width_mm for b in bones if b.body_width_mm > 0]
@@ -106,7 +111,6 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
         body_region = ("cervical" if width <= CERVICAL_MAX_BODY_MM
                        else "lumbar" if width >= LUMBAR_MIN_BODY_MM else "thoracic")
         evidence.append(f"vertebral bodies {width:.0f} mm wide (median of {len(bodies)} slices)")
-    outline_region = None if not outline else "cervical" if outline.startswith("neck") else "trunk"
     if body_region is not None:
         if outline_region == "cervical" and body_region != "cervical" or \
                 outline_region == "trunk" and body_region == "cervical":
