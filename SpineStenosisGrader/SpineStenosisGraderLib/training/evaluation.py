@@ -122,7 +122,8 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
     # levels: on the canal, near a disc, named right
     inside = {name: k for name, k in scan.discs.items()
               if min(k + 0.5, stack.n_slices - 0.5 - k) * dz >= DISC_INSIDE_MM}
-    level_slices = [float(stack.box_to_slice(lv.box)[0]) for lv in result.levels]
+    level_places = [stack.box_to_slice(lv.box) for lv in result.levels]
+    level_slices = [float(k) for k, _ in level_places]
     true_names, true_slices = list(inside), [inside[n] for n in inside]
     matches = match_levels(level_slices, true_slices, DISC_FOUND_MM / dz)
     matched = {a: b for a, b in matches}
@@ -134,7 +135,7 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         # slice within a disc's half-height, where the canal has not moved
         near = [r for r in scan.boxes if abs(r - k) * dz <= LEVEL_REFERENCE_MM]
         r = min(near, key=lambda r: abs(r - k)) if near else None
-        level_box = stack.box_to_slice(level.box)[1]
+        level_box = level_places[a][1]
         # None: no reference canal near enough to tell
         is_on = None if r is None else canal_hit(level_box, scan.boxes[r], scan.canal[r] > 0, spacing)
         on_canal += int(is_on is True)
@@ -153,7 +154,8 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         region_evidence="; ".join(result.study.region_evidence),
         canal_slices=len(ious), hits=hits, mean_iou=float(np.mean(ious)) if ious else float("nan"),
         detections_off_reference=sum(1 for k in by_slice if k not in scan.boxes),
-        levels=len(result.levels), levels_checked=levels_checked, levels_on_canal=on_canal, discs_inside=len(inside), discs_found=len(matches),
+        levels=len(result.levels), levels_checked=levels_checked, levels_on_canal=on_canal,
+        discs_inside=len(inside), discs_found=len(matches),
         disc_errors_mm=errors, false_levels=false_levels, names_checked=len(matches), names_right=names_right,
         names_anchored_by=result.study.names_anchored_by, rows=rows,
     )
