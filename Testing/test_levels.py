@@ -125,3 +125,43 @@ def test_names_are_unique_and_contiguous(n, region):
     known = [SPINE_DISCS.index(name) for name in names if name in SPINE_DISCS]
     # inferior first: each known name is the next disc up from the one below it
     assert known == list(range(known[0], known[0] - len(known), -1))
+
+
+def profile_canals(probabilities, score=0.9):
+    return [SliceCanal(k, (10.0, 20.0, 30.0, 38.0), score, float(p)) for k, p in enumerate(probabilities)]
+
+
+def test_discs_are_where_an_unsure_detector_rises_not_where_it_passes_one_half():
+    # an unfamiliar contrast: 0.35 between discs, 0.45 at them (never 0.5), at 1 mm slices
+    discs = [10, 26, 42, 58]
+    probabilities = np.full(70, 0.35)
+    for d in discs:
+        probabilities[d - 1:d + 2] = 0.45
+    levels = find_discs(profile_canals(probabilities), 70, 1.0, "cervical")
+    assert [lv.slice_index for lv in levels] == discs
+
+
+def test_a_detector_sure_of_a_disc_everywhere_finds_none():
+    assert find_discs(profile_canals(np.full(60, 0.8)), 60, 2.0) == []
+
+
+def test_two_discs_closer_than_a_lumbar_vertebra_are_one_but_not_in_the_neck():
+    # peaks 12 mm apart at 3 mm slices: a lumbar body is at least 25 mm tall, a cervical one 12-15 mm
+    probabilities = np.full(40, 0.1)
+    probabilities[[10, 14, 30]] = [0.6, 0.9, 0.9]
+    assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 40, 3.0, "lumbar")] == [14, 30]
+    assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 40, 3.0, "cervical")] == [10, 14, 30]
+
+
+def test_a_gap_between_endplates_outweighs_the_detector():
+    probabilities = np.full(40, 0.1)
+    probabilities[[10, 14, 30]] = [0.6, 0.9, 0.9]
+    gaps = np.zeros(40)
+    gaps[[10, 30]] = 1.0
+    levels = find_discs(profile_canals(probabilities), 40, 3.0, "lumbar", gaps)
+    assert [lv.slice_index for lv in levels] == [10, 30]
+    # and a gap alone, where the detector is unsure, is a disc
+    probabilities = np.full(40, 0.2)
+    gaps = np.zeros(40)
+    gaps[[8, 20, 32]] = 1.0
+    assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 40, 3.0, "lumbar", gaps)] == [8, 20, 32]

@@ -53,12 +53,20 @@ def test_grading_needs_no_torch(tmp_path):
     """The whole CLI grade runs with torch, torchvision, timm and safetensors made unimportable."""
     script = textwrap.dedent(f"""
         import sys
-        for name in ("torch", "torchvision", "timm", "safetensors", "onnx"):
-            sys.modules[name] = None  # any import of them now raises ImportError
+
+        class Uninstalled:
+            # as if they were not installed: importing them fails, and they never enter sys.modules
+            # (a None entry there would break libraries, such as scipy, that look torch up in sys.modules)
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "torchvision", "timm", "safetensors", "onnx"):
+                    raise ModuleNotFoundError(f"No module named {{name!r}}")
+                return None
+
+        sys.meta_path.insert(0, Uninstalled())
         sys.path.insert(0, {str(ROOT / "SpineStenosisGrader")!r})
         from SpineStenosisGraderLib.cli import main
         code = main(["grade", {str(SAMPLE_CT)!r}, "-o", {str(tmp_path / "out")!r}, "--highest-level", "T12-L1"])
-        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules if sys.modules[m] is not None)
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
         sys.exit(code)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

@@ -65,13 +65,29 @@ def test_the_samples_region_is_read_from_its_anatomy(sample_result):
     assert {lv.region for lv in sample_result.levels} == {"lumbar", "thoracic"}  # T12-L1 is thoracic
 
 
-@pytest.mark.parametrize("name", ["tptbox_mri", "sct_cervical_t2"])
-def test_a_cervical_scan_is_never_called_lumbar_nor_graded_as_lumbar(package, scans, name):
-    result = grade_stack(scans[name].stack, package)
-    # these MR crops show neither a landmark nor the neck's outline: the region is honestly unknown
-    assert result.study.region in ("cervical", "unknown")
-    assert not any(lv.name.startswith(("L", "T")) for lv in result.levels)
-    assert all(lv.grade is None and not lv.name_anchored for lv in result.levels)
+def test_a_cervical_scan_is_never_called_lumbar_nor_graded_as_lumbar(package, scans):
+    result = grade_stack(scans["sct_cervical_t2"].stack, package)
+    # the crop shows neither a landmark nor the neck's outline, but its canal holds a cervical cord
+    assert result.study.region == "cervical"
+    assert any("spinal cord" in e for e in result.study.region_evidence)
+    assert result.levels and all(lv.name.startswith("C") and not lv.name_anchored for lv in result.levels)
+    assert all(lv.grade is None for lv in result.levels)  # the package grades lumbar levels only
+
+
+def test_a_lumbar_mr_crop_is_never_called_cervical(package, scans):
+    result = grade_stack(scans["tptbox_mri"].stack, package)
+    # nerve roots, and no cord, in the canal's CSF
+    assert result.study.region == "lumbar"
+    assert not any(lv.name.startswith("C") for lv in result.levels)
+    assert all(not lv.name_anchored for lv in result.levels)
+
+
+def test_discs_whose_labels_only_count_them_are_scored_by_position_not_name(package, scans):
+    scan = scans["tptbox_mri"]
+    assert not scan.disc_names_known and scans["totalsegmentator_ct"].disc_names_known
+    score = score_real_scan(package, scan)
+    assert score.discs_inside == 2 and score.names_checked == 0 and score.names_right == 0
+    assert all(row["true_name"] is None for row in score.rows)
 
 
 def test_a_lumbar_crop_without_the_sacrum_is_lumbar_but_its_names_are_not_anchored(package, scans):

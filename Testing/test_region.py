@@ -54,3 +54,53 @@ def test_vertebral_bodies_tell_the_region_on_ct_and_the_sacrum_makes_it_lumbar()
     assert infer_region(stack, "CT", canals, bones, sacrum).region == "lumbar"
     neck, neck_canals = body_study(120.0, modality="CT")
     assert infer_region(neck, "CT", neck_canals, [], sacrum).region == "unknown"  # a sacrum in a neck
+
+
+def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=False):
+    """A T2 MR crop (1 mm pixels, no body outline) whose canal, 20 x 14 mm, holds a cord ``cord_mm`` across, or none."""
+    n = 80
+    j, i = np.mgrid[0:n, 0:n]
+    image = np.full((n, n), tissue)
+    sac = ((i - 40) / 10.0) ** 2 + ((j - 40) / 7.0) ** 2 <= 1.0
+    image[sac] = csf
+    if cord_mm:
+        image[((i - 40) / (cord_mm / 2)) ** 2 + ((j - 40) / 4.0) ** 2 <= 1.0] = cord
+    if roots:  # thin roots, a pixel each, scattered in the back of the sac
+        image[44, 34:47:4] = cord
+    image[0, :] = 5.0  # the field of view cuts the outline: it tells nothing
+    volume = np.repeat(image[None], slices, axis=0).astype(np.float32)
+    volume[:, :, 0] = 5.0
+    itk = sitk.GetImageFromArray(volume)
+    itk.SetSpacing((1.0, 1.0, 3.0))
+    canals = [SliceCanal(k, (30.0, 33.0, 51.0, 48.0), 0.9, 0.1) for k in range(slices)]
+    return to_axial_stack(itk), canals
+
+
+def test_a_wide_cord_in_bright_csf_is_cervical():
+    stack, canals = canal_study(13.0)
+    estimate = infer_region(stack, "MR", canals, [], None)
+    assert estimate.region == "cervical" and estimate.confidence == "low"
+    assert any("spinal cord 13 mm across" in e for e in estimate.evidence)
+
+
+def test_a_sac_of_nerve_roots_is_lumbar():
+    stack, canals = canal_study(0.0, roots=True)
+    estimate = infer_region(stack, "MR", canals, [], None)
+    assert estimate.region == "lumbar" and estimate.confidence == "low"
+    assert any("no cord" in e for e in estimate.evidence)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(cord_mm=8.0),  # a thoracic cord or the conus: not cervical, and not lumbar either
+    dict(cord_mm=13.0, csf=200.0, cord=100.0),  # CSF no brighter than its surroundings: not T2
+    dict(cord_mm=0.0, csf=200.0),
+    dict(cord_mm=13.0, slices=6),  # too few slices to say
+])
+def test_the_canal_tells_nothing_when_its_contents_are_ambiguous(kwargs):
+    stack, canals = canal_study(**kwargs)
+    assert infer_region(stack, "MR", canals, [], None).region == "unknown"
+
+
+def test_the_canals_contents_are_not_read_on_ct():
+    stack, canals = canal_study(13.0)
+    assert infer_region(stack, "CT", canals, [], None).region == "unknown"

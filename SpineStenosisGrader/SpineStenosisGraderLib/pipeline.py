@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .inference.landmarks import find_sacrum, measure_bone
+from .inference.landmarks import endplate_gaps, find_sacrum, measure_bone
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -82,7 +82,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     elif estimate.region not in (UNKNOWN_REGION, region):
         warnings.append(f"The anatomy looks {estimate.region} ({'; '.join(estimate.evidence)}), "
                         f"but the region was set to {region}.")
-    naming = name_from_anatomy(find_discs(canals, stack.n_slices, dz), region, dz,
+    gaps = endplate_gaps(stack, canals) if modality == "CT" else None
+    naming = name_from_anatomy(find_discs(canals, stack.n_slices, dz, region, gaps), region, dz,
                                sacrum.top_slice if sacrum else None, anchor)
     warnings.extend(naming.warnings)
     if not naming.kept:

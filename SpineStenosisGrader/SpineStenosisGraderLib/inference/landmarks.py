@@ -34,6 +34,14 @@ CROP_HALF_WIDTH_MM = 130.0
 CROP_MARGIN_MM = 25.0
 #: less bone than this in front of the canal is no vertebral body (a cervical body cut is about 200 mm2)
 MIN_BODY_AREA_MM2 = 80.0
+#: the disc's back, in front of the canal (mm from the canal's front edge, and half-width about its centre)
+DISC_BACK_MM = (1.0, 12.0)
+DISC_BACK_HALF_WIDTH_MM = 5.0
+#: an endplate is this much denser (HU) than the gap it bounds, and lies within ENDPLATE_REACH_MM of it:
+#: a disc is 5-12 mm tall, while the middle of a vertebral body (darker where the basivertebral veins
+#: leave it) is 7 mm or more from either endplate
+ENDPLATE_CONTRAST_HU = 50.0
+ENDPLATE_REACH_MM = 6.0
 #: below the alae the sacral canal runs at most the sacrum's length: bone as wide higher up the canal
 #: (a rib-bearing vertebra with its ribs, say) is not the sacrum
 SACRUM_BELOW_ALAE_MM = 100.0
@@ -107,6 +115,42 @@ def measure_bone(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> l
     """The vertebral bone on every slice with a canal (CT only)."""
     return [bone for canal in canals if canal is not None
             for bone in [vertebral_bone(stack, canal)] if bone is not None]
+
+
+def disc_back_density(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:
+    """Median HU just in front of the canal on each slice with a canal (NaN elsewhere): disc or vertebral body."""
+    sx, sy = stack.spacing[0], stack.spacing[1]
+    near, far = DISC_BACK_MM
+    density = np.full(stack.n_slices, np.nan)
+    for canal in canals:
+        if canal is None:
+            continue
+        i0, j0, i1, _ = canal.box_ij
+        centre = (i0 + i1) / 2.0
+        rows = slice(max(0, int(round(j0 - far / sy))), max(0, int(round(j0 - near / sy))))
+        columns = slice(max(0, int(round(centre - DISC_BACK_HALF_WIDTH_MM / sx))),
+                        max(0, int(round(centre + DISC_BACK_HALF_WIDTH_MM / sx))))
+        patch = stack.array[canal.slice_index, rows, columns]
+        if patch.size:
+            density[canal.slice_index] = float(np.median(patch))
+    return density
+
+
+def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:
+    """Per slice, 1 where the bone in front of the canal (CT) has a gap bounded by an endplate above and below.
+
+    That is a disc seen in the bone, whatever the detector thinks of the slice.
+    """
+    density = disc_back_density(stack, canals)
+    reach = max(1, int(round(ENDPLATE_REACH_MM / stack.spacing[2])))
+    gaps = np.zeros(stack.n_slices)
+    for k in np.nonzero(~np.isnan(density))[0]:
+        below, above = density[max(0, k - reach):k], density[k + 1:k + 1 + reach]
+        if below.size == 0 or above.size == 0 or np.isnan(below).all() or np.isnan(above).all():
+            continue
+        bound = density[k] + ENDPLATE_CONTRAST_HU
+        gaps[k] = float(np.nanmax(below) >= bound and np.nanmax(above) >= bound)
+    return gaps
 
 
 def find_sacrum(stack: AxialStack, bones: Sequence[VertebralBone],

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, signal
 
 from ..errors import InputError
 
@@ -36,8 +36,21 @@ UNKNOWN_REGION = "unknown"
 DISC_HEIGHT_MM = {"lumbar": 10.0, "thoracic": 6.0, "cervical": 6.0, UNKNOWN_REGION: 8.0}
 #: the default count, when no landmark names the levels: the disc each region's count starts from
 DEFAULT_ANCHORS = {"lumbar": (0, "L5-S1"), "thoracic": (0, "T12-L1"), "cervical": (-1, "C2-C3")}
-#: two disc-like runs closer than this belong to one disc
-MIN_DISC_SEPARATION_MM = 9.0
+#: two disc peaks closer than this are one disc: about half the shortest vertebral body of the region
+#: (lumbar bodies are 25-30 mm tall, thoracic 17-25 mm, cervical 12-15 mm)
+MIN_DISC_SEPARATION_MM = {"lumbar": 18.0, "thoracic": 12.0, "cervical": 9.0, UNKNOWN_REGION: 9.0}
+#: the detector's disc probability is read against its own level along the spine: a running low
+#: quantile over this half-length (on an unfamiliar contrast it rises at discs but may stay under 0.5,
+#: or stay above it everywhere)
+BASELINE_HALF_LENGTH_MM = 20.0
+BASELINE_QUANTILE = 40.0
+#: a disc peak rises at least this far above the baseline, and its probability is at least MIN_DISC_PROBABILITY
+MIN_PEAK_RISE = 0.06
+MIN_DISC_PROBABILITY = 0.3
+#: the profile is smoothed over about this (mm), so one doubtful slice does not split a disc
+SMOOTHING_MM = 1.5
+#: on CT, how much an endplate-bounded gap in the bone (see ``landmarks.endplate_gaps``) weighs against the detector
+ENDPLATE_WEIGHT = 0.7
 
 
 @dataclass
@@ -61,7 +74,8 @@ class LevelCandidate:
 
 
 def disc_profile(canals: Sequence[Optional[SliceCanal]], n_slices: int, min_score: float = 0.3) -> np.ndarray:
-    profile = np.zeros(n_slices)
+    """The detector's disc probability per slice; NaN where no canal was tracked (or too unsure a one)."""
+    profile = np.full(n_slices, np.nan)
     for canal in canals:
         if canal is not None and canal.score >= min_score:
             profile[canal.slice_index] = canal.disc_probability
@@ -69,37 +83,63 @@ def disc_profile(canals: Sequence[Optional[SliceCanal]], n_slices: int, min_scor
 
 
 def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spacing_mm: float,
-               threshold: float = 0.5, min_score: float = 0.3) -> list[LevelCandidate]:
-    """Disc levels, inferior first, from runs of slices the detector calls disc-like."""
-    by_slice = {c.slice_index: c for c in canals if c is not None}
+               region: str = UNKNOWN_REGION, endplate_gaps: Optional[np.ndarray] = None,
+               min_score: float = 0.3) -> list[LevelCandidate]:
+    """Disc levels, inferior first: the peaks of the disc evidence along the tracked canal.
+
+    The evidence is the detector's disc probability. On CT, ``endplate_gaps`` (1
+    where the bone in front of the canal has a gap between two endplates, per
+    slice) raises it. A peak must rise MIN_PEAK_RISE above the profile's running
+    baseline, so a detector that is unsure on an unfamiliar contrast still
+    places the discs where its probability rises, and a profile that is high
+    everywhere yields none. Peaks closer than the region's shortest vertebra are
+    one disc, and the stronger one stays.
+    """
     profile = disc_profile(canals, n_slices, min_score)
-    # light smoothing along the spine (about 2 mm) bridges one doubtful slice inside a disc;
-    # the maximum keeps a disc that only one thick slice cuts
-    sigma = 2.0 / max(slice_spacing_mm, 1e-3)
-    smooth = np.maximum(ndimage.gaussian_filter1d(profile, sigma), profile) if sigma > 0.3 else profile
-    runs, n = ndimage.label(smooth >= threshold)
-    groups = [np.nonzero(runs == r)[0] for r in range(1, n + 1)]
-    merged: list[np.ndarray] = []
-    for group in groups:
-        if merged and (group[0] - merged[-1][-1]) * slice_spacing_mm < MIN_DISC_SEPARATION_MM:
-            merged[-1] = np.arange(merged[-1][0], group[-1] + 1)
-        else:
-            merged.append(group)
-    levels = []
-    for group in merged:
-        candidates = [k for k in group if k in by_slice and by_slice[k].score >= min_score]
-        if not candidates:
+    tracked = np.nonzero(~np.isnan(profile))[0]
+    if len(tracked) == 0:
+        return []
+    by_slice = {c.slice_index: c for c in canals if c is not None}
+    gaps = np.zeros(n_slices) if endplate_gaps is None else np.asarray(endplate_gaps, dtype=float)
+    evidence = profile.copy()
+    evidence[tracked] = np.maximum(profile[tracked],
+                                   (1.0 - ENDPLATE_WEIGHT) * profile[tracked] + ENDPLATE_WEIGHT * gaps[tracked])
+    # untracked slices between tracked ones take their neighbours' value, so the filters see a continuous spine
+    filled = np.interp(np.arange(n_slices), tracked, evidence[tracked])
+    half = max(1, int(round(BASELINE_HALF_LENGTH_MM / slice_spacing_mm)))
+    baseline = ndimage.percentile_filter(filled, BASELINE_QUANTILE, size=2 * half + 1, mode="nearest")
+    sigma = SMOOTHING_MM / slice_spacing_mm
+    smooth = ndimage.gaussian_filter1d(filled, sigma) if sigma > 0.3 else filled
+    peaks, _ = signal.find_peaks(smooth - baseline, height=MIN_PEAK_RISE)
+    levels: list[LevelCandidate] = []
+    for peak in peaks:
+        near = tracked[np.abs(tracked - peak) * slice_spacing_mm <= max(SMOOTHING_MM, slice_spacing_mm / 2.0)]
+        if len(near) == 0:
             continue
-        strength = {k: profile[k] * by_slice[k].score for k in candidates}
-        top = max(strength.values())
-        centre = float(np.average(group, weights=profile[group] + 1e-9))
-        # among the near-best slices, the one nearest the disc's centre of mass
-        best = min((k for k in candidates if strength[k] >= 0.9 * top), key=lambda k: abs(k - centre))
-        canal = by_slice[best]
-        levels.append(LevelCandidate(
-            slice_index=int(best), box_ij=canal.box_ij, score=canal.score,
-            disc_probability=float(profile[best]), slices=tuple(int(k) for k in group),
-        ))
+        k = int(max(near, key=lambda j: (evidence[j], -abs(j - peak))))
+        if evidence[k] < MIN_DISC_PROBABILITY:
+            continue
+        spread = np.nonzero(smooth - baseline >= MIN_PEAK_RISE / 2.0)[0]
+        group = spread[np.abs(spread - peak) * slice_spacing_mm <= MIN_DISC_SEPARATION_MM[UNKNOWN_REGION] / 2.0]
+        canal = by_slice[k]
+        levels.append(LevelCandidate(slice_index=k, box_ij=canal.box_ij, score=canal.score,
+                                     disc_probability=float(evidence[k]), slices=tuple(int(j) for j in group)))
+    return _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps)
+
+
+def _one_per_vertebra(levels: list[LevelCandidate], slice_spacing_mm: float, separation_mm: float,
+                      endplate_gaps: np.ndarray) -> list[LevelCandidate]:
+    """Drop the weaker of two discs closer than ``separation_mm`` until none are; bone evidence outranks the detector."""
+    def strength(level: LevelCandidate) -> tuple[float, float]:
+        return (float(endplate_gaps[level.slice_index]), level.disc_probability * level.score)
+
+    levels = list(levels)
+    while len(levels) > 1:
+        distances = np.diff([lv.slice_index for lv in levels]) * slice_spacing_mm
+        i = int(np.argmin(distances))
+        if distances[i] >= separation_mm:
+            break
+        levels.pop(i if strength(levels[i]) < strength(levels[i + 1]) else i + 1)
     return levels
 
 

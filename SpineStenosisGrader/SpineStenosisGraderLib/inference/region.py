@@ -7,7 +7,10 @@ can have the same spacing between the slices that cut discs. What does tell it:
 - the vertebral body's width on CT: about 15-22 mm in the neck, 25-38 mm in the
   chest and 40-50 mm in the lumbar spine;
 - the body outline, where the field of view holds all of it: a neck is
-  100-150 mm across, a trunk 250 mm or more.
+  100-150 mm across, a trunk 250 mm or more;
+- on T2 MR, what the bright CSF of the canal holds: a cervical cord is 11-14 mm
+  across (a thoracic cord or the conus 8-10 mm), and below the conus the sac
+  holds only thin nerve roots, so its middle is as bright as its CSF.
 
 Where none of these can be read (an MR cropped to the spine, say) the region is
 "unknown": the study is not graded on a guess, and the user sets the region.
@@ -38,6 +41,80 @@ MIN_MEASURED_SLICES = 3
 #: CT air and MR background lie below these: HU, and a fraction of the slice's 99th percentile
 CT_BODY_HU = -400.0
 MR_BODY_FRACTION = 0.08
+
+
+#: T2 MR: the canal's CSF (95th percentile in its box) is this many times brighter than its surroundings
+T2_CSF_CONTRAST = 3.0
+#: a cord is the dark (below this fraction of the CSF) blob at the canal's centre, enclosed by CSF
+CORD_FRACTION_OF_CSF = 0.6
+#: a cord this wide is cervical: thoracic cords and the conus are 8-10 mm across
+CERVICAL_CORD_MIN_WIDTH_MM = 11.0
+#: below the conus the middle of the sac is at least this fraction of its CSF's brightness
+ROOTS_CENTRE_FRACTION = 0.75
+#: the share of slices that must show such a bright middle, with no cord on more than one in ten
+ROOTS_SHARE = 0.5
+#: the share of tracked slices (and how many) a canal reading needs before it says anything
+CANAL_READING_SHARE = 0.4
+MIN_CANAL_READINGS = 10
+
+
+@dataclass
+class CanalContents:
+    """What the canal holds on one T2 MR slice: the width of an enclosed cord (0 if none), its middle's brightness."""
+
+    slice_index: int
+    csf_contrast: float
+    cord_width_mm: float
+    centre_fraction: float
+
+
+def canal_contents(stack: AxialStack, canal: SliceCanal) -> Optional[CanalContents]:
+    """The cord (or its absence) inside the canal box on an MR slice; None when the box is too small to read."""
+    sx, sy = stack.spacing[0], stack.spacing[1]
+    i0, j0, i1, j1 = canal.box_ij
+    image = stack.array[canal.slice_index]
+    inner = image[max(0, int(j0)):int(np.ceil(j1)), max(0, int(i0)):int(np.ceil(i1))].astype(np.float32)
+    if inner.shape[0] < 4 or inner.shape[1] < 4:
+        return None
+    csf = float(np.percentile(inner, 95))
+    # the surroundings: 15 mm around the box (muscle, bone and fat, all darker than CSF on T2)
+    mi, mj = int(round(15.0 / sx)), int(round(15.0 / sy))
+    around = image[max(0, int(j0) - mj):int(np.ceil(j1)) + mj, max(0, int(i0) - mi):int(np.ceil(i1)) + mi]
+    contrast = csf / max(float(np.median(around)), 1e-6)
+    h, w = inner.shape
+    centre = inner[int(0.3 * h):max(int(0.3 * h) + 1, int(0.7 * h)), int(0.3 * w):max(int(0.3 * w) + 1, int(0.7 * w))]
+    centre_fraction = float(np.median(centre)) / max(csf, 1e-6)
+    # a margin of a few pixels: a tight box may cut the CSF around the cord
+    m = 3
+    top, left = max(0, int(j0) - m), max(0, int(i0) - m)
+    window = image[top:int(np.ceil(j1)) + m, left:int(np.ceil(i1)) + m]
+    labels, _ = ndimage.label(window < CORD_FRACTION_OF_CSF * csf)
+    cj, ci = int((j0 + j1) / 2.0) - top, int((i0 + i1) / 2.0) - left
+    width = 0.0
+    if 0 <= cj < window.shape[0] and 0 <= ci < window.shape[1] and labels[cj, ci]:
+        blob = labels == labels[cj, ci]
+        # dark that reaches the window's edge is the canal's wall, not a cord the CSF encloses
+        if not (blob[0].any() or blob[-1].any() or blob[:, 0].any() or blob[:, -1].any()):
+            width = float(np.count_nonzero(blob.any(axis=0)) * sx)
+    return CanalContents(canal.slice_index, contrast, width, centre_fraction)
+
+
+def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[tuple[str, str]]:
+    """("cervical", why) for a wide cord in bright CSF, ("lumbar", why) for a sac of roots, None otherwise."""
+    readings = [r for c in canals if c is not None for r in [canal_contents(stack, c)] if r is not None]
+    t2 = [r for r in readings if r.csf_contrast >= T2_CSF_CONTRAST]
+    if len(t2) < MIN_CANAL_READINGS or len(t2) < 0.5 * len(readings):
+        return None  # not a T2 contrast (or too few slices): what is dark in the canal says nothing
+    cords = [r.cord_width_mm for r in t2 if r.cord_width_mm > 0]
+    if len(cords) >= CANAL_READING_SHARE * len(t2):
+        width = float(np.median(cords))
+        if width >= CERVICAL_CORD_MIN_WIDTH_MM:
+            return "cervical", f"a spinal cord {width:.0f} mm across in the canal on {len(cords)} of {len(t2)} slices"
+        return None  # a thoracic cord or the conus: the cord alone does not tell which
+    roots = [r for r in t2 if r.cord_width_mm == 0 and r.centre_fraction >= ROOTS_CENTRE_FRACTION]
+    if len(cords) <= 0.1 * len(t2) and len(roots) >= ROOTS_SHARE * len(t2):
+        return "lumbar", f"no cord in the canal on {len(t2) - len(cords)} of {len(t2)} slices: nerve roots in CSF"
+    return None
 
 
 @dataclass
@@ -116,6 +193,12 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
                 outline_region == "trunk" and body_region == "cervical":
             return RegionEstimate(UNKNOWN, "none", evidence + ["the body outline and the vertebrae disagree"])
         return RegionEstimate(body_region, "high" if outline_region else "low", evidence)
+    cord = _cord(stack, canals) if modality == "MR" else None
+    if cord is not None:
+        evidence.append(cord[1])
+        if outline_region == "cervical" and cord[0] != "cervical" or outline_region == "trunk" and cord[0] == "cervical":
+            return RegionEstimate(UNKNOWN, "none", evidence + ["the body outline and the canal's contents disagree"])
+        return RegionEstimate(cord[0], "high" if outline_region else "low", evidence)
     if outline_region == "cervical":
         return RegionEstimate("cervical", "low", evidence)
     if outline_region == "trunk":

@@ -30,6 +30,9 @@ class AnnotatedScan:
     discs: dict[str, float]
     modality: str
     region: str
+    #: False when the labels count the discs but do not say which they are (an automatic
+    #: segmentation of a crop): positions are scored, names are not
+    disc_names_known: bool = True
     use: str = "train"
     notes: str = ""
     boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
@@ -160,6 +163,7 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
         discs=discs,
         modality=entry["modality"],
         region=entry["region"],
+        disc_names_known=bool(entry.get("discs", {}).get("named", True)),
         use=entry.get("use", "train"),
         notes=entry.get("notes", ""),
         tissues=list(entry.get("tissues", [])),

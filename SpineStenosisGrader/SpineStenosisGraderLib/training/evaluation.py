@@ -143,7 +143,7 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         nearest = min(all_discs, key=lambda z: abs(z - level_slices[a])) if all_discs else None
         distance = abs(nearest - level_slices[a]) * dz if nearest is not None else float("inf")
         false_levels += int(distance > FALSE_LEVEL_MM)
-        true_name = true_names[matched[a]] if a in matched else None
+        true_name = true_names[matched[a]] if a in matched and scan.disc_names_known else None
         names_right += int(true_name is not None and level.name == true_name)
         rows.append({"name": level.name, "slice": k, "on_canal": is_on,
                      "nearest_disc_mm": round(distance, 1), "true_name": true_name})
@@ -156,7 +156,7 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         detections_off_reference=sum(1 for k in by_slice if k not in scan.boxes),
         levels=len(result.levels), levels_checked=levels_checked, levels_on_canal=on_canal,
         discs_inside=len(inside), discs_found=len(matches),
-        disc_errors_mm=errors, false_levels=false_levels, names_checked=len(matches), names_right=names_right,
+        disc_errors_mm=errors, false_levels=false_levels, names_checked=len(matches) if scan.disc_names_known else 0, names_right=names_right,
         names_anchored_by=result.study.names_anchored_by, rows=rows,
     )
 
