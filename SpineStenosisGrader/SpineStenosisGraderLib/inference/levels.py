@@ -1,8 +1,9 @@
 """Layer 4: group per-slice canal detections into disc levels and name them.
 
-The detector says, per slice, how likely the slice cuts a disc. Runs of
-disc-like slices along the tracked canal are discs; each disc's representative
-slice is the one the detector is surest of.
+The detector says, per slice, how likely the slice cuts a disc; on CT the bone
+in front of the canal adds a gap between two endplates. The discs are the peaks
+of that evidence along the tracked canal, one per vertebra at most; each disc's
+representative slice is the peak's.
 
 Names come from a landmark the study contains (the sacrum: the lowest disc
 above it is L5-S1), or from the user's anchor ("this disc is L4-L5"), which

@@ -12,8 +12,9 @@ can have the same spacing between the slices that cut discs. What does tell it:
   across (a thoracic cord or the conus 8-10 mm), and below the conus the sac
   holds only thin nerve roots, so its middle is as bright as its CSF.
 
-Where none of these can be read (an MR cropped to the spine, say) the region is
-"unknown": the study is not graded on a guess, and the user sets the region.
+Where none of these can be read (a T1 MR cropped to the spine, say, or a
+thoracic cord) the region is "unknown": the study is not graded on a guess, and
+the user sets the region.
 """
 
 from __future__ import annotations
