@@ -56,7 +56,7 @@ def test_vertebral_bodies_tell_the_region_on_ct_and_the_sacrum_makes_it_lumbar()
     assert infer_region(neck, "CT", neck_canals, [], sacrum).region == "unknown"  # a sacrum in a neck
 
 
-def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=False):
+def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=False, grey_matter=False, clump_mm=0):
     """A T2 MR crop (1 mm pixels, no body outline) whose canal, 20 x 14 mm, holds a cord ``cord_mm`` across, or none."""
     n = 80
     j, i = np.mgrid[0:n, 0:n]
@@ -65,8 +65,12 @@ def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=F
     image[sac] = csf
     if cord_mm:
         image[((i - 40) / (cord_mm / 2)) ** 2 + ((j - 40) / 4.0) ** 2 <= 1.0] = cord
+    if grey_matter:  # T2*: the cord's grey matter, in its middle, is brighter than its white matter
+        image[38:43, 37:44] = 0.7 * csf
     if roots:  # thin roots, a pixel each, scattered in the back of the sac
         image[44, 34:47:4] = cord
+    if clump_mm:  # roots clumped together in the middle of the sac
+        image[39:42, 40 - clump_mm // 2:40 + clump_mm - clump_mm // 2] = cord
     image[0, :] = 5.0  # the field of view cuts the outline: it tells nothing
     volume = np.repeat(image[None], slices, axis=0).astype(np.float32)
     volume[:, :, 0] = 5.0
@@ -83,8 +87,14 @@ def test_a_wide_cord_in_bright_csf_is_cervical():
     assert any("spinal cord 13 mm across" in e for e in estimate.evidence)
 
 
-def test_a_sac_of_nerve_roots_is_lumbar():
-    stack, canals = canal_study(0.0, roots=True)
+def test_a_cord_whose_grey_matter_is_bright_is_still_a_cord():
+    stack, canals = canal_study(13.0, grey_matter=True)
+    assert infer_region(stack, "MR", canals, [], None).region == "cervical"
+
+
+@pytest.mark.parametrize("clump_mm", [0, 4])
+def test_a_sac_of_nerve_roots_is_lumbar(clump_mm):
+    stack, canals = canal_study(0.0, roots=True, clump_mm=clump_mm)
     estimate = infer_region(stack, "MR", canals, [], None)
     assert estimate.region == "lumbar" and estimate.confidence == "low"
     assert any("no cord" in e for e in estimate.evidence)

@@ -48,6 +48,8 @@ MR_BODY_FRACTION = 0.08
 T2_CSF_CONTRAST = 3.0
 #: a cord is the dark (below this fraction of the CSF) blob at the canal's centre, enclosed by CSF
 CORD_FRACTION_OF_CSF = 0.6
+#: narrower dark blobs are nerve roots (or a clump of them), not a cord: the conus is 8 mm or more across
+CORD_MIN_WIDTH_MM = 6.0
 #: a cord this wide is cervical: thoracic cords and the conus are 8-10 mm across
 CERVICAL_CORD_MIN_WIDTH_MM = 11.0
 #: below the conus the middle of the sac is at least this fraction of its CSF's brightness
@@ -90,13 +92,17 @@ def canal_contents(stack: AxialStack, canal: SliceCanal) -> Optional[CanalConten
     top, left = max(0, int(j0) - m), max(0, int(i0) - m)
     window = image[top:int(np.ceil(j1)) + m, left:int(np.ceil(i1)) + m]
     labels, _ = ndimage.label(window < CORD_FRACTION_OF_CSF * csf)
-    cj, ci = int((j0 + j1) / 2.0) - top, int((i0 + i1) / 2.0) - left
+    # the cord is the dark blob reaching the box's middle third; on T2* its grey matter may be brighter
+    # than its white matter, so the blob need not cover the very centre
+    h, w = window.shape
+    middle = labels[int(h / 3):max(int(h / 3) + 1, int(2 * h / 3)), int(w / 3):max(int(w / 3) + 1, int(2 * w / 3))]
     width = 0.0
-    if 0 <= cj < window.shape[0] and 0 <= ci < window.shape[1] and labels[cj, ci]:
-        blob = labels == labels[cj, ci]
+    for label in np.unique(middle[middle > 0]):
+        blob = labels == label
         # dark that reaches the window's edge is the canal's wall, not a cord the CSF encloses
         if not (blob[0].any() or blob[-1].any() or blob[:, 0].any() or blob[:, -1].any()):
-            width = float(np.count_nonzero(blob.any(axis=0)) * sx)
+            width = max(width, float(np.count_nonzero(blob.any(axis=0)) * sx))
+    width = width if width >= CORD_MIN_WIDTH_MM else 0.0
     return CanalContents(canal.slice_index, contrast, width, centre_fraction)
 
 
