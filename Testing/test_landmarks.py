@@ -23,14 +23,14 @@ def spine_ct(densities, slice_mm=3.0):
 
 
 def vertebrae(discs, n):
-    # body 120 HU; endplates 300 HU next to each disc (80 HU); the middle of each body darker (90 HU),
-    # as where the basivertebral veins leave it
+    # body 120 HU; endplates 300 HU next to each disc (80 HU); the middle of each body darker (60 HU),
+    # where the basivertebral veins leave it: a gap as deep as a disc's, but between cancellous bone
     densities = np.full(n, 120.0)
     for d in discs:
         densities[d] = 80.0
         densities[[d - 1, d + 1]] = 300.0
         if d + 5 < n:
-            densities[d + 5] = 90.0
+            densities[d + 5] = 60.0
     return densities
 
 

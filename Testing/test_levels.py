@@ -165,3 +165,12 @@ def test_a_gap_between_endplates_outweighs_the_detector():
     gaps = np.zeros(40)
     gaps[[8, 20, 32]] = 1.0
     assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 40, 3.0, "lumbar", gaps)] == [8, 20, 32]
+
+
+def test_of_two_discs_too_close_the_surer_disc_stays_however_sure_its_canal():
+    probabilities = np.full(40, 0.1)
+    probabilities[[10, 14, 30]] = [0.9, 0.6, 0.9]
+    canals = profile_canals(probabilities)
+    canals[10] = SliceCanal(10, canals[10].box_ij, 0.5, 0.9)  # a doubtful canal box, but surely a disc
+    canals[14] = SliceCanal(14, canals[14].box_ij, 0.99, 0.6)
+    assert [lv.slice_index for lv in find_discs(canals, 40, 3.0, "lumbar")] == [10, 30]

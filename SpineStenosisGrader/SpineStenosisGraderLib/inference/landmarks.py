@@ -148,7 +148,9 @@ def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> 
         below, above = density[max(0, k - reach):k], density[k + 1:k + 1 + reach]
         if below.size == 0 or above.size == 0 or np.isnan(below).all() or np.isnan(above).all():
             continue
-        bound = density[k] + ENDPLATE_CONTRAST_HU
+        # an endplate is bone (the middle of a body, darker where its veins leave it, is flanked by
+        # cancellous bone that may be darker than BONE_HU), and denser than the gap by the contrast
+        bound = max(density[k] + ENDPLATE_CONTRAST_HU, BONE_HU)
         gaps[k] = float(np.nanmax(below) >= bound and np.nanmax(above) >= bound)
     return gaps
 

@@ -132,7 +132,8 @@ def _one_per_vertebra(levels: list[LevelCandidate], slice_spacing_mm: float, sep
                       endplate_gaps: np.ndarray) -> list[LevelCandidate]:
     """Drop the weaker of two discs closer than ``separation_mm`` until none are; bone evidence outranks the detector."""
     def strength(level: LevelCandidate) -> tuple[float, float]:
-        return (float(endplate_gaps[level.slice_index]), level.disc_probability * level.score)
+        # the disc evidence alone: how sure the canal is says nothing about which of the two is the disc
+        return (float(endplate_gaps[level.slice_index]), level.disc_probability)
 
     levels = list(levels)
     while len(levels) > 1:
