@@ -322,7 +322,11 @@ def _check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
     if not isinstance(version, int):
         raise ModelPackageError(f"{manifest_path}: format_version must be a whole number.")
     if version > MANIFEST_VERSION:
-        raise ModelPackageError(f"The package needs a newer SpineStenosisGrader (manifest version {version}).")
+        raise ModelPackageError(
+            f"{manifest_path}: the package has manifest version {version}, so it needs a newer SpineStenosisGrader "
+            f"(this one reads version {MANIFEST_VERSION}). Update the extension, or use a package made for this "
+            "version."
+        )
     for key in ("name", "version", "task"):
         if not isinstance(manifest.get(key), str):
             raise ModelPackageError(f"{manifest_path}: the manifest has no {key}.")
@@ -357,6 +361,13 @@ def load_default_package(backend: str = "auto") -> ModelPackage:
 
 #: an imported package (all its files) may not be larger than this: model packages are tens of MB
 MAX_IMPORT_BYTES = 2 * 1024 ** 3
+
+
+def _size_text(n_bytes: int) -> str:
+    """``2 GB``, ``300 MB``: binary units, as a file manager shows them."""
+    if n_bytes >= 1024 ** 3:
+        return f"{n_bytes / 1024 ** 3:.3g} GB"
+    return f"{n_bytes / 1024 ** 2:.3g} MB"
 
 
 def _is_os_junk(name: str) -> bool:
@@ -399,7 +410,7 @@ def _extract_zip(source: Path, target: Path) -> Path:
                     total += len(block)
                     if total > MAX_IMPORT_BYTES:
                         raise ModelPackageError(f"{source.name} unpacks to more than "
-                                                f"{MAX_IMPORT_BYTES // 1024 ** 3} GB: not a model package.")
+                                                f"{_size_text(MAX_IMPORT_BYTES)}: not a model package.")
                     writer.write(block)
     if (target / "manifest.json").is_file():
         return target
