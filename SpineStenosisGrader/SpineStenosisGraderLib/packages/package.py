@@ -339,8 +339,11 @@ def _check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
     for key in ("detector", "classifier"):
         if not isinstance(manifest.get(key), dict):
             raise ModelPackageError(f"{manifest_path}: the manifest has no {key} settings.")
+    scale = manifest["classifier"].get("scale", "")
+    if not isinstance(scale, str):
+        raise ModelPackageError(f"{manifest_path}: the classifier's scale must be the name of a grading scale.")
     try:
-        get_scale(manifest["classifier"].get("scale", ""))
+        get_scale(scale)
     except KeyError as exc:
         raise ModelPackageError(f"{manifest_path}: {exc.args[0]}") from None
 
