@@ -124,3 +124,35 @@ def test_a_package_folder_whose_weights_link_outside_it_is_refused(tmp_path):
     with pytest.raises(ModelPackageError, match="points outside the package"):
         import_package(folder, tmp_path / "models")
     assert _nothing_installed(tmp_path / "models")
+
+
+def _package_for(tmp_path: Path, **manifest_changes) -> "package_module.ModelPackage":
+    package = load_package(make_package(tmp_path / "p"))
+    package.manifest = dict(package.manifest, **manifest_changes)
+    return package
+
+
+def test_a_package_for_another_modality_is_refused_unless_overridden(tmp_path):
+    package = _package_for(tmp_path, modalities=["CT"], regions=["lumbar"])
+    assert package.check_compatible("CT", "lumbar") == []
+    assert package.check_compatible("", "") == []  # not known yet: not checked
+    with pytest.raises(ModelPackageError, match=r"made for CT studies, not MR: .*likely wrong.* Choose a package "
+                                                r"made for such studies, or pass --allow-model-mismatch") as error:
+        package.check_compatible("mr", "lumbar", how_to_override="pass --allow-model-mismatch")
+    _one_line(error)
+    (warning,) = package.check_compatible("MR", "lumbar", allow_mismatch=True)
+    assert "not MR" in warning
+
+
+def test_a_package_for_another_region_is_refused_unless_overridden(tmp_path):
+    package = _package_for(tmp_path, modalities=["CT", "MR"], regions=["lumbar"], detects_regions=["lumbar"])
+    with pytest.raises(ModelPackageError, match="made for the lumbar spine, not the cervical spine.*override"):
+        package.check_compatible("MR", "cervical")
+    assert "not the cervical spine" in package.check_compatible("MR", "cervical", allow_mismatch=True)[0]
+
+
+def test_a_region_the_package_locates_but_does_not_grade_is_a_warning_only(tmp_path):
+    package = _package_for(tmp_path, modalities=["CT", "MR"], regions=["lumbar"],
+                           detects_regions=["lumbar", "cervical"])
+    (warning,) = package.check_compatible("MR", "cervical")
+    assert "located but not graded" in warning

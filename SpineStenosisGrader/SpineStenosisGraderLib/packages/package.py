@@ -250,27 +250,45 @@ class ModelPackage:
         Empty when the package was made for such studies. An empty ``modality``
         or ``region`` (not known yet) is not checked.
         """
-        warnings = []
+        return [message for message, _ in self._compatibility(modality, region)]
+
+    def check_compatible(self, modality: str, region: str, allow_mismatch: bool = False,
+                         how_to_override: str = "") -> list[str]:
+        """Refuse a study this package was not made for, unless ``allow_mismatch``; return the warnings.
+
+        Refused: another modality, or a region the package does not even locate
+        (its boxes and grades would be wrong). A region it locates but does not
+        grade is a warning only: those levels are found and left ungraded.
+        ``how_to_override`` (e.g. "pass --allow-model-mismatch") ends the message.
+        """
+        checks = self._compatibility(modality, region)
+        mismatches = [message for message, mismatch in checks if mismatch]
+        if mismatches and not allow_mismatch:
+            advice = f"Choose a package made for such studies, or {how_to_override or 'override this check'} " \
+                     "to grade anyway."
+            raise ModelPackageError(" ".join(mismatches) + " " + advice)
+        return [message for message, _ in checks]
+
+    def _compatibility(self, modality: str, region: str) -> list[tuple[str, bool]]:
+        """Each problem as (message, whether the package was made for other studies altogether)."""
+        problems = []
         modalities = [str(m).upper() for m in self.manifest.get("modalities", [])]
         if modality and modalities and modality.upper() not in modalities:
-            warnings.append(
+            problems.append((
                 f"The model package {self.name} {self.version} was made for {', '.join(modalities)} studies, "
-                f"not {modality.upper()}: its boxes and grades are likely wrong on this study."
-            )
+                f"not {modality.upper()}: its boxes and grades are likely wrong on this study.", True))
         graded = list(self.manifest.get("regions", []))
         located = list(self.manifest.get("detects_regions", graded))
         if region and graded and region not in graded:
             if region in located:
-                warnings.append(
+                problems.append((
                     f"The model package {self.name} {self.version} grades {', '.join(graded)} levels only: the "
-                    f"{region} levels of this study will be located but not graded."
-                )
+                    f"{region} levels of this study will be located but not graded.", False))
             else:
-                warnings.append(
+                problems.append((
                     f"The model package {self.name} {self.version} was made for the {', '.join(located)} spine, "
-                    f"not the {region} spine: expect missed or misplaced levels and no grades."
-                )
-        return warnings
+                    f"not the {region} spine: expect missed or misplaced levels and no grades.", True))
+        return problems
 
 
 def load_package(path: Union[str, Path, None] = None, backend: str = "auto") -> ModelPackage:
