@@ -188,3 +188,46 @@ def test_wait_cancels_a_run_that_takes_too_long(tmp_path):
     with pytest.raises(TimeoutError):
         run.wait(timeout_s=0.5)
     assert run.state is RunState.CANCELLED and not (tmp_path / "work").exists()
+
+
+#: a grader that would run for a minute: it reports progress, then sleeps, with a child that sleeps too;
+#: both ignore SIGTERM and SIGINT, so that only a kill that cannot be refused stops them in time
+_MINUTE_LONG_GRADER = """
+import json, pathlib, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                          "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"])
+pathlib.Path(sys.argv[1]).write_text(str(child.pid))
+print(json.dumps({"stage": "detect", "fraction": 0.05}), flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="checks the process tree through POSIX process IDs")
+def test_cancel_stops_a_minute_long_run_and_its_children_within_two_seconds(tmp_path):
+    """A run that would go on for a minute, so that a Cancel that kills nothing cannot pass by waiting."""
+    script, child_pid_file = tmp_path / "grader.py", tmp_path / "child.pid"
+    script.write_text(_MINUTE_LONG_GRADER)
+    run = GradingRun([sys.executable, str(script), str(child_pid_file)], tmp_path / "work")
+    run.start()
+    deadline = time.monotonic() + 30
+    while run.progress is None or not child_pid_file.exists():
+        run.poll()
+        assert run.state is RunState.RUNNING, run.error
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pids = [run.pid, int(child_pid_file.read_text())]
+    assert not any(_gone(pid) for pid in pids)
+    try:
+        started = time.monotonic()
+        run.cancel()
+        assert time.monotonic() - started < 2.0, "cancel() did not return promptly"
+        assert run.state is RunState.CANCELLED and not (tmp_path / "work").exists()
+        while not all(_gone(pid) for pid in pids):
+            assert time.monotonic() - started < 2.0, "a process of the run survived Cancel"
+            time.sleep(0.02)
+    finally:
+        for pid in pids:  # when Cancel failed: leave no sleeper behind
+            if not _gone(pid):
+                os.kill(pid, 9)

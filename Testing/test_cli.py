@@ -1,5 +1,6 @@
 """The command line end to end on the embedded default model, and its handling of bad input."""
 
+import csv
 import json
 import shutil
 
@@ -40,6 +41,31 @@ def test_grade_writes_every_output(graded_sample):
     assert len(rows) == len(result.levels) + 1
 
 
+def test_every_level_has_a_grade_of_the_scale_and_the_csv_says_the_same(graded_sample):
+    """The grade fields, checked against the scale's definition (not against what the code computed)."""
+    uncertain_below = json.loads((DEFAULT_PACKAGE_DIR / "manifest.json").read_text())["classifier"]["uncertain_below"]
+    result = StudyResult.from_json((graded_sample / "result.json").read_text())
+    with open(graded_sample / "levels.csv", newline="") as handle:
+        rows = {row["level"]: row for row in csv.DictReader(handle)}
+    for level in result.levels:
+        grade = level.grade
+        assert grade.grade in ("A", "B", "C", "D")  # Schizas: none or minor, moderate, severe, extreme
+        assert list(grade.probabilities) == ["A", "B", "C", "D"]
+        assert all(0.0 <= p <= 1.0 for p in grade.probabilities.values())
+        assert sum(grade.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+        # the grade is the most probable class, and "uncertain" says its probability is below the manifest's bar
+        assert grade.probabilities[grade.grade] == max(grade.probabilities.values())
+        assert grade.uncertain == (grade.probabilities[grade.grade] < uncertain_below)
+        row = rows[level.name]
+        assert (row["grade"], row["scale"], row["final_grade"]) == (grade.grade, "schizas", grade.grade)
+        assert row["uncertain"] == ("true" if grade.uncertain else "false")
+        for name, p in grade.probabilities.items():
+            assert float(row[f"prob_{name}"]) == pytest.approx(p, abs=1e-4)
+        markups = json.loads((graded_sample / f"{level.name}.mrk.json").read_text())
+        (measurement, *_) = markups["markups"][0]["measurements"]
+        assert measurement["name"] == "Schizas grade" and measurement["printFormat"].startswith(f"{grade.grade} (p=")
+
+
 def test_sample_levels_land_on_the_real_discs(graded_sample):
     """Every labelled disc of the sample has a level within 8 mm, and each level's box is on the canal."""
     scan = next(s for s in load_scans(DATA / "scans.json") if s.name == "totalsegmentator_ct")
@@ -67,6 +93,10 @@ def test_reanchoring_on_the_sample_gives_the_labelled_names(tmp_path):
     named = {lv.name: lv.slice_index for lv in result.levels}
     for name in ("L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1"):
         assert abs(named[name] - scan.discs[name]) * dz <= 8.0, name
+    # the anchored lumbar levels are graded on the Schizas scale
+    l4_l5 = next(level for level in result.levels if level.name == "L4-L5")
+    assert l4_l5.region == "lumbar" and l4_l5.grade.scale == "schizas" and l4_l5.grade.grade in ("A", "B", "C", "D")
+    assert sum(l4_l5.grade.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_lowest_level_reanchors_names(tmp_path):

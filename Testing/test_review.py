@@ -713,11 +713,7 @@ def test_annotation_set_replaces_only_an_earlier_set_and_checks_the_volume(revie
     review.set_clinician_grade(review.level_rois()[0], "D")
     review.export_annotation_set(folder, _dicom_like_image())  # an earlier set is replaced
     assert json.loads((folder / "provenance.json").read_text())["levels"][0]["final_grade"] == "D"
-    assert not list(tmp_path.glob(".set.*"))
-    (folder / "notes.txt").write_text("mine")
-    with pytest.raises(InputError, match="other files"):
-        review.export_annotation_set(folder, _dicom_like_image())
-    assert (folder / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.rglob("*") if "writing-" in p.name or "previous" in p.name]
     with pytest.raises(InputError, match="not the volume the run graded"):
         review.export_annotation_set(tmp_path / "other", sitk.Shrink(_dicom_like_image(), [2, 2, 1]))
     shifted = _dicom_like_image()
@@ -727,6 +723,75 @@ def test_annotation_set_replaces_only_an_earlier_set_and_checks_the_volume(revie
     with pytest.raises(InputError, match="volume format"):
         review.export_annotation_set(tmp_path / "other", _dicom_like_image(), volume_format="dcm")
     assert not (tmp_path / "other").exists()
+
+
+def test_a_folder_with_other_files_gets_the_set_in_a_new_subfolder(review, tmp_path):
+    """A folder picker cannot insist on an empty folder: the set goes into a clearly named subfolder."""
+    folder = tmp_path / "Desktop"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "annotation-set").mkdir()  # taken (by the user, or by an earlier export)
+    written = review.export_annotation_set(folder, _dicom_like_image())
+    assert {p.parent for p in written} == {folder / "annotation-set-2"}
+    assert sorted(p.name for p in (folder / "annotation-set-2").iterdir()) == sorted(p.name for p in written)
+    assert sorted(p.name for p in folder.iterdir()) == ["annotation-set", "annotation-set-2", "notes.txt"]
+    assert (folder / "notes.txt").read_text() == "mine" and not list((folder / "annotation-set").iterdir())
+    # the new subfolder holds an earlier set, and only that: choosing it again replaces the set
+    review.set_clinician_grade(review.level_rois()[0], "D")
+    again = review.export_annotation_set(folder / "annotation-set-2", _dicom_like_image())
+    assert {p.parent for p in again} == {folder / "annotation-set-2"}
+    provenance = json.loads((folder / "annotation-set-2" / "provenance.json").read_text())
+    assert provenance["levels"][0]["final_grade"] == "D"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes, and every folder (as None)."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def _set_up(case: str, review: StudyReview, root: Path) -> Path:
+    """The folder chosen for an export: new, holding the user's files, or holding an earlier set."""
+    folder = root / "set"
+    if case == "user's files":
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
+    elif case == "earlier set":
+        review.export_annotation_set(folder, _dicom_like_image())
+        review.set_clinician_grade(review.level_rois()[0], "D")  # the new set differs from the earlier one
+    return folder
+
+
+@pytest.mark.parametrize("case", ["new folder", "user's files", "earlier set"])
+@pytest.mark.parametrize("failure", ["writing", "moving in"])
+def test_a_failure_part_way_leaves_no_partial_annotation_set(review, tmp_path, monkeypatch, case, failure):
+    """All or nothing: a failure after the volume and some files were written leaves the folder as it was."""
+    import os
+    from SpineStenosisGraderLib.outputs import writers
+
+    folder = _set_up(case, review, tmp_path)
+    before = _snapshot(tmp_path)
+    if failure == "writing":
+        # levels.csv comes after the volume, the markups and result.json
+        def fail(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(writers, "write_levels_csv", fail)
+    else:
+        real_replace = os.replace
+        calls = []
+
+        def flaky_replace(source, target):
+            if Path(source).parent.name.startswith(writers.STAGING_PREFIX):  # a file of the new set moving in
+                calls.append(target)
+                if len(calls) == 3:  # two are in place by now
+                    raise OSError(5, "Input/output error")
+            return real_replace(source, target)
+
+        monkeypatch.setattr(writers.os, "replace", flaky_replace)
+    with pytest.raises(OSError):
+        review.export_annotation_set(folder, _dicom_like_image())
+    assert _snapshot(tmp_path) == before
 
 
 # --- model packages ------------------------------------------------------------------------------------

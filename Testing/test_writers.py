@@ -102,7 +102,7 @@ def _listing(folder: Path) -> dict[str, bytes]:
 
 
 def _staging_leftovers(parent: Path) -> list[Path]:
-    return [p for p in parent.iterdir() if ".writing-" in p.name]
+    return [p for p in parent.rglob("*") if "writing-" in p.name]
 
 
 # --------------------------------------------------------------------------- study outputs
@@ -399,6 +399,51 @@ def test_failure_while_moving_in_is_rolled_back(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="device went away"):
         write_study_outputs(changed, out, make_images(changed))
     assert _listing(out) == before
+    assert not _staging_leftovers(tmp_path)
+
+
+def _read_only(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` refuse new entries, as a folder the user may not write in does.
+
+    By patching, not chmod: tests often run as root (in containers), whom a folder's mode does not stop.
+    """
+    folder = Path(os.path.abspath(folder))
+
+    def guard(real, made):  # made: the argument that names the new entry
+        def guarded(*args, **kwargs):
+            target = Path(os.path.abspath(args[made]))
+            if target.parent == folder:
+                raise PermissionError(13, "Permission denied", str(target))
+            return real(*args, **kwargs)
+        return guarded
+
+    for name, made in (("mkdir", 0), ("rename", 1), ("replace", 1)):
+        monkeypatch.setattr(os, name, guard(getattr(os, name), made))
+
+
+def test_a_chosen_folder_whose_parent_is_read_only_takes_the_outputs(tmp_path, monkeypatch):
+    """The staging folder lies inside the chosen folder: its parent need not be writable."""
+    parent = tmp_path / "shared"
+    out = parent / "case"
+    out.mkdir(parents=True)
+    (out / "my_notes.txt").write_text("the user's own file")
+    _read_only(monkeypatch, parent)
+    with pytest.raises(PermissionError):
+        (parent / "other").mkdir()  # the stand-in works
+    result = make_result()
+    write_study_outputs(result, out, make_images(result))
+    assert StudyResult.from_json((out / "result.json").read_text()).levels[0].name == result.levels[0].name
+    before = _listing(out)
+
+    changed = make_result()
+    changed.levels[0].name = "L2-L3"
+    write_study_outputs(changed, out, make_images(changed))  # a re-run replaces the earlier one
+    assert "L2-L3.mrk.json" in _listing(out) and (out / "my_notes.txt").read_text() == "the user's own file"
+    monkeypatch.setattr(report_module, "write_html_report", _fail)
+    with pytest.raises(RuntimeError):
+        write_study_outputs(result, out, make_images(result))
+    assert "L2-L3.mrk.json" in _listing(out) and before.keys() != _listing(out).keys()
+    assert sorted(p.name for p in parent.iterdir()) == ["case"]
     assert not _staging_leftovers(tmp_path)
 
 

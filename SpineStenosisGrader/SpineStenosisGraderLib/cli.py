@@ -1,7 +1,9 @@
 """Command line: grade a study, train the default package, evaluate a package.
 
 Problems the user can fix are printed as one line on stderr with exit code 2;
-nothing is left half-written in the output folder.
+nothing is left half-written in the output folder. An interruption (Ctrl-C, or
+SIGTERM) is one line too, with exit code 130 (143 for SIGTERM), and leaves the
+output folder as it was.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -86,6 +90,8 @@ def _grade(args: argparse.Namespace) -> int:
                                           report=not args.no_report)
         except OSError as exc:
             raise SpineStenosisGraderError(f"Cannot write to {output}: {exc.strerror or exc}.") from None
+        # an interruption from here on comes after the results are in place
+        args.outputs_written = True
         progress("done", 1.0)
     finally:
         for bar in bars:
@@ -300,18 +306,48 @@ def _export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a polite kill: ``kill``, a job scheduler, a closing terminal) as an interruption.
+
+    A KeyboardInterrupt, so that the cleanup that undoes a half-done write runs for it as
+    for Ctrl-C; without it, Python would end at once and leave a write half done.
+    """
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
+    """Say what an interruption left behind; the exit code of the signal, as a shell gives it (128 + number)."""
+    if getattr(args, "outputs_written", False):
+        print(f"error: interrupted after the results were written to {args.output}.", file=sys.stderr)
+    else:
+        print("error: interrupted; nothing was written (the output folder is as it was).", file=sys.stderr)
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     # the exact command, for the manifest of a trained package
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # Python lets only the main thread set handlers
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args)
     except SpineStenosisGraderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; no output was written.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(args, exc)
+    except MemoryError:
+        print("error: not enough memory for this study. Close other programs, or crop the study to the spine "
+              "(Slicer's Crop Volume module) and grade the crop.", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

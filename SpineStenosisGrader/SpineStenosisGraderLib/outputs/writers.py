@@ -27,7 +27,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -415,25 +415,15 @@ def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mappin
     ``report=False`` leaves out report.html, whose pictures are most of the writing time
     (the Slicer module reads only result.json and makes the report on export).
 
-    All or nothing: everything is written to a temporary folder beside
-    ``out_dir`` first, and moved in only once all of it succeeded. Files of an
-    earlier run in ``out_dir`` (known from its result.json) are replaced, and
-    its level markups that this run does not write are removed, so the folder
-    never mixes two runs; other files are left alone. If anything fails,
-    ``out_dir`` is left as it was and the temporary folder is removed.
+    All or nothing (see :func:`write_all_or_nothing`): files of an earlier run in
+    ``out_dir`` (known from its result.json) are replaced, and its level markups
+    that this run does not write are removed, so the folder never mixes two runs;
+    other files are left alone. If anything fails, ``out_dir`` is left as it was.
     Returns the paths written.
     """
     out_dir = Path(os.path.abspath(out_dir))
-    parent = out_dir.parent
-    created_dirs: list[Path] = []
-    for folder in reversed([parent, *parent.parents]):
-        if not folder.exists():
-            folder.mkdir()
-            created_dirs.append(folder)
-    # mkdir, not mkdtemp: the folder may become out_dir, so it gets the user's usual permissions
-    staging = parent / f".{out_dir.name}.writing-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
-    try:
+
+    def write(staging: Path) -> list[str]:
         names = [RESULT_FILE, LEVELS_CSV_FILE]
         (staging / RESULT_FILE).write_text(result.to_json() + "\n", encoding="utf-8")
         write_levels_csv(result, staging / LEVELS_CSV_FILE)
@@ -443,42 +433,86 @@ def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mappin
         if report:
             _report.write_html_report(result, staging / REPORT_FILE, slice_images)
             names.append(REPORT_FILE)
-        _commit(staging, out_dir, names)
+        return names
+
+    return write_all_or_nothing(out_dir, write, _previous_run_files(out_dir))
+
+
+#: the hidden folder a write is staged in. It lies inside the chosen folder: the user chose that
+#: folder, so it is writable, while its parent need not be (a shared drive, a home folder's root),
+#: and a rename from a subfolder never crosses file systems, so moving the files in cannot fail half way
+#: for want of space
+STAGING_PREFIX = ".spine-stenosis-grader-writing-"
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the ones created, innermost first."""
+    made: list[Path] = []
+    try:
+        for path in reversed([p for p in [folder, *folder.parents] if not p.exists()]):
+            path.mkdir()
+            made.insert(0, path)
+    except BaseException:
+        _remove_empty_folders(made)
+        raise
+    return made
+
+
+def _remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove folders we created (innermost first), but only while they are empty: never a user's file."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def write_all_or_nothing(out_dir: Path, write: Callable[[Path], Sequence[str]],
+                         replaced: Iterable[str] = ()) -> list[Path]:
+    """Have ``write(staging)`` write files into an empty folder and return their names; move them into ``out_dir``.
+
+    The staging folder is a hidden folder inside ``out_dir`` (created, with its
+    parents, if missing). Only once ``write`` succeeded are the files moved in;
+    ``replaced`` names earlier files in ``out_dir`` that go (those not written
+    again are removed). If anything fails, every move is undone, the staging
+    folder and the folders made for it are removed, and ``out_dir`` is as it was.
+    Files not named are never touched. Returns the paths written.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} exists and is not a folder")
+    created = _make_folders(out_dir)
+    staging = out_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    try:
+        staging.mkdir()
+        names = list(write(staging))
+        for name in names:
+            if (out_dir / name).is_dir():
+                raise IsADirectoryError(f"{out_dir / name} is a folder; cannot write {name} there")
+        _commit(staging, out_dir, names, sorted(set(replaced) - set(names)))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in reversed(created_dirs):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+        _remove_empty_folders(created)
         raise
     shutil.rmtree(staging, ignore_errors=True)
     return [out_dir / name for name in names]
 
 
-def _commit(staging: Path, out_dir: Path, names: list[str]) -> None:
-    """Move the staged files into ``out_dir``, undoing every move if one fails."""
-    if not out_dir.exists():
-        # one rename puts the whole folder in place, atomically
-        staging.rename(out_dir)
-        return
-    if not out_dir.is_dir():
-        raise NotADirectoryError(f"{out_dir} exists and is not a folder")
-    stale = sorted(_previous_run_files(out_dir) - set(names))
-    for name in names:
-        if (out_dir / name).is_dir():
-            raise IsADirectoryError(f"{out_dir / name} is a folder; cannot write {name} there")
+def _commit(staging: Path, out_dir: Path, names: list[str], stale: list[str]) -> None:
+    """Move the staged files into ``out_dir`` and the ``stale`` ones out, undoing every move if one fails."""
     backup = staging / ".previous"
     backup.mkdir()
     moved_out: list[str] = []
     moved_in: list[str] = []
+    # result.json last: a reader that finds it finds the files it lists
+    order = sorted(names, key=lambda name: name == RESULT_FILE)
     try:
         for name in [*names, *stale]:
             target = out_dir / name
             if target.is_file() or target.is_symlink():
                 os.replace(target, backup / name)
                 moved_out.append(name)
-        for name in names:
+        for name in order:
             os.replace(staging / name, out_dir / name)
             moved_in.append(name)
     except BaseException:

@@ -96,7 +96,7 @@ def manifest_facts(manifest: dict[str, Any]) -> dict[str, str]:
         training = training.get("summary")
     try:
         scale = get_scale(classifier.get("scale", "")).title
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a list or an object where the scale's name belongs
         scale = _words(classifier.get("scale"))
     return {
         "name": _words(manifest.get("name")),

@@ -250,27 +250,45 @@ class ModelPackage:
         Empty when the package was made for such studies. An empty ``modality``
         or ``region`` (not known yet) is not checked.
         """
-        warnings = []
+        return [message for message, _ in self._compatibility(modality, region)]
+
+    def check_compatible(self, modality: str, region: str, allow_mismatch: bool = False,
+                         how_to_override: str = "") -> list[str]:
+        """Refuse a study this package was not made for, unless ``allow_mismatch``; return the warnings.
+
+        Refused: another modality, or a region the package does not even locate
+        (its boxes and grades would be wrong). A region it locates but does not
+        grade is a warning only: those levels are found and left ungraded.
+        ``how_to_override`` (e.g. "pass --allow-model-mismatch") ends the message.
+        """
+        checks = self._compatibility(modality, region)
+        mismatches = [message for message, mismatch in checks if mismatch]
+        if mismatches and not allow_mismatch:
+            advice = f"Choose a package made for such studies, or {how_to_override or 'override this check'} " \
+                     "to grade anyway."
+            raise ModelPackageError(" ".join(mismatches) + " " + advice)
+        return [message for message, _ in checks]
+
+    def _compatibility(self, modality: str, region: str) -> list[tuple[str, bool]]:
+        """Each problem as (message, whether the package was made for other studies altogether)."""
+        problems = []
         modalities = [str(m).upper() for m in self.manifest.get("modalities", [])]
         if modality and modalities and modality.upper() not in modalities:
-            warnings.append(
+            problems.append((
                 f"The model package {self.name} {self.version} was made for {', '.join(modalities)} studies, "
-                f"not {modality.upper()}: its boxes and grades are likely wrong on this study."
-            )
+                f"not {modality.upper()}: its boxes and grades are likely wrong on this study.", True))
         graded = list(self.manifest.get("regions", []))
         located = list(self.manifest.get("detects_regions", graded))
         if region and graded and region not in graded:
             if region in located:
-                warnings.append(
+                problems.append((
                     f"The model package {self.name} {self.version} grades {', '.join(graded)} levels only: the "
-                    f"{region} levels of this study will be located but not graded."
-                )
+                    f"{region} levels of this study will be located but not graded.", False))
             else:
-                warnings.append(
+                problems.append((
                     f"The model package {self.name} {self.version} was made for the {', '.join(located)} spine, "
-                    f"not the {region} spine: expect missed or misplaced levels and no grades."
-                )
-        return warnings
+                    f"not the {region} spine: expect missed or misplaced levels and no grades.", True))
+        return problems
 
 
 def load_package(path: Union[str, Path, None] = None, backend: str = "auto") -> ModelPackage:
@@ -322,7 +340,11 @@ def _check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
     if not isinstance(version, int):
         raise ModelPackageError(f"{manifest_path}: format_version must be a whole number.")
     if version > MANIFEST_VERSION:
-        raise ModelPackageError(f"The package needs a newer SpineStenosisGrader (manifest version {version}).")
+        raise ModelPackageError(
+            f"{manifest_path}: the package has manifest version {version}, so it needs a newer SpineStenosisGrader "
+            f"(this one reads version {MANIFEST_VERSION}). Update the extension, or use a package made for this "
+            "version."
+        )
     for key in ("name", "version", "task"):
         if not isinstance(manifest.get(key), str):
             raise ModelPackageError(f"{manifest_path}: the manifest has no {key}.")
@@ -335,8 +357,11 @@ def _check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
     for key in ("detector", "classifier"):
         if not isinstance(manifest.get(key), dict):
             raise ModelPackageError(f"{manifest_path}: the manifest has no {key} settings.")
+    scale = manifest["classifier"].get("scale", "")
+    if not isinstance(scale, str):
+        raise ModelPackageError(f"{manifest_path}: the classifier's scale must be the name of a grading scale.")
     try:
-        get_scale(manifest["classifier"].get("scale", ""))
+        get_scale(scale)
     except KeyError as exc:
         raise ModelPackageError(f"{manifest_path}: {exc.args[0]}") from None
 
@@ -357,6 +382,13 @@ def load_default_package(backend: str = "auto") -> ModelPackage:
 
 #: an imported package (all its files) may not be larger than this: model packages are tens of MB
 MAX_IMPORT_BYTES = 2 * 1024 ** 3
+
+
+def _size_text(n_bytes: int) -> str:
+    """``2 GB``, ``300 MB``: binary units, as a file manager shows them."""
+    if n_bytes >= 1024 ** 3:
+        return f"{n_bytes / 1024 ** 3:.3g} GB"
+    return f"{n_bytes / 1024 ** 2:.3g} MB"
 
 
 def _is_os_junk(name: str) -> bool:
@@ -399,7 +431,7 @@ def _extract_zip(source: Path, target: Path) -> Path:
                     total += len(block)
                     if total > MAX_IMPORT_BYTES:
                         raise ModelPackageError(f"{source.name} unpacks to more than "
-                                                f"{MAX_IMPORT_BYTES // 1024 ** 3} GB: not a model package.")
+                                                f"{_size_text(MAX_IMPORT_BYTES)}: not a model package.")
                     writer.write(block)
     if (target / "manifest.json").is_file():
         return target

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -723,24 +722,27 @@ class StudyReview:
         SHA256 of every file). ``image`` is the run's volume as read (any
         orientation). Unless ``include_patient_info``, the volume carries no
         metadata (no patient name, ID or dates) and the source path is left
-        out. ``folder`` must be new, empty, or an earlier annotation set (which
-        is replaced); it is written all or nothing.
+        out.
+
+        A new or empty ``folder``, or one that holds only an earlier annotation
+        set (which is replaced), takes the set itself. A folder that holds other
+        files (a folder picker cannot insist on an empty one) gets the set in a
+        new subfolder, ``annotation-set`` (``annotation-set-2``, ... when taken):
+        the returned paths say where. Written all or nothing.
         """
         if volume_format not in VOLUME_FORMATS:
             raise InputError(f"The volume format must be one of {', '.join(VOLUME_FORMATS)}, not {volume_format!r}.")
         result, _, removal_records, _ = self._state()
         self._check_image(image, result)
-        folder = Path(os.path.abspath(folder))
-        _check_annotation_folder(folder)
-        staging = folder.parent / f".{folder.name}.writing-{uuid.uuid4().hex[:12]}"
-        staging.mkdir(parents=True)
-        try:
-            volume_name = f"volume.{volume_format}"
+        folder, replaced = _annotation_target(Path(os.path.abspath(folder)))
+        volume_name = f"volume.{volume_format}"
+        original_source = result.study.source
+        if not include_patient_info:
+            result.study.source = volume_name
+
+        def write(staging: Path) -> list[str]:
             sitk.WriteImage(image if include_patient_info else _without_metadata(image), str(staging / volume_name),
                             True)
-            original_source = result.study.source
-            if not include_patient_info:
-                result.study.source = volume_name
             names = [volume_name]
             markups = writers.markups_file_names(result.levels)
             for level, name in zip(result.levels, markups):
@@ -754,12 +756,9 @@ class StudyReview:
             provenance["files"] = {name: sha256_file(staging / name) for name in names}
             (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n",
                                                   encoding="utf-8")
-            names.append(PROVENANCE_FILE)
-            _swap_in(staging, folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return [folder / name for name in names]
+            return names + [PROVENANCE_FILE]
+
+        return writers.write_all_or_nothing(folder, write, replaced)
 
     def _check_image(self, image: sitk.Image, result: StudyResult) -> None:
         """Refuse an image that is not the graded volume: its ROIs would mark the wrong voxels."""
@@ -825,35 +824,42 @@ class StudyReview:
         return provenance
 
 
-def _check_annotation_folder(folder: Path) -> None:
-    """A folder may take an annotation set if it is new, empty, or holds only an earlier annotation set."""
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise InputError(f"{folder} is a file; choose a folder for the annotation set.")
-    present = {p.name for p in folder.iterdir()}
+#: the subfolder an annotation set goes into when the chosen folder holds other files
+ANNOTATION_SUBFOLDER = "annotation-set"
+
+
+def _earlier_set_files(folder: Path) -> set[str] | None:
+    """The files of the earlier annotation set that is all ``folder`` holds; None if it holds anything else."""
+    # a staging folder left by a run that was killed is not the user's
+    present = {p.name for p in folder.iterdir() if not p.name.startswith(writers.STAGING_PREFIX)}
     if not present:
-        return
+        return set()
     try:
         previous = json.loads((folder / PROVENANCE_FILE).read_text(encoding="utf-8"))
         ours = previous.get("format") == ANNOTATION_FORMAT
         listed = set(previous.get("files", {})) | {PROVENANCE_FILE}
-    except (OSError, ValueError, AttributeError):
-        ours, listed = False, set()
-    if not ours or not present <= listed:
-        raise InputError(f"{folder} already holds other files. Choose an empty folder for the annotation set.")
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    return present if ours and present <= listed else None
 
 
-def _swap_in(staging: Path, folder: Path) -> None:
-    """Put the staged folder in place of ``folder``, restoring the old one if that fails."""
+def _annotation_target(folder: Path) -> tuple[Path, set[str]]:
+    """Where an annotation set chosen to go into ``folder`` goes, and the earlier set's files it replaces there.
+
+    A new or empty folder, or one holding only an earlier set, takes the set; any
+    other folder gets it in a new subfolder, so that no file of the user's is
+    replaced or mixed into the set.
+    """
     if not folder.exists():
-        staging.rename(folder)
-        return
-    backup = folder.parent / f".{folder.name}.previous-{uuid.uuid4().hex[:12]}"
-    folder.rename(backup)
-    try:
-        staging.rename(folder)
-    except BaseException:
-        backup.rename(folder)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
+        return folder, set()
+    if not folder.is_dir():
+        raise InputError(f"{folder} is a file; choose a folder for the annotation set.")
+    earlier = _earlier_set_files(folder)
+    if earlier is not None:
+        return folder, earlier
+    number = 1
+    while True:
+        candidate = folder / (ANNOTATION_SUBFOLDER if number == 1 else f"{ANNOTATION_SUBFOLDER}-{number}")
+        if not candidate.exists():
+            return candidate, set()
+        number += 1

@@ -36,6 +36,15 @@ MAX_TILT_DEG = 40.0
 MAX_INPLANE_ANISOTROPY = 2.5
 COARSE_PIXEL_MM = 2.0
 
+#: the most voxels a study may have: 2 GiB as float32, e.g. 512 x 512 x 2048. Grading holds the stack
+#: about four times over (as read, as float32, as an array, and its canvas), so a larger one would
+#: exhaust a workstation's memory; it is refused from its header, before any voxel is read.
+MAX_VOXELS = 512 * 512 * 2048
+
+#: a direction matrix whose axes are further from perpendicular than this (the cosine of their angle)
+#: is sheared: its boxes could not be oriented boxes. DICOM and NIfTI round their cosines to about 1e-6.
+MAX_AXIS_COSINE = 0.01
+
 
 def lps_to_continuous_index(origin: Sequence[float], spacing: Sequence[float], direction: np.ndarray,
                             points: np.ndarray) -> np.ndarray:
@@ -150,6 +159,45 @@ def _dicom_orientation_groups(files: Sequence[str]) -> list[list[str]]:
     return list(groups.values())
 
 
+def _check_size(size: Sequence[int], components: int = 1) -> None:
+    """Refuse an image larger than :data:`MAX_VOXELS`, from its header, before its voxels are read."""
+    voxels = int(np.prod([int(v) for v in size], dtype=np.int64)) * max(1, int(components))
+    if voxels > MAX_VOXELS:
+        raise InputError(
+            f"The image is {' x '.join(str(int(v)) for v in size)} voxels ({voxels / 1e6:.0f} million): too big "
+            f"to grade (at most {MAX_VOXELS / 1e6:.0f} million, e.g. 512 x 512 x 2048). Crop it to the spine "
+            "in Slicer (Crop Volume module) and grade the crop."
+        )
+
+
+def _check_dicom_files_readable(directory: Path, listed: set[str]) -> None:
+    """Refuse a folder holding a damaged DICOM file: GDCM leaves it out of its series without a word.
+
+    A truncated first or last slice would make the stack silently shorter, and one in
+    the middle would look like a gap. A file is DICOM by its "DICM" marker; one that
+    is in no series and whose header cannot be read is damaged.
+    """
+    reader = sitk.ImageFileReader()
+    for path in sorted(directory.iterdir()):
+        if path.name in listed or path.name.upper() == "DICOMDIR" or not path.is_file():
+            continue
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(128)
+                if handle.read(4) != b"DICM":
+                    continue  # not DICOM: notes, thumbnails and the like are no concern
+        except OSError:
+            continue
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise InputError(
+                f"{path.name} in {directory} is a damaged or truncated DICOM file, so a slice would be missing. "
+                "Copy or export the series again."
+            ) from None
+
+
 def _read_dicom_series(directory: Path, series_uid: Optional[str],
                        stack: Optional[int]) -> tuple[sitk.Image, Optional[str]]:
     d = str(directory)
@@ -168,6 +216,8 @@ def _read_dicom_series(directory: Path, series_uid: Optional[str],
         series_uid = uids[0]
     elif series_uid not in uids:
         raise InputError(f"Series {series_uid} is not in {directory}; it holds: {', '.join(uids)}.")
+    _check_dicom_files_readable(directory, {Path(name).name for uid in uids
+                                            for name in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(d, uid)})
     files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(d, series_uid))
     groups = _dicom_orientation_groups(files)
     if len(groups) > 1:
@@ -185,6 +235,10 @@ def _read_dicom_series(directory: Path, series_uid: Optional[str],
     if len(files) < 2:
         raise InputError(f"Series {series_uid} has a single slice; a stack of axial slices is needed.")
     _check_regular_spacing(files)
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    first.ReadImageInformation()  # readable: _check_regular_spacing read it
+    _check_size((*first.GetSize()[:2], len(files)), first.GetNumberOfComponents())
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -418,6 +472,14 @@ def read_image(path: Union[str, os.PathLike], series_uid: Optional[str] = None,
         raise InputError(f"{p} does not exist.")
     if p.is_dir():
         return _read_dicom_series(p, series_uid, stack)
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(p))
+    try:
+        header.ReadImageInformation()
+    except RuntimeError:
+        pass  # not readable: the checks and the reader below say why
+    else:
+        _check_size(header.GetSize(), header.GetNumberOfComponents())
     if p.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_complete(p)
         _check_nifti_spacing(p)
@@ -461,7 +523,16 @@ def to_axial_stack(image: sitk.Image, source: str = "", dicom_modality: Optional
             f"The voxel spacing is {' x '.join(f'{v:g}' for v in spacing)} mm; a spacing must be positive. "
             "Export the study again."
         )
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    gram = direction.T @ direction
+    if not np.all(np.isfinite(gram)) or np.max(np.abs(gram - np.eye(3))) > MAX_AXIS_COSINE:
+        raise InputError(
+            "The image's axes are not perpendicular (its direction matrix is sheared or degenerate), so its "
+            "voxels are not boxes. Resample it to a regular grid in Slicer (Resample Scalar/Vector/DWI Volume) "
+            "or export the study again."
+        )
     size = image.GetSize()
+    _check_size(size, image.GetNumberOfComponentsPerPixel())
     if min(size) < 2 or sorted(size)[1] < 16:
         raise InputError(
             f"The image is {size[0]}x{size[1]}x{size[2]} voxels: too thin to be a stack of axial slices. "

@@ -1,0 +1,133 @@
+"""Interrupting ``grade``: Ctrl-C and kills leave an earlier run's results whole, and Ctrl-C exits non-zero.
+
+The grader runs as a real process that is signalled while it grades the sample
+(its "detect" stage takes seconds), as a user or a job scheduler would do it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from SpineStenosisGraderLib import cli, pipeline
+from SpineStenosisGraderLib.outputs import report as report_module
+from SpineStenosisGraderLib.outputs.writers import write_study_outputs
+from SpineStenosisGraderLib.review.background import CLI_MODULE, process_environment
+from test_cli import SAMPLE
+from test_writers import make_images, make_result
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file and folder under ``folder`` (hidden staging folders included) with its bytes."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def earlier_results(tmp_path) -> Path:
+    """An output folder holding a finished earlier run and a file of the user's."""
+    out = tmp_path / "out"
+    result = make_result()
+    write_study_outputs(result, out, make_images(result))
+    (out / "my_notes.txt").write_text("the user's own file")
+    return out
+
+
+def _grade_and_signal(out: Path, signum: int) -> tuple[int, list[str], list[dict]]:
+    """Grade the sample into ``out`` in a process of its own; send ``signum`` once it is detecting."""
+    command = [sys.executable, "-m", CLI_MODULE, "grade", str(SAMPLE), "-o", str(out), "-q",
+               "--progress-format", "jsonl"]
+    process = subprocess.Popen(command, env=process_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    stages = []
+    try:
+        for line in process.stdout:
+            stages.append(json.loads(line))
+            if stages[-1]["stage"] == "detect":
+                break
+        time.sleep(0.3)  # inside the detector's work
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stages += [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return process.returncode, stderr.strip().splitlines(), stages
+
+
+def test_ctrl_c_while_grading_exits_130_and_leaves_the_earlier_results_whole(earlier_results):
+    before = _snapshot(earlier_results)
+    code, errors, stages = _grade_and_signal(earlier_results, signal.SIGINT)
+    assert "write" not in [s["stage"] for s in stages], "the run got to writing before the signal: no test"
+    assert code == 130
+    assert errors == ["error: interrupted; nothing was written (the output folder is as it was)."]
+    assert _snapshot(earlier_results) == before
+
+
+def test_sigterm_while_grading_exits_143_and_leaves_the_earlier_results_whole(earlier_results):
+    before = _snapshot(earlier_results)
+    code, errors, stages = _grade_and_signal(earlier_results, signal.SIGTERM)
+    assert "write" not in [s["stage"] for s in stages]
+    assert code == 143 and errors[-1].startswith("error: interrupted; nothing was written")
+    assert _snapshot(earlier_results) == before
+
+
+def test_a_kill_while_grading_leaves_the_earlier_results_whole(earlier_results):
+    before = _snapshot(earlier_results)
+    code, _, stages = _grade_and_signal(earlier_results, signal.SIGKILL)
+    assert "write" not in [s["stage"] for s in stages]
+    assert code == -signal.SIGKILL
+    assert _snapshot(earlier_results) == before
+
+
+@pytest.fixture
+def quick_grading(monkeypatch):
+    """``grade`` without the seconds of grading: the pipeline gives a finished result at once."""
+    result = make_result()
+    monkeypatch.setattr(pipeline, "grade_file", lambda *args, **kwargs: (result, None))
+    monkeypatch.setattr(pipeline, "representative_slices", lambda result, stack: make_images(result))
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interruption_while_writing_leaves_the_earlier_results_whole(earlier_results, quick_grading, monkeypatch,
+                                                                       capsys, signal_name, code):
+    """Ctrl-C (or SIGTERM) after some new files are written: every one is taken back, the earlier run stays."""
+    before = _snapshot(earlier_results)
+    interruption = KeyboardInterrupt if signal_name == "SIGINT" else cli.Terminated
+
+    def interrupted(*args, **kwargs):
+        raise interruption()
+
+    monkeypatch.setattr(report_module, "write_html_report", interrupted)  # after result.json, levels.csv, markups
+    assert cli.main(["grade", str(SAMPLE), "-o", str(earlier_results), "-q"]) == code
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: interrupted; nothing was written (the output folder is as it was)."]
+    assert _snapshot(earlier_results) == before
+
+
+def test_an_interruption_after_writing_says_the_results_are_there(tmp_path, quick_grading, monkeypatch, capsys):
+    def interrupted_summary(*args, **kwargs):
+        if kwargs.get("file") is not sys.stderr:  # the summary on stdout, after the writing
+            raise KeyboardInterrupt()
+        print(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "print", interrupted_summary, raising=False)
+    out = tmp_path / "out"
+    assert cli.main(["grade", str(SAMPLE), "-o", str(out)]) == 130
+    assert f"interrupted after the results were written to {out}" in capsys.readouterr().err
+    assert (out / "result.json").is_file()
+
+
+def test_sigterm_handler_is_restored_after_main(quick_grading, tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["grade", str(SAMPLE), "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
