@@ -516,13 +516,25 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         with slicer.util.tryWithErrorDisplay(_("Required Python packages are not available.")):
             self.logic.ensureDependencies(backend)
         entry = self.currentPackageEntry()
+        modality = self._parameterNode.modality.pipelineValue()
+        region = self._parameterNode.region.pipelineValue()
+        mismatches = self.logic.compatibilityMismatches(entry, self._parameterNode.inputVolume, modality, region)
+        allowMismatch = False
+        if mismatches:
+            # the grader refuses such a study unless told otherwise: the user decides, knowing why
+            if not slicer.util.confirmYesNoDisplay(
+                    "\n\n".join(mismatches) + "\n\n" + _("Grade with this model package anyway?"),
+                    windowTitle=_("Model package made for other studies")):
+                return
+            allowMismatch = True
         with slicer.util.tryWithErrorDisplay(_("Grading could not start."), waitCursor=True):
             self.logic.startGrading(
                 self._parameterNode.inputVolume,
                 packagePath=None if entry.is_default else str(entry.path),
-                modality=self._parameterNode.modality.pipelineValue(),
-                region=self._parameterNode.region.pipelineValue(),
+                modality=modality,
+                region=region,
                 backend=backend,
+                allowModelMismatch=allowMismatch,
             )
         self.ui.statusLabel.text = _("Grading in the background; the application stays usable.")
         self.ui.changesLabel.text = ""
@@ -875,9 +887,11 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         includePatientInfo = self._parameterNode.includePatientInfo
         with slicer.util.tryWithErrorDisplay(_("The annotation set was not exported."), waitCursor=True):
             written = self.logic.exportAnnotationSet(self._review, folder, includePatientInfo)
+            # a folder that holds other files gets the set in a new subfolder: say where it went
+            setFolder = os.path.dirname(str(written[0])) if written else folder
             self.ui.statusLabel.text = _("Annotation set ({patient}): {count} files written to {folder}.").format(
                 patient=_("with patient name and ID") if includePatientInfo else _("without patient name or ID"),
-                count=len(written), folder=folder)
+                count=len(written), folder=setFolder)
 
 
 #
@@ -1097,6 +1111,12 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         region = region or (study.region if study else "")
         return entry.package.compatibility_warnings(modality or "", region or "")
 
+    def compatibilityMismatches(self, entry, volumeNode, modality: Optional[str], region: Optional[str]) -> list:
+        """Why the grader would refuse ``entry``'s package for this study: the modality as set or in the
+        DICOM header, the region as set (a region read from the anatomy is never a reason to refuse)."""
+        modality = modality or self.dicomModality(volumeNode) or ""
+        return entry.package.compatibility_mismatches(modality, region or "")
+
     # Grading
 
     @staticmethod
@@ -1177,13 +1197,14 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
 
     def startGrading(self, inputVolume: vtkMRMLScalarVolumeNode, packagePath: Optional[str] = None,
                      modality: Optional[str] = None, region: Optional[str] = None,
-                     backend: Optional[str] = None):
+                     backend: Optional[str] = None, allowModelMismatch: bool = False):
         """Start grading ``inputVolume`` in a background process and return at once.
 
         :param packagePath: model package folder; None for the embedded default
         :param modality: "CT" or "MR", or None to take it from the DICOM header or the image
         :param region: "lumbar", "thoracic" or "cervical", or None to read it from the anatomy
         :param backend: "onnx" or "torch", or None / "auto" to let the package decide
+        :param allowModelMismatch: grade even with a package made for another modality or region
         :return: the run (SpineStenosisGraderLib.review.background.GradingRun); call pollGrading() until isGrading()
                  is False, or cancelGrading()
         """
@@ -1195,7 +1216,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         run = GradingRun.for_image(
             self.volumeImage(inputVolume), self.pythonExecutable(), packagePath,
             modality=modality or self.dicomModality(inputVolume), region=region, backend=backend,
-            temp_root=self.tempRoot(), env=process_environment(),
+            temp_root=self.tempRoot(), env=process_environment(), allow_model_mismatch=allowModelMismatch,
         )
         logging.info("Spine stenosis grading started: {command}".format(command=" ".join(run.command)))
         run.start()

@@ -12,3 +12,20 @@ DATA = ROOT / "Testing" / "Data"
 
 # Two cores: keep torch and BLAS from oversubscribing them during tests.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+import locale  # noqa: E402
+
+import pytest  # noqa: E402
+
+#: the locale the test session started with
+INITIAL_LOCALE = locale.setlocale(locale.LC_ALL)
+
+
+@pytest.fixture(autouse=True)
+def _locale_kept():
+    """Put back the session's locale after each test: GDCM's DICOM writer (in a test or in a module
+    fixture) sets the C locale for the whole process, and every later test's subprocess output would
+    then be decoded as ASCII."""
+    yield
+    locale.setlocale(locale.LC_ALL, INITIAL_LOCALE)

@@ -55,6 +55,11 @@ def test_command_asks_for_a_backend_only_when_one_is_chosen():
         assert _cli_args(grade_command("python", "in.nrrd", "out", backend=backend)).backend == backend
 
 
+def test_command_overrides_the_package_check_only_when_the_user_said_so():
+    assert not _cli_args(grade_command("python", "in.nrrd", "out")).allow_model_mismatch
+    assert _cli_args(grade_command("python", "in.nrrd", "out", allow_model_mismatch=True)).allow_model_mismatch
+
+
 def test_environment_puts_the_library_first_and_keeps_the_callers_path():
     env = process_environment({"PYTHONPATH": os.pathsep.join(["/a", str(LIBRARY_PARENT)]), "HOME": "/h"},
                               LIBRARY_PARENT)

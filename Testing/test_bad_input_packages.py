@@ -156,3 +156,56 @@ def test_a_region_the_package_locates_but_does_not_grade_is_a_warning_only(tmp_p
                            detects_regions=["lumbar", "cervical"])
     (warning,) = package.check_compatible("MR", "cervical")
     assert "located but not graded" in warning
+
+
+def _small_ct(tmp_path: Path) -> Path:
+    """A small CT volume file: enough to be read and graded, nothing to find in it."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    voxels = np.full((8, 64, 64), -1000.0, dtype=np.float32)  # air around a body of soft tissue: CT
+    voxels[:, 8:56, 8:56] = np.random.default_rng(0).normal(40.0, 20.0, (8, 48, 48))
+    image = sitk.GetImageFromArray(voxels)
+    image.SetSpacing((1.0, 1.0, 3.0))
+    path = tmp_path / "small_ct.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _default_package_made_for(tmp_path: Path, **manifest_changes) -> Path:
+    """A copy of the embedded package whose manifest claims other studies."""
+    import shutil
+
+    folder = tmp_path / "other"
+    shutil.copytree(package_module.DEFAULT_PACKAGE_DIR, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.update(manifest_changes)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_grading_refuses_a_package_for_another_modality_and_says_how_to_override(tmp_path, capsys):
+    from SpineStenosisGraderLib.cli import main
+
+    study, package = _small_ct(tmp_path), _default_package_made_for(tmp_path, modalities=["MR"])
+    assert main(["grade", str(study), "-o", str(tmp_path / "out"), "--model", str(package), "-q"]) == 2
+    error = capsys.readouterr().err
+    assert "made for MR studies, not CT" in error and "pass --allow-model-mismatch" in error
+    assert not (tmp_path / "out").exists()
+    assert main(["grade", str(study), "-o", str(tmp_path / "out"), "--model", str(package), "-q",
+                 "--allow-model-mismatch"]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert any("made for MR studies, not CT" in w for w in result["warnings"])
+
+
+def test_a_region_the_user_sets_is_checked_but_one_read_from_the_anatomy_never_refuses(tmp_path):
+    from SpineStenosisGraderLib.pipeline import grade_file
+
+    study = _small_ct(tmp_path)
+    package = load_package(_default_package_made_for(tmp_path, regions=["lumbar"], detects_regions=["lumbar"]))
+    with pytest.raises(ModelPackageError, match="not the cervical spine.*--allow-model-mismatch"):
+        grade_file(study, package, region="cervical")
+    result, _ = grade_file(study, package, region="cervical", allow_model_mismatch=True)
+    assert any("not the cervical spine" in w for w in result.warnings)
+    result, _ = grade_file(study, package)  # nothing here tells the region: no check, no refusal
+    assert result.study.region == "unknown"

@@ -102,6 +102,7 @@ def test_a_sac_of_nerve_roots_is_lumbar(clump_mm):
 
 @pytest.mark.parametrize("kwargs", [
     dict(cord_mm=8.0),  # a thoracic cord or the conus: not cervical, and not lumbar either
+    dict(cord_mm=13.0, cord=630.0),  # a T2* cord too bright (0.7 of the CSF) to be seen as one: never lumbar
     dict(cord_mm=13.0, csf=200.0, cord=100.0),  # CSF no brighter than its surroundings: not T2
     dict(cord_mm=0.0, csf=200.0),
     dict(cord_mm=13.0, slices=6),  # too few slices to say

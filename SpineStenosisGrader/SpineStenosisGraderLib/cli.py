@@ -83,7 +83,7 @@ def _grade(args: argparse.Namespace) -> int:
     try:
         result, stack = grade_file(args.input, package, modality=args.modality, region=args.region,
                                    series_uid=args.series, stack_number=args.stack, anchor=anchor,
-                                   progress=pipeline_progress)
+                                   progress=pipeline_progress, allow_model_mismatch=args.allow_model_mismatch)
         progress("write", 0.95)
         try:
             written = write_study_outputs(result, output, representative_slices(result, stack),
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="set the region (otherwise read from the anatomy: sacrum, vertebral bodies, body outline)")
     grade.add_argument("--series", help="DICOM SeriesInstanceUID, when the folder holds several series")
     grade.add_argument("--stack", type=int, help="stack number, when a series holds stacks at several angles")
+    grade.add_argument("--allow-model-mismatch", action="store_true",
+                       help="grade even with a model package made for another modality or region")
     grade.add_argument("--lowest-level", help="name of the lowest disc found, e.g. L4-L5 (re-anchors every name)")
     grade.add_argument("--highest-level", help="name of the highest disc found, e.g. C3-C4")
     _add_backend_option(grade)

@@ -35,10 +35,18 @@ def _noop(stage: str, fraction: float) -> None:
     return None
 
 
+#: how to grade with a package made for other studies, said when one is refused
+OVERRIDE_MISMATCH = "pass --allow-model-mismatch (in Slicer, answer Yes when asked)"
+
+
 def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modality: Optional[str] = None,
                 region: Optional[str] = None, anchor: Optional[tuple[int, str]] = None,
-                progress: Optional[Progress] = None) -> StudyResult:
-    """Grade an axial stack that is already read and checked."""
+                progress: Optional[Progress] = None, allow_model_mismatch: bool = False) -> StudyResult:
+    """Grade an axial stack that is already read and checked.
+
+    A package made for another modality, or for a region the user set and the
+    package does not locate, is refused unless ``allow_model_mismatch``.
+    """
     progress = progress or _noop
     timings: dict[str, float] = {}
     package = package or load_default_package()
@@ -48,6 +56,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if anchor is not None:
         anchor = (anchor[0], check_level_name(anchor[1]))
     warnings = list(stack.warnings)
+    # the grade step says itself when a region is located but not graded
+    warnings += [w for w in package.check_compatible(modality, region or "", allow_model_mismatch, OVERRIDE_MISMATCH)
+                 if "will be located but not graded" not in w]
 
     t0 = time.perf_counter()
     progress("detect", 0.05)
@@ -82,6 +93,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     elif estimate.region not in (UNKNOWN_REGION, region):
         warnings.append(f"The anatomy looks {estimate.region} ({'; '.join(estimate.evidence)}), "
                         f"but the region was set to {region}.")
+    if user_region is None and region != UNKNOWN_REGION:
+        # a region read from the anatomy is never a reason to refuse: the user did not choose it
+        warnings += [w for w in package.compatibility_warnings("", region) if "will be located but not graded" not in w]
     gaps = endplate_gaps(stack, canals) if modality == "CT" else None
     naming = name_from_anatomy(find_discs(canals, stack.n_slices, dz, region, gaps), region, dz,
                                sacrum.top_slice if sacrum else None, anchor)
@@ -147,23 +161,24 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
 
 def grade_image(image: sitk.Image, package: Optional[ModelPackage] = None, modality: Optional[str] = None,
                 region: Optional[str] = None, source: str = "", progress: Optional[Progress] = None,
-                anchor: Optional[tuple[int, str]] = None) -> tuple[StudyResult, AxialStack]:
+                anchor: Optional[tuple[int, str]] = None,
+                allow_model_mismatch: bool = False) -> tuple[StudyResult, AxialStack]:
     """Grade a SimpleITK image (for example pulled from a Slicer volume node)."""
     stack = to_axial_stack(image, source=source)
-    return grade_stack(stack, package, modality, region, anchor, progress), stack
+    return grade_stack(stack, package, modality, region, anchor, progress, allow_model_mismatch), stack
 
 
 def grade_file(path, package: Optional[ModelPackage] = None, modality: Optional[str] = None,
                region: Optional[str] = None, series_uid: Optional[str] = None, stack_number: Optional[int] = None,
-               anchor: Optional[tuple[int, str]] = None,
-               progress: Optional[Progress] = None) -> tuple[StudyResult, AxialStack]:
+               anchor: Optional[tuple[int, str]] = None, progress: Optional[Progress] = None,
+               allow_model_mismatch: bool = False) -> tuple[StudyResult, AxialStack]:
     """Grade a volume file or DICOM folder."""
     progress = progress or _noop
     t0 = time.perf_counter()
     progress("read", 0.0)
     stack = load_stack(path, series_uid=series_uid, stack=stack_number)
     read_s = time.perf_counter() - t0
-    result = grade_stack(stack, package, modality, region, anchor, progress)
+    result = grade_stack(stack, package, modality, region, anchor, progress, allow_model_mismatch)
     result.timings_s = {"read": read_s, **result.timings_s}
     return result, stack
 

@@ -10,7 +10,7 @@ can have the same spacing between the slices that cut discs. What does tell it:
   100-150 mm across, a trunk 250 mm or more;
 - on T2 MR, what the bright CSF of the canal holds: a cervical cord is 11-14 mm
   across (a thoracic cord or the conus 8-10 mm), and below the conus the sac
-  holds only thin nerve roots, so its middle is as bright as its CSF.
+  holds only thin nerve roots, so its CSF is one solid bright blob.
 
 Where none of these can be read (a T1 MR cropped to the spine, say, or a
 thoracic cord) the region is "unknown": the study is not graded on a guess, and
@@ -52,10 +52,13 @@ CORD_FRACTION_OF_CSF = 0.6
 CORD_MIN_WIDTH_MM = 6.0
 #: a cord this wide is cervical: thoracic cords and the conus are 8-10 mm across
 CERVICAL_CORD_MIN_WIDTH_MM = 11.0
-#: below the conus the middle of the sac is at least this fraction of its CSF's brightness
-ROOTS_CENTRE_FRACTION = 0.75
-#: the share of slices that must show such a bright middle, with no cord on more than one in ten
-ROOTS_SHARE = 0.5
+#: below the conus the sac is CSF with thin roots: its bright part (above this fraction of the CSF) is one
+#: solid blob that fills most of its bounding box (an ellipse fills 0.79); a cord, even one as bright as
+#: 0.7 of the CSF on T2*, leaves a hole or a C, and cervical CSF fills about a third of its box
+SAC_BRIGHT_FRACTION = 0.75
+ROOTS_MIN_SAC_FILL = 0.55
+#: the share of slices that must show such a sac, with no cord on more than one in ten
+ROOTS_SHARE = 0.7
 #: the share of tracked slices (and how many) a canal reading needs before it says anything
 CANAL_READING_SHARE = 0.4
 MIN_CANAL_READINGS = 10
@@ -63,12 +66,13 @@ MIN_CANAL_READINGS = 10
 
 @dataclass
 class CanalContents:
-    """What the canal holds on one T2 MR slice: the width of an enclosed cord (0 if none), its middle's brightness."""
+    """What the canal holds on one T2 MR slice: the width of an enclosed cord (0 if none), how solid its CSF is."""
 
     slice_index: int
     csf_contrast: float
     cord_width_mm: float
-    centre_fraction: float
+    #: the share of its bounding box the brightest CSF blob fills
+    sac_fill: float
 
 
 def canal_contents(stack: AxialStack, canal: SliceCanal) -> Optional[CanalContents]:
@@ -84,9 +88,6 @@ def canal_contents(stack: AxialStack, canal: SliceCanal) -> Optional[CanalConten
     mi, mj = int(round(15.0 / sx)), int(round(15.0 / sy))
     around = image[max(0, int(j0) - mj):int(np.ceil(j1)) + mj, max(0, int(i0) - mi):int(np.ceil(i1)) + mi]
     contrast = csf / max(float(np.median(around)), 1e-6)
-    h, w = inner.shape
-    centre = inner[int(0.3 * h):max(int(0.3 * h) + 1, int(0.7 * h)), int(0.3 * w):max(int(0.3 * w) + 1, int(0.7 * w))]
-    centre_fraction = float(np.median(centre)) / max(csf, 1e-6)
     # a margin of a few pixels: a tight box may cut the CSF around the cord
     m = 3
     top, left = max(0, int(j0) - m), max(0, int(i0) - m)
@@ -103,7 +104,18 @@ def canal_contents(stack: AxialStack, canal: SliceCanal) -> Optional[CanalConten
         if not (blob[0].any() or blob[-1].any() or blob[:, 0].any() or blob[:, -1].any()):
             width = max(width, float(np.count_nonzero(blob.any(axis=0)) * sx))
     width = width if width >= CORD_MIN_WIDTH_MM else 0.0
-    return CanalContents(canal.slice_index, contrast, width, centre_fraction)
+    return CanalContents(canal.slice_index, contrast, width, _sac_fill(window > SAC_BRIGHT_FRACTION * csf))
+
+
+def _sac_fill(bright: np.ndarray) -> float:
+    """The share of its bounding box that the largest bright blob fills (0 when there is none)."""
+    labels, n = ndimage.label(bright)
+    if n == 0:
+        return 0.0
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, range(1, n + 1))
+    blob = labels == int(np.argmax(sizes)) + 1
+    rows, columns = np.nonzero(blob.any(axis=1))[0], np.nonzero(blob.any(axis=0))[0]
+    return float(sizes.max()) / float((rows[-1] - rows[0] + 1) * (columns[-1] - columns[0] + 1))
 
 
 def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[tuple[str, str]]:
@@ -118,7 +130,7 @@ def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional
         if width >= CERVICAL_CORD_MIN_WIDTH_MM:
             return "cervical", f"a spinal cord {width:.0f} mm across in the canal on {len(cords)} of {len(t2)} slices"
         return None  # a thoracic cord or the conus: the cord alone does not tell which
-    roots = [r for r in t2 if r.cord_width_mm == 0 and r.centre_fraction >= ROOTS_CENTRE_FRACTION]
+    roots = [r for r in t2 if r.cord_width_mm == 0 and r.sac_fill >= ROOTS_MIN_SAC_FILL]
     if len(cords) <= 0.1 * len(t2) and len(roots) >= ROOTS_SHARE * len(t2):
         return "lumbar", f"no cord in the canal on {len(t2) - len(cords)} of {len(t2)} slices: nerve roots in CSF"
     return None

@@ -252,6 +252,10 @@ class ModelPackage:
         """
         return [message for message, _ in self._compatibility(modality, region)]
 
+    def compatibility_mismatches(self, modality: str, region: str) -> list[str]:
+        """The reasons ``check_compatible`` would refuse such a study (empty when it would not)."""
+        return [message for message, mismatch in self._compatibility(modality, region) if mismatch]
+
     def check_compatible(self, modality: str, region: str, allow_mismatch: bool = False,
                          how_to_override: str = "") -> list[str]:
         """Refuse a study this package was not made for, unless ``allow_mismatch``; return the warnings.
@@ -262,7 +266,7 @@ class ModelPackage:
         ``how_to_override`` (e.g. "pass --allow-model-mismatch") ends the message.
         """
         checks = self._compatibility(modality, region)
-        mismatches = [message for message, mismatch in checks if mismatch]
+        mismatches = self.compatibility_mismatches(modality, region)
         if mismatches and not allow_mismatch:
             advice = f"Choose a package made for such studies, or {how_to_override or 'override this check'} " \
                      "to grade anyway."

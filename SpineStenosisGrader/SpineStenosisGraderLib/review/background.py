@@ -66,13 +66,15 @@ class RunState(enum.Enum):
 
 def grade_command(python: str | Path, input_path: str | Path, output_dir: str | Path,
                   package_dir: str | Path | None = None, modality: str | None = None,
-                  region: str | None = None, backend: str | None = None) -> list[str]:
+                  region: str | None = None, backend: str | None = None,
+                  allow_model_mismatch: bool = False) -> list[str]:
     """The command line that grades ``input_path`` into ``output_dir`` and reports progress as JSON lines.
 
     ``python`` is the interpreter to run it with (in Slicer, ``PythonSlicer``); None
     for ``package_dir``, ``modality`` and ``region`` leaves them to the grader (the
     embedded package; detected from the image). ``backend`` (``"onnx"``, ``"torch"``)
     is passed only when one is asked for, so that the grader picks by default.
+    ``allow_model_mismatch`` grades with a package made for other studies (the user said so).
     """
     command = [str(python), "-m", CLI_MODULE, "grade", str(input_path), "-o", str(output_dir),
                "-q", "--progress-format", "jsonl",
@@ -86,6 +88,8 @@ def grade_command(python: str | Path, input_path: str | Path, output_dir: str | 
         command += ["--region", region]
     if backend not in (None, "auto"):
         command += ["--backend", backend]
+    if allow_model_mismatch:
+        command.append("--allow-model-mismatch")
     return command
 
 
@@ -208,8 +212,8 @@ class GradingRun:
     @classmethod
     def for_image(cls, image: sitk.Image, python: str | Path, package_dir: str | Path | None = None,
                   modality: str | None = None, region: str | None = None, backend: str | None = None,
-                  temp_root: str | Path | None = None,
-                  env: Mapping[str, str] | None = None) -> GradingRun:
+                  temp_root: str | Path | None = None, env: Mapping[str, str] | None = None,
+                  allow_model_mismatch: bool = False) -> GradingRun:
         """A run that grades ``image``: written to a new work folder under ``temp_root`` (not started yet)."""
         if temp_root is not None:
             Path(temp_root).mkdir(parents=True, exist_ok=True)
@@ -220,7 +224,7 @@ class GradingRun:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
         command = grade_command(python, work_dir / INPUT_FILE, work_dir / OUTPUT_FOLDER, package_dir,
-                                modality, region, backend)
+                                modality, region, backend, allow_model_mismatch)
         return cls(command, work_dir, env)
 
     @property
