@@ -471,8 +471,8 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
     training = {
         "summary": (f"{n_phantoms} phantom studies (CT and T2 MR, lumbar and cervical), the public scans "
                     f"{', '.join(real_names)}"
-                    + (" and images synthesised from the label maps of both (random contrast, resolution, noise, "
-                       "bias and deformation)" if synth_counts else "")
+                    + (" and images synthesised from the label maps of all of them and of the phantoms (random "
+                       "contrast, resolution, noise, bias and deformation)" if synth_counts else "")
                     + f" for the detector; {grade_summary}"),
         "detector_real_scans": real_names,
         "detector_excluded_scans": sorted(exclude_scans),
