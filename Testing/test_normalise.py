@@ -44,12 +44,24 @@ def test_windows_put_csf_and_bone_apart_on_ct(scans):
     assert window.apply(np.array([1200.0]))[0] == 1.0
 
 
-def test_mr_window_uses_the_tissue_percentiles(scans):
+def test_mr_window_is_the_1st_to_99_5th_percentile_of_the_tissue_not_the_air():
+    # half of every slice is air (0); the tissue is the ramp 1 ... 1000, so by hand (linear interpolation)
+    # the 1st percentile is 1 + 0.01 * 999 = 10.99 and the 99.5th is 1 + 0.995 * 999 = 995.005
+    ramp = np.arange(1.0, 1001.0)
+    volume = np.tile(np.concatenate([np.zeros(1000), ramp]).reshape(1, 40, 50), (24, 1, 1))
+    window = intensity_window(volume, "MR")
+    assert (window.low, window.high) == pytest.approx((10.99, 995.005), abs=1e-9)
+    assert window.apply(np.array([0.0, 10.99, 503.0, 995.005, 2000.0])).tolist() == pytest.approx(
+        [0.0, 0.0, (503.0 - 10.99) / (995.005 - 10.99), 1.0, 1.0])
+
+
+def test_mr_window_puts_the_csf_of_a_t2_scan_in_its_upper_half(scans):
     scan = next(s for s in scans if s.name == "sct_cervical_t2")
     window = intensity_window(scan.stack.array, "MR")
     values = window.apply(scan.stack.array)
     assert values.min() >= 0.0 and values.max() <= 1.0
-    assert 0.2 < np.mean(values > 0.5) + np.mean(values < 0.5)
+    csf = values[scan.canal > 0]
+    assert np.percentile(csf, 90) > 0.6 > np.median(values)  # bright CSF, above most of the slice
 
 
 def make_stack(ni, nj, si, sj):
