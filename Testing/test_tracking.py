@@ -76,3 +76,11 @@ def test_candidates_come_best_first_and_fold_the_two_classes_of_one_canal():
     assert found[0].score == 0.9 and found[0].disc_probability == 0.0
     # canal (0.3) and canal-at-disc (0.6) boxes of one canal: score 0.9, disc share 2/3
     assert abs(found[1].score - 0.9) < 1e-9 and abs(found[1].disc_probability - 0.6 / 0.9) < 1e-9
+
+
+def test_of_two_steady_tubes_the_surer_one_is_the_canal():
+    # a second, steady but weaker line of boxes 50 mm to the side (say, the aorta) along the whole study
+    canal, aside = tube(20, score=0.9), tube(20, u0=168.0, score=0.45)
+    candidates = [a + b for a, b in zip(aside, canal)]  # the weaker box listed first on every slice
+    chosen = track_canal(candidates, pixel_mm=1.25, slice_mm=3.0)
+    assert [round(centre(d)[0], 6) for d in chosen] == [round(128.0 + 0.3 * k, 6) for k in range(20)]
