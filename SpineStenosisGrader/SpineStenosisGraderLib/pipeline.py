@@ -56,9 +56,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if anchor is not None:
         anchor = (anchor[0], check_level_name(anchor[1]))
     warnings = list(stack.warnings)
-    # the grade step says itself when a region is located but not graded
-    warnings += [w for w in package.check_compatible(modality, region or "", allow_model_mismatch, OVERRIDE_MISMATCH)
-                 if "will be located but not graded" not in w]
+    package.check_compatible(modality, region or "", allow_model_mismatch, OVERRIDE_MISMATCH)
+    # overridden, a mismatch stays on record; a region located but not graded is said by the grade step
+    warnings += package.compatibility_mismatches(modality, region or "")
 
     t0 = time.perf_counter()
     progress("detect", 0.05)
@@ -95,7 +95,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
                         f"but the region was set to {region}.")
     if user_region is None and region != UNKNOWN_REGION:
         # a region read from the anatomy is never a reason to refuse: the user did not choose it
-        warnings += [w for w in package.compatibility_warnings("", region) if "will be located but not graded" not in w]
+        warnings += package.compatibility_mismatches("", region)
     gaps = endplate_gaps(stack, canals) if modality == "CT" else None
     naming = name_from_anatomy(find_discs(canals, stack.n_slices, dz, region, gaps), region, dz,
                                sacrum.top_slice if sacrum else None, anchor)
