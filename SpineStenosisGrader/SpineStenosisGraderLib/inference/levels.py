@@ -112,6 +112,8 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     sigma = SMOOTHING_MM / slice_spacing_mm
     smooth = ndimage.gaussian_filter1d(filled, sigma) if sigma > 0.3 else filled
     peaks, _ = signal.find_peaks(smooth - baseline, height=MIN_PEAK_RISE)
+    # the slices counted into a disc: those near its peak that rise at least half as far
+    spread = np.nonzero(smooth - baseline >= MIN_PEAK_RISE / 2.0)[0]
     levels: list[LevelCandidate] = []
     for peak in peaks:
         near = tracked[np.abs(tracked - peak) * slice_spacing_mm <= max(SMOOTHING_MM, slice_spacing_mm / 2.0)]
@@ -120,7 +122,6 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
         k = int(max(near, key=lambda j: (evidence[j], -abs(j - peak))))
         if evidence[k] < MIN_DISC_PROBABILITY:
             continue
-        spread = np.nonzero(smooth - baseline >= MIN_PEAK_RISE / 2.0)[0]
         group = spread[np.abs(spread - peak) * slice_spacing_mm <= MIN_DISC_SEPARATION_MM[UNKNOWN_REGION] / 2.0]
         canal = by_slice[k]
         levels.append(LevelCandidate(slice_index=k, box_ij=canal.box_ij, score=canal.score,

@@ -75,23 +75,26 @@ class CanalContents:
     sac_fill: float
 
 
+def _around_box(image: np.ndarray, box_ij: Sequence[float], margin_i: int, margin_j: int) -> np.ndarray:
+    """The part of ``image`` under the box (i0, j0, i1, j1) grown by the margins, in pixels."""
+    i0, j0, i1, j1 = box_ij
+    return image[max(0, int(j0) - margin_j):int(np.ceil(j1)) + margin_j,
+                 max(0, int(i0) - margin_i):int(np.ceil(i1)) + margin_i]
+
+
 def canal_contents(stack: AxialStack, canal: SliceCanal) -> Optional[CanalContents]:
     """The cord (or its absence) inside the canal box on an MR slice; None when the box is too small to read."""
     sx, sy = stack.spacing[0], stack.spacing[1]
-    i0, j0, i1, j1 = canal.box_ij
     image = stack.array[canal.slice_index]
-    inner = image[max(0, int(j0)):int(np.ceil(j1)), max(0, int(i0)):int(np.ceil(i1))].astype(np.float32)
+    inner = _around_box(image, canal.box_ij, 0, 0).astype(np.float32)
     if inner.shape[0] < 4 or inner.shape[1] < 4:
         return None
     csf = float(np.percentile(inner, 95))
     # the surroundings: 15 mm around the box (muscle, bone and fat, all darker than CSF on T2)
-    mi, mj = int(round(15.0 / sx)), int(round(15.0 / sy))
-    around = image[max(0, int(j0) - mj):int(np.ceil(j1)) + mj, max(0, int(i0) - mi):int(np.ceil(i1)) + mi]
+    around = _around_box(image, canal.box_ij, int(round(15.0 / sx)), int(round(15.0 / sy)))
     contrast = csf / max(float(np.median(around)), 1e-6)
     # a margin of a few pixels: a tight box may cut the CSF around the cord
-    m = 3
-    top, left = max(0, int(j0) - m), max(0, int(i0) - m)
-    window = image[top:int(np.ceil(j1)) + m, left:int(np.ceil(i1)) + m]
+    window = _around_box(image, canal.box_ij, 3, 3)
     labels, _ = ndimage.label(window < CORD_FRACTION_OF_CSF * csf)
     # the cord is the dark blob reaching the box's middle third; on T2* its grey matter may be brighter
     # than its white matter, so the blob need not cover the very centre

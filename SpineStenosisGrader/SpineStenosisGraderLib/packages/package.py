@@ -266,7 +266,7 @@ class ModelPackage:
         ``how_to_override`` (e.g. "pass --allow-model-mismatch") ends the message.
         """
         checks = self._compatibility(modality, region)
-        mismatches = self.compatibility_mismatches(modality, region)
+        mismatches = [message for message, mismatch in checks if mismatch]
         if mismatches and not allow_mismatch:
             advice = f"Choose a package made for such studies, or {how_to_override or 'override this check'} " \
                      "to grade anyway."
