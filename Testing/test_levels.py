@@ -174,3 +174,38 @@ def test_of_two_discs_too_close_the_surer_disc_stays_however_sure_its_canal():
     canals[10] = SliceCanal(10, canals[10].box_ij, 0.5, 0.9)  # a doubtful canal box, but surely a disc
     canals[14] = SliceCanal(14, canals[14].box_ij, 0.99, 0.6)
     assert [lv.slice_index for lv in find_discs(canals, 40, 3.0, "lumbar")] == [10, 30]
+
+
+def _three_cervical_discs(middle_bump):
+    # 1 mm slices, discs 16 mm apart; the middle one barely shows (a degenerate disc, an unfamiliar contrast)
+    probabilities = np.full(50, 0.35)
+    for d in (8, 40):
+        probabilities[d - 1:d + 2] = 0.45
+    probabilities[23:26] += middle_bump
+    return profile_canals(probabilities)
+
+
+def test_a_disc_missed_between_two_is_placed_from_their_spacing_at_its_weak_peak():
+    levels = find_discs(_three_cervical_discs(0.02), 50, 1.0, "cervical")
+    assert [lv.slice_index for lv in levels] == [8, 24, 40]
+    assert [lv.from_spacing for lv in levels] == [False, True, False]
+
+
+@pytest.mark.parametrize("bump,region", [(0.0, "cervical"), (0.02, "unknown"), (0.02, "lumbar")])
+def test_no_disc_is_invented_without_a_peak_a_region_or_a_gap_too_long(bump, region):
+    # no evidence at all; no known vertebra height; 32 mm is one lumbar vertebra, not two
+    assert [lv.slice_index for lv in find_discs(_three_cervical_discs(bump), 50, 1.0, region)] == [8, 40]
+
+
+def test_two_lumbar_disc_peaks_19_mm_apart_are_one():
+    # the shortest lumbar disc-to-disc distance is about 25 mm; a peak 19 mm from a stronger one is a body's middle
+    probabilities = np.full(80, 0.1)
+    probabilities[[10, 29, 64]] = [0.6, 0.9, 0.9]
+    assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 80, 1.0, "lumbar")] == [29, 64]
+
+
+def test_a_disc_placed_from_the_spacing_is_named_with_the_rest_and_flagged():
+    levels = find_discs(_three_cervical_discs(0.02), 50, 1.0, "cervical")
+    naming = name_from_anatomy(levels, "cervical", 1.0)
+    assert naming.names == ["C4-C5", "C3-C4", "C2-C3"]
+    assert len(naming.warnings) == 1 and naming.warnings[0].startswith("C3-C4 (slice 24) is placed where the spacing")

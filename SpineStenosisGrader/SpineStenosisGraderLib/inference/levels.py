@@ -39,7 +39,7 @@ DISC_HEIGHT_MM = {"lumbar": 10.0, "thoracic": 6.0, "cervical": 6.0, UNKNOWN_REGI
 DEFAULT_ANCHORS = {"lumbar": (0, "L5-S1"), "thoracic": (0, "T12-L1"), "cervical": (-1, "C2-C3")}
 #: two disc peaks closer than this are one disc: about half the shortest vertebral body of the region
 #: (lumbar bodies are 25-30 mm tall, thoracic 17-25 mm, cervical 12-15 mm)
-MIN_DISC_SEPARATION_MM = {"lumbar": 18.0, "thoracic": 12.0, "cervical": 9.0, UNKNOWN_REGION: 9.0}
+MIN_DISC_SEPARATION_MM = {"lumbar": 20.0, "thoracic": 12.0, "cervical": 9.0, UNKNOWN_REGION: 9.0}
 #: the detector's disc probability is read against its own level along the spine: a running low
 #: quantile over this half-length (on an unfamiliar contrast it rises at discs but may stay under 0.5,
 #: or stay above it everywhere)
@@ -50,6 +50,11 @@ MIN_PEAK_RISE = 0.06
 MIN_DISC_PROBABILITY = 0.3
 #: the profile is smoothed over about this (mm), so one doubtful slice does not split a disc
 SMOOTHING_MM = 1.5
+#: disc-to-disc distance along an adult spine (mm): a vertebral body and a disc; cervical bodies are about
+#: 14 mm tall, lower thoracic 20-25 mm, lumbar 25-30 mm, with 5-10 mm of disc
+TYPICAL_DISC_SPACING_MM = {"lumbar": 33.0, "thoracic": 23.0, "cervical": 16.0}
+#: two discs found this many typical spacings apart have a disc between them that the evidence missed
+MISSED_DISC_GAP = 1.5
 #: on CT, how much an endplate-bounded gap in the bone (see ``landmarks.endplate_gaps``) weighs against the detector
 ENDPLATE_WEIGHT = 0.7
 
@@ -72,6 +77,8 @@ class LevelCandidate:
     disc_probability: float
     #: the slices counted into this disc
     slices: tuple[int, ...]
+    #: placed where the spacing of the discs around it says one was missed, at the evidence's best local peak
+    from_spacing: bool = False
 
 
 def disc_profile(canals: Sequence[Optional[SliceCanal]], n_slices: int, min_score: float = 0.3) -> np.ndarray:
@@ -113,7 +120,8 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     smooth = ndimage.gaussian_filter1d(filled, sigma) if sigma > 0.3 else filled
     peaks, _ = signal.find_peaks(smooth - baseline, height=MIN_PEAK_RISE)
     # the slices counted into a disc: those near its peak that rise at least half as far
-    spread = np.nonzero(smooth - baseline >= MIN_PEAK_RISE / 2.0)[0]
+    rise = smooth - baseline
+    spread = np.nonzero(rise >= MIN_PEAK_RISE / 2.0)[0]
     levels: list[LevelCandidate] = []
     for peak in peaks:
         near = tracked[np.abs(tracked - peak) * slice_spacing_mm <= max(SMOOTHING_MM, slice_spacing_mm / 2.0)]
@@ -126,7 +134,43 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
         canal = by_slice[k]
         levels.append(LevelCandidate(slice_index=k, box_ij=canal.box_ij, score=canal.score,
                                      disc_probability=float(evidence[k]), slices=tuple(int(j) for j in group)))
-    return _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps)
+    levels = _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps)
+    return _fill_missed_discs(levels, rise, tracked, by_slice, slice_spacing_mm, region)
+
+
+def _fill_missed_discs(levels: list[LevelCandidate], rise: np.ndarray, tracked: np.ndarray,
+                       by_slice: dict[int, SliceCanal], slice_spacing_mm: float,
+                       region: str) -> list[LevelCandidate]:
+    """Add a disc where two found ones lie a whole vertebra too far apart.
+
+    The spine is a chain of vertebrae of slowly changing height, so a gap of
+    MISSED_DISC_GAP typical spacings or more holds a disc the evidence did not
+    raise above its threshold (an unfamiliar contrast, a degenerate disc). It is
+    placed at the highest local peak of the evidence near where the spacing puts
+    it; with no peak there, none is added. Without a known region the spacing
+    is not known, and nothing is added.
+    """
+    if region not in TYPICAL_DISC_SPACING_MM or len(levels) < 2:
+        return levels
+    typical = TYPICAL_DISC_SPACING_MM[region]
+    peaks = set(int(k) for k in signal.find_peaks(np.concatenate(([-np.inf], rise, [-np.inf])))[0] - 1)
+    filled = [levels[0]]
+    for lower, upper in zip(levels, levels[1:]):
+        gap_mm = (upper.slice_index - lower.slice_index) * slice_spacing_mm
+        missed = int(round(gap_mm / typical)) - 1 if gap_mm >= MISSED_DISC_GAP * typical else 0
+        step = (upper.slice_index - lower.slice_index) / (missed + 1)
+        for j in range(1, missed + 1):
+            expected = lower.slice_index + j * step
+            window = [int(k) for k in tracked if abs(k - expected) <= step / 4.0 and int(k) in peaks]
+            if not window:
+                continue
+            k = max(window, key=lambda i: rise[i])
+            canal = by_slice[k]
+            filled.append(LevelCandidate(slice_index=k, box_ij=canal.box_ij, score=canal.score,
+                                         disc_probability=canal.disc_probability, slices=(k,),
+                                         from_spacing=True))
+        filled.append(upper)
+    return filled
 
 
 def _one_per_vertebra(levels: list[LevelCandidate], slice_spacing_mm: float, separation_mm: float,
@@ -233,8 +277,19 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
 
     ``sacrum_top_slice`` is the most superior slice showing the sacral alae, where
     the study contains the sacrum. Discs found inside the sacrum are dropped
-    with a warning: they are the fused sacral segments, not levels.
+    with a warning: they are the fused sacral segments, not levels. A disc placed
+    from the spacing of its neighbours is named with the rest, with a warning.
     """
+    naming = _name_from_anatomy(candidates, region, slice_spacing_mm, sacrum_top_slice, anchor)
+    naming.warnings.extend(
+        f"{name} (slice {c.slice_index}) is placed where the spacing of the discs around it says one was "
+        "missed; the disc evidence there is weak, so check it on a sagittal view."
+        for name, c in zip(naming.names, naming.kept) if c.from_spacing)
+    return naming
+
+
+def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_spacing_mm: float,
+                       sacrum_top_slice: Optional[int], anchor: Optional[tuple[int, str]]) -> LevelNaming:
     kept = list(candidates)
     warnings: list[str] = []
     if sacrum_top_slice is not None:
