@@ -209,3 +209,16 @@ def test_a_disc_placed_from_the_spacing_is_named_with_the_rest_and_flagged():
     naming = name_from_anatomy(levels, "cervical", 1.0)
     assert naming.names == ["C4-C5", "C3-C4", "C2-C3"]
     assert len(naming.warnings) == 1 and naming.warnings[0].startswith("C3-C4 (slice 24) is placed where the spacing")
+
+
+def test_a_disc_past_the_end_of_the_study_is_no_level_and_takes_no_body_peak_with_it():
+    # 3 mm slices: the evidence still rises at the first slice (the disc lies at or below the study's end) and a
+    # weaker bump 12 mm up is in the vertebral body; the disc at slice 14 is well inside
+    probabilities = np.full(24, 0.2)
+    probabilities[[0, 1]] = [0.6, 0.45]
+    probabilities[4] = 0.4
+    probabilities[13:16] = [0.5, 0.8, 0.5]
+    assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 24, 3.0, "lumbar")] == [14]
+    # where the evidence falls towards the end, nothing lies past it, and the bump is a disc
+    probabilities[[0, 1]] = [0.2, 0.2]
+    assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 24, 3.0, "lumbar")] == [4, 14]

@@ -101,7 +101,9 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     baseline, so a detector that is unsure on an unfamiliar contrast still
     places the discs where its probability rises, and a profile that is high
     everywhere yields none. Peaks closer than the region's shortest vertebra are
-    one disc, and the stronger one stays.
+    one disc, and the stronger one stays; an end of the study where the evidence
+    still rises competes too, as a disc past the end. Where two discs lie a
+    whole vertebra too far apart, the one between is placed from their spacing.
     """
     profile = disc_profile(canals, n_slices, min_score)
     tracked = np.nonzero(~np.isnan(profile))[0]
@@ -118,11 +120,12 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     baseline = ndimage.percentile_filter(filled, BASELINE_QUANTILE, size=2 * half + 1, mode="nearest")
     sigma = SMOOTHING_MM / slice_spacing_mm
     smooth = ndimage.gaussian_filter1d(filled, sigma) if sigma > 0.3 else filled
-    peaks, _ = signal.find_peaks(smooth - baseline, height=MIN_PEAK_RISE)
-    # the slices counted into a disc: those near its peak that rise at least half as far
     rise = smooth - baseline
+    peaks, _ = signal.find_peaks(rise, height=MIN_PEAK_RISE)
+    # the slices counted into a disc: those near its peak that rise at least half as far
     spread = np.nonzero(rise >= MIN_PEAK_RISE / 2.0)[0]
     levels: list[LevelCandidate] = []
+    at_end: list[LevelCandidate] = []
     for peak in peaks:
         near = tracked[np.abs(tracked - peak) * slice_spacing_mm <= max(SMOOTHING_MM, slice_spacing_mm / 2.0)]
         if len(near) == 0:
@@ -134,7 +137,18 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
         canal = by_slice[k]
         levels.append(LevelCandidate(slice_index=k, box_ij=canal.box_ij, score=canal.score,
                                      disc_probability=float(evidence[k]), slices=tuple(int(j) for j in group)))
+    # where the evidence still rises at an end of the track, a disc lies at or past the end of the study: that
+    # end competes for its vertebra like a peak, so that a weaker peak in the body next to it is not taken for
+    # the disc, but it is no level, as the disc is not (wholly) in the study
+    for end, inward in ((tracked[0], tracked[1:2]), (tracked[-1], tracked[-2:-1])):
+        if len(inward) and evidence[end] > evidence[inward[0]] and evidence[end] >= MIN_DISC_PROBABILITY:
+            canal = by_slice[int(end)]
+            at_end.append(LevelCandidate(slice_index=int(end), box_ij=canal.box_ij, score=canal.score,
+                                         disc_probability=float(evidence[end]), slices=(int(end),)))
+    levels = sorted(levels + [end for end in at_end if all(lv.slice_index != end.slice_index for lv in levels)],
+                    key=lambda lv: lv.slice_index)
     levels = _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps)
+    levels = [level for level in levels if not any(level is end for end in at_end)]
     return _fill_missed_discs(levels, rise, tracked, by_slice, slice_spacing_mm, region)
 
 
