@@ -6,7 +6,6 @@ top-level CMakeLists.txt; a URL to a file that is not in the repository shows as
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, load_script
 
 CMAKE = ROOT / "CMakeLists.txt"
 CATALOGUE_ENTRY = ROOT / "SpineStenosisGrader.json"
@@ -71,20 +70,13 @@ def test_icon_and_screenshots_are_pngs_the_repository_holds():
             assert image.format == "PNG" and min(image.size) >= 64, f"{relative}: {image.format} {image.size}"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("ssg_catalogue_screenshot", SCREENSHOT_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_catalogue_screenshot_is_made_from_the_report_of_a_grading(tmp_path: Path):
     from SpineStenosisGraderLib.cli import main
     from SpineStenosisGraderLib.result import StudyResult
 
     result_dir = tmp_path / "out"
     assert main(["grade", str(DATA / "totalsegmentator_ct" / "example_ct.nii.gz"), "-o", str(result_dir), "-q"]) == 0
-    script = _load_script()
+    script = load_script(SCREENSHOT_SCRIPT, "ssg_catalogue_screenshot")
     result = StudyResult.from_json((result_dir / "result.json").read_text(encoding="utf-8"))
     pictures = script.report_pictures((result_dir / "report.html").read_text(encoding="utf-8"), result)
     assert [level.name for level, _ in pictures] == [level.name for level in result.levels]
