@@ -9,20 +9,12 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ROOT
+from conftest import ROOT, load_script
 from SpineStenosisGraderLib.packages.package import DEFAULT_PACKAGE_DIR
 
 SCRIPT = ROOT / "benchmarks" / "benchmark.py"
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("ssg_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _load_script()
+benchmark = load_script(SCRIPT, "ssg_benchmark")
 
 
 def _onnx_missing() -> str:
