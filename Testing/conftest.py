@@ -14,7 +14,7 @@ DATA = ROOT / "Testing" / "Data"
 
 
 def load_script(path: Path, name: str) -> ModuleType:
-    """Import a script of the repository that is not in a package (benchmarks/, Utilities/) by its path."""
+    """Import a script of the repository that is not in a package (benchmarks/, Resources/Screenshots/) by its path."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -18,7 +18,7 @@ from conftest import DATA, ROOT, load_script
 
 CMAKE = ROOT / "CMakeLists.txt"
 CATALOGUE_ENTRY = ROOT / "SpineStenosisGrader.json"
-SCREENSHOT_SCRIPT = ROOT / "Utilities" / "catalogue_screenshot.py"
+SCREENSHOT_SCRIPT = ROOT / "Resources" / "Screenshots" / "catalogue_screenshot.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -9,7 +9,7 @@ It is not a screenshot of the Slicer module, which needs the Slicer application.
 Regenerate the catalogue screenshot (from the repository root, with the project's venv)::
 
     .venv/bin/spine-stenosis-grader grade Testing/Data/totalsegmentator_ct/example_ct.nii.gz -o sample-output
-    .venv/bin/python Utilities/catalogue_screenshot.py sample-output
+    .venv/bin/python Resources/Screenshots/catalogue_screenshot.py sample-output
 
 which writes ``Resources/Screenshots/sample-levels.png`` (``-o`` for another path).
 """
