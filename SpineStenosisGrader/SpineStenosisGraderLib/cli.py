@@ -142,7 +142,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .training.evaluation import evaluate_grades, evaluate_levels, evaluate_real, pooled, time_studies
+    from .training.evaluation import (evaluate_grades, evaluate_levels, evaluate_real, evaluate_series_variants,
+                                      pooled, time_studies)
     from .packages.package import load_package
 
     package = load_package(args.model, backend=args.backend)
@@ -180,6 +181,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             "per_scan": [s.to_dict() for s in scores],
         },
     }
+    if args.series_variants:
+        metrics["series_variants"] = evaluate_series_variants(package_for, Path(args.catalogue), use=use)
     if not args.real_only:
         metrics["levels"] = evaluate_levels(package)
         metrics["grade"] = evaluate_grades(package, n_slices=args.grade_slices)
@@ -187,6 +190,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         metrics["time_per_study"] = time_studies(package, [Path(p) for p in args.time])
     print(json.dumps(metrics, indent=2))
     print(_real_scan_table(scores, summary), file=sys.stderr)
+    if args.series_variants:
+        variants = metrics["series_variants"]
+        print("\nShort and thick series: " + ", ".join(
+            f"{s['scan']} {s['discs_found']}/{s['discs_inside']} discs, {s['false_levels']} false"
+            for s in variants["per_scan"]) + f"; pooled {variants['pooled']}", file=sys.stderr)
     if args.write_manifest:
         manifest_path = package.path / "manifest.json"
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -282,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fold-packages", help="folder with one package per scan, named by the scan and trained "
                                                   "without it: each scan is scored by its own (leave-one-scan-out)")
     evaluate.add_argument("--real-only", action="store_true", help="only the real scans, not the phantoms")
+    evaluate.add_argument("--series-variants", action="store_true",
+                          help="also grade short windows and thick-slice versions of each real scan (a few minutes)")
     evaluate.add_argument("--grade-slices", type=int, default=400)
     evaluate.add_argument("--time", nargs="*", help="studies to time end to end (median of 3)")
     _add_backend_option(evaluate)

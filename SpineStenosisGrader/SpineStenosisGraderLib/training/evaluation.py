@@ -190,6 +190,60 @@ def evaluate_real(packages: Callable[[str], ModelPackage], catalogue: Path,
     return [score_real_scan(packages(scan.name), scan) for scan in load_scans(catalogue, use=use)]
 
 
+def score_levels(result_levels: Sequence[float], discs: Sequence[float], n_slices: int,
+                 slice_spacing_mm: float) -> tuple[int, int, int]:
+    """(discs inside the study, of those found within DISC_FOUND_MM, levels farther than FALSE_LEVEL_MM from every disc)."""
+    inside = [k for k in discs if min(k + 0.5, n_slices - 0.5 - k) * slice_spacing_mm >= DISC_INSIDE_MM]
+    found = len(match_levels(list(result_levels), inside, DISC_FOUND_MM / slice_spacing_mm))
+    false = sum(1 for k in result_levels
+                if not discs or min(abs(k - d) for d in discs) * slice_spacing_mm > FALSE_LEVEL_MM)
+    return len(inside), found, false
+
+
+def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue: Path,
+                             use: Optional[str] = None) -> dict[str, Any]:
+    """Levels and region on short and thick series made from every catalogue scan (see ``series_variants``).
+
+    Each scan's series are graded as a user would, by ``packages(scan name)``:
+    for leave-one-scan-out, the package trained without that scan.
+    """
+    from .series_variants import series_variants
+
+    per_scan, missed = [], []
+    for scan in load_scans(catalogue, use=use):
+        package = packages(scan.name)
+        counts = {"series": 0, "discs_inside": 0, "discs_found": 0, "false_levels": 0, "region_right": 0}
+        for variant in series_variants(scan.stack, scan.discs):
+            result = grade_stack(variant.stack, package, modality=scan.modality)
+            levels = [float(lv.slice_index) for lv in result.levels]
+            inside, found, false = score_levels(levels, list(variant.discs.values()), variant.stack.n_slices,
+                                                variant.stack.spacing[2])
+            counts["series"] += 1
+            counts["discs_inside"] += inside
+            counts["discs_found"] += found
+            counts["false_levels"] += false
+            counts["region_right"] += int(result.study.region == scan.region)
+            if found < inside or false:
+                missed.append(f"{scan.name}, {variant.description}: {found}/{inside} discs, {false} false "
+                              f"(levels at {', '.join(f'{k:.0f}' for k in levels) or 'none'}; discs at "
+                              f"{', '.join(f'{k:.1f}' for k in sorted(variant.discs.values()))})")
+        per_scan.append({"scan": scan.name, "trained_on": trained_on(package, scan.name), **counts})
+    total = {key: sum(s[key] for s in per_scan) for key in ("series", "discs_inside", "discs_found",
+                                                              "false_levels", "region_right")}
+    return {
+        "data": "short windows (40, 60 and 90 mm, every 15 mm) and thick-slice versions (3 and 4.5 mm) of each "
+                "real scan, its labels carried over in patient space; a disc counts when its centre is at least "
+                f"{DISC_INSIDE_MM:.0f} mm inside the series",
+        "pooled": {"series": total["series"],
+                   "discs_found_within_8mm": f"{total['discs_found']}/{total['discs_inside']}",
+                   "false_levels": total["false_levels"],
+                   "region_right": f"{total['region_right']}/{total['series']}",
+                   "scans_trained_on": [s["scan"] for s in per_scan if s["trained_on"]]},
+        "per_scan": per_scan,
+        "series_with_a_missed_disc_or_a_false_level": missed,
+    }
+
+
 def match_levels(found: Sequence[float], true: Sequence[float], tolerance: float) -> list[tuple[int, int]]:
     """One-to-one matches (found index, true index) within ``tolerance``, closest pairs first."""
     pairs = sorted((abs(f - t), a, b) for a, f in enumerate(found) for b, t in enumerate(true)

@@ -1,0 +1,107 @@
+"""Short and thick series made from a real labelled scan, to measure what a whole scan cannot.
+
+Users load series that a labelled research scan is not: a 40 mm CT series
+through one disc, a clinical axial T2 with 3-4 mm slices. Cutting a real scan
+into short windows, and averaging its slices into thick ones, gives such
+series with the scan's own labels, so the level finding can be scored on them
+(``evaluation.evaluate_series_variants``). The labels are carried over in
+patient coordinates, so they stay right whatever the window or thickness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..study.volume import AxialStack
+
+#: window lengths (mm) of the short series, the step between their starts, and how far past the outermost
+#: discs the windows reach
+SHORT_SERIES_MM = (40.0, 60.0, 90.0)
+SHORT_SERIES_STEP_MM = 15.0
+SHORT_SERIES_MARGIN_MM = 30.0
+#: slice thicknesses (mm) of the thick series; each is made at two offsets, so the discs fall differently
+THICK_SERIES_MM = (3.0, 4.5)
+
+
+@dataclass
+class SeriesVariant:
+    """A series made from a scan: what it is, its stack, and the scan's discs as slice indices in it."""
+
+    description: str
+    stack: AxialStack
+    discs: dict[str, float]
+
+
+def disc_slices_in(stack: AxialStack, variant: AxialStack, discs: dict[str, float]) -> dict[str, float]:
+    """The scan's disc slice indices carried into ``variant`` through patient space."""
+    if not discs:
+        return {}
+    names = list(discs)
+    points = stack.index_to_lps(np.array([[0.0, 0.0, discs[n]] for n in names]))
+    return {n: float(k) for n, k in zip(names, variant.lps_to_index(points)[:, 2])}
+
+
+def cut(stack: AxialStack, first: int, stop: int) -> AxialStack:
+    """Slices ``first`` to ``stop`` (exclusive) as a series of their own, in place in patient space."""
+    if not 0 <= first < stop <= stack.n_slices:
+        raise ValueError(f"slices {first}:{stop} are not inside a {stack.n_slices}-slice stack")
+    return AxialStack(stack.image[:, :, first:stop], source=f"{stack.source} slices {first}-{stop - 1}")
+
+
+def thicken(stack: AxialStack, thickness_mm: float, offset: int = 0) -> AxialStack:
+    """Each run of slices about ``thickness_mm`` thick averaged into one, as a scanner's thick slice is.
+
+    The averaged slice lies at the centre of its run, so a label's position in
+    patient space does not move.
+    """
+    factor = max(1, int(round(thickness_mm / stack.spacing[2])))
+    n = (stack.n_slices - offset) // factor
+    if n < 1:
+        raise ValueError(f"{stack.n_slices} slices make no {thickness_mm} mm slice from offset {offset}")
+    array = sitk.GetArrayFromImage(stack.image).astype(np.float32)
+    runs = array[offset:offset + n * factor].reshape(n, factor, *array.shape[1:]).mean(axis=1)
+    image = sitk.GetImageFromArray(runs)
+    image.SetDirection(stack.image.GetDirection())
+    image.SetSpacing((stack.spacing[0], stack.spacing[1], stack.spacing[2] * factor))
+    image.SetOrigin(stack.image.TransformContinuousIndexToPhysicalPoint((0.0, 0.0, offset + (factor - 1) / 2.0)))
+    return AxialStack(image, source=f"{stack.source} as {stack.spacing[2] * factor:.1f} mm slices")
+
+
+def short_windows(n_slices: int, slice_spacing_mm: float, disc_slices: Sequence[float],
+                  lengths_mm: Sequence[float] = SHORT_SERIES_MM) -> list[tuple[int, int]]:
+    """(first, stop) windows of each length, every SHORT_SERIES_STEP_MM, around the discs; none as long as the scan."""
+    if not len(disc_slices):
+        return []
+    low = max(0, int(np.floor(min(disc_slices) - SHORT_SERIES_MARGIN_MM / slice_spacing_mm)))
+    high = min(n_slices, int(np.ceil(max(disc_slices) + SHORT_SERIES_MARGIN_MM / slice_spacing_mm)))
+    step = max(1, int(round(SHORT_SERIES_STEP_MM / slice_spacing_mm)))
+    windows = []
+    for length_mm in lengths_mm:
+        length = int(round(length_mm / slice_spacing_mm))
+        if length >= n_slices:
+            continue
+        for first in range(low, max(low + 1, high - length + 1), step):
+            windows.append((first, min(n_slices, first + length)))
+    return windows
+
+
+def series_variants(stack: AxialStack, discs: dict[str, float]) -> list[SeriesVariant]:
+    """The short windows and thick series of a scan, each with the scan's discs carried into it."""
+    out = []
+    for first, stop in short_windows(stack.n_slices, stack.spacing[2], list(discs.values())):
+        variant = cut(stack, first, stop)
+        out.append(SeriesVariant(f"{(stop - first) * stack.spacing[2]:.0f} mm from slice {first}", variant,
+                                 disc_slices_in(stack, variant, discs)))
+    for thickness in THICK_SERIES_MM:
+        factor = int(round(thickness / stack.spacing[2]))
+        if factor < 2:
+            continue  # the scan's slices are that thick already
+        for offset in sorted({0, factor // 2}):
+            variant = thicken(stack, thickness, offset)
+            out.append(SeriesVariant(f"{variant.spacing[2]:.1f} mm slices, offset {offset}", variant,
+                                     disc_slices_in(stack, variant, discs)))
+    return out
