@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA
-from SpineStenosisGraderLib.training.annotations import load_scans
+from SpineStenosisGraderLib.training.annotations import _discs_from_spec, load_scans
 
 DERIVED = {
     "totalsegmentator_ct": "TotalSegmentator_example_ct_per_slice.csv",
@@ -54,10 +54,18 @@ def test_canal_boxes_match_the_independent_derivation(scans, name):
     assert exact >= 0.8 * compared
 
 
+def _discs_by_method(scan, method):
+    entry = next(e for e in json.loads((DATA / "scans.json").read_text())["scans"] if e["name"] == scan.name)
+    return _discs_from_spec(DATA, dict(entry["discs"], method=method), scan.stack, scan.canal)
+
+
 @pytest.mark.parametrize("name", sorted(DERIVED))
 def test_disc_positions_match(scans, name):
+    # the derivation takes midpoints of label centres where the catalogue does: compare like with like
     discs, _ = read_derived(name)
     ours = scans[name].discs
+    if name in ("totalsegmentator_ct", "tptbox_ct"):
+        ours = _discs_by_method(scans[name], "centroid_midpoint")
     for label, k in discs.items():
         level = label.split(" ")[0]
         if level in ours:
@@ -78,3 +86,61 @@ def test_the_default_package_learns_from_every_real_scan_and_is_measured_leave_o
     uses = {e["name"]: e["use"] for e in json.loads((DATA / "scans.json").read_text())["scans"]}
     assert set(uses) == {"totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"}
     assert set(uses.values()) == {"train"}
+
+
+def _body_gap_on_ras_grid(scan, label_file, names):
+    """The body-gap discs derived again on the RAS-canonical grid, where the front is the larger j."""
+    import SimpleITK as sitk
+
+    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(DATA / label_file)), "RAS"))
+    # our canal mask is on the LPS grid: mirror both in-plane axes to reach RAS (the slice order is shared)
+    canal = scan.canal[:, ::-1, ::-1] > 0
+    fronts = np.array([np.nonzero(c.any(axis=1))[0].max() if c.any() else -1 for c in canal], dtype=float)
+    known = np.nonzero(fronts >= 0)[0]
+    fronts = np.interp(np.arange(len(fronts)), known, fronts[known])
+    rows = np.arange(labels.shape[1])[None, :, None]
+    extents = []
+    for label, name in names.items():
+        body = ((labels == label) & (rows > fronts[:, None, None])).sum(axis=(1, 2))
+        if body.max() > 0:
+            ks = np.nonzero(body >= 0.25 * body.max())[0]
+            extents.append((ks.mean(), ks.min(), ks.max(), name))
+    extents.sort()
+    return {f"{above}-{below}": (top + bottom) / 2.0 for (_, _, top, below), (_, bottom, _, above)
+            in zip(extents, extents[1:]) if top < labels.shape[0] - 1 and bottom > 0}
+
+
+@pytest.mark.parametrize("name,label_file,names", [
+    ("totalsegmentator_ct", "totalsegmentator_ct/example_ct_vertebrae.nii.gz",
+     {26: "S1", 27: "L5", 28: "L4", 29: "L3", 30: "L2", 31: "L1", 32: "T12", 33: "T11"}),
+    ("tptbox_ct", "tptbox/sample_ct/sub-ct_seg-vert_label-22_msk.nii.gz", {21: "L2", 22: "L3", 23: "L4"}),
+])
+def test_discs_between_vertebral_bodies_match_a_derivation_on_the_ras_grid(scans, name, label_file, names):
+    expected = _body_gap_on_ras_grid(scans[name], label_file, names)
+    assert scans[name].discs == pytest.approx(expected, abs=0.51)
+
+
+def test_a_disc_next_to_a_body_cut_by_the_study_is_no_reference():
+    # T11 shows only its lowest posterior elements and T12's body reaches the top slice of the sample
+    assert "T11-T12" not in load_scans(DATA / "scans.json")[0].discs
+    assert "T11-T12" in _discs_by_method(load_scans(DATA / "scans.json")[0], "centroid_midpoint")
+
+
+def test_a_disc_lies_in_the_gap_between_bodies_not_between_whole_vertebra_centres():
+    from SpineStenosisGraderLib.training.annotations import _discs_between_bodies
+
+    # 30 slices, canal front at row 10: bodies (rows 0-9) of vertebra 1 on slices 2-11 and vertebra 2 on 16-25;
+    # vertebra 2's arch (rows 12-19) hangs down to slice 8, which drags its centre towards vertebra 1
+    labels = np.zeros((30, 20, 6), dtype=np.uint8)
+    labels[2:12, 0:10] = 1
+    labels[16:26, 0:10] = 2
+    labels[8:26, 12:20] = 2
+    canal = np.zeros_like(labels)
+    canal[:, 10:12, 2:4] = 1
+    discs = _discs_between_bodies(labels, {1: "L5", 2: "L4"}, canal)
+    assert discs == {"L4-L5": 13.5}
+    # the study ends inside vertebra 1's body, where a sliver of vertebra 2 (an osteophyte) shows: the body
+    # may go on past the end, and the disc with it
+    cut = labels[:10].copy()
+    cut[9, 0:3, 0:2] = 2
+    assert _discs_between_bodies(cut, {1: "L5", 2: "L4"}, canal[:10]) == {}

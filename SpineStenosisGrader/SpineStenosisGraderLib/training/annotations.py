@@ -114,7 +114,27 @@ def _bone_holes(bone: np.ndarray, body: np.ndarray, stack: AxialStack) -> np.nda
     return out
 
 
-def _discs_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> dict[str, float]:
+#: a vertebral body spans the slices where its cut is at least this share of its largest cut
+BODY_EXTENT_SHARE = 0.25
+
+
+def _body_profile(vertebra: np.ndarray, canal: np.ndarray) -> np.ndarray:
+    """Per slice, the vertebra's voxels in front of the canal: its body, without the arch and processes.
+
+    The stack is in LPS, so the front is the smaller j. A slice without canal
+    takes the canal's front edge from the nearest slice with one.
+    """
+    fronts = np.array([np.nonzero(c.any(axis=1))[0].min() if c.any() else -1 for c in canal], dtype=float)
+    known = np.nonzero(fronts >= 0)[0]
+    if len(known) == 0:
+        return np.zeros(vertebra.shape[0])
+    fronts = np.interp(np.arange(len(fronts)), known, fronts[known])
+    rows = np.arange(vertebra.shape[1])[None, :, None]
+    return (vertebra & (rows < fronts[:, None, None])).sum(axis=(1, 2)).astype(float)
+
+
+def _discs_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack,
+                     canal: Optional[np.ndarray] = None) -> dict[str, float]:
     array = label_array(root, spec, stack)
     names = {int(k): v for k, v in spec["labels"].items()}
     method = spec.get("method", "centroid_midpoint")
@@ -130,6 +150,10 @@ def _discs_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> dic
             if prof.sum() > 0:
                 discs[name] = float((prof * kk).sum() / prof.sum())
         return discs
+    if method == "body_gap":
+        if canal is None:
+            raise ValueError("the body_gap disc method needs the scan's canal")
+        return _discs_between_bodies(array, names, canal)
     present = []
     for label, name in names.items():
         prof = z_profile(label)
@@ -146,6 +170,34 @@ def _discs_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> dic
     return discs
 
 
+def _discs_between_bodies(array: np.ndarray, names: dict[int, str], canal: np.ndarray) -> dict[str, float]:
+    """Each disc halfway between the top of the body below it and the bottom of the body above it.
+
+    Whole-vertebra labels overlap along the spine (a spinous process hangs over
+    the vertebra below), and a vertebra the study cuts has its centre in the
+    wrong place, so a midpoint of centres can land inside a body. The bodies
+    alone leave a clean gap at each disc. A disc is placed only where both
+    bodies are in the study and the gap between them is too: a body cut by the
+    study's end says nothing about the disc beyond it.
+    """
+    n = array.shape[0]
+    bodies = []
+    for label, name in names.items():
+        profile = _body_profile(array == label, canal > 0)
+        if profile.max() <= 0:
+            continue
+        extent = np.nonzero(profile >= BODY_EXTENT_SHARE * profile.max())[0]
+        bodies.append((float(extent.mean()), int(extent.min()), int(extent.max()), name))
+    bodies.sort()
+    discs = {}
+    for (_, _, top_below, name_below), (_, bottom_above, _, name_above) in zip(bodies, bodies[1:]):
+        # a body that reaches the study's end on the disc's side may continue past it
+        if top_below >= n - 1 or bottom_above <= 0:
+            continue
+        discs[f"{name_above}-{name_below}"] = (top_below + bottom_above) / 2.0
+    return discs
+
+
 def load_catalogue(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)["scans"]
@@ -155,7 +207,7 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
     """Load one catalogue entry; paths in it are relative to ``root``."""
     stack = load_stack(root / entry["image"])
     canal = _canal_from_spec(root, entry["canal"], stack).astype(np.uint8)
-    discs = _discs_from_spec(root, entry["discs"], stack) if entry.get("discs") else {}
+    discs = _discs_from_spec(root, entry["discs"], stack, canal) if entry.get("discs") else {}
     return AnnotatedScan(
         name=entry["name"],
         stack=stack,
