@@ -3,7 +3,9 @@
 The detector says, per slice, how likely the slice cuts a disc; on CT the bone
 in front of the canal adds a gap between two endplates. The discs are the peaks
 of that evidence along the tracked canal, one per vertebra at most; each disc's
-representative slice is the peak's.
+representative slice is the peak's. Where two discs lie a whole vertebra too
+far apart for the region, the disc between them, too faint to make a peak of
+its own, is placed at the evidence's best local peak there, with a warning.
 
 Names come from a landmark the study contains (the sacrum: the lowest disc
 above it is L5-S1), or from the user's anchor ("this disc is L4-L5"), which
