@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import json
 import os
 import re
@@ -400,6 +401,34 @@ def test_failure_while_moving_in_is_rolled_back(tmp_path, monkeypatch):
         write_study_outputs(changed, out, make_images(changed))
     assert _listing(out) == before
     assert not _staging_leftovers(tmp_path)
+
+
+def test_the_commit_keeps_a_journal_while_files_move(tmp_path, monkeypatch):
+    """From before the first move to after the last, the staging folder holds a journal of what the commit moves."""
+    result = make_result()
+    out = tmp_path / "case"
+    write_study_outputs(result, out, make_images(result))
+    real_replace = os.replace
+    journals = []
+
+    def watching_replace(source, target):
+        staging, = [p for p in out.iterdir() if p.name.startswith(writers.STAGING_PREFIX)]
+        journals.append(json.loads((staging / writers.JOURNAL_FILE).read_text(encoding="utf-8")))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(writers.os, "replace", watching_replace)
+    changed = make_result()
+    changed.levels[0].name = "L2-L3"
+    write_study_outputs(changed, out, make_images(changed))
+    assert len(journals) == 12  # six earlier files out (L3-L4 as a stale one), six new ones in
+    assert all(journal == journals[0] for journal in journals)
+    journal = journals[0]
+    assert journal["format"] == writers.JOURNAL_FORMAT and journal["state"] == "moving"
+    assert journal["pid"] == os.getpid()
+    assert sorted(journal["files"]) == sorted(p.name for p in out.iterdir())
+    assert journal["files"]["result.json"] == hashlib.sha256((out / "result.json").read_bytes()).hexdigest()
+    assert journal["stale"] == ["L3-L4.mrk.json"]
+    assert not _staging_leftovers(tmp_path)  # the journal went with the staging folder
 
 
 def _read_only(monkeypatch, folder: Path) -> None:

@@ -21,10 +21,13 @@ neither Slicer nor VTK. Facts about that format, checked against slicer-core:
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -41,6 +44,7 @@ from .report import (
     level_scale,
     measurement_label,
 )
+from ..packages.package import sha256_file
 from ..result import DiscLevel, OrientedBox, StudyResult
 
 #: the schema id Slicer 5.x writes (the newest builds write v1.0.4); Slicer reads any v1.x.y
@@ -443,6 +447,22 @@ def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mappin
 #: and a rename from a subfolder never crosses file systems, so moving the files in cannot fail half way
 #: for want of space
 STAGING_PREFIX = ".spine-stenosis-grader-writing-"
+#: in the staging folder while its files move in: what the commit moves, so that a later process can
+#: undo a commit that was killed outright (SIGKILL, a power cut) half way. Removed once the commit is
+#: complete, so a staging folder without one never needs undoing
+JOURNAL_FILE = ".journal.json"
+JOURNAL_FORMAT = "spine-stenosis-grader/commit-journal"
+#: in the staging folder: the earlier files the commit replaced, kept until it is complete
+_PREVIOUS = ".previous"
+#: the computer a staging folder's writer runs on, in its name with the writer's PID: a process can
+#: only be looked up on its own computer, and an output folder may be on a shared drive
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+#: staging folders this process is writing in now (its PID may be that of a killed earlier writer)
+_ACTIVE: set[str] = set()
+
+
+def _staging_folder(out_dir: Path) -> Path:
+    return out_dir / f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
 def _make_folders(folder: Path) -> list[Path]:
@@ -482,48 +502,133 @@ def write_all_or_nothing(out_dir: Path, write: Callable[[Path], Sequence[str]],
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} exists and is not a folder")
     created = _make_folders(out_dir)
-    staging = out_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    staging = _staging_folder(out_dir)
+    _ACTIVE.add(str(staging))
     try:
         staging.mkdir()
         names = list(write(staging))
         for name in names:
             if (out_dir / name).is_dir():
                 raise IsADirectoryError(f"{out_dir / name} is a folder; cannot write {name} there")
+            if name in (JOURNAL_FILE, _PREVIOUS):
+                raise ValueError(f"{name} is the name of the commit's own bookkeeping; write another")
         _commit(staging, out_dir, names, sorted(set(replaced) - set(names)))
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty_folders(created)
+        # a journal left means the commit could not undo all its moves: the staging folder holds the
+        # earlier files, and the next write or load into out_dir finishes the undoing from it
+        if not os.path.lexists(staging / JOURNAL_FILE):
+            shutil.rmtree(staging, ignore_errors=True)
+            _remove_empty_folders(created)
         raise
+    finally:
+        _ACTIVE.discard(str(staging))
     shutil.rmtree(staging, ignore_errors=True)
     return [out_dir / name for name in names]
 
 
+def _fsync_file(path: Path) -> None:
+    """Put a file's bytes on the disk before a rename makes them the result: a power cut then finds them whole."""
+    # opened for writing: Windows flushes no file opened only for reading
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Put the renames in ``folder`` on the disk, so that a power cut keeps the order in which they were made."""
+    if os.name == "nt":
+        return  # Windows cannot open a folder to flush it (NTFS logs renames in order)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # file systems that cannot, e.g. some shares
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_journal(staging: Path, journal: Mapping[str, Any]) -> None:
+    """Write the commit's journal and put it on the disk before anything moves."""
+    path = staging / JOURNAL_FILE
+    try:
+        with open(path, "x", encoding="utf-8") as handle:
+            json.dump(journal, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_folder(staging)
+    except BaseException:
+        # nothing has moved yet: without its journal the staging folder is mere leftovers
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        raise
+
+
 def _commit(staging: Path, out_dir: Path, names: list[str], stale: list[str]) -> None:
-    """Move the staged files into ``out_dir`` and the ``stale`` ones out, undoing every move if one fails."""
-    backup = staging / ".previous"
-    backup.mkdir()
-    moved_out: list[str] = []
-    moved_in: list[str] = []
+    """Move the staged files into ``out_dir`` and the ``stale`` ones out, undoing every move if one fails.
+
+    The journal, written before the first move and removed after the last, lets a later
+    process undo the moves of a commit that was killed outright (see :func:`_roll_back`).
+    """
+    for name in names:
+        _fsync_file(staging / name)
+    journal = {
+        "format": JOURNAL_FORMAT,
+        "state": "moving",
+        "host": _HOST,
+        "pid": os.getpid(),
+        # the SHA256 of each file moved in: undoing, a file is taken out only if it is still the one moved in
+        "files": {name: sha256_file(staging / name) for name in names},
+        "stale": list(stale),
+    }
+    _write_journal(staging, journal)
+    backup = staging / _PREVIOUS
     # result.json last: a reader that finds it finds the files it lists
     order = sorted(names, key=lambda name: name == RESULT_FILE)
     try:
+        backup.mkdir()
         for name in [*names, *stale]:
             target = out_dir / name
             if target.is_file() or target.is_symlink():
                 os.replace(target, backup / name)
-                moved_out.append(name)
+        # the earlier files are safe in .previous on the disk before any new one takes a place
+        _fsync_folder(backup)
+        _fsync_folder(out_dir)
         for name in order:
             os.replace(staging / name, out_dir / name)
-            moved_in.append(name)
+        _fsync_folder(out_dir)
     except BaseException:
-        for name in moved_in:
-            try:
-                os.remove(out_dir / name)
-            except OSError:
-                pass
-        for name in moved_out:
-            try:
-                os.replace(backup / name, out_dir / name)
-            except OSError:
-                pass
+        try:
+            _roll_back(staging, out_dir, journal)
+            (staging / JOURNAL_FILE).unlink()
+        except OSError:
+            pass  # the journal stays: the next write or load into out_dir undoes the rest
         raise
+    (staging / JOURNAL_FILE).unlink()  # the commit is complete: nothing to undo
+
+
+def _roll_back(staging: Path, out_dir: Path, journal: Mapping[str, Any]) -> None:
+    """Put ``out_dir`` back as it was before the journal's commit, from wherever the commit stopped.
+
+    The moves are undone by renames in reverse: each file moved in goes back to the
+    staging folder, then each earlier file comes back from ``.previous``. Every step
+    leaves a state the commit itself went through, so an undoing that is stopped in
+    turn is simply undone again. The state on disk, not a list kept in memory, says
+    what moved, so this serves a failing commit and a later process alike.
+    """
+    backup = staging / _PREVIOUS
+    files: Mapping[str, str] = journal["files"]
+    for name, digest in files.items():
+        target = out_dir / name
+        moved_in = not os.path.lexists(staging / name)
+        # still the very file the commit moved in, not one saved over it since (a clinician's corrected ROI)
+        if moved_in and target.is_file() and not target.is_symlink() and sha256_file(target) == digest:
+            os.replace(target, staging / name)
+    for name in [*files, *journal["stale"]]:
+        if os.path.lexists(backup / name) and not os.path.lexists(out_dir / name):
+            os.replace(backup / name, out_dir / name)
+    _fsync_folder(out_dir)
