@@ -794,6 +794,45 @@ def test_a_failure_part_way_leaves_no_partial_annotation_set(review, tmp_path, m
     assert _snapshot(tmp_path) == before
 
 
+class _Killed(BaseException):
+    """Stands in for a SIGKILL: nothing of the writer's own undoing runs after it (see below)."""
+
+
+def test_an_export_killed_while_moving_in_is_undone_before_the_folder_is_judged(review, tmp_path, monkeypatch):
+    """An earlier set, half replaced by an export that was killed, is whole again and replaced by the next export,
+    in the same folder: judged half-moved, the folder would look like the user's and get a subfolder."""
+    import os
+    from SpineStenosisGraderLib.outputs import writers
+
+    folder = _set_up("earlier set", review, tmp_path)
+    earlier = json.loads((folder / "provenance.json").read_text())
+    real_replace = os.replace
+    moved_in = []
+
+    def replace_then_die(source, target):
+        if Path(source).parent.name.startswith(writers.STAGING_PREFIX):  # a file of the new set moving in
+            moved_in.append(target)
+            if len(moved_in) == 2:  # the earlier set is out, the volume in
+                raise _Killed()
+        return real_replace(source, target)
+
+    def no_undoing(*args, **kwargs):
+        raise OSError("killed: no undoing")  # as after a SIGKILL, the journal and .previous stay
+
+    monkeypatch.setattr(writers.os, "replace", replace_then_die)
+    monkeypatch.setattr(writers, "_roll_back", no_undoing)
+    with pytest.raises(_Killed):
+        review.export_annotation_set(folder, _dicom_like_image())
+    monkeypatch.undo()
+    assert "provenance.json" not in [p.name for p in folder.iterdir()]  # the state a kill leaves
+
+    written = review.export_annotation_set(folder, _dicom_like_image())
+    assert {p.parent for p in written} == {folder}
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in written)
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["levels"][0]["final_grade"] == "D" != earlier["levels"][0]["final_grade"]
+
+
 # --- model packages ------------------------------------------------------------------------------------
 
 

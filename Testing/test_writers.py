@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import json
 import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from SpineStenosisGraderLib.errors import SpineStenosisGraderError
 from SpineStenosisGraderLib.outputs import report as report_module
 from SpineStenosisGraderLib.outputs import writers
 from SpineStenosisGraderLib.outputs.report import grade_color, lps_to_index, render_html_report, write_html_report
@@ -36,6 +43,7 @@ from SpineStenosisGraderLib.outputs.writers import (
     write_roi_markups,
     write_study_outputs,
 )
+from SpineStenosisGraderLib.review.background import load_result, process_environment
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 N_I, N_J, N_K = 96, 80, 12
@@ -402,6 +410,34 @@ def test_failure_while_moving_in_is_rolled_back(tmp_path, monkeypatch):
     assert not _staging_leftovers(tmp_path)
 
 
+def test_the_commit_keeps_a_journal_while_files_move(tmp_path, monkeypatch):
+    """From before the first move to after the last, the staging folder holds a journal of what the commit moves."""
+    result = make_result()
+    out = tmp_path / "case"
+    write_study_outputs(result, out, make_images(result))
+    real_replace = os.replace
+    journals = []
+
+    def watching_replace(source, target):
+        staging, = [p for p in out.iterdir() if p.name.startswith(writers.STAGING_PREFIX)]
+        journals.append(json.loads((staging / writers.JOURNAL_FILE).read_text(encoding="utf-8")))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(writers.os, "replace", watching_replace)
+    changed = make_result()
+    changed.levels[0].name = "L2-L3"
+    write_study_outputs(changed, out, make_images(changed))
+    assert len(journals) == 12  # six earlier files out (L3-L4 as a stale one), six new ones in
+    assert all(journal == journals[0] for journal in journals)
+    journal = journals[0]
+    assert journal["format"] == writers.JOURNAL_FORMAT and journal["state"] == "moving"
+    assert journal["pid"] == os.getpid()
+    assert sorted(journal["files"]) == sorted(p.name for p in out.iterdir())
+    assert journal["files"]["result.json"] == hashlib.sha256((out / "result.json").read_bytes()).hexdigest()
+    assert journal["stale"] == ["L3-L4.mrk.json"]
+    assert not _staging_leftovers(tmp_path)  # the journal went with the staging folder
+
+
 def _read_only(monkeypatch, folder: Path) -> None:
     """Make ``folder`` refuse new entries, as a folder the user may not write in does.
 
@@ -463,6 +499,265 @@ def test_rerun_replaces_our_files_and_keeps_the_users(tmp_path):
          "my_notes.txt", "T12-L1.mrk.json"])  # L5-S1 of the earlier run is gone, the user's files stay
     assert StudyResult.from_json((out / "result.json").read_text()).levels[0].name == "L2-L3"
     assert not _staging_leftovers(tmp_path)
+
+
+# --------------------------------------------------------------------------- killed outright
+
+#: run in a process of its own, which kills itself (SIGKILL: no handler, no ``finally`` runs) at the
+#: ``kill_at``-th call of one function, as a kill or a power cut would stop it there; argv: the output
+#: folder, the job (``write`` a re-run into it, or ``recover`` it) and where to die
+_KILLED_PROCESS = r"""
+import os, shutil, signal, sys
+from pathlib import Path
+
+from SpineStenosisGraderLib.outputs import writers
+
+out, job, function, kill_at = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+owner, name = {"replace": (os, "replace"), "rmtree": (shutil, "rmtree"), "journal": (writers, "_write_journal"),
+               "fsync_folder": (writers, "_fsync_folder")}[function]
+real = getattr(owner, name)
+calls = 0
+
+
+def die_at_call(*args, **kwargs):
+    global calls
+    calls += 1
+    if calls == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+
+setattr(owner, name, die_at_call)
+if job == "write":
+    from test_writers import make_images, rerun_result
+
+    result = rerun_result()
+    writers.write_study_outputs(result, out, make_images(result))
+else:
+    writers.recover_interrupted_writes(out)
+sys.exit(3)  # the kill point was never reached
+"""
+
+#: where the writer of :func:`rerun_result` over :func:`make_result`'s files dies: before its journal
+#: exists; at each of its 12 renames (six earlier files out, L3-L4 as a stale one, then levels.csv,
+#: L2-L3 (new), L4-L5, L5-S1, report.html, result.json in); with all moved but the journal still there;
+#: and once the commit is complete, removing the staging folder
+_WRITE_KILL_POINTS = [("journal", 1), *(("replace", n) for n in range(1, 13)), ("fsync_folder", 4), ("rmtree", 1)]
+
+posix_signals = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def rerun_result() -> StudyResult:
+    """A re-run of :func:`make_result`'s study whose every file differs: each box moved, the first level renamed."""
+    result = make_result()
+    for level in result.levels:
+        level.box = OrientedBox(tuple(c + 1.0 for c in level.box.center), level.box.size, level.box.orientation)
+    result.levels[0].name = "L2-L3"  # a new markups file, and L3-L4's of the earlier run goes
+    return result
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """The files in ``folder`` with their bytes, the report's minute of writing left out."""
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    if "report.html" in files:
+        files["report.html"] = re.sub(rb"\d{4}-\d\d-\d\d \d\d:\d\d UTC", b"", files["report.html"])
+    return files
+
+
+def _staging_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.startswith(writers.STAGING_PREFIX))
+
+
+def _earlier_run(folder: Path) -> dict[str, bytes]:
+    """Write :func:`make_result` and a file of the user's into ``folder``; return its files."""
+    result = make_result()
+    write_study_outputs(result, folder, make_images(result))
+    (folder / "my_notes.txt").write_text("the user's own file")
+    return _files(folder)
+
+
+def _run_killed(out: Path, job: str, function: str, kill_at: int) -> None:
+    env = process_environment()
+    env["PYTHONPATH"] += os.pathsep + str(Path(__file__).resolve().parent)  # for test_writers
+    process = subprocess.run([sys.executable, "-c", _KILLED_PROCESS, str(out), job, function, str(kill_at)],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert process.returncode == -signal.SIGKILL, f"not killed ({process.returncode}): {process.stderr}"
+
+
+@pytest.fixture(scope="module")
+def rerun_files(tmp_path_factory) -> dict[str, bytes]:
+    """The files of a complete re-run over an earlier one: the earlier run's replaced, the user's kept."""
+    folder = tmp_path_factory.mktemp("reference")
+    _earlier_run(folder)
+    result = rerun_result()
+    write_study_outputs(result, folder, make_images(result))
+    return _files(folder)
+
+
+@posix_signals
+@pytest.mark.parametrize("function, kill_at", _WRITE_KILL_POINTS)
+def test_a_write_killed_at_any_point_is_undone_by_the_next_load_or_write(tmp_path, rerun_files, function, kill_at):
+    """Killed outright anywhere in its commit, a re-run leaves the earlier results whole once the folder is used."""
+    out = tmp_path / "out"
+    before = _earlier_run(out)
+    _run_killed(out, "write", function, kill_at)
+    assert len(_staging_folders(out)) == 1  # the kill left its staging folder
+    if function == "replace" and kill_at > 1:
+        assert _files(out) != before  # and a folder that mixes the two runs: the case to undo
+    complete = function == "rmtree"  # killed only once its files were all in and its journal gone
+    crashed = tmp_path / "crashed"
+    shutil.copytree(out, crashed, symlinks=True)
+
+    # a load undoes it ...
+    loaded = load_result(out)
+    assert _files(out) == (rerun_files if complete else before)
+    assert not _staging_folders(out)
+    assert loaded.to_dict() == (rerun_result() if complete else make_result()).to_dict()
+
+    # ... and so does the next write, which then leaves exactly its own files (and the user's)
+    result = rerun_result()
+    write_study_outputs(result, crashed, make_images(result))
+    assert _files(crashed) == rerun_files
+    assert sorted(p.name for p in crashed.iterdir()) == sorted(rerun_files)  # no staging folder either
+
+
+@pytest.fixture(scope="module")
+def killed_half_way(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
+    """An output folder whose re-run was killed with the earlier files out and two new ones in; its earlier files."""
+    out = tmp_path_factory.mktemp("killed") / "out"
+    before = _earlier_run(out)
+    _run_killed(out, "write", "replace", 9)
+    return out, before
+
+
+@posix_signals
+@pytest.mark.parametrize("kill_at", range(1, 9))  # two new files back to staging, six earlier ones back in
+def test_an_undoing_killed_in_turn_is_undone_again(tmp_path, killed_half_way, kill_at):
+    """Every step of the undoing leaves a state the commit went through: killed, it is just undone again."""
+    crashed, before = killed_half_way
+    out = tmp_path / "out"
+    shutil.copytree(crashed, out, symlinks=True)
+    _run_killed(out, "recover", "replace", kill_at)
+    assert len(writers.recover_interrupted_writes(out)) == 1
+    assert _files(out) == before
+    assert not _staging_folders(out)
+
+
+@posix_signals
+def test_a_file_saved_over_one_the_killed_write_moved_in_is_kept(tmp_path, killed_half_way):
+    """Undoing takes out only the very files the commit moved in: not one a clinician saved over them since."""
+    crashed, before = killed_half_way
+    out = tmp_path / "out"
+    shutil.copytree(crashed, out, symlinks=True)
+    assert "L2-L3.mrk.json" in _files(out)  # moved in by the killed re-run
+    (out / "L2-L3.mrk.json").write_text('{"the clinician": "moved the box"}')
+    writers.recover_interrupted_writes(out)
+    assert _files(out) == {**before, "L2-L3.mrk.json": b'{"the clinician": "moved the box"}'}
+    assert not _staging_folders(out)
+
+
+def _leftover(out: Path, pid: int, host: str = writers._HOST, journal: dict | None = None,
+              tag: str = "0123456789ab") -> Path:
+    """A staging folder as a writer with ``pid`` leaves it: a staged file, and ``journal`` if given."""
+    staging = out / f"{writers.STAGING_PREFIX}{host}-{pid}-{tag}"
+    staging.mkdir()
+    (staging / "result.json").write_text("{}")
+    if journal is not None:
+        (staging / writers.JOURNAL_FILE).write_text(json.dumps(journal))
+    return staging
+
+
+def _dead_pid() -> int:
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(process.stdout)
+
+
+def _users_files(out: Path) -> dict[str, bytes]:
+    out.mkdir()
+    (out / "my_notes.txt").write_text("the user's own file")
+    (out / ".hidden-settings").write_text("also the user's")
+    (out / "result.json").write_text("not ours, but named like our result")
+    (out / "L4-L5.mrk.json").write_text("{}")
+    return _files(out)
+
+
+def test_a_staging_folder_without_a_journal_is_removed_and_nothing_else_touched(tmp_path):
+    out = tmp_path / "out"
+    before = _users_files(out)
+    staging = _leftover(out, _dead_pid())
+    (staging / writers._PREVIOUS).mkdir()
+    assert writers.recover_interrupted_writes(out) == [staging]
+    assert _files(out) == before and not _staging_folders(out)
+
+
+def test_a_journal_cut_short_before_any_move_is_removed_but_one_beside_moved_files_is_left(tmp_path):
+    out = tmp_path / "out"
+    before = _users_files(out)
+    staging = _leftover(out, _dead_pid())
+    (staging / writers.JOURNAL_FILE).write_text('{"format": "spine-stenosis-grader/commit-jou')  # killed writing it
+    assert writers.recover_interrupted_writes(out) == [staging]
+    assert _files(out) == before and not _staging_folders(out)
+
+    staging = _leftover(out, _dead_pid())
+    (staging / writers.JOURNAL_FILE).write_text("not a journal")
+    (staging / writers._PREVIOUS).mkdir()
+    (staging / writers._PREVIOUS / "levels.csv").write_text("an earlier file, moved out")
+    assert writers.recover_interrupted_writes(out) == []  # what moved is unknown: a person must look
+    assert _files(out) == before and _staging_folders(out) == [staging]
+
+
+def test_a_live_writers_staging_folder_is_left_alone(tmp_path):
+    """A staging folder of a process that still runs is its own: never undone, and a write waits for its commit."""
+    out = tmp_path / "out"
+    before = _users_files(out)
+    alive = os.getppid()  # the process that started the tests: running
+    writing = _leftover(out, alive)
+    assert writers.recover_interrupted_writes(out, for_writing=True) == []  # still writing: no commit to wait for
+    journal = {"format": writers.JOURNAL_FORMAT, "state": "moving", "files": {"result.json": "0" * 64}, "stale": []}
+    moving = _leftover(out, alive, journal=journal, tag="ba9876543210")
+    assert writers.recover_interrupted_writes(out) == []
+    result = make_result()
+    with pytest.raises(SpineStenosisGraderError, match="Another run is moving its results"):
+        write_study_outputs(result, out, make_images(result))
+    assert _files(out) == before and _staging_folders(out) == sorted([writing, moving])
+
+
+def test_another_computers_staging_folder_is_left_alone_for_an_hour(tmp_path):
+    out = tmp_path / "out"
+    before = _users_files(out)
+    other = "0" * 8 if writers._HOST != "0" * 8 else "1" * 8
+    staging = _leftover(out, 12345, host=other)
+    assert writers.recover_interrupted_writes(out) == []
+    two_hours_ago = time.time() - 7200
+    for path in [*staging.iterdir(), staging]:
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    assert writers.recover_interrupted_writes(out) == [staging]
+    assert _files(out) == before and not _staging_folders(out)
+
+
+def test_a_commit_that_cannot_undo_its_moves_leaves_them_for_the_next_write(tmp_path, monkeypatch):
+    """When the undoing fails too, the journal and the earlier files stay in the staging folder, not deleted."""
+    out = tmp_path / "out"
+    before = _earlier_run(out)
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def failing_replace(source, target):
+        calls["n"] += 1
+        if calls["n"] >= 9:  # the device went away after the earlier files went out and two new ones came in
+            raise OSError(5, "Input/output error")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(writers.os, "replace", failing_replace)
+    result = rerun_result()
+    with pytest.raises(OSError, match="Input/output error"):
+        write_study_outputs(result, out, make_images(result))
+    staging, = _staging_folders(out)
+    assert (staging / writers.JOURNAL_FILE).is_file() and len(list((staging / writers._PREVIOUS).iterdir())) == 6
+    monkeypatch.setattr(writers.os, "replace", real_replace)  # the device is back
+
+    assert load_result(out).to_dict() == make_result().to_dict()
+    assert _files(out) == before and not _staging_folders(out)
 
 
 # --------------------------------------------------------------------------- html report

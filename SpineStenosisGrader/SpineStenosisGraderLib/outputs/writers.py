@@ -21,10 +21,14 @@ neither Slicer nor VTK. Facts about that format, checked against slicer-core:
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -41,6 +45,8 @@ from .report import (
     level_scale,
     measurement_label,
 )
+from ..errors import SpineStenosisGraderError
+from ..packages.package import sha256_file
 from ..result import DiscLevel, OrientedBox, StudyResult
 
 #: the schema id Slicer 5.x writes (the newest builds write v1.0.4); Slicer reads any v1.x.y
@@ -422,6 +428,8 @@ def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mappin
     Returns the paths written.
     """
     out_dir = Path(os.path.abspath(out_dir))
+    # before the earlier run's files are read from its result.json: a killed write may have taken it away
+    recover_interrupted_writes(out_dir, for_writing=True)
 
     def write(staging: Path) -> list[str]:
         names = [RESULT_FILE, LEVELS_CSV_FILE]
@@ -443,6 +451,154 @@ def write_study_outputs(result: StudyResult, out_dir: Path, slice_images: Mappin
 #: and a rename from a subfolder never crosses file systems, so moving the files in cannot fail half way
 #: for want of space
 STAGING_PREFIX = ".spine-stenosis-grader-writing-"
+#: in the staging folder while its files move in: what the commit moves, so that a later process can
+#: undo a commit that was killed outright (SIGKILL, a power cut) half way. Removed once the commit is
+#: complete, so a staging folder without one never needs undoing
+JOURNAL_FILE = ".journal.json"
+JOURNAL_FORMAT = "spine-stenosis-grader/commit-journal"
+#: in the staging folder: the earlier files the commit replaced, kept until it is complete
+_PREVIOUS = ".previous"
+#: the computer a staging folder's writer runs on, in its name with the writer's PID: a process can
+#: only be looked up on its own computer, and an output folder may be on a shared drive
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"([0-9a-f]{8})-([0-9]{1,10})-[0-9a-f]{12}")
+#: names of the staging folders this process is writing in now (its PID may be that of a killed earlier writer)
+_ACTIVE: set[str] = set()
+#: a staging folder of another computer's writer that has not changed for this long is abandoned:
+#: writing takes a minute at the most, moving the files in a second
+_ABANDONED_AFTER_S = 3600.0
+
+
+def _staging_folder(out_dir: Path) -> Path:
+    return out_dir / f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this computer (a zombie counts as running)."""
+    if os.name == "nt":
+        # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+        from ctypes import wintypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        kernel32.OpenProcess.restype = wintypes.HANDLE  # a handle is pointer-sized, not an int
+        kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+        kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+        kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it runs, as another user
+        try:
+            code = wintypes.DWORD()
+            return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    except (OverflowError, OSError):
+        return False  # no such PID can run
+    return True
+
+
+def _writer_may_be_alive(staging: Path) -> bool:
+    """Whether the process that made ``staging`` may still be writing in it; when in doubt, it may."""
+    match = _STAGING_NAME.fullmatch(staging.name)
+    if match is None:
+        return True  # made by an earlier version, whose folder names no writer
+    host, pid = match[1], int(match[2])
+    if host != _HOST:
+        # a process on another computer (sharing the drive) cannot be looked up from here
+        try:
+            changed = max(p.lstat().st_mtime for p in [staging, *staging.iterdir()])
+        except OSError:
+            return True
+        return time.time() - changed < _ABANDONED_AFTER_S
+    if pid == os.getpid():
+        # our PID: this process writes there now, or a killed writer had the same PID
+        # (in a container every run may get the same one)
+        return staging.name in _ACTIVE
+    return _process_alive(pid)
+
+
+def _valid_journal(path: Path) -> Optional[dict[str, Any]]:
+    """The journal at ``path`` if it is whole and ours and names only files of the folder itself, else None."""
+    try:
+        journal = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(journal, dict) or journal.get("format") != JOURNAL_FORMAT or journal.get("state") != "moving":
+        return None
+    files, stale = journal.get("files"), journal.get("stale")
+    if not isinstance(files, dict) or not isinstance(stale, list):
+        return None
+    names = [*files, *stale]
+    plain = all(isinstance(name, str) and name not in ("", ".", "..", JOURNAL_FILE, _PREVIOUS)
+                and os.path.basename(name) == name and "/" not in name and "\\" not in name for name in names)
+    if not plain or not all(isinstance(digest, str) for digest in files.values()):
+        return None
+    return journal
+
+
+def _recover(staging: Path, out_dir: Path) -> bool:
+    """Undo the interrupted commit of ``staging``, if it had begun, and remove the folder; False if left alone."""
+    journal_path = staging / JOURNAL_FILE
+    if os.path.lexists(journal_path):
+        journal = _valid_journal(journal_path)
+        if journal is None:
+            backup = staging / _PREVIOUS
+            if backup.is_dir() and any(backup.iterdir()):
+                return False  # files moved, and a journal that does not say which: a person must look
+            # else it was killed while it wrote the journal, before anything moved
+        else:
+            _roll_back(staging, out_dir, journal)
+            journal_path.unlink()
+    # no journal (left): killed before its commit began, so out_dir is untouched, or after it was complete
+    shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
+def recover_interrupted_writes(out_dir: Path, for_writing: bool = False) -> list[Path]:
+    """Undo what writes into ``out_dir`` that were killed outright left behind; return the staging folders removed.
+
+    A write killed outright (SIGKILL, a power cut), which no exception handler
+    survives, may leave its staging folder and, killed while its files moved,
+    ``out_dir`` with some new files and some earlier ones only in the staging
+    folder. Such a commit is rolled back, not forward, from its journal: the
+    earlier files go back, the ones it moved in go (only while they are still the
+    very files it moved in), and the staging folder is removed. The earlier results
+    are whole again, and the run can simply be repeated. A staging folder without
+    a journal never touched ``out_dir`` and is removed. Files the journal does not
+    name are never touched.
+
+    A staging folder whose writer may still be running (its PID on this computer,
+    or another computer's that changed within the hour) is left alone; with
+    ``for_writing``, one whose files are moving raises SpineStenosisGraderError,
+    as writing now would mix the two. Writers to one folder are assumed to take
+    turns (the Slicer module grades in a work folder of its own and exports from
+    its one main thread; the command line writes once, at its end): they are not
+    locked out of each other, but one never undoes another's live write.
+    """
+    out_dir = Path(out_dir)
+    try:
+        leftovers = sorted(p for p in out_dir.iterdir()
+                           if p.name.startswith(STAGING_PREFIX) and p.is_dir() and not p.is_symlink())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for staging in leftovers:
+        if _writer_may_be_alive(staging):
+            if for_writing and os.path.lexists(staging / JOURNAL_FILE):
+                raise SpineStenosisGraderError(
+                    f"Another run is moving its results into {out_dir} (or one on another computer was stopped "
+                    "while it did, less than an hour ago). Try again once it has finished.")
+            continue
+        if _recover(staging, out_dir):
+            removed.append(staging)
+    return removed
 
 
 def _make_folders(folder: Path) -> list[Path]:
@@ -476,54 +632,142 @@ def write_all_or_nothing(out_dir: Path, write: Callable[[Path], Sequence[str]],
     ``replaced`` names earlier files in ``out_dir`` that go (those not written
     again are removed). If anything fails, every move is undone, the staging
     folder and the folders made for it are removed, and ``out_dir`` is as it was.
-    Files not named are never touched. Returns the paths written.
+    Files not named are never touched. What an earlier write killed outright left
+    in ``out_dir`` is undone first (:func:`recover_interrupted_writes`). Returns
+    the paths written.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} exists and is not a folder")
+    recover_interrupted_writes(out_dir, for_writing=True)
     created = _make_folders(out_dir)
-    staging = out_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    staging = _staging_folder(out_dir)
+    _ACTIVE.add(staging.name)
     try:
         staging.mkdir()
         names = list(write(staging))
         for name in names:
             if (out_dir / name).is_dir():
                 raise IsADirectoryError(f"{out_dir / name} is a folder; cannot write {name} there")
+            if name in (JOURNAL_FILE, _PREVIOUS):
+                raise ValueError(f"{name} is the name of the commit's own bookkeeping; write another")
         _commit(staging, out_dir, names, sorted(set(replaced) - set(names)))
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty_folders(created)
+        # a journal left means the commit could not undo all its moves: the staging folder holds the
+        # earlier files, and the next write or load into out_dir finishes the undoing from it
+        if not os.path.lexists(staging / JOURNAL_FILE):
+            shutil.rmtree(staging, ignore_errors=True)
+            _remove_empty_folders(created)
         raise
+    finally:
+        _ACTIVE.discard(staging.name)
     shutil.rmtree(staging, ignore_errors=True)
     return [out_dir / name for name in names]
 
 
+def _fsync_file(path: Path) -> None:
+    """Put a file's bytes on the disk before a rename makes them the result: a power cut then finds them whole."""
+    # opened for writing: Windows flushes no file opened only for reading
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Put the renames in ``folder`` on the disk, so that a power cut keeps the order in which they were made."""
+    if os.name == "nt":
+        return  # Windows cannot open a folder to flush it (NTFS logs renames in order)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # file systems that cannot, e.g. some shares
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_journal(staging: Path, journal: Mapping[str, Any]) -> None:
+    """Write the commit's journal and put it on the disk before anything moves."""
+    path = staging / JOURNAL_FILE
+    try:
+        with open(path, "x", encoding="utf-8") as handle:
+            json.dump(journal, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_folder(staging)
+    except BaseException:
+        # nothing has moved yet: without its journal the staging folder is mere leftovers
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        raise
+
+
 def _commit(staging: Path, out_dir: Path, names: list[str], stale: list[str]) -> None:
-    """Move the staged files into ``out_dir`` and the ``stale`` ones out, undoing every move if one fails."""
-    backup = staging / ".previous"
-    backup.mkdir()
-    moved_out: list[str] = []
-    moved_in: list[str] = []
+    """Move the staged files into ``out_dir`` and the ``stale`` ones out, undoing every move if one fails.
+
+    The journal, written before the first move and removed after the last, lets a later
+    process undo the moves of a commit that was killed outright (see :func:`_roll_back`).
+    """
+    for name in names:
+        _fsync_file(staging / name)
+    journal = {
+        "format": JOURNAL_FORMAT,
+        "state": "moving",
+        "host": _HOST,
+        "pid": os.getpid(),
+        # the SHA256 of each file moved in: undoing, a file is taken out only if it is still the one moved in
+        "files": {name: sha256_file(staging / name) for name in names},
+        "stale": list(stale),
+    }
+    _write_journal(staging, journal)
+    backup = staging / _PREVIOUS
     # result.json last: a reader that finds it finds the files it lists
     order = sorted(names, key=lambda name: name == RESULT_FILE)
     try:
+        backup.mkdir()
         for name in [*names, *stale]:
             target = out_dir / name
             if target.is_file() or target.is_symlink():
                 os.replace(target, backup / name)
-                moved_out.append(name)
+        # the earlier files are safe in .previous on the disk before any new one takes a place
+        _fsync_folder(backup)
+        _fsync_folder(out_dir)
         for name in order:
             os.replace(staging / name, out_dir / name)
-            moved_in.append(name)
+        _fsync_folder(out_dir)
     except BaseException:
-        for name in moved_in:
-            try:
-                os.remove(out_dir / name)
-            except OSError:
-                pass
-        for name in moved_out:
-            try:
-                os.replace(backup / name, out_dir / name)
-            except OSError:
-                pass
+        try:
+            _roll_back(staging, out_dir, journal)
+            (staging / JOURNAL_FILE).unlink()
+        except OSError:
+            pass  # the journal stays: the next write or load into out_dir undoes the rest
         raise
+    (staging / JOURNAL_FILE).unlink()  # the commit is complete: nothing to undo
+
+
+def _roll_back(staging: Path, out_dir: Path, journal: Mapping[str, Any]) -> None:
+    """Put ``out_dir`` back as it was before the journal's commit, from wherever the commit stopped.
+
+    The moves are undone by renames in reverse: each file moved in goes back to the
+    staging folder, then each earlier file comes back from ``.previous``. Every step
+    leaves a state the commit itself went through, so an undoing that is stopped in
+    turn is simply undone again. The state on disk, not a list kept in memory, says
+    what moved, so this serves a failing commit and a later process alike.
+    """
+    backup = staging / _PREVIOUS
+    files: Mapping[str, str] = journal["files"]
+    for name, digest in files.items():
+        target = out_dir / name
+        moved_in = not os.path.lexists(staging / name)
+        # still the very file the commit moved in, not one saved over it since (a clinician's corrected ROI)
+        if moved_in and target.is_file() and not target.is_symlink() and sha256_file(target) == digest:
+            os.replace(target, staging / name)
+    for name in [*files, *journal["stale"]]:
+        if os.path.lexists(backup / name) and not os.path.lexists(out_dir / name):
+            os.replace(backup / name, out_dir / name)
+    _fsync_folder(out_dir)

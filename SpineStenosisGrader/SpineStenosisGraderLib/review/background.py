@@ -32,7 +32,7 @@ import SimpleITK as sitk
 
 from ..errors import SpineStenosisGraderError
 from ..result import StudyResult
-from ..outputs.writers import RESULT_FILE
+from ..outputs.writers import RESULT_FILE, recover_interrupted_writes
 
 #: the module the background process runs
 CLI_MODULE = "SpineStenosisGraderLib.cli"
@@ -139,8 +139,17 @@ def failure_message(stderr_lines: Sequence[str], return_code: int | None) -> str
 
 
 def load_result(output_dir: str | Path) -> StudyResult:
-    """The ``StudyResult`` a finished run wrote into ``output_dir``."""
+    """The ``StudyResult`` a finished run wrote into ``output_dir``.
+
+    A write into it that was killed outright is undone first, so that the result
+    read is a whole one, never a mix of two runs.
+    """
     path = Path(output_dir) / RESULT_FILE
+    try:
+        recover_interrupted_writes(output_dir)
+    except OSError as exc:
+        raise SpineStenosisGraderError(f"An interrupted write in {output_dir} cannot be undone: "
+                                       f"{exc.strerror or exc}.") from None
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

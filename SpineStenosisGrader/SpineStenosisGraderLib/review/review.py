@@ -854,6 +854,8 @@ def _annotation_target(folder: Path) -> tuple[Path, set[str]]:
         return folder, set()
     if not folder.is_dir():
         raise InputError(f"{folder} is a file; choose a folder for the annotation set.")
+    # an earlier export killed while its files moved must be undone before the folder is judged
+    writers.recover_interrupted_writes(folder, for_writing=True)
     earlier = _earlier_set_files(folder)
     if earlier is not None:
         return folder, earlier
