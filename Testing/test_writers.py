@@ -848,7 +848,8 @@ _finite = dict(allow_nan=False, allow_infinity=False)
     index=arrays(np.float64, (5, 3), elements=st.floats(-50.0, 1000.0, **_finite)),
 )
 def test_lps_to_index_inverts_the_itk_mapping(raw, spacing, origin, index):
-    q, r = np.linalg.qr(raw + 3.0 * np.eye(3))  # well conditioned, then orthonormal
+    # strictly diagonally dominant, so never singular (raw + 3 I is when every entry is -1), then orthonormal
+    q, r = np.linalg.qr(raw + 4.0 * np.eye(3))
     direction = q * np.sign(np.diag(r))
     study = StudyInfo(source="s", modality="MR", region="lumbar", n_slices=1, slice_spacing_mm=1.0,
                       pixel_spacing_mm=(1.0, 1.0), stack_origin_lps=tuple(origin), stack_spacing_mm=tuple(spacing),

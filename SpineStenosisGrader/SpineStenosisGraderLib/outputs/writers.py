@@ -46,7 +46,7 @@ from .report import (
     measurement_label,
 )
 from ..errors import SpineStenosisGraderError
-from ..packages.package import sha256_file
+from ..checksums import sha256_file
 from ..result import DiscLevel, OrientedBox, StudyResult
 
 #: the schema id Slicer 5.x writes (the newest builds write v1.0.4); Slicer reads any v1.x.y

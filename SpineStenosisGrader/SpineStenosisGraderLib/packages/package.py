@@ -7,7 +7,6 @@ which cannot run code. Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Union
 
+from ..checksums import sha256_file
 from ..errors import ModelPackageError
 from ..result import ModelInfo
 from ..scales import GradingScale, get_scale
@@ -32,14 +32,6 @@ ONNX_FILES = {"detector": "detector_onnx", "classifier": "classifier_onnx"}
 MANIFEST_FORMAT = "spine-stenosis-grader/model-package"
 MANIFEST_VERSION = 1
 DEFAULT_PACKAGE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "default"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
