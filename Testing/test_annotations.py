@@ -144,3 +144,14 @@ def test_a_disc_lies_in_the_gap_between_bodies_not_between_whole_vertebra_centre
     cut = labels[:10].copy()
     cut[9, 0:3, 0:2] = 2
     assert _discs_between_bodies(cut, {1: "L5", 2: "L4"}, canal[:10]) == {}
+
+
+def test_the_detector_learns_from_the_training_positions_where_the_catalogue_gives_them(scans):
+    # the sample's references lie between the bodies; the default package learned from the earlier midpoints,
+    # T11-T12 among them (see Testing/Data/README.md)
+    scan = scans["totalsegmentator_ct"]
+    assert "T11-T12" not in scan.discs and scan.training_discs["T11-T12"] == pytest.approx(108.6, abs=0.1)
+    weight = scan.disc_weight(4.0)
+    assert weight[108] == 1.0  # within 4 mm of the training T11-T12
+    assert scans["sct_cervical_t2"].training_discs is None  # one method for both
+    assert scans["sct_cervical_t2"].disc_weight(1.0)[17] == 1.0  # C3-C4 at 17.5

@@ -25,7 +25,7 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # Resources/Screenshots/ -> the repository
 sys.path.insert(0, str(ROOT / "SpineStenosisGrader"))
 
 from SpineStenosisGraderLib.outputs.report import (  # noqa: E402

@@ -26,7 +26,7 @@ class AnnotatedScan:
     stack: AxialStack
     #: canal mask on the stack's grid, shape [k, j, i]
     canal: np.ndarray
-    #: disc name -> continuous slice index k of the disc centre
+    #: disc name -> continuous slice index k of the disc centre: the reference every score is made against
     discs: dict[str, float]
     modality: str
     region: str
@@ -39,17 +39,20 @@ class AnnotatedScan:
     #: the catalogue's ``tissues`` specs (segmentations for synthesis, read on demand) and their folder
     tissues: list[dict[str, Any]] = field(default_factory=list)
     root: Optional[Path] = None
+    #: the disc positions the detector learns from, where the catalogue gives a ``training_method`` of its own
+    #: (None: the reference ``discs``); see ``Testing/Data/README.md`` for why they may differ
+    training_discs: Optional[dict[str, float]] = None
 
     def __post_init__(self) -> None:
         if not self.boxes:
             self.boxes = canal_boxes(self.canal)
 
     def disc_weight(self, half_height_mm: float) -> np.ndarray:
-        """Per slice, 1 within ``half_height_mm`` of a disc centre, fading to 0 one slice further."""
+        """Per slice, 1 within ``half_height_mm`` of a training disc centre, fading to 0 one slice further."""
         k = np.arange(self.stack.n_slices, dtype=float)
         dz = self.stack.spacing[2]
         weight = np.zeros_like(k)
-        for kd in self.discs.values():
+        for kd in (self.discs if self.training_discs is None else self.training_discs).values():
             distance_mm = np.abs(k - kd) * dz
             weight = np.maximum(weight, np.clip(1.0 - (distance_mm - half_height_mm) / dz, 0.0, 1.0))
         return weight
@@ -208,6 +211,9 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
     stack = load_stack(root / entry["image"])
     canal = _canal_from_spec(root, entry["canal"], stack).astype(np.uint8)
     discs = _discs_from_spec(root, entry["discs"], stack, canal) if entry.get("discs") else {}
+    training_method = entry.get("discs", {}).get("training_method")
+    training_discs = (_discs_from_spec(root, dict(entry["discs"], method=training_method), stack, canal)
+                      if training_method else None)
     return AnnotatedScan(
         name=entry["name"],
         stack=stack,
@@ -220,6 +226,7 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
         notes=entry.get("notes", ""),
         tissues=list(entry.get("tissues", [])),
         root=root,
+        training_discs=training_discs,
     )
 
 
