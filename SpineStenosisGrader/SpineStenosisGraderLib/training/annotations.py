@@ -121,8 +121,8 @@ def _bone_holes(bone: np.ndarray, body: np.ndarray, stack: AxialStack) -> np.nda
 BODY_EXTENT_SHARE = 0.25
 
 
-def _body_profile(vertebra: np.ndarray, canal: np.ndarray) -> np.ndarray:
-    """Per slice, the vertebra's voxels in front of the canal: its body, without the arch and processes.
+def _in_front_of_canal(canal: np.ndarray) -> Optional[np.ndarray]:
+    """Per slice, the rows in front of the canal (shape [k, j, 1]); None when no slice has a canal.
 
     The stack is in LPS, so the front is the smaller j. A slice without canal
     takes the canal's front edge from the nearest slice with one.
@@ -130,10 +130,9 @@ def _body_profile(vertebra: np.ndarray, canal: np.ndarray) -> np.ndarray:
     fronts = np.array([np.nonzero(c.any(axis=1))[0].min() if c.any() else -1 for c in canal], dtype=float)
     known = np.nonzero(fronts >= 0)[0]
     if len(known) == 0:
-        return np.zeros(vertebra.shape[0])
+        return None
     fronts = np.interp(np.arange(len(fronts)), known, fronts[known])
-    rows = np.arange(vertebra.shape[1])[None, :, None]
-    return (vertebra & (rows < fronts[:, None, None])).sum(axis=(1, 2)).astype(float)
+    return np.arange(canal.shape[1])[None, :, None] < fronts[:, None, None]
 
 
 def _discs_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack,
@@ -184,9 +183,13 @@ def _discs_between_bodies(array: np.ndarray, names: dict[int, str], canal: np.nd
     study's end says nothing about the disc beyond it.
     """
     n = array.shape[0]
+    front = _in_front_of_canal(canal > 0)
+    if front is None:
+        return {}
     bodies = []
     for label, name in names.items():
-        profile = _body_profile(array == label, canal > 0)
+        # the vertebra's voxels in front of the canal: its body, without the arch and processes
+        profile = ((array == label) & front).sum(axis=(1, 2)).astype(float)
         if profile.max() <= 0:
             continue
         extent = np.nonzero(profile >= BODY_EXTENT_SHARE * profile.max())[0]

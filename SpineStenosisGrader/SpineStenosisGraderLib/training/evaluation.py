@@ -98,6 +98,11 @@ def canal_hit(found: Sequence[float], reference: Sequence[float], canal_slice: n
                 and found[1] >= reference[1] - mj and found[3] <= reference[3] + mj)
 
 
+def disc_inside(k: float, n_slices: int, slice_spacing_mm: float) -> bool:
+    """Whether a disc at slice ``k`` lies at least DISC_INSIDE_MM inside the study, and so must be found."""
+    return min(k + 0.5, n_slices - 0.5 - k) * slice_spacing_mm >= DISC_INSIDE_MM
+
+
 def trained_on(package: ModelPackage, scan_name: str) -> bool:
     training = package.manifest.get("training_data", {})
     return scan_name in training.get("detector_real_scans", [])
@@ -120,8 +125,7 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         ious.append(box_iou(found, ref) if found else 0.0)
         hits += int(found is not None and canal_hit(found, ref, scan.canal[k] > 0, spacing))
     # levels: on the canal, near a disc, named right
-    inside = {name: k for name, k in scan.discs.items()
-              if min(k + 0.5, stack.n_slices - 0.5 - k) * dz >= DISC_INSIDE_MM}
+    inside = {name: k for name, k in scan.discs.items() if disc_inside(k, stack.n_slices, dz)}
     level_places = [stack.box_to_slice(lv.box) for lv in result.levels]
     level_slices = [float(k) for k, _ in level_places]
     true_names, true_slices = list(inside), [inside[n] for n in inside]
@@ -193,7 +197,7 @@ def evaluate_real(packages: Callable[[str], ModelPackage], catalogue: Path,
 def score_levels(result_levels: Sequence[float], discs: Sequence[float], n_slices: int,
                  slice_spacing_mm: float) -> tuple[int, int, int]:
     """(discs inside the study, of those found within DISC_FOUND_MM, levels farther than FALSE_LEVEL_MM from every disc)."""
-    inside = [k for k in discs if min(k + 0.5, n_slices - 0.5 - k) * slice_spacing_mm >= DISC_INSIDE_MM]
+    inside = [k for k in discs if disc_inside(k, n_slices, slice_spacing_mm)]
     found = len(match_levels(list(result_levels), inside, DISC_FOUND_MM / slice_spacing_mm))
     false = sum(1 for k in result_levels
                 if not discs or min(abs(k - d) for d in discs) * slice_spacing_mm > FALSE_LEVEL_MM)
