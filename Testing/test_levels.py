@@ -188,7 +188,7 @@ def _three_cervical_discs(middle_bump):
 def test_a_disc_missed_between_two_is_placed_from_their_spacing_at_its_weak_peak():
     levels = find_discs(_three_cervical_discs(0.02), 50, 1.0, "cervical")
     assert [lv.slice_index for lv in levels] == [8, 24, 40]
-    assert [lv.from_spacing for lv in levels] == [False, True, False]
+    assert [lv.placed_from for lv in levels] == ["", "spacing", ""]
 
 
 @pytest.mark.parametrize("bump,region", [(0.0, "cervical"), (0.02, "unknown"), (0.02, "lumbar")])
@@ -222,3 +222,47 @@ def test_a_disc_past_the_end_of_the_study_is_no_level_and_takes_no_body_peak_wit
     # where the evidence falls towards the end, nothing lies past it, and the bump is a disc
     probabilities[[0, 1]] = [0.2, 0.2]
     assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 24, 3.0, "lumbar")] == [4, 14]
+
+
+def _lumbar_over_the_sacrum(l5_s1_bump):
+    # 3 mm slices, the alae's top at slice 6; L4-L5 (slice 18) and L3-L4 (slice 29) stand out, while L5-S1,
+    # 9 mm above the alae, barely rises (a collapsed disc, a pelvis the detector never saw)
+    probabilities = np.full(40, 0.2)
+    for d in (18, 29):
+        probabilities[d - 1:d + 2] = [0.5, 0.8, 0.5]
+    probabilities[9] += l5_s1_bump
+    return profile_canals(probabilities)
+
+
+def test_a_faint_l5_s1_is_placed_just_above_the_sacrum_and_named_from_it():
+    levels = find_discs(_lumbar_over_the_sacrum(0.03), 40, 3.0, "lumbar", sacrum_top_slice=6)
+    assert [lv.slice_index for lv in levels] == [9, 18, 29]
+    assert [lv.placed_from for lv in levels] == ["sacrum", "", ""]
+    naming = name_from_anatomy(levels, "lumbar", 3.0, sacrum_top_slice=6)
+    assert naming.names == ["L5-S1", "L4-L5", "L3-L4"]
+    assert naming.anchored and naming.confidence == ["high"] * 3
+    assert naming.warnings == ["L5-S1 (slice 9) is placed just above the sacrum, where L5-S1 lies; the disc "
+                               "evidence there is weak, so check it on a sagittal view."]
+
+
+@pytest.mark.parametrize("bump,sacrum_top,region", [
+    (0.0, 6, "lumbar"),        # no peak above the sacrum: nothing is invented
+    (0.03, None, "lumbar"),    # no sacrum in the study
+    (0.03, 6, "cervical"),     # a sacrum is no landmark for a neck
+])
+def test_no_l5_s1_is_placed_without_a_peak_a_sacrum_or_a_lumbar_spine(bump, sacrum_top, region):
+    levels = find_discs(_lumbar_over_the_sacrum(bump), 40, 3.0, region, sacrum_top_slice=sacrum_top)
+    assert [lv.slice_index for lv in levels] == [18, 29]
+
+
+@pytest.mark.parametrize("discs,bump", [
+    ((10, 21), 6),    # L5-S1 found 18 mm above the alae: no second one below it
+    ((14, 25), 10),   # L4-L5 30 mm above the alae: the peak 12 mm below it is its vertebra's body, not L5-S1
+])
+def test_a_found_l5_s1_gets_no_second_disc_and_one_too_near_l4_l5_is_not_placed(discs, bump):
+    probabilities = np.full(40, 0.2)
+    for d in discs:
+        probabilities[d - 1:d + 2] = [0.5, 0.8, 0.5]
+    probabilities[bump] += 0.03
+    levels = find_discs(profile_canals(probabilities), 40, 3.0, "lumbar", sacrum_top_slice=4)
+    assert [lv.slice_index for lv in levels] == list(discs)

@@ -97,8 +97,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         # a region read from the anatomy is never a reason to refuse: the user did not choose it
         warnings += package.compatibility_mismatches("", region)
     gaps = endplate_gaps(stack, canals) if modality == "CT" else None
-    naming = name_from_anatomy(find_discs(canals, stack.n_slices, dz, region, gaps), region, dz,
-                               sacrum.top_slice if sacrum else None, anchor)
+    sacrum_top = sacrum.top_slice if sacrum else None
+    naming = name_from_anatomy(find_discs(canals, stack.n_slices, dz, region, gaps, sacrum_top_slice=sacrum_top),
+                               region, dz, sacrum_top, anchor)
     warnings.extend(naming.warnings)
     if not naming.kept:
         warnings.append("No disc level was found. Check that the study is an axial spine CT or T2 MRI.")

@@ -59,6 +59,12 @@ TYPICAL_DISC_SPACING_MM = {"lumbar": 33.0, "thoracic": 23.0, "cervical": 16.0}
 MISSED_DISC_GAP = 1.5
 #: on CT, how much an endplate-bounded gap in the bone (see ``landmarks.endplate_gaps``) weighs against the detector
 ENDPLATE_WEIGHT = 0.7
+#: the L5-S1 disc lies just above the top of the sacral alae: within this of it
+L5_S1_ABOVE_SACRUM_MM = 25.0
+#: disc-like slices this far below the top of the alae are inside the sacrum
+INSIDE_SACRUM_MM = 4.0
+#: a lumbar disc spacing: a lowest disc this far above the sacrum is L4-L5, and L5-S1 was missed
+L4_L5_ABOVE_SACRUM_MM = 65.0
 
 
 @dataclass
@@ -79,8 +85,9 @@ class LevelCandidate:
     disc_probability: float
     #: the slices counted into this disc
     slices: tuple[int, ...]
-    #: placed where the spacing of the discs around it says one was missed, at the evidence's best local peak
-    from_spacing: bool = False
+    #: why a disc too faint for a peak of its own was placed: "spacing" (the discs around it lie a whole
+    #: vertebra too far apart) or "sacrum" (L5-S1 lies just above the sacral alae); "" for a disc the evidence found
+    placed_from: str = ""
 
 
 def disc_profile(canals: Sequence[Optional[SliceCanal]], n_slices: int, min_score: float = 0.3) -> np.ndarray:
@@ -94,7 +101,7 @@ def disc_profile(canals: Sequence[Optional[SliceCanal]], n_slices: int, min_scor
 
 def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spacing_mm: float,
                region: str = UNKNOWN_REGION, endplate_gaps: Optional[np.ndarray] = None,
-               min_score: float = 0.3) -> list[LevelCandidate]:
+               min_score: float = 0.3, sacrum_top_slice: Optional[int] = None) -> list[LevelCandidate]:
     """Disc levels, inferior first: the peaks of the disc evidence along the tracked canal.
 
     The evidence is the detector's disc probability. On CT, ``endplate_gaps`` (1
@@ -106,6 +113,9 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     one disc, and the stronger one stays; an end of the study where the evidence
     still rises competes too, as a disc past the end. Where two discs lie a
     whole vertebra too far apart, the one between is placed from their spacing.
+    In a lumbar study that shows the sacrum (``sacrum_top_slice``, the most
+    superior slice of the alae), L5-S1 is placed just above it when no disc was
+    found there.
     """
     profile = disc_profile(canals, n_slices, min_score)
     tracked = np.nonzero(~np.isnan(profile))[0]
@@ -151,7 +161,47 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
                     key=lambda lv: lv.slice_index)
     levels = _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps)
     levels = [level for level in levels if not any(level is end for end in at_end)]
-    return _fill_missed_discs(levels, rise, tracked, by_slice, slice_spacing_mm, region)
+    levels = _fill_missed_discs(levels, rise, tracked, by_slice, slice_spacing_mm, region)
+    if sacrum_top_slice is not None and region == "lumbar":
+        levels = _place_disc_above_sacrum(levels, rise, tracked, by_slice, slice_spacing_mm, sacrum_top_slice)
+    return levels
+
+
+def _local_peaks(rise: np.ndarray) -> set[int]:
+    """Every slice where the evidence's rise is higher than on both neighbours; the ends count."""
+    return set(int(k) for k in signal.find_peaks(np.concatenate(([-np.inf], rise, [-np.inf])))[0] - 1)
+
+
+def _place_disc_above_sacrum(levels: list[LevelCandidate], rise: np.ndarray, tracked: np.ndarray,
+                             by_slice: dict[int, SliceCanal], slice_spacing_mm: float,
+                             sacrum_top_slice: int) -> list[LevelCandidate]:
+    """Add L5-S1 just above the sacral alae when no disc was found there.
+
+    L5-S1 sits on the sacrum, so a study that shows the alae and tracks the
+    canal above them holds it, however faint its evidence (a collapsed disc, a
+    detector that never saw this pelvis). It is placed at the evidence's highest
+    local peak between INSIDE_SACRUM_MM below the top of the alae and
+    L5_S1_ABOVE_SACRUM_MM above it, at least a lumbar vertebra's half-height
+    below the lowest disc found; with no peak there, none is added.
+    """
+    def height_mm(k: int) -> float:
+        return (k - sacrum_top_slice) * slice_spacing_mm
+
+    if any(-INSIDE_SACRUM_MM <= height_mm(lv.slice_index) <= L5_S1_ABOVE_SACRUM_MM for lv in levels):
+        return levels
+    above = [lv for lv in levels if height_mm(lv.slice_index) > L5_S1_ABOVE_SACRUM_MM]
+    lowest = min((lv.slice_index for lv in above), default=None)
+    peaks = _local_peaks(rise)
+    window = [int(k) for k in tracked
+              if int(k) in peaks and -INSIDE_SACRUM_MM <= height_mm(int(k)) <= L5_S1_ABOVE_SACRUM_MM
+              and (lowest is None or (lowest - k) * slice_spacing_mm >= MIN_DISC_SEPARATION_MM["lumbar"])]
+    if not window:
+        return levels
+    k = max(window, key=lambda i: rise[i])
+    canal = by_slice[k]
+    placed = LevelCandidate(slice_index=k, box_ij=canal.box_ij, score=canal.score,
+                            disc_probability=canal.disc_probability, slices=(k,), placed_from="sacrum")
+    return sorted(levels + [placed], key=lambda lv: lv.slice_index)
 
 
 def _fill_missed_discs(levels: list[LevelCandidate], rise: np.ndarray, tracked: np.ndarray,
@@ -169,7 +219,7 @@ def _fill_missed_discs(levels: list[LevelCandidate], rise: np.ndarray, tracked: 
     if region not in TYPICAL_DISC_SPACING_MM or len(levels) < 2:
         return levels
     typical = TYPICAL_DISC_SPACING_MM[region]
-    peaks = set(int(k) for k in signal.find_peaks(np.concatenate(([-np.inf], rise, [-np.inf])))[0] - 1)
+    peaks = _local_peaks(rise)
     filled = [levels[0]]
     for lower, upper in zip(levels, levels[1:]):
         gap_mm = (upper.slice_index - lower.slice_index) * slice_spacing_mm
@@ -184,7 +234,7 @@ def _fill_missed_discs(levels: list[LevelCandidate], rise: np.ndarray, tracked: 
             canal = by_slice[k]
             filled.append(LevelCandidate(slice_index=k, box_ij=canal.box_ij, score=canal.score,
                                          disc_probability=canal.disc_probability, slices=(k,),
-                                         from_spacing=True))
+                                         placed_from="spacing"))
         filled.append(upper)
     return filled
 
@@ -273,13 +323,6 @@ class LevelNaming:
     warnings: list[str] = field(default_factory=list)
 
 
-#: the L5-S1 disc lies just above the top of the sacral alae: within this of it
-L5_S1_ABOVE_SACRUM_MM = 25.0
-#: disc-like slices this far below the top of the alae are inside the sacrum
-INSIDE_SACRUM_MM = 4.0
-#: a lumbar disc spacing: a lowest disc this far above the sacrum is L4-L5, and L5-S1 was missed
-L4_L5_ABOVE_SACRUM_MM = 65.0
-
 
 def unanchored_names(n_levels: int) -> list[str]:
     """Names that claim no level: "disc 1" is the most inferior disc found."""
@@ -294,13 +337,15 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
     ``sacrum_top_slice`` is the most superior slice showing the sacral alae, where
     the study contains the sacrum. Discs found inside the sacrum are dropped
     with a warning: they are the fused sacral segments, not levels. A disc placed
-    from the spacing of its neighbours is named with the rest, with a warning.
+    from the spacing of its neighbours, or above the sacrum, is named with the rest, with a warning.
     """
     naming = _name_from_anatomy(candidates, region, slice_spacing_mm, sacrum_top_slice, anchor)
+    why = {"spacing": "where the spacing of the discs around it says one was missed",
+           "sacrum": "just above the sacrum, where L5-S1 lies"}
     naming.warnings.extend(
-        f"{name} (slice {c.slice_index}) is placed where the spacing of the discs around it says one was "
-        "missed; the disc evidence there is weak, so check it on a sagittal view."
-        for name, c in zip(naming.names, naming.kept) if c.from_spacing)
+        f"{name} (slice {c.slice_index}) is placed {why[c.placed_from]}; the disc evidence there is weak, "
+        "so check it on a sagittal view."
+        for name, c in zip(naming.names, naming.kept) if c.placed_from)
     return naming
 
 
