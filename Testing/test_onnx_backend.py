@@ -205,3 +205,20 @@ def test_the_cli_grades_on_the_chosen_backend_and_says_which(tmp_path):
         out = tmp_path / backend
         assert main(["grade", str(SAMPLE_MR), "-o", str(out), "--backend", backend, "-q"]) == 0
         assert json.loads((out / "result.json").read_text())["model"]["runtime"].startswith(runtime + " ")
+
+
+def test_an_export_that_fails_its_check_writes_no_graph_and_says_the_package_still_runs(tmp_path, monkeypatch):
+    from SpineStenosisGraderLib.training import export
+
+    folder = _copy_default(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in ONNX_FILES.values():
+        (folder / manifest["files"].pop(key)["path"]).unlink()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _resign(folder)
+    # a check no graph can pass: torch and ONNX Runtime never agree to better than a negative difference
+    monkeypatch.setattr(export, "MAX_BOX_DIFFERENCE_PX", -1.0)
+    with pytest.raises(ModelPackageError, match=r"differs from torch.*complete without ONNX files.*--backend torch"):
+        export.export_onnx(folder)
+    assert not list(folder.glob("*.onnx")) and not [p for p in folder.iterdir() if p.is_dir()]
+    assert load_package(folder).resolved_backend() == "torch"

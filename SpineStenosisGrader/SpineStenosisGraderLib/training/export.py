@@ -162,14 +162,20 @@ def export_onnx(package_dir: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"opset": OPSET}
     with tempfile.TemporaryDirectory(dir=package_dir) as staging:
         staging_dir = Path(staging)
-        detector_checks = [export_detector(package, staging_dir / "detector.onnx", canvases[0])]
-        detector_checks += [_check_detector(package, staging_dir / "detector.onnx", c) for c in canvases[1:]]
-        report["detector"] = {
-            "check_slices": sum(c["check_slices"] for c in detector_checks),
-            "max_box_difference_px": max(c["max_box_difference_px"] for c in detector_checks),
-            "max_score_difference": max(c["max_score_difference"] for c in detector_checks),
-        }
-        report["classifier"] = export_classifier(package, staging_dir / "classifier.onnx", patches)
+        try:
+            detector_checks = [export_detector(package, staging_dir / "detector.onnx", canvases[0])]
+            detector_checks += [_check_detector(package, staging_dir / "detector.onnx", c) for c in canvases[1:]]
+            report["detector"] = {
+                "check_slices": sum(c["check_slices"] for c in detector_checks),
+                "max_box_difference_px": max(c["max_box_difference_px"] for c in detector_checks),
+                "max_score_difference": max(c["max_score_difference"] for c in detector_checks),
+            }
+            report["classifier"] = export_classifier(package, staging_dir / "classifier.onnx", patches)
+        except ModelPackageError as error:
+            # the weights and manifest are already whole: say that the package still runs, and how
+            raise ModelPackageError(
+                f"{error} The package in {package_dir} is complete without ONNX files: grade with it using "
+                "--backend torch (in Slicer, with the PyTorch extension).") from error
         for name in ("detector.onnx", "classifier.onnx"):
             (staging_dir / name).replace(package_dir / name)
     manifest = json.loads((package_dir / "manifest.json").read_text(encoding="utf-8"))
