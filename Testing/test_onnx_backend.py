@@ -124,13 +124,19 @@ def test_a_damaged_onnx_file_is_a_package_error(tmp_path):
         load_package(folder, backend="onnx").detector()
 
 
-def test_a_package_without_onnx_files_falls_back_to_torch_or_says_how_to_export(tmp_path):
+def _default_without_onnx(tmp_path):
+    """A copy of the embedded package with its ONNX files and their manifest entries removed."""
     folder = _copy_default(tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
     for key in ONNX_FILES.values():
         (folder / manifest["files"].pop(key)["path"]).unlink()
     (folder / "manifest.json").write_text(json.dumps(manifest))
     _resign(folder)
+    return folder
+
+
+def test_a_package_without_onnx_files_falls_back_to_torch_or_says_how_to_export(tmp_path):
+    folder = _default_without_onnx(tmp_path)
     assert load_package(folder).resolved_backend() == "torch"
     with pytest.raises(ModelPackageError, match="export-onnx"):
         load_package(folder, backend="onnx").detector()
@@ -210,12 +216,7 @@ def test_the_cli_grades_on_the_chosen_backend_and_says_which(tmp_path):
 def test_an_export_that_fails_its_check_writes_no_graph_and_says_the_package_still_runs(tmp_path, monkeypatch):
     from SpineStenosisGraderLib.training import export
 
-    folder = _copy_default(tmp_path)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for key in ONNX_FILES.values():
-        (folder / manifest["files"].pop(key)["path"]).unlink()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    _resign(folder)
+    folder = _default_without_onnx(tmp_path)
     # a check no graph can pass: torch and ONNX Runtime never agree to better than a negative difference
     monkeypatch.setattr(export, "MAX_BOX_DIFFERENCE_PX", -1.0)
     with pytest.raises(ModelPackageError, match=r"differs from torch.*complete without ONNX files.*--backend torch"):
