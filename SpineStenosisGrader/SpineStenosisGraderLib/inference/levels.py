@@ -181,7 +181,7 @@ def _place_disc_above_sacrum(levels: list[LevelCandidate], rise: np.ndarray, tra
     canal above them holds it, however faint its evidence (a collapsed disc, a
     detector that never saw this pelvis). It is placed at the evidence's highest
     local peak between INSIDE_SACRUM_MM below the top of the alae and
-    L5_S1_ABOVE_SACRUM_MM above it, at least a lumbar vertebra's half-height
+    L5_S1_ABOVE_SACRUM_MM above it, and at least the lumbar MIN_DISC_SEPARATION_MM
     below the lowest disc found; with no peak there, none is added.
     """
     def height_mm(k: int) -> float:
@@ -321,7 +321,6 @@ class LevelNaming:
     confidence: list[str]
     note: str
     warnings: list[str] = field(default_factory=list)
-
 
 
 def unanchored_names(n_levels: int) -> list[str]:
