@@ -36,6 +36,12 @@ def test_train_command_writes_a_package_the_grader_loads(tmp_path):
     training = manifest["training_data"]
     assert training["command"].startswith("spine-stenosis-grader train --out ") and training["seed"] == 0
     assert set(training["code"]) == {"commit", "dirty"} and training["final_loss"]["detector"] > 0
+    # the kind of CPU is recorded: on another one the same command gives other weights
+    import torch
+
+    machine = training["machine"]
+    assert machine["torch"] == torch.__version__ and machine["cpu"]
+    assert machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert {"totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2", "phantoms"} <= set(
         training["detector_synthetic_slices"])
 

@@ -370,6 +370,26 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
+def machine_state() -> dict[str, Any]:
+    """The CPU and library versions that trained: on one kind of CPU `train` is repeatable byte for byte,
+    while another picks kernels that round differently and gives other weights (see the README)."""
+    import platform
+
+    import timm
+    import torch
+    import torchvision
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__}
+
+
 def load_classifier(package_dir: Path):
     """An existing package's classifier, its config and where it came from, to reuse it unchanged."""
     from ..packages.package import load_package
@@ -482,6 +502,7 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
         "detector_pool_fractions": POOL_FRACTIONS,
         "command": command,
         "code": git_state(),
+        "machine": machine_state(),
         "seed": seed,
         "torch_threads": TRAIN_THREADS,
         "final_loss": {"detector": float(np.mean(det_losses[-50:])),
