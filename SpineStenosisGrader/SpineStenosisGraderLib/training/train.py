@@ -371,8 +371,11 @@ def git_state() -> dict[str, Any]:
 
 
 def machine_state() -> dict[str, Any]:
-    """The CPU and library versions that trained: on one kind of CPU `train` is repeatable byte for byte,
-    while another picks kernels that round differently and gives other weights (see the README)."""
+    """The CPU and library versions that trained.
+
+    On one kind of CPU `train` is repeatable byte for byte; another picks kernels
+    that round differently and gives other weights (see the README).
+    """
     import platform
 
     import timm
