@@ -9,6 +9,8 @@ from conftest import DATA
 from SpineStenosisGraderLib.cli import main
 from SpineStenosisGraderLib.packages.package import load_package
 from SpineStenosisGraderLib.pipeline import grade_file
+from SpineStenosisGraderLib.training import train as train_module
+from SpineStenosisGraderLib.training.train import KERNEL_VARIABLES, machine_state
 
 TINY = ["--phantoms", "2", "--per-study", "3", "--detector-iterations", "2", "--grade-slices", "8",
         "--classifier-epochs", "1"]
@@ -42,8 +44,17 @@ def test_train_command_writes_a_package_the_grader_loads(tmp_path):
     machine = training["machine"]
     assert machine["torch"] == torch.__version__ and machine["cpu"]
     assert machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(machine["kernel_settings"]) <= set(KERNEL_VARIABLES)
     assert {"totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2", "phantoms"} <= set(
         training["detector_synthetic_slices"])
+
+
+def test_the_machine_record_names_the_settings_that_pick_kernels(monkeypatch):
+    # a stand-in name: setting a real one (ONEDNN_MAX_CPU_ISA) here could change the kernels of later tests
+    monkeypatch.setattr(train_module, "KERNEL_VARIABLES", ("SSG_TEST_KERNEL_ISA", "SSG_TEST_UNSET"))
+    monkeypatch.setenv("SSG_TEST_KERNEL_ISA", "AVX2")
+    monkeypatch.delenv("SSG_TEST_UNSET", raising=False)
+    assert machine_state()["kernel_settings"] == {"SSG_TEST_KERNEL_ISA": "AVX2"}
 
 
 def test_a_leave_one_scan_out_fold_trains_the_detector_and_reuses_a_classifier(tmp_path):

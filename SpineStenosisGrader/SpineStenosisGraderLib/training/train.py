@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import subprocess
 import time
 import zlib
@@ -370,6 +371,11 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
+#: environment variables that limit the instruction sets of torch's, oneDNN's and MKL's kernels
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                    "MKL_CBWR")
+
+
 def machine_state() -> dict[str, Any]:
     """The CPU and library versions that trained.
 
@@ -388,8 +394,10 @@ def machine_state() -> dict[str, Any]:
             cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
     except OSError:
         pass
+    # these variables change which kernels torch, oneDNN and MKL pick, so they change the weights too
+    kernel_settings = {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
     return {"cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "python": platform.python_version(), "torch": torch.__version__,
+            "kernel_settings": kernel_settings, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__}
 
 
