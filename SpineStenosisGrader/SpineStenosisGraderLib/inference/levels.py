@@ -161,18 +161,27 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
                     key=lambda lv: lv.slice_index)
     levels = _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps)
     levels = [level for level in levels if not any(level is end for end in at_end)]
-    levels = _fill_missed_discs(levels, rise, tracked, by_slice, slice_spacing_mm, region)
+    # where a disc too faint for a peak of its own is placed: a local peak of the rise on a tracked slice
+    local = set(int(k) for k in signal.find_peaks(np.concatenate(([-np.inf], rise, [-np.inf])))[0] - 1)
+    faint_peaks = [int(k) for k in tracked if int(k) in local]
+    levels = _fill_missed_discs(levels, rise, faint_peaks, by_slice, slice_spacing_mm, region)
     if sacrum_top_slice is not None and region == "lumbar":
-        levels = _place_disc_above_sacrum(levels, rise, tracked, by_slice, slice_spacing_mm, sacrum_top_slice)
+        levels = _place_disc_above_sacrum(levels, rise, faint_peaks, by_slice, slice_spacing_mm, sacrum_top_slice)
     return levels
 
 
-def _local_peaks(rise: np.ndarray) -> set[int]:
-    """Every slice where the evidence's rise is higher than on both neighbours; the ends count."""
-    return set(int(k) for k in signal.find_peaks(np.concatenate(([-np.inf], rise, [-np.inf])))[0] - 1)
+def _disc_at_best_peak(window: Sequence[int], rise: np.ndarray, by_slice: dict[int, SliceCanal],
+                       placed_from: str) -> Optional[LevelCandidate]:
+    """A disc placed at the window's slice of highest rise (the first of equals), or None for an empty window."""
+    if not window:
+        return None
+    k = max(window, key=lambda i: rise[i])
+    canal = by_slice[k]
+    return LevelCandidate(slice_index=k, box_ij=canal.box_ij, score=canal.score,
+                          disc_probability=canal.disc_probability, slices=(k,), placed_from=placed_from)
 
 
-def _place_disc_above_sacrum(levels: list[LevelCandidate], rise: np.ndarray, tracked: np.ndarray,
+def _place_disc_above_sacrum(levels: list[LevelCandidate], rise: np.ndarray, faint_peaks: Sequence[int],
                              by_slice: dict[int, SliceCanal], slice_spacing_mm: float,
                              sacrum_top_slice: int) -> list[LevelCandidate]:
     """Add L5-S1 just above the sacral alae when no disc was found there.
@@ -191,20 +200,14 @@ def _place_disc_above_sacrum(levels: list[LevelCandidate], rise: np.ndarray, tra
         return levels
     above = [lv for lv in levels if height_mm(lv.slice_index) > L5_S1_ABOVE_SACRUM_MM]
     lowest = min((lv.slice_index for lv in above), default=None)
-    peaks = _local_peaks(rise)
-    window = [int(k) for k in tracked
-              if int(k) in peaks and -INSIDE_SACRUM_MM <= height_mm(int(k)) <= L5_S1_ABOVE_SACRUM_MM
+    window = [k for k in faint_peaks
+              if -INSIDE_SACRUM_MM <= height_mm(k) <= L5_S1_ABOVE_SACRUM_MM
               and (lowest is None or (lowest - k) * slice_spacing_mm >= MIN_DISC_SEPARATION_MM["lumbar"])]
-    if not window:
-        return levels
-    k = max(window, key=lambda i: rise[i])
-    canal = by_slice[k]
-    placed = LevelCandidate(slice_index=k, box_ij=canal.box_ij, score=canal.score,
-                            disc_probability=canal.disc_probability, slices=(k,), placed_from="sacrum")
-    return sorted(levels + [placed], key=lambda lv: lv.slice_index)
+    placed = _disc_at_best_peak(window, rise, by_slice, "sacrum")
+    return levels if placed is None else sorted(levels + [placed], key=lambda lv: lv.slice_index)
 
 
-def _fill_missed_discs(levels: list[LevelCandidate], rise: np.ndarray, tracked: np.ndarray,
+def _fill_missed_discs(levels: list[LevelCandidate], rise: np.ndarray, faint_peaks: Sequence[int],
                        by_slice: dict[int, SliceCanal], slice_spacing_mm: float,
                        region: str) -> list[LevelCandidate]:
     """Add a disc where two found ones lie a whole vertebra too far apart.
@@ -219,7 +222,6 @@ def _fill_missed_discs(levels: list[LevelCandidate], rise: np.ndarray, tracked: 
     if region not in TYPICAL_DISC_SPACING_MM or len(levels) < 2:
         return levels
     typical = TYPICAL_DISC_SPACING_MM[region]
-    peaks = _local_peaks(rise)
     filled = [levels[0]]
     for lower, upper in zip(levels, levels[1:]):
         gap_mm = (upper.slice_index - lower.slice_index) * slice_spacing_mm
@@ -227,14 +229,10 @@ def _fill_missed_discs(levels: list[LevelCandidate], rise: np.ndarray, tracked: 
         step = (upper.slice_index - lower.slice_index) / (missed + 1)
         for j in range(1, missed + 1):
             expected = lower.slice_index + j * step
-            window = [int(k) for k in tracked if abs(k - expected) <= step / 4.0 and int(k) in peaks]
-            if not window:
-                continue
-            k = max(window, key=lambda i: rise[i])
-            canal = by_slice[k]
-            filled.append(LevelCandidate(slice_index=k, box_ij=canal.box_ij, score=canal.score,
-                                         disc_probability=canal.disc_probability, slices=(k,),
-                                         placed_from="spacing"))
+            placed = _disc_at_best_peak([k for k in faint_peaks if abs(k - expected) <= step / 4.0], rise,
+                                        by_slice, "spacing")
+            if placed is not None:
+                filled.append(placed)
         filled.append(upper)
     return filled
 
