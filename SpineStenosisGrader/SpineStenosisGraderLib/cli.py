@@ -115,6 +115,16 @@ def _grade(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .training.kernels import kernels_are_portable, portable_environment, portable_kernels_apply
+
+    if not args.native_kernels and portable_kernels_apply() and not kernels_are_portable():
+        # the kernel settings are read when torch and MKL load: only a new process takes them
+        import subprocess
+
+        print("Training with the kernels that round alike on every x86-64 CPU (in a child process).",
+              file=sys.stderr)
+        return subprocess.call([sys.executable, "-m", "SpineStenosisGraderLib.cli", *args.argv],
+                               env=portable_environment())
     from .training.train import train_default_package
 
     import shlex
@@ -274,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train only the detector; reuse the classifier of --classifier-from unchanged")
     train.add_argument("--classifier-from", metavar="PACKAGE_DIR",
                        help="with --detector-only: the package whose classifier to reuse (default: the embedded one)")
+    train.add_argument("--native-kernels", action="store_true",
+                       help="train with the kernels this CPU picks: faster (the detector about 2.4 times), but the "
+                            "weights then depend on the kind of CPU (default: kernels that round alike on every "
+                            "x86-64 CPU, see training/kernels.py)")
     train.set_defaults(func=_train)
 
     export = sub.add_parser("export-onnx", help="add ONNX Runtime graphs to a model package (needs PyTorch)")

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .kernels import kernels_are_portable
 from .annotations import AnnotatedScan, load_catalogue, load_scans
 from .synthesis import TissueMap, synthesize_from_map, tissue_map_from_phantom, tissue_map_from_scan
 from ..inference.classifier import DEFAULT_CLASSIFIER_CONFIG, build_classifier_model, grade_patch
@@ -174,20 +175,27 @@ def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
 
 @contextlib.contextmanager
 def deterministic_torch(seed: int, threads: int = TRAIN_THREADS) -> Iterator[None]:
-    """Same seed, same software, same weights: deterministic kernels and a fixed thread count."""
+    """Same seed, same software, same weights: deterministic kernels and a fixed thread count.
+
+    With the portable kernels (``kernels.py``) oneDNN is off as well, so that the
+    weights are the same on every x86-64 CPU, not only on this kind.
+    """
     import torch
 
     previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled())
+                torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.mkldnn.enabled)
     torch.set_num_threads(threads)
     # warn_only: an op without a deterministic kernel warns instead of stopping a run
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(seed)
+    if kernels_are_portable():
+        torch.backends.mkldnn.enabled = False
     try:
         yield
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
+        torch.backends.mkldnn.enabled = previous[3]
 
 
 def train_detector(data: Sequence[DetectorSlice], config: dict[str, Any], iterations: int, batch_size: int,
@@ -454,7 +462,7 @@ def save_package(out_dir: Path, detector, classifier, detector_config: dict[str,
 def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 96, per_study: int = 24,
                           detector_iterations: int = 700, detector_batch: int = 8,
                           n_grade_slices: int = 2400, classifier_epochs: int = 10, classifier_batch: int = 48,
-                          seed: int = 0, version: str = "0.2.0",
+                          seed: int = 0, version: str = "0.4.0",
                           synthetic_per_scan: int = SYNTHETIC_PER_SCAN,
                           synthetic_per_phantom: int = SYNTHETIC_PER_PHANTOM,
                           exclude_scans: Sequence[str] = (), all_scans: bool = False,
@@ -516,6 +524,8 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
         "machine": machine_state(),
         "seed": seed,
         "torch_threads": TRAIN_THREADS,
+        # with portable kernels any x86-64 CPU gives these weights; without, only this kind of CPU
+        "portable_kernels": kernels_are_portable(),
         "final_loss": {"detector": float(np.mean(det_losses[-50:])),
                        "classifier": float(np.mean(cls_losses[-50:])) if cls_losses else None},
         "last_losses": {"detector": [round(v, 6) for v in det_losses[-5:]],
