@@ -1,10 +1,12 @@
 """Model packages are verified before use: ours, complete, unchanged, and never pickled."""
 
 import json
+import shlex
 
 import pytest
 
 from SpineStenosisGraderLib.errors import ModelPackageError
+from SpineStenosisGraderLib.training.kernels import PORTABLE_KERNELS
 from SpineStenosisGraderLib.packages.package import (
     DEFAULT_PACKAGE_DIR,
     load_default_package,
@@ -89,6 +91,15 @@ def test_the_default_package_is_honest_about_its_data():
     size = sum(entry["bytes"] for entry in manifest["files"].values())
     assert size <= 32 * 1024 * 1024
     assert "not for clinical use" in package.summary().lower()
+    # made by the repository's own command, at a recorded commit, with kernels any x86-64 CPU reproduces
+    training = manifest["training_data"]
+    command = shlex.split(training["command"])
+    # the defaults, written wherever --out said
+    assert command[:2] == ["spine-stenosis-grader", "train"]
+    assert len(command) == 2 or (len(command) == 4 and command[2] == "--out")
+    assert len(training["code"]["commit"]) == 40 and training["code"]["dirty"] is False
+    assert training["portable_kernels"] is True
+    assert training["machine"]["kernel_settings"].items() >= PORTABLE_KERNELS.items()
 
 
 @pytest.mark.parametrize("damage", [

@@ -16,7 +16,8 @@ other weights. Training therefore runs with:
 
 Both variables are read when torch and MKL load, so the training command runs
 itself again in a child process with them set (``cli.py``). The price is time:
-the detector trains about 2.4 times slower than with the CPU's own kernels.
+on 2 cores the default package takes about 61 minutes instead of 11 (the
+detector about three times slower, the classifier more).
 """
 
 from __future__ import annotations
