@@ -387,8 +387,8 @@ KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_I
 def machine_state() -> dict[str, Any]:
     """The CPU and library versions that trained.
 
-    On one kind of CPU `train` is repeatable byte for byte; another picks kernels
-    that round differently and gives other weights (see the README).
+    With the portable kernels (``kernels.py``) the record shows they were in force;
+    with ``--native-kernels`` it tells which kind of CPU can remake the weights.
     """
     import platform
 
