@@ -286,9 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --detector-only: the package whose classifier to reuse (default: the embedded one)")
     train.add_argument("--native-kernels", action="store_true",
                        help="train with the kernels this CPU picks: faster (the default package in about 11 minutes "
-                            "instead of 61 on 2 cores), but the "
-                            "weights then depend on the kind of CPU (default: kernels that round alike on every "
-                            "x86-64 CPU, see training/kernels.py)")
+                            "instead of 61 on 2 cores), but the weights then depend on the kind of CPU (default: "
+                            "kernels that round alike on every x86-64 CPU, see training/kernels.py)")
     train.set_defaults(func=_train)
 
     export = sub.add_parser("export-onnx", help="add ONNX Runtime graphs to a model package (needs PyTorch)")

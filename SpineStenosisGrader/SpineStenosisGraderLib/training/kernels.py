@@ -29,6 +29,9 @@ from typing import Mapping, Optional
 
 #: the settings that make training's kernels the same on every x86-64 CPU
 PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE,STRICT"}
+#: every environment variable that picks or limits the kernels of torch, oneDNN and MKL, so changes the weights
+#: (a package's manifest records those set); the portable settings are among them by construction
+KERNEL_VARIABLES = (*PORTABLE_KERNELS, "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def portable_kernels_apply() -> bool:

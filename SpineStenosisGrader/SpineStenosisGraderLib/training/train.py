@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .kernels import kernels_are_portable
+from .kernels import KERNEL_VARIABLES, kernels_are_portable
 from .annotations import AnnotatedScan, load_catalogue, load_scans
 from .synthesis import TissueMap, synthesize_from_map, tissue_map_from_phantom, tissue_map_from_scan
 from ..inference.classifier import DEFAULT_CLASSIFIER_CONFIG, build_classifier_model, grade_patch
@@ -377,11 +377,6 @@ def git_state() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": bool(status.strip())}
-
-
-#: environment variables that limit the instruction sets of torch's, oneDNN's and MKL's kernels
-KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-                    "MKL_CBWR")
 
 
 def machine_state() -> dict[str, Any]:
