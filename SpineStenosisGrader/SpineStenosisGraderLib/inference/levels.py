@@ -59,8 +59,11 @@ TYPICAL_DISC_SPACING_MM = {"lumbar": 33.0, "thoracic": 23.0, "cervical": 16.0}
 MISSED_DISC_GAP = 1.5
 #: on CT, how much an endplate-bounded gap in the bone (see ``landmarks.endplate_gaps``) weighs against the detector
 ENDPLATE_WEIGHT = 0.7
-#: the L5-S1 disc lies just above the top of the sacral alae: within this of it
-L5_S1_ABOVE_SACRUM_MM = 25.0
+#: the L5-S1 disc lies just above the top of the sacral alae: within this of it, plus half a slice (the alae's
+#: top slice may lie up to a slice below their top). The alae are first seen where S1's body joins them, at or
+#: just below its upper endplate, and the disc's middle at the canal is half a disc (4-6 mm) above that endplate;
+#: 10 mm or more above the alae the slices cut L5's body, 25-30 mm tall, where a false peak must not be L5-S1
+L5_S1_ABOVE_SACRUM_MM = 10.0
 #: disc-like slices this far below the top of the alae are inside the sacrum
 INSIDE_SACRUM_MM = 4.0
 #: a lumbar disc spacing: a lowest disc this far above the sacrum is L4-L5, and L5-S1 was missed
@@ -164,10 +167,10 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     # where a disc too faint for a peak of its own is placed: a local peak of the rise on a tracked slice
     local = set(int(k) for k in signal.find_peaks(np.concatenate(([-np.inf], rise, [-np.inf])))[0] - 1)
     faint_peaks = [int(k) for k in tracked if int(k) in local]
-    levels = _fill_missed_discs(levels, rise, faint_peaks, by_slice, slice_spacing_mm, region)
     if sacrum_top_slice is not None and region == "lumbar":
+        # first, so that a disc missed above L5-S1 is looked for from where L5-S1 really is
         levels = _place_disc_above_sacrum(levels, rise, faint_peaks, by_slice, slice_spacing_mm, sacrum_top_slice)
-    return levels
+    return _fill_missed_discs(levels, rise, faint_peaks, by_slice, slice_spacing_mm, region)
 
 
 def _disc_at_best_peak(window: Sequence[int], rise: np.ndarray, by_slice: dict[int, SliceCanal],
@@ -181,30 +184,47 @@ def _disc_at_best_peak(window: Sequence[int], rise: np.ndarray, by_slice: dict[i
                           disc_probability=canal.disc_probability, slices=(k,), placed_from=placed_from)
 
 
+def l5_s1_window_mm(slice_spacing_mm: float) -> tuple[float, float]:
+    """Where L5-S1 lies, in mm above the top slice of the sacral alae (below it is negative)."""
+    return -INSIDE_SACRUM_MM, L5_S1_ABOVE_SACRUM_MM + slice_spacing_mm / 2.0
+
+
 def _place_disc_above_sacrum(levels: list[LevelCandidate], rise: np.ndarray, faint_peaks: Sequence[int],
                              by_slice: dict[int, SliceCanal], slice_spacing_mm: float,
                              sacrum_top_slice: int) -> list[LevelCandidate]:
-    """Add L5-S1 just above the sacral alae when no disc was found there.
+    """Place L5-S1 just above the sacral alae when no disc was found there.
 
     L5-S1 sits on the sacrum, so a study that shows the alae and tracks the
     canal above them holds it, however faint its evidence (a collapsed disc, a
     detector that never saw this pelvis). It is placed at the evidence's highest
-    local peak between INSIDE_SACRUM_MM below the top of the alae and
-    L5_S1_ABOVE_SACRUM_MM above it, and at least the lumbar MIN_DISC_SEPARATION_MM
-    below the lowest disc found; with no peak there, none is added.
+    local peak within half a disc of where the anatomy puts it, half a disc above
+    the alae; with no peak there, at that place; with no canal tracked in
+    ``l5_s1_window_mm``, nowhere. A disc
+    found less than a lumbar vertebra (MIN_DISC_SEPARATION_MM) above the placed
+    one lies in L5's body: the landmark outranks that peak, as bone evidence
+    outranks the detector in ``_one_per_vertebra``.
     """
+    low, high = l5_s1_window_mm(slice_spacing_mm)
+
     def height_mm(k: int) -> float:
         return (k - sacrum_top_slice) * slice_spacing_mm
 
-    if any(-INSIDE_SACRUM_MM <= height_mm(lv.slice_index) <= L5_S1_ABOVE_SACRUM_MM for lv in levels):
+    if any(low <= height_mm(lv.slice_index) <= high for lv in levels):
         return levels
-    above = [lv for lv in levels if height_mm(lv.slice_index) > L5_S1_ABOVE_SACRUM_MM]
-    lowest = min((lv.slice_index for lv in above), default=None)
-    window = [k for k in faint_peaks
-              if -INSIDE_SACRUM_MM <= height_mm(k) <= L5_S1_ABOVE_SACRUM_MM
-              and (lowest is None or (lowest - k) * slice_spacing_mm >= MIN_DISC_SEPARATION_MM["lumbar"])]
-    placed = _disc_at_best_peak(window, rise, by_slice, "sacrum")
-    return levels if placed is None else sorted(levels + [placed], key=lambda lv: lv.slice_index)
+    # the disc's middle is half a disc above the alae's top; a faint peak counts only within half a disc of
+    # that (a noise peak a slice higher, in L5's body, does not), else the disc is placed where the anatomy
+    # puts it: the evidence may only rise towards a false peak in L5's body, or stay flat
+    expected = DISC_HEIGHT_MM["lumbar"] / 2.0
+    near = [k for k in faint_peaks if abs(height_mm(k) - expected) <= expected and low <= height_mm(k) <= high]
+    tracked = [k for k in by_slice if low <= height_mm(k) <= high]
+    nearest = min(tracked, key=lambda k: (abs(height_mm(k) - expected), k), default=None)
+    placed = _disc_at_best_peak(near or ([] if nearest is None else [nearest]), rise, by_slice, "sacrum")
+    if placed is None:
+        return levels
+    kept = [lv for lv in levels
+            if (lv.slice_index - placed.slice_index) * slice_spacing_mm >= MIN_DISC_SEPARATION_MM["lumbar"]
+            or lv.slice_index < placed.slice_index]
+    return sorted(kept + [placed], key=lambda lv: lv.slice_index)
 
 
 def _fill_missed_discs(levels: list[LevelCandidate], rise: np.ndarray, faint_peaks: Sequence[int],
@@ -366,7 +386,7 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
                            f"Numbered from the user's anchor: {which} is {anchor[1]}.", warnings)
     if sacrum_top_slice is not None and region == "lumbar":
         gap_mm = (kept[0].slice_index - sacrum_top_slice) * slice_spacing_mm
-        if gap_mm <= L5_S1_ABOVE_SACRUM_MM:
+        if gap_mm <= l5_s1_window_mm(slice_spacing_mm)[1]:
             names = name_levels(n, "lumbar", (0, "L5-S1"))
             return LevelNaming(kept, names, True, "sacrum", ["high"] * n, (
                 "Named from the sacrum: the lowest disc above the sacral alae is L5-S1. The count assumes five "
