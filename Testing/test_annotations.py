@@ -9,6 +9,7 @@ import pytest
 
 from conftest import DATA
 from SpineStenosisGraderLib.training.annotations import _discs_from_spec, load_scans
+from SpineStenosisGraderLib.training.train import training_scans
 
 DERIVED = {
     "totalsegmentator_ct": "TotalSegmentator_example_ct_per_slice.csv",
@@ -81,11 +82,16 @@ def test_disc_weight_marks_disc_slices(scans):
     assert np.all((weight >= 0) & (weight <= 1))
 
 
-def test_the_default_package_learns_from_every_real_scan_and_is_measured_leave_one_out():
-    # no scan is set aside: the figures come from fold packages trained without each scan (README)
-    uses = {e["name"]: e["use"] for e in json.loads((DATA / "scans.json").read_text())["scans"]}
-    assert set(uses) == {"totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"}
-    assert set(uses.values()) == {"train"}
+def test_the_default_package_learns_from_every_scan_with_a_canal_and_disc_reference():
+    # the scans with disc positions all train it, and are measured by fold packages trained without each
+    # (README); the cord-only scans with no disc positions are measured, never trained on
+    entries = json.loads((DATA / "scans.json").read_text())["scans"]
+    uses = {e["name"]: e["use"] for e in entries}
+    assert {name for name, use in uses.items() if use == "train"} == {
+        "totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"}
+    assert set(uses.values()) == {"train", "holdout"}
+    assert all("discs" not in e for e in entries if e["use"] == "holdout")
+    assert training_scans(DATA / "scans.json") == ["totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"]
 
 
 def _body_gap_on_ras_grid(scan, label_file, names):

@@ -165,6 +165,33 @@ def test_evaluate_refuses_to_store_training_scans_as_held_out(capsys):
     assert "held-out" in capsys.readouterr().err
 
 
+def _one_scan_catalogue(tmp_path, use):
+    """A catalogue of the true-axial T2* scan alone (15 slices: quick), with the ``use`` given."""
+    entry = next(e for e in json.loads((DATA / "scans.json").read_text())["scans"] if e["name"] == "sct_errsm_18_gre")
+    entry["image"] = str(DATA / entry["image"])
+    entry["canal"] = dict(entry["canal"], file=str(DATA / entry["canal"]["file"]))
+    catalogue = tmp_path / "scans.json"
+    catalogue.write_text(json.dumps({"scans": [dict(entry, use=use)]}))
+    return catalogue
+
+
+def test_leave_one_out_scores_a_scan_no_package_trains_on_with_the_package_itself(tmp_path, capsys):
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    catalogue = _one_scan_catalogue(tmp_path, "holdout")
+    assert main(["evaluate", "--real-only", "--catalogue", str(catalogue), "--fold-packages", str(folds)]) == 0
+    metrics = json.loads(capsys.readouterr().out)["real_scans"]
+    assert "scans that no package trains on (use: holdout) by" in metrics["data"]
+    (score,) = metrics["per_scan"]
+    assert score["scan"] == "sct_errsm_18_gre" and not score["trained_on"]
+    assert score["canal"]["reference_slices"] == 15
+    assert score["discs"]["reference"] is False and score["levels"]["false_means"] == "not scored"
+    # a scan the packages train on still needs its fold: the package itself saw it
+    catalogue = _one_scan_catalogue(tmp_path, "train")
+    assert main(["evaluate", "--real-only", "--catalogue", str(catalogue), "--fold-packages", str(folds)]) == 2
+    assert "No fold package for sct_errsm_18_gre" in capsys.readouterr().err
+
+
 def test_jsonl_progress_is_one_json_object_per_line_on_stdout(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["grade", str(SAMPLE), "-o", str(out), "-q", "--progress-format", "jsonl"]) == 0

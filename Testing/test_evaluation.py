@@ -1,6 +1,10 @@
 """Evaluation helpers count honestly."""
 
-from SpineStenosisGraderLib.training.evaluation import match_levels
+import numpy as np
+import pytest
+
+from SpineStenosisGraderLib.inference.detector import box_iou
+from SpineStenosisGraderLib.training.evaluation import canal_hit, level_is_false, match_levels
 
 
 def test_two_levels_near_one_disc_count_once():
@@ -13,3 +17,38 @@ def test_matches_pair_closest_first():
 
 def test_nothing_matches_beyond_tolerance():
     assert match_levels([10.0], [20.0], tolerance=3.0) == []
+
+
+def test_a_level_is_false_far_from_every_disc_or_above_c2_when_only_c2_is_known():
+    # 2 mm slices: 6 slices is 12 mm, past the 10 mm a level may lie from its disc
+    assert level_is_false(16.0, [10.0, 30.0], {}, 2.0) == (12.0, True)
+    assert level_is_false(15.0, [10.0, 30.0], {}, 2.0) == (10.0, False)
+    # no disc positions: only a level above the middle of C2's body is known to be false
+    assert level_is_false(101.0, [], {"C2": 100.0, "T2": 40.0}, 1.0) == (None, True)
+    assert level_is_false(99.0, [], {"C2": 100.0, "T2": 40.0}, 1.0) == (None, False)
+    assert level_is_false(500.0, [], {"T2": 40.0}, 1.0) == (None, False)
+
+
+def _thoracic_canal():
+    # 1 mm pixels: a canal 16 mm deep (rows 10-25) whose 8 mm cord lies against its front (rows 10-17),
+    # as in the thoracic spine; the reference is the cord alone
+    cord = np.zeros((40, 40), dtype=bool)
+    cord[10:18, 15:25] = True
+    return cord, (15, 10, 25, 18)
+
+
+def test_a_box_around_the_canal_finds_it_though_the_cord_lies_at_its_front():
+    cord, reference = _thoracic_canal()
+    canal_box = (13.0, 9.0, 27.0, 27.5)  # centred behind the cord, holding all of it
+    assert box_iou(canal_box, reference) < 0.5
+    assert not cord[int((9 + 27.5) / 2), 20]
+    assert canal_hit(canal_box, reference, cord, (1.0, 1.0))
+
+
+@pytest.mark.parametrize("box", [
+    (13.0, 14.0, 27.0, 27.0),   # behind the cord, holding only 4 of its 8 rows
+    (13.0, 9.0, 27.0, 30.0),    # holding it, but reaching 12 mm behind it
+])
+def test_a_box_that_misses_half_the_cord_or_reaches_far_past_it_does_not(box):
+    cord, reference = _thoracic_canal()
+    assert not canal_hit(box, reference, cord, (1.0, 1.0))

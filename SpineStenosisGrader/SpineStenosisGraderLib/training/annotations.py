@@ -42,6 +42,8 @@ class AnnotatedScan:
     #: the disc positions the detector learns from, where the catalogue gives a ``training_method`` of its own
     #: (None: the reference ``discs``); see ``Testing/Data/README.md`` for why they may differ
     training_discs: Optional[dict[str, float]] = None
+    #: vertebra name -> continuous slice index of a point the labels put at its body's level (e.g. "C2")
+    landmarks: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.boxes:
@@ -217,6 +219,13 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
     training_method = entry.get("discs", {}).get("training_method")
     training_discs = (_discs_from_spec(root, dict(entry["discs"], method=training_method), stack, canal)
                       if training_method else None)
+    landmarks = {}
+    if entry.get("landmarks"):
+        array = label_array(root, entry["landmarks"], stack)
+        for label, name in entry["landmarks"]["labels"].items():
+            ks = np.nonzero(array == int(label))[0]
+            if len(ks):
+                landmarks[name] = float(ks.mean())
     return AnnotatedScan(
         name=entry["name"],
         stack=stack,
@@ -230,6 +239,7 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
         tissues=list(entry.get("tissues", [])),
         root=root,
         training_discs=training_discs,
+        landmarks=landmarks,
     )
 
 

@@ -30,6 +30,8 @@ FALSE_LEVEL_MM = 10.0
 #: a box centred on the canal that is no wider than the reference by more than this still finds the canal
 #: (the reference of a cord-only or bony-hole label is narrower or wider than the dural sac the model boxes)
 CENTRED_MARGIN_MM = 10.0
+#: a box holds the reference canal (a cord, say) when this share of its pixels lies inside the box
+HELD_FRACTION = 0.9
 #: a level's box is checked against the reference canal on its slice, or the nearest one within this
 LEVEL_REFERENCE_MM = 6.0
 
@@ -62,6 +64,11 @@ class RealScanScore:
     names_right: int
     names_anchored_by: str
     rows: list[dict[str, Any]]
+    #: False for a scan whose labels give no disc positions (a cord mask alone): its levels are checked on the
+    #: canal and no disc is scored; a level is called false only above C2's body, where the labels mark it
+    disc_reference: bool = True
+    #: whether the labels mark C2's body, so that levels above it are counted as false
+    c2_reference: bool = False
 
     @property
     def hit_fraction(self) -> float:
@@ -76,9 +83,11 @@ class RealScanScore:
                       "hit_fraction": round(self.hit_fraction, 4), "mean_iou": round(self.mean_iou, 4),
                       "detections_off_reference": self.detections_off_reference},
             "levels": {"found": self.levels, "checked_against_a_reference": self.levels_checked,
-                       "on_canal": self.levels_on_canal, "false": self.false_levels},
-            "discs": {"inside_study": self.discs_inside, "found_within_8mm": self.discs_found,
-                      "errors_mm": [round(e, 1) for e in self.disc_errors_mm]},
+                       "on_canal": self.levels_on_canal, "false": self.false_levels,
+                       "false_means": ("farther than 10 mm from every disc" if self.disc_reference
+                                       else "above C2's body" if self.c2_reference else "not scored")},
+            "discs": {"reference": self.disc_reference, "inside_study": self.discs_inside,
+                      "found_within_8mm": self.discs_found, "errors_mm": [round(e, 1) for e in self.disc_errors_mm]},
             "names": {"checked": self.names_checked, "right": self.names_right,
                       "anchored_by": self.names_anchored_by or "not anchored"},
             "per_level": self.rows,
@@ -87,15 +96,25 @@ class RealScanScore:
 
 def canal_hit(found: Sequence[float], reference: Sequence[float], canal_slice: np.ndarray,
               spacing: Sequence[float]) -> bool:
-    """IoU >= 0.5 with the reference box, or a box centred on the canal and not much wider than it."""
+    """IoU >= 0.5 with the reference box, or a box on the canal and not much wider than the reference.
+
+    On the canal: centred on it, or holding HELD_FRACTION of it. A cord-only
+    reference needs the second: in the thoracic spine the cord lies at the
+    front of the canal, so a box around the canal is centred behind it.
+    """
     if box_iou(found, reference) >= IOU_THRESHOLD:
         return True
-    ci, cj = int(np.floor((found[0] + found[2]) / 2.0)), int(np.floor((found[1] + found[3]) / 2.0))
-    if not (0 <= cj < canal_slice.shape[0] and 0 <= ci < canal_slice.shape[1]) or not canal_slice[cj, ci]:
-        return False
     mi, mj = CENTRED_MARGIN_MM / spacing[0], CENTRED_MARGIN_MM / spacing[1]
-    return bool(found[0] >= reference[0] - mi and found[2] <= reference[2] + mi
-                and found[1] >= reference[1] - mj and found[3] <= reference[3] + mj)
+    if not (found[0] >= reference[0] - mi and found[2] <= reference[2] + mi
+            and found[1] >= reference[1] - mj and found[3] <= reference[3] + mj):
+        return False
+    ci, cj = int(np.floor((found[0] + found[2]) / 2.0)), int(np.floor((found[1] + found[3]) / 2.0))
+    if 0 <= cj < canal_slice.shape[0] and 0 <= ci < canal_slice.shape[1] and canal_slice[cj, ci]:
+        return True
+    jj, ii = np.nonzero(canal_slice)
+    # pixel centres inside the box's edges
+    inside = (ii + 0.5 >= found[0]) & (ii + 0.5 <= found[2]) & (jj + 0.5 >= found[1]) & (jj + 0.5 <= found[3])
+    return bool(len(ii) and inside.mean() >= HELD_FRACTION)
 
 
 def disc_inside(k: float, n_slices: int, slice_spacing_mm: float) -> bool:
@@ -106,6 +125,21 @@ def disc_inside(k: float, n_slices: int, slice_spacing_mm: float) -> bool:
 def trained_on(package: ModelPackage, scan_name: str) -> bool:
     training = package.manifest.get("training_data", {})
     return scan_name in training.get("detector_real_scans", [])
+
+
+def level_is_false(level_slice: float, discs: Sequence[float], landmarks: dict[str, float],
+                   slice_spacing_mm: float) -> tuple[Optional[float], bool]:
+    """(mm to the nearest disc or None, whether the level is false) for a level at ``level_slice``.
+
+    With disc positions, a level farther than FALSE_LEVEL_MM from every disc is
+    false. Without them, where the labels mark C2's body, a level above its
+    middle is false: no disc lies there, as C2-C3, the highest, is below it
+    (slice indices run from the feet to the head). Otherwise nothing is called false.
+    """
+    if discs:
+        distance = min(abs(z - level_slice) for z in discs) * slice_spacing_mm
+        return distance, distance > FALSE_LEVEL_MM
+    return None, "C2" in landmarks and level_slice > landmarks["C2"]
 
 
 def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore:
@@ -144,13 +178,14 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         is_on = None if r is None else canal_hit(level_box, scan.boxes[r], scan.canal[r] > 0, spacing)
         on_canal += int(is_on is True)
         levels_checked += int(is_on is not None)
-        nearest = min(all_discs, key=lambda z: abs(z - level_slices[a])) if all_discs else None
-        distance = abs(nearest - level_slices[a]) * dz if nearest is not None else float("inf")
-        false_levels += int(distance > FALSE_LEVEL_MM)
+        distance, false = level_is_false(level_slices[a], all_discs, scan.landmarks, dz)
+        false_levels += int(false)
+        above_c2 = not all_discs and "C2" in scan.landmarks and false
         true_name = true_names[matched[a]] if a in matched and scan.disc_names_known else None
         names_right += int(true_name is not None and level.name == true_name)
         rows.append({"name": level.name, "slice": k, "on_canal": is_on,
-                     "nearest_disc_mm": round(distance, 1), "true_name": true_name})
+                     "nearest_disc_mm": None if distance is None else round(distance, 1), "true_name": true_name,
+                     **({"above_c2": above_c2} if not all_discs and "C2" in scan.landmarks else {})})
     errors = sorted(abs(level_slices[a] - true_slices[b]) * dz for a, b in matches)
     return RealScanScore(
         scan=scan.name, modality=scan.modality, trained_on=trained_on(package, scan.name),
@@ -161,7 +196,8 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         levels=len(result.levels), levels_checked=levels_checked, levels_on_canal=on_canal,
         discs_inside=len(inside), discs_found=len(matches),
         disc_errors_mm=errors, false_levels=false_levels, names_checked=len(matches) if scan.disc_names_known else 0, names_right=names_right,
-        names_anchored_by=result.study.names_anchored_by, rows=rows,
+        names_anchored_by=result.study.names_anchored_by, rows=rows, disc_reference=bool(scan.discs),
+        c2_reference=not scan.discs and "C2" in scan.landmarks,
     )
 
 
@@ -181,6 +217,7 @@ def pooled(scores: Sequence[RealScanScore]) -> dict[str, Any]:
         "disc_error_median_mm": round(float(np.median(errors)), 1) if errors else None,
         "false_levels": sum(s.false_levels for s in scores),
         "names_right": f"{sum(s.names_right for s in scores)}/{sum(s.names_checked for s in scores)}",
+        "scans_without_disc_positions": [s.scan for s in scores if not s.disc_reference],
         "scans_trained_on": [s.scan for s in scores if s.trained_on],
     }
 
@@ -214,7 +251,8 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
     from .series_variants import series_variants
 
     per_scan, missed = [], []
-    for scan in load_scans(catalogue, use=use):
+    # the series score discs: a scan whose labels give no disc positions has nothing to score here
+    for scan in (s for s in load_scans(catalogue, use=use) if s.discs):
         package = packages(scan.name)
         counts = {"series": 0, "discs_inside": 0, "discs_found": 0, "false_levels": 0, "region_right": 0}
         for variant in series_variants(scan.stack, scan.discs):
@@ -236,7 +274,8 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
                                                               "false_levels", "region_right")}
     return {
         "data": "short windows (40, 60 and 90 mm, every 15 mm) and thick-slice versions (3 and 4.5 mm) of each "
-                "real scan, its labels carried over in patient space; a disc counts when its centre is at least "
+                "real scan with disc positions, its labels carried over in patient space; a disc counts when its "
+                "centre is at least "
                 f"{DISC_INSIDE_MM:.0f} mm inside the series",
         "pooled": {"series": total["series"],
                    "discs_found_within_8mm": f"{total['discs_found']}/{total['discs_inside']}",
