@@ -56,8 +56,12 @@ def test_vertebral_bodies_tell_the_region_on_ct_and_the_sacrum_makes_it_lumbar()
     assert infer_region(neck, "CT", neck_canals, [], sacrum).region == "unknown"  # a sacrum in a neck
 
 
-def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=False, grey_matter=False, clump_mm=0):
-    """A T2 MR crop (1 mm pixels, no body outline) whose canal, 20 x 14 mm, holds a cord ``cord_mm`` across, or none."""
+def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=False, grey_matter=False, clump_mm=0,
+                touching_from=None):
+    """A T2 MR crop (1 mm pixels, no body outline) whose canal, 20 x 14 mm, holds a cord ``cord_mm`` across, or none.
+
+    From slice ``touching_from`` on, the cord spans the canal from side to side, CSF only in front and behind.
+    """
     n = 80
     j, i = np.mgrid[0:n, 0:n]
     image = np.full((n, n), tissue)
@@ -73,6 +77,8 @@ def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=F
         image[39:42, 40 - clump_mm // 2:40 + clump_mm - clump_mm // 2] = cord
     image[0, :] = 5.0  # the field of view cuts the outline: it tells nothing
     volume = np.repeat(image[None], slices, axis=0).astype(np.float32)
+    if touching_from is not None:
+        volume[touching_from:, ((i - 40) / 10.0) ** 2 + ((j - 40) / 4.0) ** 2 <= 1.0] = cord
     volume[:, :, 0] = 5.0
     itk = sitk.GetImageFromArray(volume)
     itk.SetSpacing((1.0, 1.0, 3.0))
@@ -90,6 +96,17 @@ def test_a_wide_cord_in_bright_csf_is_cervical():
 def test_a_cord_whose_grey_matter_is_bright_is_still_a_cord():
     stack, canals = canal_study(13.0, grey_matter=True)
     assert infer_region(stack, "MR", canals, [], None).region == "cervical"
+
+
+@pytest.mark.parametrize("enclosed,region", [(10, "cervical"), (6, "unknown")])
+def test_a_neck_whose_thin_csf_hides_the_cords_edge_on_most_slices_is_still_cervical(enclosed, region):
+    # a whole neck: on most slices the cord touches the canal's sides (thin cervical CSF), so only where
+    # CSF surrounds it is its width read; 10 of 30 slices are enough, 6 of 30 are not
+    stack, canals = canal_study(13.0, slices=30, touching_from=enclosed)
+    estimate = infer_region(stack, "MR", canals, [], None)
+    assert estimate.region == region
+    if region == "cervical":
+        assert any(f"on {enclosed} of 30 slices" in e for e in estimate.evidence)
 
 
 @pytest.mark.parametrize("clump_mm", [0, 4])

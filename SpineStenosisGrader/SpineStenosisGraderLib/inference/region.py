@@ -59,9 +59,12 @@ SAC_BRIGHT_FRACTION = 0.75
 ROOTS_MIN_SAC_FILL = 0.55
 #: the share of slices that must show such a sac, with no cord on more than one in ten
 ROOTS_SHARE = 0.7
-#: the share of tracked slices (and how many) a canal reading needs before it says anything
-CANAL_READING_SHARE = 0.4
+#: how many T2 slices a canal reading needs before it says anything
 MIN_CANAL_READINGS = 10
+#: the share of T2 slices that must show an enclosed cord to call it cervical. Only about a third: the
+#: cervical CSF is thin, so on many slices the cord touches the canal's sides and its width is not read
+#: (a third of the slices of a whole neck, brainstem to T3); below the conus no cord is enclosed at all
+CERVICAL_CORD_SHARE = 0.3
 
 
 @dataclass
@@ -128,7 +131,7 @@ def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional
     if len(t2) < MIN_CANAL_READINGS or len(t2) < 0.5 * len(readings):
         return None  # not a T2 contrast (or too few slices): what is dark in the canal says nothing
     cords = [r.cord_width_mm for r in t2 if r.cord_width_mm > 0]
-    if len(cords) >= CANAL_READING_SHARE * len(t2):
+    if len(cords) >= CERVICAL_CORD_SHARE * len(t2):
         width = float(np.median(cords))
         if width >= CERVICAL_CORD_MIN_WIDTH_MM:
             return "cervical", f"a spinal cord {width:.0f} mm across in the canal on {len(cords)} of {len(t2)} slices"
