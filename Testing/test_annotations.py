@@ -91,7 +91,10 @@ def test_the_default_package_learns_from_every_scan_with_a_canal_and_disc_refere
         "totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"}
     assert set(uses.values()) == {"train", "holdout"}
     assert all("discs" not in e for e in entries if e["use"] == "holdout")
-    assert training_scans(DATA / "scans.json") == ["totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"]
+    trained = ["totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"]
+    assert training_scans(DATA / "scans.json") == trained
+    # not even --all-scans trains on a scan with no disc positions: it would teach that no slice cuts a disc
+    assert training_scans(DATA / "scans.json", all_scans=True) == trained
 
 
 def _body_gap_on_ras_grid(scan, label_file, names):

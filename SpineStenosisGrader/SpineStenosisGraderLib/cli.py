@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="leave this catalogue scan, and every image synthesised from it, out of training "
                             "(repeat for more; for leave-one-scan-out)")
     train.add_argument("--all-scans", action="store_true",
-                       help="train on every catalogue scan, held-out ones included (less --exclude-scan)")
+                       help="train on every catalogue scan with disc positions, held-out ones included "
+                            "(less --exclude-scan)")
     train.add_argument("--detector-only", action="store_true",
                        help="train only the detector; reuse the classifier of --classifier-from unchanged")
     train.add_argument("--classifier-from", metavar="PACKAGE_DIR",
