@@ -166,6 +166,8 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
     matches = match_levels(level_slices, true_slices, DISC_FOUND_MM / dz)
     matched = {a: b for a, b in matches}
     all_discs = list(scan.discs.values())
+    # without disc positions, only a level above a labelled C2 is known to be false
+    c2_only = not all_discs and "C2" in scan.landmarks
     rows, on_canal, levels_checked, false_levels, names_right = [], 0, 0, 0, 0
     for a, level in enumerate(result.levels):
         k = int(round(level_slices[a]))
@@ -180,12 +182,11 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         levels_checked += int(is_on is not None)
         distance, false = level_is_false(level_slices[a], all_discs, scan.landmarks, dz)
         false_levels += int(false)
-        above_c2 = not all_discs and "C2" in scan.landmarks and false
         true_name = true_names[matched[a]] if a in matched and scan.disc_names_known else None
         names_right += int(true_name is not None and level.name == true_name)
         rows.append({"name": level.name, "slice": k, "on_canal": is_on,
                      "nearest_disc_mm": None if distance is None else round(distance, 1), "true_name": true_name,
-                     **({"above_c2": above_c2} if not all_discs and "C2" in scan.landmarks else {})})
+                     **({"above_c2": false} if c2_only else {})})
     errors = sorted(abs(level_slices[a] - true_slices[b]) * dz for a, b in matches)
     return RealScanScore(
         scan=scan.name, modality=scan.modality, trained_on=trained_on(package, scan.name),
@@ -197,7 +198,7 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         discs_inside=len(inside), discs_found=len(matches),
         disc_errors_mm=errors, false_levels=false_levels, names_checked=len(matches) if scan.disc_names_known else 0, names_right=names_right,
         names_anchored_by=result.study.names_anchored_by, rows=rows, disc_reference=bool(scan.discs),
-        c2_reference=not scan.discs and "C2" in scan.landmarks,
+        c2_reference=c2_only,
     )
 
 

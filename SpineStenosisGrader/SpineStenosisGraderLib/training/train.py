@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .kernels import KERNEL_VARIABLES, kernels_are_portable
-from .annotations import AnnotatedScan, load_catalogue, load_scans
+from .annotations import AnnotatedScan, load_annotated_scan, load_catalogue
 from .synthesis import TissueMap, synthesize_from_map, tissue_map_from_phantom, tissue_map_from_scan
 from ..inference.classifier import DEFAULT_CLASSIFIER_CONFIG, build_classifier_model, grade_patch
 from ..inference.detector import DEFAULT_DETECTOR_CONFIG, build_detector_model
@@ -355,9 +355,11 @@ def build_detector_data(catalogue: Path, n_phantoms: int, per_study: int, seed: 
     rng = np.random.default_rng(seed)
     data: list[DetectorSlice] = []
     wanted = set(training_scans(catalogue, all_scans, exclude_scans))
-    for scan in load_scans(catalogue):
-        if scan.name not in wanted:
+    # only the scans trained on are read: the catalogue also lists large validation scans
+    for entry in load_catalogue(catalogue):
+        if entry["name"] not in wanted:
             continue
+        scan = load_annotated_scan(entry, catalogue.parent)
         data.extend(slices_from_scan(scan))
         if synthetic_per_scan > 0:
             data.extend(synthetic_slices(tissue_map_from_scan(scan), synthetic_per_scan,
