@@ -10,7 +10,15 @@ from conftest import DATA
 from SpineStenosisGraderLib.training.annotations import load_scans
 
 from SpineStenosisGraderLib.errors import InputError
-from SpineStenosisGraderLib.study.normalise import SliceGrid, detect_modality, intensity_window, sample_patch
+from SpineStenosisGraderLib.study.normalise import (
+    FAINT_SLICE_SHARE,
+    SliceGrid,
+    detect_modality,
+    intensity_window,
+    normalised_canvas,
+    sample_patch,
+    slice_gains,
+)
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
 
@@ -62,6 +70,57 @@ def test_mr_window_puts_the_csf_of_a_t2_scan_in_its_upper_half(scans):
     assert values.min() >= 0.0 and values.max() <= 1.0
     csf = values[scan.canal > 0]
     assert np.percentile(csf, 90) > 0.6 > np.median(values)  # bright CSF, above most of the slice
+
+
+def coil_falloff_stack(brightness):
+    """A T2-like trunk (tissue 100, a bright canal 400 of 12 mm, air around) whose slices are scaled by ``brightness``."""
+    n = len(brightness)
+    array = np.zeros((n, 120, 120), np.float32)
+    jj, ii = np.mgrid[:120, :120]
+    array[:, (jj - 60) ** 2 + (ii - 60) ** 2 < 50 ** 2] = 100.0
+    canal = (jj - 60) ** 2 + (ii - 60) ** 2 < 6 ** 2
+    array[:, canal] = 400.0
+    array *= np.asarray(brightness, np.float32)[:, None, None]
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    return to_axial_stack(image), canal
+
+
+def test_slices_faint_from_the_coils_fall_off_are_lifted_to_the_typical_slice():
+    # the lowest 20 of 60 slices fall off to a fifth of the brightness, as a whole neck does towards the chest
+    brightness = np.concatenate([np.linspace(0.2, 1.0, 20), np.ones(40)])
+    stack, canal = coil_falloff_stack(brightness)
+    gains = slice_gains(stack, "MR")
+    assert np.all(gains[20:] == 1.0)
+    # lifted to FAINT_SLICE_SHARE of the typical slice (the median filter keeps the ramp's middle exact)
+    assert gains[5:15] * brightness[5:15] == pytest.approx(np.full(10, FAINT_SLICE_SHARE), rel=1e-5)
+    canvas, grid = normalised_canvas(stack, "MR", 128, 1.0)
+    centre = canvas[:, 64, 64]
+    # the canal of the faint slices is near as bright on the canvas as on the typical slice (1.0), where
+    # without the gain it would sit at a fifth of its raw value, near the window's low end (0.1)
+    assert centre[40] == 1.0
+    assert centre[2] > 0.75
+
+
+@settings(max_examples=20, deadline=None)
+@given(wobble=st.lists(st.floats(0.85, 1.15), min_size=8, max_size=40))
+def test_an_evenly_lit_study_and_a_ct_are_windowed_exactly_as_without_the_gain(wobble):
+    # slice brightness varying by 15% either way is anatomy, not fall-off: nothing is lifted
+    stack, _ = coil_falloff_stack(wobble)
+    assert np.all(slice_gains(stack, "MR") == 1.0)
+    canvas, grid = normalised_canvas(stack, "MR", 128, 1.0)
+    expected = grid.resample(intensity_window(stack.array, "MR").apply(stack.array), fill=0.0)
+    assert np.array_equal(canvas, expected)
+    assert np.all(slice_gains(stack, "CT") == 1.0)
+
+
+def test_the_real_training_scans_need_no_gain_and_a_whole_necks_faint_chest_end_does(scans):
+    for name in ("tptbox_mri", "sct_cervical_t2"):
+        stack = next(s for s in scans if s.name == name).stack
+        assert np.all(slice_gains(stack, "MR") == 1.0), name
+    neck = next(s for s in scans if s.name == "sct_errsm_21_t2").stack
+    gains = slice_gains(neck, "MR")
+    assert gains[:10].min() > 1.5 and np.all(gains[100:] == 1.0)  # slices run from the chest up to the head
 
 
 def make_stack(ni, nj, si, sj):

@@ -83,6 +83,50 @@ def intensity_window(stack_values: np.ndarray, modality: str) -> IntensityWindow
     return IntensityWindow(float(low), float(high))
 
 
+#: an MR slice is brightened only where its bright tissue falls below this share of the typical slice's
+FAINT_SLICE_SHARE = 0.8
+#: and at most this much: a slice darker than that holds too little signal to rescue
+MAX_SLICE_GAIN = 4.0
+#: the gain follows the coil's fall-off, which changes over centimetres, not from slice to slice
+SLICE_GAIN_SMOOTHING_MM = 20.0
+
+
+def slice_gains(stack: AxialStack, modality: str) -> np.ndarray:
+    """Per slice, the factor that lifts an MR slice darkened by the coil's fall-off; 1 elsewhere and on CT.
+
+    A surface coil lights the slices near it and leaves the far ones faint (a
+    whole neck at the lower thoracic end is a sixth as bright as at C5), so one
+    window for the study leaves the canal of the faint slices near black. The
+    brightness of a slice is the 99th percentile of its tissue; slices below
+    FAINT_SLICE_SHARE of the median slice are scaled up to it. Brighter and
+    ordinary slices are left as they are, so a study without fall-off is
+    windowed exactly as before.
+    """
+    n = stack.n_slices
+    gains = np.ones(n, dtype=np.float32)
+    if modality != "MR" or n < 3:
+        return gains
+    # about 16k voxels a slice tell its brightness as well as all of them, at a fraction of the time
+    step = max(1, int(np.sqrt(stack.array.shape[1] * stack.array.shape[2] / 16384.0)))
+    values = stack.array[:, ::step, ::step]
+    threshold = np.percentile(values[:: max(1, n // 24)], 5)
+    levels = np.full(n, np.nan)
+    for k in range(n):
+        tissue = values[k][values[k] > threshold]
+        # a slice mostly outside the body (an end of the field of view) says nothing about the coil
+        if tissue.size >= 0.05 * values[k].size:
+            levels[k] = np.percentile(tissue, 99.0)
+    valid = np.nonzero(np.isfinite(levels) & (levels > 0))[0]
+    if len(valid) < 3:
+        return gains
+    filled = np.interp(np.arange(n), valid, levels[valid])
+    width = max(3, int(round(SLICE_GAIN_SMOOTHING_MM / stack.spacing[2])) | 1)
+    smooth = ndimage.median_filter(filled, size=width, mode="nearest")
+    reference = float(np.median(levels[valid]))
+    gains[:] = np.clip(FAINT_SLICE_SHARE * reference / smooth, 1.0, MAX_SLICE_GAIN)
+    return gains
+
+
 def _antialias_sigma(zoom_i: float, zoom_j: float) -> Optional[tuple[float, float]]:
     """Gaussian sigma (rows j, columns i) before shrinking by these factors, or None when not shrinking much.
 
@@ -233,6 +277,10 @@ def normalised_canvas(stack: AxialStack, modality: str, size: int, spacing_mm: f
     """The stack's slices, windowed and resampled onto the model canvas."""
     grid = SliceGrid.for_stack(stack, size, spacing_mm)
     window = intensity_window(stack.array, modality)
-    source = stack.array if slice_indices is None else stack.array[np.asarray(slice_indices)]
+    indices = np.arange(stack.n_slices) if slice_indices is None else np.asarray(slice_indices)
+    source = stack.array if slice_indices is None else stack.array[indices]
+    gains = slice_gains(stack, modality)[indices]
+    if np.any(gains != 1.0):
+        source = source * gains[:, None, None]
     normalised = window.apply(source)
     return grid.resample(normalised, fill=0.0), grid

@@ -447,7 +447,10 @@ def save_package(out_dir: Path, detector, classifier, detector_config: dict[str,
         "classifier": dict(classifier_config, classes=scale.names,
                            definitions={c.name: c.definition for c in scale.classes}),
         "normalisation": {"CT": {"window_hu": [-200.0, 1000.0]},
-                          "MR": {"percentiles": [1.0, 99.5], "detector": "of the study's voxels above its 5th percentile",
+                          "MR": {"percentiles": [1.0, 99.5],
+                                 "detector": "of the study's voxels above its 5th percentile; at inference, a slice "
+                                             "darkened by the coil's fall-off is first lifted to 0.8 of the median "
+                                             "slice's brightness (study/normalise.py slice_gains)",
                                  "classifier": "of the level's crop"}},
         "training_data": training,
         "metrics": metrics,
