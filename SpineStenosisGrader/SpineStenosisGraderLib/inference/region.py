@@ -63,7 +63,8 @@ ROOTS_SHARE = 0.7
 MIN_CANAL_READINGS = 10
 #: the share of T2 slices that must show an enclosed cord to call it cervical. Only about a third: the
 #: cervical CSF is thin, so on many slices the cord touches the canal's sides and its width is not read
-#: (a third of the slices of a whole neck, brainstem to T3); below the conus no cord is enclosed at all
+#: (a third of the slices of a whole neck, brainstem to the mid-thoracic spine); below the conus no cord
+#: is enclosed at all
 CERVICAL_CORD_SHARE = 0.3
 
 
