@@ -122,11 +122,14 @@ def test_whole_necks_never_trained_on_are_cervical_with_the_canal_found_on_most_
     # five sagittal T2 scans from the brainstem into the upper thoracic spine, graded as their axial reformats;
     # the default package never saw them. Their reference is the cord alone, and their only level landmark
     # C2's body. Their lower slices are a sixth as bright as the neck (the coil's fall-off): without the
-    # slice gain the canal is lost there, and one neck falls to 67%.
+    # slice gain the canal is lost there, and one neck falls to 67%. In the chest the cord lies at the front
+    # of the canal: without the box fitted to the CSF, the box sits on the CSF behind the cord and cuts it
+    # in half (80% pooled, 41 of 54 level boxes on the canal).
     necks = [scans[f"sct_errsm_{n}_t2"] for n in (11, 18, 21, 23, 24)]
     scores = [score_real_scan(package, scan) for scan in necks]
     assert not any(s.trained_on for s in scores)
     assert [s.region_found for s in scores] == ["cervical"] * 5  # never lumbar, never unknown
-    assert sum(s.hits for s in scores) >= 0.78 * sum(s.canal_slices for s in scores)
-    assert all(s.hit_fraction >= 0.7 for s in scores)
+    assert sum(s.hits for s in scores) >= 0.85 * sum(s.canal_slices for s in scores)
+    assert all(s.hit_fraction >= 0.8 for s in scores)
+    assert sum(s.levels_on_canal for s in scores) >= 0.9 * sum(s.levels_checked for s in scores)
     assert all(not s.disc_reference and s.c2_reference and s.discs_inside == 0 for s in scores)

@@ -1,0 +1,90 @@
+"""Layer 3: on T2 MR, fit the canal box to the outline of the CSF that the detector's box sits on.
+
+The detector boxes the bright CSF it sees. In the thoracic spine the cord lies
+at the front of the canal, the CSF in front of it is a thin rim and the CSF
+behind it is wide, so the detector's box slides back onto that wide CSF and
+cuts the cord in half. On T2 the canal is exactly the bright CSF and what it
+wraps around (the cord, the nerve roots), so the box is redrawn around that
+CSF: the bright blobs that lie mostly inside the detector's box. The box is
+kept as the detector drew it wherever the CSF cannot be read cleanly: not a T2
+contrast, or bright tissue (epidural fat, a bright disc) joined to the CSF so
+that the blob runs out of the search window.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..study.volume import AxialStack
+
+#: T2: the CSF (95th percentile in the box) is this many times brighter than 15 mm around the box
+T2_CSF_CONTRAST = 3.0
+#: CSF is what is brighter than this share of it: the partial-volume rim of a thin CSF layer included
+CSF_FRACTION = 0.5
+#: how far beyond the detector's box the CSF is looked for: the thin rim in front of a thoracic cord lies
+#: up to about 5 mm in front of a box that cut the cord in half
+SEARCH_MARGIN_MM = 6.0
+#: a bright blob belongs to the canal when this share of it lies inside the detector's box grown by
+#: INSIDE_MARGIN_MM; the rest of the window (fat, vessels, a bright disc) is left out
+INSIDE_SHARE = 0.5
+INSIDE_MARGIN_MM = 2.0
+#: a canal narrower or shallower than this is not read cleanly (a stenosed sac without CSF signal)
+MIN_CANAL_MM = 5.0
+
+
+def _window(box_ij: Sequence[float], margin_i: int, margin_j: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The pixel rows and columns (j0, j1, i0, i1) under the box grown by the margins, clipped to the slice."""
+    i0, j0, i1, j1 = box_ij
+    return (max(0, int(np.floor(j0)) - margin_j), min(shape[0], int(np.ceil(j1)) + margin_j),
+            max(0, int(np.floor(i0)) - margin_i), min(shape[1], int(np.ceil(i1)) + margin_i))
+
+
+def csf_box(image: np.ndarray, box_ij: Sequence[float],
+            pixel_spacing: tuple[float, float]) -> Optional[tuple[float, float, float, float]]:
+    """The box (i0, j0, i1, j1), in edge coordinates, around the CSF under a T2 slice's canal box; None if unreadable."""
+    si, sj = pixel_spacing
+    shape = image.shape
+    bj0, bj1, bi0, bi1 = _window(box_ij, 0, 0, shape)
+    inner = image[bj0:bj1, bi0:bi1]
+    if inner.shape[0] < 3 or inner.shape[1] < 3:
+        return None
+    csf = float(np.percentile(inner, 95))
+    aj0, aj1, ai0, ai1 = _window(box_ij, int(round(15.0 / si)), int(round(15.0 / sj)), shape)
+    if csf < T2_CSF_CONTRAST * max(float(np.median(image[aj0:aj1, ai0:ai1])), 1e-6):
+        return None  # CT, T1, or a slice where the canal is not the brightest thing around
+    wj0, wj1, wi0, wi1 = _window(box_ij, int(round(SEARCH_MARGIN_MM / si)), int(round(SEARCH_MARGIN_MM / sj)), shape)
+    labels, n = ndimage.label(image[wj0:wj1, wi0:wi1] > CSF_FRACTION * csf)
+    if n == 0:
+        return None
+    # the detector's box, grown a little, in window pixels: which blobs lie mostly inside it
+    gj0, gj1, gi0, gi1 = _window(box_ij, int(round(INSIDE_MARGIN_MM / si)), int(round(INSIDE_MARGIN_MM / sj)), shape)
+    inside = np.zeros(labels.shape, bool)
+    inside[gj0 - wj0:gj1 - wj0, gi0 - wi0:gi1 - wi0] = True
+    ids = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, ids)
+    shares = ndimage.sum_labels(inside, labels, ids) / sizes
+    candidates = ids[shares >= INSIDE_SHARE]
+    if len(candidates) == 0:
+        return None
+    # the CSF around the cord or the roots is one blob; smaller bright bits beside it are root sleeves,
+    # veins or fat, not canal
+    canal = labels == candidates[int(np.argmax(sizes[candidates - 1]))]
+    rows, columns = np.nonzero(canal.any(axis=1))[0], np.nonzero(canal.any(axis=0))[0]
+    # CSF running out of the window is joined to something that is not canal: its outline says nothing
+    if rows[0] == 0 or columns[0] == 0 or rows[-1] == canal.shape[0] - 1 or columns[-1] == canal.shape[1] - 1:
+        return None
+    if (rows[-1] - rows[0] + 1) * sj < MIN_CANAL_MM or (columns[-1] - columns[0] + 1) * si < MIN_CANAL_MM:
+        return None
+    return (float(wi0 + columns[0]), float(wj0 + rows[0]), float(wi0 + columns[-1] + 1), float(wj0 + rows[-1] + 1))
+
+
+def fit_to_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, float, float, float],
+               modality: str) -> tuple[float, float, float, float]:
+    """The canal box of an MR slice fitted to its CSF; the detector's box where the CSF cannot be read, and on CT."""
+    if modality != "MR":
+        return box_ij
+    fitted = csf_box(stack.array[slice_index], box_ij, (stack.spacing[0], stack.spacing[1]))
+    return box_ij if fitted is None else fitted

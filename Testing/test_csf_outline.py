@@ -1,0 +1,80 @@
+"""On T2 MR the canal box is fitted to the CSF: around the cord, not beside it, and never onto fat it touches."""
+
+import numpy as np
+import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from SpineStenosisGraderLib.inference.csf_outline import csf_box, fit_to_csf
+from SpineStenosisGraderLib.study.volume import to_axial_stack
+
+
+def thoracic_slice(spacing=0.5, centre_mm=(40.0, 40.0), canal_mm=(16.0, 15.0), cord_mm=8.0, size_mm=80.0):
+    """A T2 slice: tissue 100, a CSF-filled canal (600) with the cord (150) against its front wall.
+
+    Returns the slice [j, i] and the canal's box (i0, j0, i1, j1) in pixel edges. Rows run to the back
+    (posterior), as in an LPS stack.
+    """
+    n = int(round(size_mm / spacing))
+    jj, ii = (np.mgrid[:n, :n] + 0.5) * spacing
+    image = np.full((n, n), 100.0, np.float32)
+    ci, cj = centre_mm
+    ai, aj = canal_mm[0] / 2, canal_mm[1] / 2
+    canal = ((ii - ci) / ai) ** 2 + ((jj - cj) / aj) ** 2 <= 1.0
+    image[canal] = 600.0
+    # the cord touches the canal's front wall but for a CSF rim of about one millimetre, and never thinner
+    # than a pixel and a half: a rim the pixels cannot show is not on the image to be found
+    cord_j = cj - aj + max(1.0, 1.5 * spacing) + cord_mm / 2
+    image[(ii - ci) ** 2 + (jj - cord_j) ** 2 <= (cord_mm / 2) ** 2] = 150.0
+    rows, columns = np.nonzero(canal.any(axis=1))[0], np.nonzero(canal.any(axis=0))[0]
+    return image, (columns[0], rows[0], columns[-1] + 1, rows[-1] + 1), cord_j / spacing
+
+
+def test_a_box_that_cut_the_thoracic_cord_in_half_is_redrawn_around_the_whole_canal():
+    image, canal, cord_centre_j = thoracic_slice()
+    # the detector's box: its front edge through the middle of the cord, its back on the wide CSF behind
+    detector = (canal[0] - 2.0, cord_centre_j, canal[2] + 2.0, canal[3] + 1.0)
+    fitted = csf_box(image, detector, (0.5, 0.5))
+    assert fitted == tuple(float(v) for v in canal)
+
+
+@settings(max_examples=40, deadline=None)
+@given(spacing=st.floats(0.3, 1.2), ci=st.floats(30.0, 50.0), cj=st.floats(30.0, 50.0),
+       width=st.floats(12.0, 22.0), depth=st.floats(11.0, 18.0), shift=st.floats(-3.0, 3.0))
+def test_the_fitted_box_is_the_canal_whatever_the_spacing_and_the_detectors_offset(spacing, ci, cj, width, depth,
+                                                                                   shift):
+    image, canal, _ = thoracic_slice(spacing, (ci, cj), (width, depth))
+    detector = (canal[0] + shift / spacing, canal[1] + 3.0 / spacing, canal[2] + shift / spacing, canal[3])
+    assert csf_box(image, detector, (spacing, spacing)) == tuple(float(v) for v in canal)
+
+
+def test_csf_joined_to_bright_tissue_that_runs_out_of_the_window_keeps_the_detectors_box():
+    image, canal, _ = thoracic_slice()
+    # bright epidural fat behind the sac, joined to it and running far back
+    image[canal[3] - 2:, 76:84] = 550.0
+    detector = (canal[0], canal[1], canal[2], canal[3])
+    assert csf_box(image, detector, (0.5, 0.5)) is None
+
+
+def test_a_smaller_bright_blob_beside_the_sac_is_not_canal():
+    image, canal, _ = thoracic_slice()
+    # a root sleeve or a vein, 2 mm across, 1 mm to the right of the sac: inside a wide detector box
+    image[78:82, canal[0] - 6:canal[0] - 2] = 600.0
+    detector = (canal[0] - 8.0, canal[1] - 1.0, canal[2] + 8.0, canal[3] + 1.0)
+    assert csf_box(image, detector, (0.5, 0.5)) == tuple(float(v) for v in canal)
+
+
+def test_a_canal_that_is_not_the_brightest_thing_around_is_not_read():
+    image, canal, _ = thoracic_slice()
+    t1 = np.where(image == 600.0, 60.0, image)  # CSF dark, as on T1
+    assert csf_box(t1, canal, (0.5, 0.5)) is None
+
+
+def test_only_mr_boxes_are_fitted():
+    image, canal, _ = thoracic_slice()
+    volume = sitk.GetImageFromArray(np.stack([image, image, image]))
+    volume.SetSpacing((0.5, 0.5, 2.0))
+    stack = to_axial_stack(volume)
+    detector = (float(canal[0]) - 4.0, float(canal[1]) + 6.0, float(canal[2]) + 4.0, float(canal[3]))
+    assert fit_to_csf(stack, 1, detector, "CT") == detector
+    assert fit_to_csf(stack, 1, detector, "MR") == tuple(float(v) for v in canal)
