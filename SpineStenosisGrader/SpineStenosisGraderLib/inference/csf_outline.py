@@ -56,6 +56,7 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
     if csf < T2_CSF_CONTRAST * max(float(np.median(image[aj0:aj1, ai0:ai1])), 1e-6):
         return None  # CT, T1, or a slice where the canal is not the brightest thing around
     wj0, wj1, wi0, wi1 = _window(box_ij, int(round(SEARCH_MARGIN_MM / si)), int(round(SEARCH_MARGIN_MM / sj)), shape)
+    # four-connected: eight-connected CSF also joins the sac to root sleeves and veins across single corners
     labels, n = ndimage.label(image[wj0:wj1, wi0:wi1] > CSF_FRACTION * csf)
     if n == 0:
         return None
@@ -78,7 +79,10 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
         return None
     if (rows[-1] - rows[0] + 1) * sj < MIN_CANAL_MM or (columns[-1] - columns[0] + 1) * si < MIN_CANAL_MM:
         return None
-    return (float(wi0 + columns[0]), float(wj0 + rows[0]), float(wi0 + columns[-1] + 1), float(wj0 + rows[-1] + 1))
+    # from side to side the detector's box is trusted: CSF running out beside the sac follows the nerve roots
+    # into their foramina, which are not canal; front to back is what the cord misled
+    return (float(max(wi0 + columns[0], gi0)), float(wj0 + rows[0]),
+            float(min(wi0 + columns[-1] + 1, gi1)), float(wj0 + rows[-1] + 1))
 
 
 def fit_to_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, float, float, float],
