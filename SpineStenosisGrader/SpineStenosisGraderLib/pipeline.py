@@ -68,12 +68,18 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     found = track_canal(package.detector().detect_candidates(canvas), float(config["spacing_mm"]),
                         stack.spacing[2], MIN_CANAL_SCORE)
     canals: list[Optional[SliceCanal]] = []
+    # the region rules read the cord inside the detector's own boxes, as they were measured; every other step,
+    # and the result, takes the box grown over the CSF it cut off
+    detected: list[Optional[SliceCanal]] = []
     detections: list[CanalDetection] = []
     for k, hit in enumerate(found):
         if hit is None:
             canals.append(None)
+            detected.append(None)
             continue
-        box_ij = fit_to_csf(stack, k, tuple(float(v) for v in grid.to_stack(np.asarray(hit.box_uv))[0]), modality)
+        detector_box = tuple(float(v) for v in grid.to_stack(np.asarray(hit.box_uv))[0])
+        detected.append(SliceCanal(k, detector_box, hit.score, hit.disc_probability))
+        box_ij = fit_to_csf(stack, k, detector_box, modality)
         canals.append(SliceCanal(k, box_ij, hit.score, hit.disc_probability))
         detections.append(CanalDetection(k, stack.slice_box(k, box_ij), hit.score, hit.disc_probability))
     timings["detect"] = time.perf_counter() - t0
@@ -83,7 +89,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     dz = stack.spacing[2]
     bones = measure_bone(stack, canals) if modality == "CT" else []
     sacrum = find_sacrum(stack, bones, canals)
-    estimate = infer_region(stack, modality, canals, bones, sacrum)
+    estimate = infer_region(stack, modality, detected, bones, sacrum)
     user_region = region
     if region is None:
         region = estimate.region

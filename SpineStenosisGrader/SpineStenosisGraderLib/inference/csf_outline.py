@@ -1,11 +1,11 @@
-"""Layer 3: on T2 MR, fit the canal box to the outline of the CSF that the detector's box sits on.
+"""Layer 3: on T2 MR, grow the canal box over the CSF that the detector's box cut off.
 
 The detector boxes the bright CSF it sees. In the thoracic spine the cord lies
 at the front of the canal, the CSF in front of it is a thin rim and the CSF
 behind it is wide, so the detector's box slides back onto that wide CSF and
-cuts the cord in half. On T2 the canal is exactly the bright CSF and what it
-wraps around (the cord, the nerve roots), so the box is redrawn around that
-CSF: the bright blobs that lie mostly inside the detector's box. The box is
+cuts the cord in half. On T2 the canal is the bright CSF and what it wraps
+around (the cord, the nerve roots), so the box is grown to hold that CSF: the
+largest bright blob that lies mostly inside the detector's box. The box is
 kept as the detector drew it wherever the CSF cannot be read cleanly: not a T2
 contrast, or bright tissue (epidural fat, a bright disc) joined to the CSF so
 that the blob runs out of the search window.
@@ -87,8 +87,16 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
 
 def fit_to_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, float, float, float],
                modality: str) -> tuple[float, float, float, float]:
-    """The canal box of an MR slice fitted to its CSF; the detector's box where the CSF cannot be read, and on CT."""
+    """The canal box of an MR slice grown over the CSF it cut off; the detector's box where it cut off none.
+
+    Grown, never shrunk: the bright CSF ends a partial-volume pixel inside the
+    sac's wall, and on a small lumbar sac the tighter box would lose a third
+    of its overlap with the canal; and where the CSF lies on one side of the
+    cord only, the cord beyond it is canal that the CSF's outline leaves out.
+    """
     if modality != "MR":
         return box_ij
-    fitted = csf_box(stack.array[slice_index], box_ij, (stack.spacing[0], stack.spacing[1]))
-    return box_ij if fitted is None else fitted
+    csf = csf_box(stack.array[slice_index], box_ij, (stack.spacing[0], stack.spacing[1]))
+    if csf is None:
+        return box_ij
+    return (min(box_ij[0], csf[0]), min(box_ij[1], csf[1]), max(box_ij[2], csf[2]), max(box_ij[3], csf[3]))
