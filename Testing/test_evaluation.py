@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from SpineStenosisGraderLib.inference.detector import box_iou
-from SpineStenosisGraderLib.training.evaluation import canal_hit, level_is_false, match_levels
+from SpineStenosisGraderLib.training.evaluation import (
+    canal_hit,
+    discs_between,
+    landmark_span,
+    level_is_false,
+    match_levels,
+)
 
 
 def test_two_levels_near_one_disc_count_once():
@@ -17,6 +23,16 @@ def test_matches_pair_closest_first():
 
 def test_nothing_matches_beyond_tolerance():
     assert match_levels([10.0], [20.0], tolerance=3.0) == []
+
+
+def test_the_discs_between_two_labelled_vertebrae_are_counted_from_the_anatomy():
+    assert discs_between("C2", "T2") == 7  # C2-C3 ... C7-T1, T1-T2
+    assert discs_between("T12", "L1") == 1
+    assert discs_between("L1", "S1") == 5  # L1-L2 ... L5-S1
+    # the highest and the lowest body labelled, whatever the order the labels come in
+    assert landmark_span({"T2": 76.0, "C2": 188.0}) == ("C2", "T2")
+    assert landmark_span({"T2": 76.0, "C5": 150.0, "C2": 188.0}) == ("C2", "T2")
+    assert landmark_span({"C2": 188.0}) is None
 
 
 def test_a_level_is_false_far_from_every_disc_or_above_c2_when_only_c2_is_known():

@@ -143,4 +143,7 @@ def test_whole_necks_never_trained_on_are_cervical_with_the_canal_found_on_most_
     assert sum(s.hits for s in scores) >= 0.88 * sum(s.canal_slices for s in scores)
     assert all(s.hit_fraction >= 0.85 for s in scores)
     assert sum(s.levels_on_canal for s in scores) >= 0.9 * sum(s.levels_checked for s in scores)
+    # between the points at C2 and T2 lie 7 discs; 30 of the 35 have a level (two necks miss 2 and 3)
+    assert all(s.landmark_span == ("C2", "T2") and s.discs_between_landmarks == 7 for s in scores)
+    assert sum(s.levels_between_landmarks for s in scores) >= 28
     assert all(not s.disc_reference and s.c2_reference and s.discs_inside == 0 for s in scores)

@@ -229,10 +229,15 @@ def _real_scan_table(scores, summary) -> str:
         names = f"{s.names_right}/{s.names_checked}" + ("" if s.names_anchored_by else " (not anchored)")
         discs, false = ((f"{s.discs_found}/{s.discs_inside}", str(s.false_levels)) if s.disc_reference
                         else ("no disc positions", f"{s.false_levels} above C2" if s.c2_reference else "not scored"))
+        if s.landmark_span:
+            discs += (f"; {s.levels_between_landmarks} levels for the {s.discs_between_landmarks} discs "
+                      f"between {s.landmark_span[0]} and {s.landmark_span[1]}")
         lines.append(f"| {s.scan}{mark} | {s.hits}/{s.canal_slices} | {s.levels_on_canal}/{s.levels_checked} | "
                      f"{discs} | {false} | {names} | {s.region_true} -> {s.region_found} |")
+    spans = "" if not any(s.landmark_span for s in scores) else (
+        f"; {summary['levels_between_landmarks']} levels for the discs between landmarks")
     lines.append(f"| pooled | {summary['canal_hits']} | {summary['levels_on_canal']} | "
-                 f"{summary['discs_found_within_8mm']} | {summary['false_levels']} | {summary['names_right']} | "
+                 f"{summary['discs_found_within_8mm']}{spans} | {summary['false_levels']} | {summary['names_right']} | "
                  f"{summary['region_right']} right |")
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .annotations import AnnotatedScan, load_scans
 from ..inference.detector import box_iou
+from ..inference.levels import SPINE_DISCS
 from ..packages.package import ModelPackage
 from ..pipeline import grade_stack
 from .train import EVAL_SEED_BASE, classifier_sample, grade_samples
@@ -69,6 +70,12 @@ class RealScanScore:
     disc_reference: bool = True
     #: whether the labels mark C2's body, so that levels above it are counted as false
     c2_reference: bool = False
+    #: where the labels mark two vertebral bodies (C2 and T2 on a whole neck): their names, how many discs lie
+    #: between them, and how many levels were found there. Without disc positions this still tells a missed
+    #: or an extra disc, though not where
+    landmark_span: Optional[tuple[str, str]] = None
+    discs_between_landmarks: int = 0
+    levels_between_landmarks: int = 0
 
     @property
     def hit_fraction(self) -> float:
@@ -87,7 +94,11 @@ class RealScanScore:
                        "false_means": ("farther than 10 mm from every disc" if self.disc_reference
                                        else "above C2's body" if self.c2_reference else "not scored")},
             "discs": {"reference": self.disc_reference, "inside_study": self.discs_inside,
-                      "found_within_8mm": self.discs_found, "errors_mm": [round(e, 1) for e in self.disc_errors_mm]},
+                      "found_within_8mm": self.discs_found, "errors_mm": [round(e, 1) for e in self.disc_errors_mm],
+                      **({"between_landmarks": {"vertebrae": "-".join(self.landmark_span),
+                                                "discs": self.discs_between_landmarks,
+                                                "levels_found": self.levels_between_landmarks}}
+                         if self.landmark_span else {})},
             "names": {"checked": self.names_checked, "right": self.names_right,
                       "anchored_by": self.names_anchored_by or "not anchored"},
             "per_level": self.rows,
@@ -142,6 +153,21 @@ def level_is_false(level_slice: float, discs: Sequence[float], landmarks: dict[s
     return None, "C2" in landmarks and level_slice > landmarks["C2"]
 
 
+def discs_between(upper: str, lower: str) -> int:
+    """How many discs lie between the bodies of two vertebrae ("C2", "T2": C2-C3 to T1-T2, 7)."""
+    first = next(i for i, name in enumerate(SPINE_DISCS) if name.split("-")[0] == upper)
+    last = next(i for i, name in enumerate(SPINE_DISCS) if name.split("-")[1] == lower)
+    return last - first + 1
+
+
+def landmark_span(landmarks: dict[str, float]) -> Optional[tuple[str, str]]:
+    """The highest and the lowest of the labelled vertebral bodies (slice indices run from the feet up), if two."""
+    if len(landmarks) < 2:
+        return None
+    ordered = sorted(landmarks, key=lambda name: landmarks[name], reverse=True)
+    return ordered[0], ordered[-1]
+
+
 def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore:
     """Grade the scan as a user would (no region given) and score it against its labels.
 
@@ -188,6 +214,9 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
                      "nearest_disc_mm": None if distance is None else round(distance, 1), "true_name": true_name,
                      **({"above_c2": false} if c2_only else {})})
     errors = sorted(abs(level_slices[a] - true_slices[b]) * dz for a, b in matches)
+    span = landmark_span(scan.landmarks)
+    between = 0 if span is None else sum(
+        1 for k in level_slices if scan.landmarks[span[1]] < k < scan.landmarks[span[0]])
     return RealScanScore(
         scan=scan.name, modality=scan.modality, trained_on=trained_on(package, scan.name),
         region_true=scan.region, region_found=result.study.region,
@@ -198,7 +227,8 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         discs_inside=len(inside), discs_found=len(matches),
         disc_errors_mm=errors, false_levels=false_levels, names_checked=len(matches) if scan.disc_names_known else 0, names_right=names_right,
         names_anchored_by=result.study.names_anchored_by, rows=rows, disc_reference=bool(scan.discs),
-        c2_reference=c2_only,
+        c2_reference=c2_only, landmark_span=span,
+        discs_between_landmarks=0 if span is None else discs_between(*span), levels_between_landmarks=between,
     )
 
 
@@ -219,6 +249,12 @@ def pooled(scores: Sequence[RealScanScore]) -> dict[str, Any]:
         "false_levels": sum(s.false_levels for s in scores),
         "names_right": f"{sum(s.names_right for s in scores)}/{sum(s.names_checked for s in scores)}",
         "scans_without_disc_positions": [s.scan for s in scores if not s.disc_reference],
+        # a count, not a match: levels found between two labelled vertebral bodies, against the discs there
+        "levels_between_landmarks": f"{sum(s.levels_between_landmarks for s in scores if s.landmark_span)}/"
+                                    f"{sum(s.discs_between_landmarks for s in scores if s.landmark_span)}",
+        "scans_with_as_many_levels_as_discs_between_landmarks":
+            f"{sum(s.levels_between_landmarks == s.discs_between_landmarks for s in scores if s.landmark_span)}/"
+            f"{sum(1 for s in scores if s.landmark_span)}",
         "scans_trained_on": [s.scan for s in scores if s.trained_on],
     }
 
