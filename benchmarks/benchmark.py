@@ -15,7 +15,7 @@ It prints a Markdown table (and writes JSON with ``--json``) with, for each stud
   the FLOP bound and our time as a multiple of it, and each pipeline subprocess's peak RSS;
 * the issue's targets as pass/fail lines.
 
-Run from anywhere: ``python benchmarks/benchmark.py`` (about 6 minutes on 2 cores);
+Run from anywhere: ``python benchmarks/benchmark.py`` (about 8 minutes on 2 cores);
 ``--quick`` takes about 40 s (1 run, 3 seed slices, the phantom study only).
 """
 
@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "SpineStenosisGrader"))
 
 SAMPLE_CT = ROOT / "Testing" / "Data" / "totalsegmentator_ct" / "example_ct.nii.gz"
+#: a real T2 MR, so that the MR-only steps (the slice gain, the box grown over the CSF) are timed too
+SAMPLE_MR = ROOT / "Testing" / "Data" / "sct_errsm" / "errsm_23" / "t2" / "t2.nii.gz"
 #: (i, j, k) voxels of the studies the targets are stated for
 STUDY_SIZE = (512, 512, 60)
 PHANTOM_SEED = 0
@@ -453,7 +455,7 @@ def _describe(image, path: Path, name: str, description: str) -> dict[str, Any]:
 
 
 def prepare_studies(work: Path, quick: bool, extra: list[str]) -> list[dict[str, Any]]:
-    """The real sample CT and a phantom, both resampled to 60x512x512 and written as NIfTI, plus ``extra`` files."""
+    """The real sample CT, a real whole-neck T2 and a phantom, resampled to 60x512x512 as NIfTI, plus ``extra`` files."""
     import SimpleITK as sitk
     from SpineStenosisGraderLib.training import phantom
 
@@ -464,6 +466,12 @@ def prepare_studies(work: Path, quick: bool, extra: list[str]) -> list[dict[str,
         path = work / "real_ct_60x512x512.nii.gz"
         sitk.WriteImage(image, str(path), useCompression=True)
         studies.append(_describe(image, path, "real CT", f"{SAMPLE_CT.name} (TotalSegmentator sample) resampled"))
+        studies[-1]["built_in"] = True
+        image = resample_study(sitk.ReadImage(str(SAMPLE_MR)))
+        path = work / "real_mr_60x512x512.nii.gz"
+        sitk.WriteImage(image, str(path), useCompression=True)
+        studies.append(_describe(image, path, "real MR", "errsm_23 sagittal T2 of a whole neck (sct_errsm), "
+                                                         "reformatted to axial and resampled"))
         studies[-1]["built_in"] = True
     image = resample_study(phantom.make_study(seed=PHANTOM_SEED, modality="CT", region="lumbar").image)
     path = work / "phantom_ct_60x512x512.nii.gz"
