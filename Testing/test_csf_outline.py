@@ -6,7 +6,7 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from SpineStenosisGraderLib.inference.csf_outline import csf_box, fit_to_csf
+from SpineStenosisGraderLib.inference.csf_outline import csf_box, grow_over_csf
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
 
@@ -101,12 +101,12 @@ def test_a_box_is_grown_over_the_csf_it_cut_off_and_never_shrunk(slice_stack):
     # the detector's box holds the whole sac and a pixel of its wall: the bright CSF inside it says nothing
     # it does not (a tighter box would lose overlap with the sac's outline, whose edge is partial volume)
     around = (canal[0] - 1.0, canal[1] - 1.0, canal[2] + 1.0, canal[3] + 1.0)
-    assert fit_to_csf(stack, 1, around, "MR") == around
+    assert grow_over_csf(stack, 1, around, "MR") == around
 
 
-def test_only_mr_boxes_are_fitted(slice_stack):
+def test_only_mr_boxes_are_grown(slice_stack):
     stack, canal = slice_stack
     detector = (float(canal[0]) - 4.0, float(canal[1]) + 6.0, float(canal[2]) + 4.0, float(canal[3]))
-    assert fit_to_csf(stack, 1, detector, "CT") == detector
+    assert grow_over_csf(stack, 1, detector, "CT") == detector
     # grown forward over the cord to the CSF in front of it; side to side and at the back the detector's
-    assert fit_to_csf(stack, 1, detector, "MR") == (detector[0], float(canal[1]), detector[2], detector[3])
+    assert grow_over_csf(stack, 1, detector, "MR") == (detector[0], float(canal[1]), detector[2], detector[3])

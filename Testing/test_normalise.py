@@ -73,7 +73,7 @@ def test_mr_window_puts_the_csf_of_a_t2_scan_in_its_upper_half(scans):
 
 
 def coil_falloff_stack(brightness):
-    """A T2-like trunk (tissue 100, a bright canal 400 of 12 mm, air around) whose slices are scaled by ``brightness``."""
+    """A T2-like trunk (tissue 100, a bright canal 400 of 12 mm, air around), each slice scaled by ``brightness``."""
     n = len(brightness)
     array = np.zeros((n, 120, 120), np.float32)
     jj, ii = np.mgrid[:120, :120]

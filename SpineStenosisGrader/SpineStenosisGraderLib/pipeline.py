@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .inference.csf_outline import fit_to_csf
+from .inference.csf_outline import grow_over_csf
 from .inference.landmarks import endplate_gaps, find_sacrum, measure_bone
 from .inference.levels import (
     DISC_HEIGHT_MM,
@@ -79,7 +79,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
             continue
         detector_box = tuple(float(v) for v in grid.to_stack(np.asarray(hit.box_uv))[0])
         detected.append(SliceCanal(k, detector_box, hit.score, hit.disc_probability))
-        box_ij = fit_to_csf(stack, k, detector_box, modality)
+        box_ij = grow_over_csf(stack, k, detector_box, modality)
         canals.append(SliceCanal(k, box_ij, hit.score, hit.disc_probability))
         detections.append(CanalDetection(k, stack.slice_box(k, box_ij), hit.score, hit.disc_probability))
     timings["detect"] = time.perf_counter() - t0

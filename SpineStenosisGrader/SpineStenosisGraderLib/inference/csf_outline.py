@@ -44,7 +44,11 @@ def _window(box_ij: Sequence[float], margin_i: int, margin_j: int, shape: tuple[
 
 def csf_box(image: np.ndarray, box_ij: Sequence[float],
             pixel_spacing: tuple[float, float]) -> Optional[tuple[float, float, float, float]]:
-    """The box (i0, j0, i1, j1), in edge coordinates, around the CSF under a T2 slice's canal box; None if unreadable."""
+    """The box (i0, j0, i1, j1), in edge coordinates, around the CSF under a T2 slice's canal box, or None.
+
+    None where the CSF cannot be read: not a T2 contrast, no bright blob mostly inside the box, or one that
+    runs out of the search window or is too small to be a canal.
+    """
     si, sj = pixel_spacing
     shape = image.shape
     bj0, bj1, bi0, bi1 = _window(box_ij, 0, 0, shape)
@@ -85,7 +89,7 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
             float(min(wi0 + columns[-1] + 1, gi1)), float(wj0 + rows[-1] + 1))
 
 
-def fit_to_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, float, float, float],
+def grow_over_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, float, float, float],
                modality: str) -> tuple[float, float, float, float]:
     """The canal box of an MR slice grown over the CSF it cut off; the detector's box where it cut off none.
 
