@@ -35,11 +35,24 @@ INSIDE_MARGIN_MM = 2.0
 MIN_CANAL_MM = 5.0
 
 
-def _window(box_ij: Sequence[float], margin_i: int, margin_j: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def box_window(box_ij: Sequence[float], margin_i: int, margin_j: int,
+               shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """The pixel rows and columns (j0, j1, i0, i1) under the box grown by the margins, clipped to the slice."""
     i0, j0, i1, j1 = box_ij
     return (max(0, int(np.floor(j0)) - margin_j), min(shape[0], int(np.ceil(j1)) + margin_j),
             max(0, int(np.floor(i0)) - margin_i), min(shape[1], int(np.ceil(i1)) + margin_i))
+
+
+def csf_contrast(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: tuple[float, float]) -> tuple[float, float]:
+    """(the CSF's brightness, 95th percentile in the box; how many times brighter it is than 15 mm around the box).
+
+    On T2 the CSF outshines the muscle, bone and fat around the canal; on CT and T1 it does not.
+    """
+    j0, j1, i0, i1 = box_window(box_ij, 0, 0, image.shape)
+    csf = float(np.percentile(image[j0:j1, i0:i1], 95))
+    aj0, aj1, ai0, ai1 = box_window(box_ij, int(round(15.0 / pixel_spacing[0])), int(round(15.0 / pixel_spacing[1])),
+                                    image.shape)
+    return csf, csf / max(float(np.median(image[aj0:aj1, ai0:ai1])), 1e-6)
 
 
 def csf_box(image: np.ndarray, box_ij: Sequence[float],
@@ -51,21 +64,19 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
     """
     si, sj = pixel_spacing
     shape = image.shape
-    bj0, bj1, bi0, bi1 = _window(box_ij, 0, 0, shape)
-    inner = image[bj0:bj1, bi0:bi1]
-    if inner.shape[0] < 3 or inner.shape[1] < 3:
+    bj0, bj1, bi0, bi1 = box_window(box_ij, 0, 0, shape)
+    if bj1 - bj0 < 3 or bi1 - bi0 < 3:
         return None
-    csf = float(np.percentile(inner, 95))
-    aj0, aj1, ai0, ai1 = _window(box_ij, int(round(15.0 / si)), int(round(15.0 / sj)), shape)
-    if csf < T2_CSF_CONTRAST * max(float(np.median(image[aj0:aj1, ai0:ai1])), 1e-6):
+    csf, contrast = csf_contrast(image, box_ij, pixel_spacing)
+    if contrast < T2_CSF_CONTRAST:
         return None  # CT, T1, or a slice where the canal is not the brightest thing around
-    wj0, wj1, wi0, wi1 = _window(box_ij, int(round(SEARCH_MARGIN_MM / si)), int(round(SEARCH_MARGIN_MM / sj)), shape)
+    wj0, wj1, wi0, wi1 = box_window(box_ij, int(round(SEARCH_MARGIN_MM / si)), int(round(SEARCH_MARGIN_MM / sj)), shape)
     # four-connected: eight-connected CSF also joins the sac to root sleeves and veins across single corners
     labels, n = ndimage.label(image[wj0:wj1, wi0:wi1] > CSF_FRACTION * csf)
     if n == 0:
         return None
     # the detector's box, grown a little, in window pixels: which blobs lie mostly inside it
-    gj0, gj1, gi0, gi1 = _window(box_ij, int(round(INSIDE_MARGIN_MM / si)), int(round(INSIDE_MARGIN_MM / sj)), shape)
+    gj0, gj1, gi0, gi1 = box_window(box_ij, int(round(INSIDE_MARGIN_MM / si)), int(round(INSIDE_MARGIN_MM / sj)), shape)
     inside = np.zeros(labels.shape, bool)
     inside[gj0 - wj0:gj1 - wj0, gi0 - wi0:gi1 - wi0] = True
     ids = np.arange(1, n + 1)

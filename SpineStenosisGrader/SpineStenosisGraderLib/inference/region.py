@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..study.volume import AxialStack
+from .csf_outline import T2_CSF_CONTRAST, box_window, csf_contrast
 from .landmarks import Landmark, VertebralBone
 from .levels import SliceCanal
 
@@ -44,8 +45,6 @@ CT_BODY_HU = -400.0
 MR_BODY_FRACTION = 0.08
 
 
-#: T2 MR: the canal's CSF (95th percentile in its box) is this many times brighter than its surroundings
-T2_CSF_CONTRAST = 3.0
 #: a cord is the dark (below this fraction of the CSF) blob at the canal's centre, enclosed by CSF
 CORD_FRACTION_OF_CSF = 0.6
 #: narrower dark blobs are nerve roots (or a clump of them), not a cord: the conus is 8 mm or more across
@@ -81,22 +80,18 @@ class CanalContents:
 
 def _around_box(image: np.ndarray, box_ij: Sequence[float], margin_i: int, margin_j: int) -> np.ndarray:
     """The part of ``image`` under the box (i0, j0, i1, j1) grown by the margins, in pixels."""
-    i0, j0, i1, j1 = box_ij
-    return image[max(0, int(j0) - margin_j):int(np.ceil(j1)) + margin_j,
-                 max(0, int(i0) - margin_i):int(np.ceil(i1)) + margin_i]
+    j0, j1, i0, i1 = box_window(box_ij, margin_i, margin_j, image.shape)
+    return image[j0:j1, i0:i1]
 
 
 def canal_contents(stack: AxialStack, canal: SliceCanal) -> Optional[CanalContents]:
     """The cord (or its absence) inside the canal box on an MR slice; None when the box is too small to read."""
     sx, sy = stack.spacing[0], stack.spacing[1]
     image = stack.array[canal.slice_index]
-    inner = _around_box(image, canal.box_ij, 0, 0).astype(np.float32)
+    inner = _around_box(image, canal.box_ij, 0, 0)
     if inner.shape[0] < 4 or inner.shape[1] < 4:
         return None
-    csf = float(np.percentile(inner, 95))
-    # the surroundings: 15 mm around the box (muscle, bone and fat, all darker than CSF on T2)
-    around = _around_box(image, canal.box_ij, int(round(15.0 / sx)), int(round(15.0 / sy)))
-    contrast = csf / max(float(np.median(around)), 1e-6)
+    csf, contrast = csf_contrast(image, canal.box_ij, (sx, sy))
     # a margin of a few pixels: a tight box may cut the CSF around the cord
     window = _around_box(image, canal.box_ij, 3, 3)
     labels, _ = ndimage.label(window < CORD_FRACTION_OF_CSF * csf)
