@@ -1,9 +1,11 @@
-"""Landmarks read from the bone around the canal on CT: the gaps between endplates that are discs."""
+"""Discs read from the image in front of the canal: gaps between endplates on CT, dark bands on MR."""
 
 import numpy as np
 import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from SpineStenosisGraderLib.inference.landmarks import disc_back_density, endplate_gaps
+from SpineStenosisGraderLib.inference.landmarks import dark_bands, disc_back_density, endplate_gaps
 from SpineStenosisGraderLib.inference.levels import SliceCanal
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -54,3 +56,69 @@ def test_a_gap_needs_an_endplate_on_both_sides():
     densities[[14]] = 120.0  # no endplate below the disc at slice 15
     stack, canals = spine_ct(densities)
     assert np.nonzero(endplate_gaps(stack, canals))[0].tolist() == [5, 25]
+
+
+def spine_mr(column, slice_mm=1.0, scale=1.0):
+    """A T2 MR whose vertebral column 2-12 mm in front of the canal has the given signal per slice."""
+    n = len(column)
+    volume = np.full((n, 100, 100), 30.0 * scale, dtype=np.float32)
+    volume[:, 50:66, 40:60] = 400.0 * scale  # CSF, bright; the canal box holds it
+    for k, signal in enumerate(column):
+        volume[k, 38:48, 42:58] = signal * scale
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((1.0, 1.0, slice_mm))
+    return to_axial_stack(image), [SliceCanal(k, CANAL, 0.9, 0.3) for k in range(n)]
+
+
+def cervical_column(discs, n):
+    # marrow 200; each disc a dark band (endplates and annulus, 90) that also darkens the slices next to it
+    # (1 mm slices), and each body's middle 20% darker (its veins), which is no disc
+    column = np.full(n, 200.0)
+    for d in discs:
+        column[d] = 90.0
+        for side in (d - 1, d + 1):
+            if 0 <= side < n:
+                column[side] = 120.0
+        if d + 8 < n:
+            column[d + 8] = 160.0
+    return column
+
+
+def test_on_mr_the_dark_bands_in_the_vertebral_column_are_the_discs_not_the_middle_of_a_body():
+    discs = [1, 16, 31, 46, 61, 78]
+    stack, canals = spine_mr(cervical_column(discs, 80))
+    assert np.nonzero(dark_bands(stack, canals))[0].tolist() == discs
+
+
+def test_a_column_without_marrow_contrast_has_no_band():
+    # a uniform column (a T2 where bone and disc look alike), and a darkening of 20% only
+    for column in (np.full(40, 120.0), np.where(np.arange(40) % 15 == 7, 160.0, 200.0)):
+        stack, canals = spine_mr(column)
+        assert not dark_bands(stack, canals).any()
+
+
+def test_a_slice_without_a_canal_is_no_band_and_makes_none_in_a_body():
+    discs = [10, 25]
+    stack, canals = spine_mr(cervical_column(discs, 40))
+    canals[10] = None  # the disc's own slice: its darkened neighbours carry the band
+    canals[18] = None  # in a body: the slices around it are marrow, so no band appears there
+    assert np.nonzero(dark_bands(stack, canals))[0].tolist() == [9, 11, 25]
+
+
+def test_a_bright_end_slice_does_not_set_the_marrow_level_near_it():
+    # the study ends in something bright (fat, the CSF of the cisterna): counted once, not as many times as a
+    # padded window would, it leaves the marrow level at the bodies' and a body's darker middle is no band
+    column = cervical_column([10, 25], 40)
+    column[-1] = 400.0
+    column[-4] = 150.0
+    stack, canals = spine_mr(column)
+    assert np.nonzero(dark_bands(stack, canals))[0].tolist() == [10, 25]
+
+
+@settings(max_examples=20, deadline=None)
+@given(scale=st.floats(0.01, 50.0), slice_mm=st.sampled_from([0.8, 1.0, 1.5]))
+def test_the_bands_do_not_depend_on_the_mr_scale(scale, slice_mm):
+    # MR intensities have no unit: the bands are read against the study's own marrow
+    discs = [5, 20, 35]
+    stack, canals = spine_mr(cervical_column(discs, 45), slice_mm, scale)
+    assert np.nonzero(dark_bands(stack, canals))[0].tolist() == discs

@@ -143,7 +143,10 @@ def test_whole_necks_never_trained_on_are_cervical_with_the_canal_found_on_most_
     assert sum(s.hits for s in scores) >= 0.88 * sum(s.canal_slices for s in scores)
     assert all(s.hit_fraction >= 0.85 for s in scores)
     assert sum(s.levels_on_canal for s in scores) >= 0.9 * sum(s.levels_checked for s in scores)
-    # between the points at C2 and T2 lie 7 discs; 30 of the 35 have a level (two necks miss 2 and 3)
+    # between the points at C2 and T2 lie 7 discs. The detector's disc evidence is weak on these 1 mm
+    # reformats; with the dark bands of the vertebral column (MR), 4 necks get exactly 7 levels there and one
+    # gets 8 (36 levels); without them, 30, and one neck has no level between C2 and C6
     assert all(s.landmark_span == ("C2", "T2") and s.discs_between_landmarks == 7 for s in scores)
-    assert sum(s.levels_between_landmarks for s in scores) >= 28
+    assert sum(s.levels_between_landmarks == 7 for s in scores) >= 4
+    assert 34 <= sum(s.levels_between_landmarks for s in scores) <= 37
     assert all(not s.disc_reference and s.c2_reference and s.discs_inside == 0 for s in scores)

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .inference.csf_outline import grow_over_csf
-from .inference.landmarks import endplate_gaps, find_sacrum, measure_bone
+from .inference.landmarks import dark_bands, endplate_gaps, find_sacrum, measure_bone
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -103,7 +103,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if user_region is None and region != UNKNOWN_REGION:
         # a region read from the anatomy is never a reason to refuse: the user did not choose it
         warnings += package.compatibility_mismatches("", region)
-    gaps = endplate_gaps(stack, canals) if modality == "CT" else None
+    # the disc seen in the image, whatever the detector thinks of the slice: a gap in the bone on CT, a dark band
+    # in the vertebral column on MR
+    gaps = endplate_gaps(stack, canals) if modality == "CT" else dark_bands(stack, canals)
     sacrum_top = sacrum.top_slice if sacrum else None
     naming = name_from_anatomy(find_discs(canals, stack.n_slices, dz, region, gaps, sacrum_top_slice=sacrum_top),
                                region, dz, sacrum_top, anchor)

@@ -7,6 +7,10 @@ of the canal spreads sideways into the sacral alae and on to the sacroiliac
 joints, more than 100 mm across, while a lumbar vertebra's body and transverse
 processes span 50-90 mm.
 
+The discs themselves are also read from the image here, beside the
+detector's evidence: on CT as gaps between endplates, on MR as dark bands in
+the vertebral column in front of the canal.
+
 Everything is measured in millimetres on the raw slices, so the spacing and the
 field of view do not matter.
 """
@@ -42,6 +46,17 @@ DISC_BACK_HALF_WIDTH_MM = 5.0
 #: leave it) is 7 mm or more from either endplate
 ENDPLATE_CONTRAST_HU = 50.0
 ENDPLATE_REACH_MM = 6.0
+#: on MR, the column in front of the canal read for dark bands: from 2 mm in front of the canal's box (the first
+#: millimetre is the dura and the posterior longitudinal ligament, dark on T2 at every level) to 12 mm, and
+#: half as wide as the narrowest (cervical) vertebral body
+BAND_DEPTH_MM = (2.0, 12.0)
+BAND_HALF_WIDTH_MM = 4.0
+#: the marrow a band is measured against: the 75th percentile of the column within this of the slice, mostly
+#: vertebral body, as a body is 12-30 mm tall and a disc 4-12 mm
+BAND_MARROW_HALF_LENGTH_MM = 10.0
+BAND_MARROW_QUANTILE = 75.0
+#: a disc's band (its endplates, its annulus) is this much darker than the marrow around it
+BAND_DEPTH_FRACTION = 0.35
 #: below the alae the sacral canal runs at most the sacrum's length: bone as wide higher up the canal
 #: (a rib-bearing vertebra with its ribs, say) is not the sacrum
 SACRUM_BELOW_ALAE_MM = 100.0
@@ -117,10 +132,16 @@ def measure_bone(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> l
             for bone in [vertebral_bone(stack, canal)] if bone is not None]
 
 
-def disc_back_density(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:
-    """Median HU just in front of the canal on each slice with a canal (NaN elsewhere): disc or vertebral body."""
+def disc_back_density(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
+                      depth_mm: tuple[float, float] = DISC_BACK_MM,
+                      half_width_mm: float = DISC_BACK_HALF_WIDTH_MM) -> np.ndarray:
+    """Median intensity just in front of the canal on each slice with a canal (NaN elsewhere): disc or body.
+
+    On CT it is the HU; ``depth_mm`` is the (near, far) distance in front of the canal's box, and
+    ``half_width_mm`` the half-width about its centre.
+    """
     sx, sy = stack.spacing[0], stack.spacing[1]
-    near, far = DISC_BACK_MM
+    near, far = depth_mm
     density = np.full(stack.n_slices, np.nan)
     for canal in canals:
         if canal is None:
@@ -128,12 +149,51 @@ def disc_back_density(stack: AxialStack, canals: Sequence[Optional[SliceCanal]])
         i0, j0, i1, _ = canal.box_ij
         centre = (i0 + i1) / 2.0
         rows = slice(max(0, int(round(j0 - far / sy))), max(0, int(round(j0 - near / sy))))
-        columns = slice(max(0, int(round(centre - DISC_BACK_HALF_WIDTH_MM / sx))),
-                        max(0, int(round(centre + DISC_BACK_HALF_WIDTH_MM / sx))))
+        columns = slice(max(0, int(round(centre - half_width_mm / sx))),
+                        max(0, int(round(centre + half_width_mm / sx))))
         patch = stack.array[canal.slice_index, rows, columns]
         if patch.size:
             density[canal.slice_index] = float(np.median(patch))
     return density
+
+
+def _running_percentile(values: np.ndarray, half: int, quantile: float) -> np.ndarray:
+    """The ``quantile`` of ``2 * half + 1`` values about each one, the window shifted inward at the ends.
+
+    Not padded: a padded window counts the end value many times, and a band at an
+    end of the study would set its own marrow level.
+    """
+    n, size = len(values), 2 * half + 1
+    if n <= size:
+        return np.full(n, np.percentile(values, quantile))
+    starts = np.clip(np.arange(n) - half, 0, n - size)
+    return np.array([np.percentile(values[s:s + size], quantile) for s in starts])
+
+
+def dark_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:
+    """Per slice, 1 where the vertebral column in front of the canal (MR) has a dark band: a disc.
+
+    On T2 (and T1) MR the marrow of a vertebral body is brighter than a disc's
+    endplates and annulus, so the column just in front of the canal darkens at
+    every disc, however healthy or degenerate the nucleus. A band is a slice
+    darker than the marrow around it by BAND_DEPTH_FRACTION, and at least as
+    dark as its neighbours. The intensity is compared within the study only,
+    so the MR's arbitrary scale does not matter.
+    """
+    bands = np.zeros(stack.n_slices)
+    column = disc_back_density(stack, canals, BAND_DEPTH_MM, BAND_HALF_WIDTH_MM)
+    tracked = np.nonzero(~np.isnan(column))[0]
+    if len(tracked) < 3:
+        return bands
+    # untracked slices take their neighbours' value, so a missed slice does not look like a band
+    filled = np.interp(np.arange(stack.n_slices), tracked, column[tracked])
+    half = max(1, int(round(BAND_MARROW_HALF_LENGTH_MM / stack.spacing[2])))
+    marrow = _running_percentile(filled, half, BAND_MARROW_QUANTILE)
+    darkness = 1.0 - filled / np.maximum(marrow, np.finfo(float).tiny)
+    for k in tracked:
+        neighbours = darkness[max(0, k - 1)], darkness[min(stack.n_slices - 1, k + 1)]
+        bands[k] = float(marrow[k] > 0 and darkness[k] >= BAND_DEPTH_FRACTION and darkness[k] >= max(neighbours))
+    return bands
 
 
 def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:

@@ -57,7 +57,8 @@ SMOOTHING_MM = 1.5
 TYPICAL_DISC_SPACING_MM = {"lumbar": 33.0, "thoracic": 23.0, "cervical": 16.0}
 #: two discs found this many typical spacings apart have a disc between them that the evidence missed
 MISSED_DISC_GAP = 1.5
-#: on CT, how much an endplate-bounded gap in the bone (see ``landmarks.endplate_gaps``) weighs against the detector
+#: how much a disc seen in the image (``landmarks.endplate_gaps`` on CT, ``landmarks.dark_bands`` on MR) weighs
+#: against the detector
 ENDPLATE_WEIGHT = 0.7
 #: the L5-S1 disc lies just above the top of the sacral alae: within this of it, plus half a slice (the alae's
 #: top slice may lie up to a slice below their top). The alae are first seen where S1's body joins them, at or
@@ -107,9 +108,10 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
                min_score: float = 0.3, sacrum_top_slice: Optional[int] = None) -> list[LevelCandidate]:
     """Disc levels, inferior first: the peaks of the disc evidence along the tracked canal.
 
-    The evidence is the detector's disc probability. On CT, ``endplate_gaps`` (1
-    where the bone in front of the canal has a gap between two endplates, per
-    slice) raises it. A peak must rise MIN_PEAK_RISE above the profile's running
+    The evidence is the detector's disc probability. ``endplate_gaps`` (1 per
+    slice where the image itself shows a disc: on CT a gap in the bone between
+    two endplates, on MR a dark band in the vertebral column; see
+    ``landmarks``) raises it. A peak must rise MIN_PEAK_RISE above the profile's running
     baseline, so a detector that is unsure on an unfamiliar contrast still
     places the discs where its probability rises, and a profile that is high
     everywhere yields none. Peaks closer than the region's shortest vertebra are
