@@ -173,9 +173,9 @@ def _running_percentile(values: np.ndarray, half: int, quantile: float) -> np.nd
 def dark_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:
     """Per slice, 1 where the vertebral column in front of the canal (MR) has a dark band: a disc.
 
-    On T2 (and T1) MR the marrow of a vertebral body is brighter than a disc's
-    endplates and annulus, so the column just in front of the canal darkens at
-    every disc, however healthy or degenerate the nucleus. A band is a slice
+    On T2 MR the marrow of a vertebral body is brighter than a disc's endplates
+    and annulus, so the column just in front of the canal darkens at every disc
+    (on T1 the fatty marrow is brighter still; no T1 scan has been checked). A band is a slice
     darker than the marrow around it by BAND_DEPTH_FRACTION, and at least as
     dark as its neighbours. The intensity is compared within the study only,
     so the MR's arbitrary scale does not matter.
