@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from SpineStenosisGraderLib.errors import InputError
 from SpineStenosisGraderLib.inference.levels import (
     SPINE_DISCS,
+    LevelCandidate,
     SliceCanal,
+    drop_cisterns,
     find_discs,
     name_from_anatomy,
     name_levels,
@@ -301,3 +303,27 @@ def test_l5_s1_lies_within_half_a_disc_of_the_alae_and_is_never_doubled(discs, b
     probabilities[bump] += 0.03
     levels = find_discs(profile_canals(probabilities), 40, 3.0, "lumbar", sacrum_top_slice=4)
     assert [lv.slice_index for lv in levels] == list(expected)
+
+
+def _levels_of_depth(depths_px):
+    return [LevelCandidate(slice_index=10 * k, box_ij=(20.0, 30.0, 40.0, 30.0 + d), score=0.9, disc_probability=0.5,
+                           slices=(10 * k,)) for k, d in enumerate(depths_px)]
+
+
+def test_a_cervical_level_in_a_cistern_far_deeper_than_the_canal_is_dropped_and_said():
+    # 0.5 mm pixels: the canal 14-16 mm deep at the discs; at the top, the cisterna magna 24 mm deep (1.6 times)
+    levels = _levels_of_depth([28, 30, 28, 32, 30, 48])
+    kept, warnings = drop_cisterns(levels, (0.5, 0.5, 1.0), "cervical")
+    assert [lv.slice_index for lv in kept] == [0, 10, 20, 30, 40]
+    assert len(warnings) == 1 and "slice 50" in warnings[0] and "24 mm deep" in warnings[0]
+    # 1.3 times the median is a canal that varies, not a cistern
+    kept, warnings = drop_cisterns(_levels_of_depth([28, 30, 28, 32, 30, 39]), (0.5, 0.5, 1.0), "cervical")
+    assert len(kept) == 6 and warnings == []
+
+
+@pytest.mark.parametrize("region, n", [("lumbar", 6), ("thoracic", 6), ("unknown", 6), ("cervical", 3)])
+def test_only_a_cervical_study_with_enough_levels_loses_a_deep_one(region, n):
+    # the rule reads the cisterna magna at the top of a neck; a lumbar sac may widen, and three levels make no median
+    depths = [28, 30, 28, 32, 30, 48][-n:]
+    kept, warnings = drop_cisterns(_levels_of_depth(depths), (0.5, 0.5, 1.0), region)
+    assert len(kept) == n and warnings == []

@@ -149,4 +149,7 @@ def test_whole_necks_never_trained_on_are_cervical_with_the_canal_found_on_most_
     assert all(s.landmark_span == ("C2", "T2") and s.discs_between_landmarks == 7 for s in scores)
     assert sum(s.levels_between_landmarks == 7 for s in scores) >= 4
     assert 34 <= sum(s.levels_between_landmarks for s in scores) <= 37
+    # above C2 the dens and C1 show dark bands too; the levels in the cisterna magna, far deeper than the canal,
+    # are dropped (7 false levels above C2 without), those at the dens and C1 stay
+    assert sum(s.false_levels for s in scores) <= 4
     assert all(not s.disc_reference and s.c2_reference and s.discs_inside == 0 for s in scores)

@@ -17,6 +17,7 @@ from .inference.levels import (
     UNKNOWN_REGION,
     SliceCanal,
     check_level_name,
+    drop_cisterns,
     find_discs,
     name_from_anatomy,
     region_of_disc,
@@ -107,8 +108,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     # in the vertebral column on MR
     gaps = endplate_gaps(stack, canals) if modality == "CT" else dark_bands(stack, canals)
     sacrum_top = sacrum.top_slice if sacrum else None
-    naming = name_from_anatomy(find_discs(canals, stack.n_slices, dz, region, gaps, sacrum_top_slice=sacrum_top),
-                               region, dz, sacrum_top, anchor)
+    discs, cistern_warnings = drop_cisterns(find_discs(canals, stack.n_slices, dz, region, gaps,
+                                                       sacrum_top_slice=sacrum_top), stack.spacing, region)
+    warnings.extend(cistern_warnings)
+    naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor)
     warnings.extend(naming.warnings)
     if not naming.kept:
         warnings.append("No disc level was found. Check that the study is an axial spine CT or T2 MRI.")

@@ -52,6 +52,13 @@ MIN_PEAK_RISE = 0.06
 MIN_DISC_PROBABILITY = 0.3
 #: the profile is smoothed over about this (mm), so one doubtful slice does not split a disc
 SMOOTHING_MM = 1.5
+#: in a cervical study, a level whose canal box is this many times deeper (front to back) than the median of the
+#: study's levels lies in a cistern above the spine (the cisterna magna at the foramen magnum), not at a disc:
+#: on the whole-neck T2 validation scans the levels at discs reach 1.24 times the median, those at the
+#: cisterna 1.37-1.66
+CISTERN_DEPTH_RATIO = 1.35
+#: the median needs this many levels to stand for the canal
+CISTERN_MIN_LEVELS = 4
 #: disc-to-disc distance along an adult spine (mm): a vertebral body and a disc; cervical bodies are about
 #: 14 mm tall, lower thoracic 20-25 mm, lumbar 25-30 mm, with 5-10 mm of disc
 TYPICAL_DISC_SPACING_MM = {"lumbar": 33.0, "thoracic": 23.0, "cervical": 16.0}
@@ -274,6 +281,30 @@ def _one_per_vertebra(levels: list[LevelCandidate], slice_spacing_mm: float, sep
             break
         levels.pop(i if strength(levels[i]) < strength(levels[i + 1]) else i + 1)
     return levels
+
+
+def drop_cisterns(levels: Sequence[LevelCandidate], pixel_spacing_mm: Sequence[float],
+                  region: str) -> tuple[list[LevelCandidate], list[str]]:
+    """Drop the cervical levels whose canal is a cistern: far deeper than the study's other levels.
+
+    The cervical canal keeps its depth from level to level (12-18 mm), while at
+    the foramen magnum the CSF opens into the cisterna magna behind the medulla,
+    where a whole-neck scan still shows bright CSF and dark bands (C1, the
+    dens) but no disc. Returns the levels kept and a warning per level dropped.
+    """
+    if region != "cervical" or len(levels) < CISTERN_MIN_LEVELS:
+        return list(levels), []
+    depth = [(lv.box_ij[3] - lv.box_ij[1]) * pixel_spacing_mm[1] for lv in levels]
+    median = float(np.median(depth))
+    kept, warnings = [], []
+    for level, d in zip(levels, depth):
+        if d > CISTERN_DEPTH_RATIO * median:
+            warnings.append(f"No level at slice {level.slice_index}: the canal there is {d:.0f} mm deep, "
+                            f"{d / median:.1f} times the other levels' {median:.0f} mm, a cistern above the "
+                            "spine rather than a disc.")
+        else:
+            kept.append(level)
+    return kept, warnings
 
 
 def check_level_name(name: str) -> str:
