@@ -300,7 +300,7 @@ def drop_cisterns(levels: Sequence[LevelCandidate], pixel_spacing_mm: Sequence[f
     for level, d in zip(levels, depth):
         if d > CISTERN_DEPTH_RATIO * median:
             warnings.append(f"No level at slice {level.slice_index}: the canal there is {d:.0f} mm deep, "
-                            f"{d / median:.1f} times the other levels' {median:.0f} mm, a cistern above the "
+                            f"{d / median:.1f} times the levels' median of {median:.0f} mm: a cistern above the "
                             "spine rather than a disc.")
         else:
             kept.append(level)
