@@ -45,8 +45,11 @@ def _grade_and_signal(out: Path, signum: int) -> tuple[int, list[str], list[dict
     """Grade the sample into ``out`` in a process of its own; send ``signum`` once it is detecting."""
     command = [sys.executable, "-m", CLI_MODULE, "grade", str(SAMPLE), "-o", str(out), "-q",
                "--progress-format", "jsonl"]
+    # A terminal's Ctrl-C reaches a grader whose SIGINT is not ignored. A runner that started these tests
+    # in the background (as CI may) passes SIGINT on ignored, and Python then leaves it ignored, as nohup
+    # users expect; so the grader starts with the terminal's default.
     process = subprocess.Popen(command, env=process_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     stages = []
     try:
         for line in process.stdout:
