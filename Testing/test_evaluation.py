@@ -10,6 +10,7 @@ from SpineStenosisGraderLib.training.evaluation import (
     landmark_span,
     level_is_false,
     match_levels,
+    names_by_count,
 )
 
 
@@ -33,6 +34,18 @@ def test_the_discs_between_two_labelled_vertebrae_are_counted_from_the_anatomy()
     assert landmark_span({"T2": 76.0, "C2": 188.0}) == ("C2", "T2")
     assert landmark_span({"T2": 76.0, "C5": 150.0, "C2": 188.0}) == ("C2", "T2")
     assert landmark_span({"C2": 188.0}) is None
+
+
+def test_without_disc_positions_the_levels_between_two_bodies_are_named_by_their_count_from_the_upper():
+    neck = {"C2": 188.0, "T2": 76.0}
+    # listed in any order; the level above C2's body and the one below T2's are not counted
+    slices = [175.0, 191.0, 80.0, 157.0, 60.0]
+    assert names_by_count(slices, neck) == {0: "C2-C3", 3: "C3-C4", 2: "C4-C5"}
+    # eight levels for the seven discs: the eighth has no name to be right with
+    eight = [180.0 - 12.0 * i for i in range(8)]
+    assert list(names_by_count(eight, neck).values()) == [
+        "C2-C3", "C3-C4", "C4-C5", "C5-C6", "C6-C7", "C7-T1", "T1-T2", None]
+    assert names_by_count(slices, {"C2": 188.0}) == {}
 
 
 def test_a_level_is_false_far_from_every_disc_or_above_c2_when_only_c2_is_known():

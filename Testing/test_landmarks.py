@@ -5,7 +5,8 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from SpineStenosisGraderLib.inference.landmarks import dark_bands, disc_back_density, endplate_gaps
+from SpineStenosisGraderLib.inference.landmarks import (dark_bands, disc_back_density, endplate_gaps,
+                                                      find_foramen_magnum)
 from SpineStenosisGraderLib.inference.levels import SliceCanal
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -122,3 +123,50 @@ def test_the_bands_do_not_depend_on_the_mr_scale(scale, slice_mm):
     discs = [5, 20, 35]
     stack, canals = spine_mr(cervical_column(discs, 45), slice_mm, scale)
     assert np.nonzero(dark_bands(stack, canals))[0].tolist() == discs
+
+
+def neck(depths_mm, slice_mm=1.0, pixel_mm=0.5):
+    """A stack whose canal boxes are ``depths_mm`` deep (front to back), slice by slice from the feet up."""
+    n = len(depths_mm)
+    volume = np.zeros((n, 32, 32), dtype=np.float32)
+    volume[:, 10:20, 10:20] = 100.0  # the canal finder ran already: only the boxes are read
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((pixel_mm, pixel_mm, slice_mm))
+    return to_axial_stack(image), [SliceCanal(k, (40.0, 50.0, 60.0, 50.0 + d / pixel_mm), 0.9, 0.3)
+                                   for k, d in enumerate(depths_mm)]
+
+
+def test_the_foramen_magnum_is_where_the_canal_opens_into_the_cisterna_magna_at_the_top():
+    # 80 mm of canal 14-16 mm deep, then from slice 80 the cisterna magna, 22-30 mm deep
+    depths = [15.0 + (k % 3 - 1) for k in range(80)] + [22.0, 24.0, 27.0, 30.0, 30.0]
+    stack, canals = neck(depths)
+    foramen = find_foramen_magnum(stack, canals)
+    assert foramen.name == "foramen magnum"
+    assert (foramen.bottom_slice, foramen.top_slice) == (80, 84)
+    assert "slice 80: 22 mm deep" in foramen.evidence
+
+
+def test_no_foramen_magnum_without_a_cistern_reaching_the_top_of_the_track():
+    depths = [15.0] * 80 + [24.0] * 5
+    stack, canals = neck(depths)
+    canals[82] = None  # a slice without a canal inside the cistern is no break in it
+    assert find_foramen_magnum(stack, canals).bottom_slice == 80
+    # a canal box grown deep in the middle of the neck is no cistern
+    stack, canals = neck([15.0] * 40 + [24.0] * 5 + [15.0] * 40)
+    assert find_foramen_magnum(stack, canals) is None
+    # one deep slice at the top is no cistern (3 mm are)
+    stack, canals = neck([15.0] * 80 + [24.0] * 2)
+    assert find_foramen_magnum(stack, canals) is None
+    stack, canals = neck([15.0] * 80 + [24.0] * 2, slice_mm=1.5)
+    assert find_foramen_magnum(stack, canals).bottom_slice == 80
+    # a study too short for the canal's median to be the canal's
+    stack, canals = neck([15.0] * 40 + [24.0] * 5)
+    assert find_foramen_magnum(stack, canals) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(pixel_mm=st.sampled_from([0.3, 0.5, 0.8, 1.0]), slice_mm=st.sampled_from([0.8, 1.0, 2.0, 3.0]))
+def test_the_foramen_magnum_does_not_depend_on_the_pixel_or_slice_spacing(pixel_mm, slice_mm):
+    below, cistern = int(round(90 / slice_mm)), int(round(9 / slice_mm))
+    stack, canals = neck([15.0] * below + [26.0] * cistern, slice_mm=slice_mm, pixel_mm=pixel_mm)
+    assert find_foramen_magnum(stack, canals).bottom_slice == below

@@ -65,6 +65,51 @@ def test_cervical_discs_counted_from_c2_and_not_anchored():
     assert not naming.anchored and "highest" in naming.note
 
 
+def _cervical_levels_below(foramen_slice, distances_mm, slice_mm=1.0):
+    """Candidates ``distances_mm`` below the foramen magnum's slice, listed inferior first."""
+    slices = sorted(foramen_slice - int(round(d / slice_mm)) for d in distances_mm)
+    return [LevelCandidate(slice_index=k, box_ij=(20.0, 30.0, 40.0, 58.0), score=0.9, disc_probability=0.5,
+                           slices=(k,)) for k in slices]
+
+
+def test_a_cervical_study_reaching_the_skull_base_is_named_from_the_foramen_magnum():
+    # a whole neck: bands at C1 (8 mm below the foramen) and the dens (17 mm), then the discs from C2-C3 (32 mm)
+    levels = _cervical_levels_below(200, [8, 17, 32, 48, 64, 80])
+    naming = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=200)
+    assert [c.slice_index for c in naming.kept] == [120, 136, 152, 168]
+    assert naming.names == ["C5-C6", "C4-C5", "C3-C4", "C2-C3"]
+    assert naming.anchored and naming.landmark == "foramen magnum"
+    assert naming.confidence == ["low"] * 4
+    assert "32 mm below" in naming.note
+    assert any("2 disc-like place(s) less than 25 mm below the foramen magnum (slice 183, 192)" in w
+               for w in naming.warnings)
+
+
+def test_on_thick_slices_the_foramen_magnum_is_measured_in_mm():
+    # 7.5 mm slices: C2-C3 four slices (30 mm) below, a band at C2 two slices (15 mm) below
+    levels = _cervical_levels_below(14, [15, 30, 45, 60], slice_mm=7.5)
+    naming = name_from_anatomy(levels, "cervical", 7.5, foramen_magnum_slice=14)
+    assert [c.slice_index for c in naming.kept] == [6, 8, 10]
+    assert naming.names == ["C4-C5", "C3-C4", "C2-C3"]
+
+
+def test_a_highest_disc_a_vertebra_too_far_below_the_foramen_magnum_is_not_taken_for_c2_c3():
+    # C2-C3 missed: the highest disc found, 48 mm below the opening, is C3-C4, so nothing anchors the count
+    levels = _cervical_levels_below(200, [48, 64, 80])
+    naming = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=200)
+    assert not naming.anchored and naming.confidence == ["none"] * 3
+    assert any("48 mm below the foramen magnum" in w and "C2-C3 was not found" in w for w in naming.warnings)
+
+
+def test_the_foramen_magnum_names_cervical_studies_only_and_the_users_anchor_wins():
+    levels = _cervical_levels_below(200, [10, 32, 48, 64])
+    lumbar = name_from_anatomy(levels, "lumbar", 1.0, foramen_magnum_slice=200)
+    assert not lumbar.anchored and len(lumbar.kept) == 4 and not lumbar.warnings
+    levels = levels[:3]
+    user = name_from_anatomy(levels, "cervical", 1.0, anchor=(-1, "C3-C4"), foramen_magnum_slice=200)
+    assert user.landmark == "user" and user.names == ["C5-C6", "C4-C5", "C3-C4"]
+
+
 def test_an_unknown_region_claims_no_level_name():
     levels = find_discs(synthetic_canals(40, [10, 30]), 40, 3.0)
     naming = name_from_anatomy(levels, "unknown", 3.0)

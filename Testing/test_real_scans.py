@@ -150,6 +150,17 @@ def test_whole_necks_never_trained_on_are_cervical_with_the_canal_found_on_most_
     assert sum(s.levels_between_landmarks == 7 for s in scores) >= 4
     assert 34 <= sum(s.levels_between_landmarks for s in scores) <= 37
     # above C2 the dens and C1 show dark bands too; the levels in the cisterna magna, far deeper than the canal,
-    # are dropped (7 false levels above C2 without), those at the dens and C1 stay
-    assert sum(s.false_levels for s in scores) <= 4
+    # are dropped (7 false levels above C2 without). Three necks reach the foramen magnum: the bands less than
+    # 25 mm below it are dropped (4 false levels without), and the highest disc is named C2-C3 from it. The
+    # point at C2 lies in C2's body, so C2-C3 is the highest level below it, within a cervical vertebra
+    assert sum(s.false_levels for s in scores) <= 1
+    from_foramen = [s for s in scores if s.names_anchored_by == "foramen magnum"]
+    assert len(from_foramen) >= 3
+    for score, scan in ((s, scans[s.scan]) for s in from_foramen):
+        highest = max(score.rows, key=lambda row: row["slice"])
+        assert highest["name"] == "C2-C3" and not highest["above_c2"]
+        assert (scan.landmarks["C2"] - highest["slice"]) * scan.stack.spacing[2] <= 16.0
+        assert score.names_right == score.names_checked == 7  # by their count below C2's body
+    # named by their count from C2's body: 28 of 36 (7 of 36 counted from the top, before the foramen magnum)
+    assert sum(s.names_right for s in scores) >= 28
     assert all(not s.disc_reference and s.c2_reference and s.discs_inside == 0 for s in scores)

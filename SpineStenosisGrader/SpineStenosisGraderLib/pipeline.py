@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .inference.csf_outline import grow_over_csf
-from .inference.landmarks import dark_bands, endplate_gaps, find_sacrum, measure_bone
+from .inference.landmarks import dark_bands, endplate_gaps, find_foramen_magnum, find_sacrum, measure_bone
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -111,7 +111,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     discs, cistern_warnings = drop_cisterns(find_discs(canals, stack.n_slices, dz, region, gaps,
                                                        sacrum_top_slice=sacrum_top), stack.spacing, region)
     warnings.extend(cistern_warnings)
-    naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor)
+    foramen = find_foramen_magnum(stack, canals) if region == "cervical" else None
+    naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
+                               foramen_magnum_slice=foramen.bottom_slice if foramen else None)
     warnings.extend(naming.warnings)
     if not naming.kept:
         warnings.append("No disc level was found. Check that the study is an axial spine CT or T2 MRI.")

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..study.volume import AxialStack
-from .levels import SliceCanal
+from .levels import CISTERN_DEPTH_RATIO, SliceCanal
 
 #: cancellous bone and denser, in HU: well above muscle and disc (40-100 HU)
 BONE_HU = 150.0
@@ -60,6 +60,11 @@ BAND_DEPTH_FRACTION = 0.35
 #: below the alae the sacral canal runs at most the sacrum's length: bone as wide higher up the canal
 #: (a rib-bearing vertebra with its ribs, say) is not the sacrum
 SACRUM_BELOW_ALAE_MM = 100.0
+#: the canal's depth is read against its median over at least this much of the spine (about three cervical
+#: vertebrae), so that the median is the canal's and not a cistern's
+FORAMEN_MIN_TRACK_MM = 50.0
+#: the cisterna magna is seen over at least this much at the top of the study: one wide box is no cistern
+FORAMEN_MIN_RUN_MM = 3.0
 
 
 @dataclass
@@ -87,6 +92,11 @@ class Landmark:
     #: the most superior slice that shows it
     top_slice: int
     evidence: str
+
+    @property
+    def bottom_slice(self) -> int:
+        """The most inferior slice that shows it."""
+        return min(self.slices)
 
 
 def vertebral_bone(stack: AxialStack, canal: SliceCanal) -> Optional[VertebralBone]:
@@ -213,6 +223,36 @@ def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> 
         bound = max(density[k] + ENDPLATE_CONTRAST_HU, BONE_HU)
         gaps[k] = float(np.nanmax(below) >= bound and np.nanmax(above) >= bound)
     return gaps
+
+
+def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[Landmark]:
+    """The foramen magnum: where the canal at the superior end of the study opens into the cisterna magna.
+
+    The spinal canal keeps its depth (front to back) from level to level, while
+    through the foramen magnum its CSF opens into the cisterna magna behind the
+    medulla, and the canal's box grows to CISTERN_DEPTH_RATIO times the canal's
+    median depth and more. The cistern is the run of such slices that reaches the
+    most superior slice where a canal was tracked; the landmark's ``bottom_slice``
+    is where the canal opens. No such run, no landmark: a study
+    that ends below the skull base, or whose canal was not tracked up to it.
+    """
+    depth = {c.slice_index: (c.box_ij[3] - c.box_ij[1]) * stack.spacing[1] for c in canals if c is not None}
+    dz = stack.spacing[2]
+    if len(depth) * dz < FORAMEN_MIN_TRACK_MM:
+        return None
+    median = float(np.median(list(depth.values())))
+    run = []
+    for k in sorted(depth, reverse=True):
+        if depth[k] <= CISTERN_DEPTH_RATIO * median:
+            break
+        run.append(k)
+    if len(run) * dz < FORAMEN_MIN_RUN_MM:
+        return None
+    return Landmark(
+        name="foramen magnum", slices=tuple(sorted(run)), top_slice=max(run),
+        evidence=(f"the canal opens into the cisterna magna on slice {min(run)}: {depth[min(run)]:.0f} mm deep "
+                  f"and more above it, against a median of {median:.0f} mm"),
+    )
 
 
 def find_sacrum(stack: AxialStack, bones: Sequence[VertebralBone],

@@ -59,6 +59,14 @@ SMOOTHING_MM = 1.5
 CISTERN_DEPTH_RATIO = 1.35
 #: the median needs this many levels to stand for the canal
 CISTERN_MIN_LEVELS = 4
+#: below the foramen magnum (where the canal opens into the cisterna magna, ``landmarks.find_foramen_magnum``)
+#: lie C1's ring and C2's dens and body before the first disc, C2-C3: no disc lies within this of the opening.
+#: On the whole-neck validation scans C2-C3 lies 30-35 mm below it, and the dark bands of C1, the dens and the
+#: dens's base, taken for discs, 13-19 mm
+C1_C2_BELOW_FORAMEN_MM = 25.0
+#: the highest disc no further than this below the opening is C2-C3; C3-C4 lies a cervical vertebra lower
+#: (49-53 mm on those scans), and a highest disc that far down says C2-C3 was missed
+C2_C3_BELOW_FORAMEN_MM = 42.0
 #: disc-to-disc distance along an adult spine (mm): a vertebral body and a disc; cervical bodies are about
 #: 14 mm tall, lower thoracic 20-25 mm, lumbar 25-30 mm, with 5-10 mm of disc
 TYPICAL_DISC_SPACING_MM = {"lumbar": 33.0, "thoracic": 23.0, "cervical": 16.0}
@@ -381,15 +389,21 @@ def unanchored_names(n_levels: int) -> list[str]:
 
 def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_spacing_mm: float,
                       sacrum_top_slice: Optional[int] = None,
-                      anchor: Optional[tuple[int, str]] = None) -> LevelNaming:
-    """Name the discs (inferior first) from the user's anchor, else the sacrum, else count them unanchored.
+                      anchor: Optional[tuple[int, str]] = None,
+                      foramen_magnum_slice: Optional[int] = None) -> LevelNaming:
+    """Name the discs (inferior first) from the user's anchor, else a landmark, else count them unanchored.
 
     ``sacrum_top_slice`` is the most superior slice showing the sacral alae, where
     the study contains the sacrum. Discs found inside the sacrum are dropped
-    with a warning: they are the fused sacral segments, not levels. A disc placed
-    from the spacing of its neighbours, or above the sacrum, is named with the rest, with a warning.
+    with a warning: they are the fused sacral segments, not levels.
+    ``foramen_magnum_slice`` is where the canal opens into the cisterna magna,
+    where a cervical study reaches the skull base. Discs found within
+    C1_C2_BELOW_FORAMEN_MM below it (or above it) are dropped with a warning: they are
+    C1 and C2, which have no disc. A disc placed from the spacing of its neighbours,
+    or above the sacrum, is named with the rest, with a warning.
     """
-    naming = _name_from_anatomy(candidates, region, slice_spacing_mm, sacrum_top_slice, anchor)
+    naming = _name_from_anatomy(candidates, region, slice_spacing_mm, sacrum_top_slice, anchor,
+                                foramen_magnum_slice if region == "cervical" else None)
     why = {"spacing": "where the spacing of the discs around it says one was missed",
            "sacrum": "just above the sacrum, where L5-S1 lies"}
     naming.warnings.extend(
@@ -400,9 +414,20 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
 
 
 def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_spacing_mm: float,
-                       sacrum_top_slice: Optional[int], anchor: Optional[tuple[int, str]]) -> LevelNaming:
+                       sacrum_top_slice: Optional[int], anchor: Optional[tuple[int, str]],
+                       foramen_magnum_slice: Optional[int]) -> LevelNaming:
     kept = list(candidates)
     warnings: list[str] = []
+    if foramen_magnum_slice is not None:
+        def below_foramen_mm(c: LevelCandidate) -> float:
+            return (foramen_magnum_slice - c.slice_index) * slice_spacing_mm
+
+        above_c2_c3 = [c for c in kept if below_foramen_mm(c) < C1_C2_BELOW_FORAMEN_MM]
+        if above_c2_c3:
+            warnings.append(f"{len(above_c2_c3)} disc-like place(s) less than {C1_C2_BELOW_FORAMEN_MM:.0f} mm below "
+                            f"the foramen magnum (slice {', '.join(str(c.slice_index) for c in above_c2_c3)}) are "
+                            "not levels: C1 and C2 lie there, with no disc.")
+            kept = [c for c in kept if c not in above_c2_c3]
     if sacrum_top_slice is not None:
         inside = [c for c in kept if (sacrum_top_slice - c.slice_index) * slice_spacing_mm > INSIDE_SACRUM_MM]
         if inside:
@@ -431,14 +456,25 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
                 f"Named from the sacrum: no disc was found just above it, and the lowest disc found lies "
                 f"{gap_mm:.0f} mm above the sacral alae, where L4-L5 is expected. Check L5-S1 on a sagittal "
                 "view."), warnings + ["L5-S1 was not found above the sacrum; the lowest level is taken as L4-L5."])
+    if foramen_magnum_slice is not None and region == "cervical":
+        below_mm = (foramen_magnum_slice - kept[-1].slice_index) * slice_spacing_mm
+        if below_mm <= C2_C3_BELOW_FORAMEN_MM:
+            names = name_levels(n, "cervical", (-1, "C2-C3"))
+            # low: the opening is read off the canal's depth, checked on four MR studies of the neck only
+            return LevelNaming(kept, names, True, "foramen magnum", ["low"] * n, (
+                f"Named from the foramen magnum: the highest disc, {below_mm:.0f} mm below where the canal opens "
+                "into the cisterna magna, is C2-C3 (C1 and C2 lie between them). Check C2-C3 on a sagittal "
+                "view."), warnings)
+        warnings.append(f"The highest disc found lies {below_mm:.0f} mm below the foramen magnum, where C3-C4 or a "
+                        "lower disc is expected, so C2-C3 was not found and the names are not anchored to it.")
     if region in REGIONS:
         names = name_levels(n, region)
         start = names[0] if DEFAULT_ANCHORS[region][0] == 0 else names[-1]
         end = "lowest" if DEFAULT_ANCHORS[region][0] == 0 else "highest"
         return LevelNaming(kept, names, False, "", ["none"] * n, (
-            f"Not anchored: the study shows no landmark (sacrum, C2, ribs) to name the levels from, so they are "
-            f"counted from the {end} disc found, taken as {start}. Check them against a sagittal view and "
-            "re-anchor (\"This level is...\")."), warnings)
+            f"Not anchored: the study shows no landmark (the sacrum, or the foramen magnum above C2) to name the "
+            f"levels from, so they are counted from the {end} disc found, taken as {start}. Check them against a "
+            "sagittal view and re-anchor (\"This level is...\")."), warnings)
     return LevelNaming(kept, unanchored_names(n), False, "", ["none"] * n, (
         "Not anchored: the spine region could not be told from the slices, so the levels are numbered disc 1, "
         "disc 2, ... from the bottom. Set the region, or re-anchor one level (\"This level is...\")."), warnings)

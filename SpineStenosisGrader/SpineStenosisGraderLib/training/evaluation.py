@@ -153,11 +153,35 @@ def level_is_false(level_slice: float, discs: Sequence[float], landmarks: dict[s
     return None, "C2" in landmarks and level_slice > landmarks["C2"]
 
 
-def discs_between(upper: str, lower: str) -> int:
-    """How many discs lie between the bodies of two vertebrae ("C2", "T2": C2-C3 to T1-T2, 7)."""
+def discs_between_names(upper: str, lower: str) -> list[str]:
+    """The discs between the bodies of two vertebrae, superior first ("C2", "T2": C2-C3 to T1-T2)."""
     first = next(i for i, name in enumerate(SPINE_DISCS) if name.split("-")[0] == upper)
     last = next(i for i, name in enumerate(SPINE_DISCS) if name.split("-")[1] == lower)
-    return last - first + 1
+    return list(SPINE_DISCS[first:last + 1])
+
+
+def discs_between(upper: str, lower: str) -> int:
+    """How many discs lie between the bodies of two vertebrae ("C2", "T2": C2-C3 to T1-T2, 7)."""
+    return len(discs_between_names(upper, lower))
+
+
+def names_by_count(level_slices: Sequence[float], landmarks: dict[str, float]) -> dict[int, Optional[str]]:
+    """For each level between the two labelled bodies, its name counted from the upper body.
+
+    Where the labels give no disc positions but two vertebral bodies (C2 and T2 on
+    a whole neck), the highest level below the upper body is the first disc below
+    it (C2-C3), the next the second, and so on. An extra or a missed level shifts
+    the names after it, as it would for the reader. A level past the last disc
+    between the bodies gets None. Keys are indices into ``level_slices``.
+    """
+    span = landmark_span(landmarks)
+    if span is None:
+        return {}
+    upper, lower = landmarks[span[0]], landmarks[span[1]]
+    between = sorted((a for a, k in enumerate(level_slices) if lower < k < upper),
+                     key=lambda a: level_slices[a], reverse=True)
+    names = discs_between_names(*span)
+    return {a: (names[order] if order < len(names) else None) for order, a in enumerate(between)}
 
 
 def landmark_span(landmarks: dict[str, float]) -> Optional[tuple[str, str]]:
@@ -215,8 +239,14 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
                      **({"above_c2": false} if c2_only else {})})
     errors = sorted(abs(level_slices[a] - true_slices[b]) * dz for a, b in matches)
     span = landmark_span(scan.landmarks)
-    between = 0 if span is None else sum(
-        1 for k in level_slices if scan.landmarks[span[1]] < k < scan.landmarks[span[0]])
+    by_count = names_by_count(level_slices, scan.landmarks)
+    names_checked = len(matches) if scan.disc_names_known else 0
+    if not all_discs and by_count:
+        # no disc positions: the levels between the two labelled bodies are named by their count
+        for a, expected in by_count.items():
+            rows[a]["name_by_count"] = expected
+            names_right += int(result.levels[a].name == expected)
+        names_checked = len(by_count)
     return RealScanScore(
         scan=scan.name, modality=scan.modality, trained_on=trained_on(package, scan.name),
         region_true=scan.region, region_found=result.study.region,
@@ -225,10 +255,10 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         detections_off_reference=sum(1 for k in by_slice if k not in scan.boxes),
         levels=len(result.levels), levels_checked=levels_checked, levels_on_canal=on_canal,
         discs_inside=len(inside), discs_found=len(matches),
-        disc_errors_mm=errors, false_levels=false_levels, names_checked=len(matches) if scan.disc_names_known else 0, names_right=names_right,
+        disc_errors_mm=errors, false_levels=false_levels, names_checked=names_checked, names_right=names_right,
         names_anchored_by=result.study.names_anchored_by, rows=rows, disc_reference=bool(scan.discs),
         c2_reference=c2_only, landmark_span=span,
-        discs_between_landmarks=0 if span is None else discs_between(*span), levels_between_landmarks=between,
+        discs_between_landmarks=0 if span is None else discs_between(*span), levels_between_landmarks=len(by_count),
     )
 
 
