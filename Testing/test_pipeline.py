@@ -81,3 +81,18 @@ def test_phantom_levels_are_found_and_named(package):
     assert scores["disc_recall_within_6mm"] >= 0.9
     assert scores["false_levels_per_study"] <= 1.0
     assert int(scores["studies_with_every_name_right"].split("/")[0]) >= 2
+
+
+@pytest.mark.parametrize("modality, looked_for", [("MR", True), ("CT", False)])
+def test_the_foramen_magnum_is_looked_for_on_cervical_mr_only(package, monkeypatch, modality, looked_for):
+    # on CT the box holds the bony canal, already wide at C1, and no CT reaching the skull base was checked
+    from SpineStenosisGraderLib import pipeline
+    from SpineStenosisGraderLib.training.phantom import make_study
+
+    calls = []
+    monkeypatch.setattr(pipeline, "find_foramen_magnum", lambda stack, canals: calls.append(stack) or None)
+    study = make_study(7, modality=modality, region="cervical")
+    result, _ = grade_image(study.image, package, modality=modality, region="cervical",
+                            allow_model_mismatch=True)
+    assert bool(calls) is looked_for
+    assert result.levels and result.study.names_anchored_by == ""

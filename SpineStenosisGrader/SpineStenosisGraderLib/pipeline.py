@@ -111,7 +111,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     discs, cistern_warnings = drop_cisterns(find_discs(canals, stack.n_slices, dz, region, gaps,
                                                        sacrum_top_slice=sacrum_top), stack.spacing, region)
     warnings.extend(cistern_warnings)
-    foramen = find_foramen_magnum(stack, canals) if region == "cervical" else None
+    # MR only: there the box holds the CSF, which opens into the cisterna magna; on CT it holds the bony canal,
+    # whose ring at C1 is already wide, and no CT reaching the skull base has been checked
+    foramen = find_foramen_magnum(stack, canals) if region == "cervical" and modality == "MR" else None
     naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
                                foramen_magnum_slice=foramen.bottom_slice if foramen else None)
     warnings.extend(naming.warnings)
