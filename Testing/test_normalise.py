@@ -103,9 +103,11 @@ def test_slices_faint_from_the_coils_fall_off_are_lifted_to_the_typical_slice():
 
 
 @settings(max_examples=20, deadline=None)
-@given(wobble=st.lists(st.floats(0.85, 1.15), min_size=8, max_size=40))
+@given(wobble=st.lists(st.floats(0.9, 1.1), min_size=8, max_size=40))
 def test_an_evenly_lit_study_and_a_ct_are_windowed_exactly_as_without_the_gain(wobble):
-    # slice brightness varying by 15% either way is anatomy, not fall-off: nothing is lifted
+    # slice brightness varying by 10% either way is anatomy, not fall-off: nothing is lifted. (No slice is
+    # then below 0.9 / 1.1 = 0.82 of another, above FAINT_SLICE_SHARE; with 15% a slice at 0.85 among slices
+    # at 1.15 is 0.74 of the median, and is lifted, as it should be.)
     stack, _ = coil_falloff_stack(wobble)
     assert np.all(slice_gains(stack, "MR") == 1.0)
     canvas, grid = normalised_canvas(stack, "MR", 128, 1.0)
