@@ -140,7 +140,8 @@ def test_whole_necks_never_trained_on_are_cervical_with_the_canal_found_on_most_
     scores = [score_real_scan(package, scan) for scan in necks]
     assert not any(s.trained_on for s in scores)
     assert [s.region_found for s in scores] == ["cervical"] * 5  # never lumbar, never unknown
-    assert sum(s.hits for s in scores) >= 0.88 * sum(s.canal_slices for s in scores)
+    # 1015/1108; 1003 without the faint boxes on the tube (``tracking._fill_faint_slices``)
+    assert sum(s.hits for s in scores) >= 0.91 * sum(s.canal_slices for s in scores)
     assert all(s.hit_fraction >= 0.85 for s in scores)
     assert sum(s.levels_on_canal for s in scores) >= 0.9 * sum(s.levels_checked for s in scores)
     # between the points at C2 and T2 lie 7 discs. The detector's disc evidence is weak on these 1 mm

@@ -45,9 +45,30 @@ def test_a_short_run_of_false_boxes_away_from_the_spine_is_dropped():
     assert all(d is not None for d in chosen[6:])
 
 
-def test_candidates_below_the_score_threshold_are_never_chosen():
+def test_a_study_of_faint_boxes_only_has_no_canal_to_follow():
     candidates = tube(10, score=0.2)
     assert all(d is None for d in track_canal(candidates, pixel_mm=1.25, slice_mm=3.0))
+
+
+def test_a_faint_box_on_the_tube_inside_the_track_is_the_canal():
+    # an unfamiliar contrast: slices 10-13 have only faint boxes, on the tube; slices 0-2 too, beyond the track
+    candidates = tube(30)
+    for k in list(range(10, 14)) + [0, 1, 2]:
+        candidates[k] = [box_at(128.0 + 0.3 * k + 1.0, 140.0, 0.1)]
+    chosen = track_canal(candidates, pixel_mm=1.25, slice_mm=3.0)
+    assert all(chosen[k] is not None and chosen[k].score == 0.1 for k in range(10, 14))
+    assert all(chosen[k] is None for k in range(3))  # beyond the track's end the tube says nothing
+
+
+def test_a_faint_box_off_the_tube_or_of_another_size_is_no_canal():
+    candidates = tube(30)
+    candidates[10] = [box_at(128.0 + 3.0, 140.0 + 5.0, 0.25)]  # 6 mm off the tube (1.25 mm pixels)
+    candidates[15] = [box_at(128.0 + 4.5, 140.0, 0.25, size=30.0)]  # the canal and the body around it
+    candidates[20] = [box_at(128.0 + 6.0, 140.0, 0.25, size=8.0)]  # a root beside the canal
+    candidates[22] = [box_at(128.0 + 6.6, 140.0 + 2.5, 0.06), box_at(200.0, 140.0, 0.2)]  # 3 mm off: the canal
+    chosen = track_canal(candidates, pixel_mm=1.25, slice_mm=3.0)
+    assert chosen[10] is None and chosen[15] is None and chosen[20] is None
+    assert centre(chosen[22]) == (128.0 + 6.6, 140.0 + 2.5)
 
 
 def test_a_gap_without_candidates_is_bridged_when_short():

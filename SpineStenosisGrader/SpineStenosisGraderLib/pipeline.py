@@ -79,7 +79,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
             detected.append(None)
             continue
         detector_box = tuple(float(v) for v in grid.to_stack(np.asarray(hit.box_uv))[0])
-        detected.append(SliceCanal(k, detector_box, hit.score, hit.disc_probability))
+        # the region is read from confident boxes only: a faint box the tube let in (``tracking``) is the
+        # canal, but its size is the detector's least sure
+        detected.append(SliceCanal(k, detector_box, hit.score, hit.disc_probability)
+                        if hit.score >= MIN_CANAL_SCORE else None)
         box_ij = grow_over_csf(stack, k, detector_box, modality)
         canals.append(SliceCanal(k, box_ij, hit.score, hit.disc_probability))
         detections.append(CanalDetection(k, stack.slice_box(k, box_ij), hit.score, hit.disc_probability))

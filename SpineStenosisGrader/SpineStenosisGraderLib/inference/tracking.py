@@ -8,7 +8,10 @@ the path through the slices' candidates (at most one per slice, skipping
 slices) that maximises the candidates' evidence minus a penalty for every jump
 larger than the tube allows. A strong false box that lies off the tube costs
 more in jumps than it brings in score, and a slice where no candidate fits the
-tube is left without a canal instead of getting a guess.
+tube is left without a canal instead of getting a guess. Inside the track, a
+slice skipped for want of a confident candidate takes a faint one that lies on
+the tube and has the size of the canal around it: on an unfamiliar contrast
+the detector's scores drop everywhere, but its box still lands on the canal.
 
 This is a longest-path problem on a DAG ordered by slice, solved exactly by
 dynamic programming.
@@ -33,6 +36,10 @@ JUMP_SLOPE = 0.6
 JUMP_PENALTY_PER_MM = 0.15
 #: the track may skip slices with no fitting candidate over at most this distance
 MAX_GAP_MM = 30.0
+#: a faint candidate on a skipped slice inside the track is the canal when its centre lies this close to the
+#: tube between the tracked slices around it, and its sides are within this factor of theirs
+FAINT_CENTRE_MM = 4.0
+FAINT_SIZE_RATIO = 1.5
 
 
 def _centres(candidates: Sequence[SliceDetection]) -> np.ndarray:
@@ -77,4 +84,34 @@ def track_canal(candidates: Sequence[Sequence[SliceDetection]], pixel_mm: float,
     while a >= 0:
         chosen[ks[a]] = nodes[a][1]
         a = int(previous[a])
-    return chosen
+    return _fill_faint_slices(chosen, candidates, pixel_mm)
+
+
+def _fill_faint_slices(chosen: list[Optional[SliceDetection]], candidates: Sequence[Sequence[SliceDetection]],
+                       pixel_mm: float) -> list[Optional[SliceDetection]]:
+    """Inside the track, a slice skipped for want of a confident candidate takes a faint one that lies on the tube.
+
+    The tube between the two tracked slices around it says where the canal
+    is; a candidate there, of the neighbours' size, is the canal seen faintly
+    (an unfamiliar contrast lowers every score), not a guess. Beyond the track's
+    ends nothing is added: there the tube says nothing.
+    """
+    tracked = [k for k, c in enumerate(chosen) if c is not None]
+    filled = list(chosen)
+    for a, b in zip(tracked, tracked[1:]):
+        for k in range(a + 1, b):
+            t = (k - a) / (b - a)
+            lo, hi = np.array(chosen[a].box_uv), np.array(chosen[b].box_uv)
+            expected = (1 - t) * lo + t * hi
+            size = expected[2:] - expected[:2]
+            fits = []
+            for c in candidates[k]:
+                box = np.array(c.box_uv)
+                centre_mm = np.hypot(*(((box[:2] + box[2:]) - (expected[:2] + expected[2:])) / 2.0)) * pixel_mm
+                ratio = (box[2:] - box[:2]) / np.maximum(size, 1e-6)
+                if centre_mm <= FAINT_CENTRE_MM and np.all(ratio >= 1 / FAINT_SIZE_RATIO) and np.all(
+                        ratio <= FAINT_SIZE_RATIO):
+                    fits.append(c)
+            if fits:
+                filled[k] = max(fits, key=lambda c: c.score)
+    return filled
