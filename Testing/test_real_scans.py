@@ -165,3 +165,18 @@ def test_whole_necks_never_trained_on_are_cervical_with_the_canal_found_on_most_
     # named by their count from C2's body: 28 of 36 (7 of 36 counted from the top, before the foramen magnum)
     assert sum(s.names_right for s in scores) >= 28
     assert all(not s.disc_reference and s.c2_reference and s.discs_inside == 0 for s in scores)
+
+
+@pytest.mark.parametrize("order, flips", [((0, 1, 2), (False, False, True)), ((2, 0, 1), (True, False, True))])
+def test_a_neck_stored_head_first_or_sideways_is_named_from_its_foramen_magnum_the_same(package, scans, order,
+                                                                                          flips):
+    # the foramen magnum is read at the superior end of the canal whatever the file's slice order and axes
+    from test_volume import reindex
+
+    image = scans["sct_errsm_11_t2"].stack.image
+    reference = grade_image(image, package)[0]
+    moved = grade_image(reindex(image, order, flips), package)[0]
+    assert reference.study.names_anchored_by == moved.study.names_anchored_by == "foramen magnum"
+    assert [lv.name for lv in moved.levels] == [lv.name for lv in reference.levels]
+    assert np.allclose([lv.box.center for lv in moved.levels], [lv.box.center for lv in reference.levels],
+                       atol=1e-3)
