@@ -858,3 +858,28 @@ def test_lps_to_index_inverts_the_itk_mapping(raw, spacing, origin, index):
     assert np.allclose(lps_to_index(study, points), index, atol=1e-6)
     assert np.allclose(lps_to_index(study, points[0]), index[0], atol=1e-6)
     assert lps_to_index(study, points[0]).shape == (3,)
+
+
+@pytest.mark.parametrize("width, centre_i", [(60, 40.0), (400, 40.0), (400, 200.0), (400, 380.0)])
+def test_the_level_label_is_shown_whole_and_stays_on_its_own_panel(width, centre_i):
+    # a sagittal neck's axial reformat is about 50 mm across: its label must not be cut to "name u"
+    pytest.importorskip("matplotlib")
+    result = make_result()
+    level = result.levels[0]
+    level.name_anchored = False
+    level.box = OrientedBox(_point(result.study, centre_i, 44, 2), level.box.size, level.box.orientation)
+    picture = report_module._LevelPicture()
+    report_module._draw_level(picture.axes[0], picture.axes[1], level, result.study,
+                              np.random.default_rng(0).normal(300.0, 80.0, size=(300, width)))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(picture.figure)
+    canvas.draw()  # lays the image panels out at their aspect, as saving the PNG does
+    renderer = canvas.get_renderer()
+    label = next(t for t in picture.axes[0].texts if t.get_text().startswith("L3-L4"))
+    assert label.get_text() == "L3-L4 (not anchored)  A"
+    shown = label.get_window_extent(renderer)
+    if label.get_clip_on():  # clipped to the image: only what lies inside it is drawn
+        assert picture.axes[0].bbox.contains(shown.x0, shown.y0) and picture.axes[0].bbox.contains(shown.x1, shown.y1)
+    # on the left half of the figure, off the zoom panel
+    assert 0 <= shown.x0 and shown.x1 <= picture.axes[1].bbox.x0

@@ -254,9 +254,13 @@ def _draw_level(ax_full, ax_zoom, level: DiscLevel, study: StudyInfo, image: np.
     ax_full.imshow(image, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="antialiased")
     ax_full.add_patch(Rectangle((i0, j0), i1 - i0, j1 - j0, fill=False, edgecolor=color, linewidth=1.6))
     label_y = j0 - 0.02 * n_j if j0 > 0.12 * n_j else j1 + 0.02 * n_j
-    ax_full.text((i0 + i1) / 2, label_y, label, color=_text_color(color), fontsize=9, fontweight="bold",
-                 ha="center", va="bottom" if label_y < j0 else "top",
-                 bbox=dict(boxstyle="round,pad=0.2", facecolor=color, edgecolor="none", alpha=0.9), clip_on=True)
+    # not clipped to the image: a narrow one (a sagittal scan's reformat is 50 mm across) would cut the
+    # label to a few letters. Near a side of the image it runs inward, so it stays off the zoom panel.
+    label_x, label_ha = ((i1, "right") if (i0 + i1) / 2 > 2 * n_i / 3 else (i0, "left") if (i0 + i1) / 2 < n_i / 3
+                         else ((i0 + i1) / 2, "center"))
+    ax_full.text(label_x, label_y, label, color=_text_color(color), fontsize=9, fontweight="bold",
+                 ha=label_ha, va="bottom" if label_y < j0 else "top",
+                 bbox=dict(boxstyle="round,pad=0.2", facecolor=color, edgecolor="none", alpha=0.9), clip_on=False)
     _draw_letters(ax_full, letters, outline)
     ax_full.text(0.02, 0.02, f"slice {level.slice_index}", transform=ax_full.transAxes, color="#ddd", fontsize=7,
                  ha="left", va="bottom", path_effects=outline)
