@@ -16,6 +16,7 @@ from .inference.levels import (
     REGIONS,
     UNKNOWN_REGION,
     SliceCanal,
+    box_depth_mm,
     check_level_name,
     drop_cisterns,
     find_discs,
@@ -129,7 +130,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
             detection_score=c.score,
             measurements={
                 "canal_box_width_mm": (c.box_ij[2] - c.box_ij[0]) * stack.spacing[0],
-                "canal_box_depth_mm": (c.box_ij[3] - c.box_ij[1]) * stack.spacing[1],
+                "canal_box_depth_mm": box_depth_mm(c.box_ij, stack.spacing),
             },
             region=region_of_disc(name) if naming.anchored else region,
             name_anchored=naming.anchored,

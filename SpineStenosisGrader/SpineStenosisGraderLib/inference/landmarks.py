@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..study.volume import AxialStack
-from .levels import CISTERN_DEPTH_RATIO, SliceCanal
+from .levels import CISTERN_DEPTH_RATIO, SliceCanal, box_depth_mm
 
 #: cancellous bone and denser, in HU: well above muscle and disc (40-100 HU)
 BONE_HU = 150.0
@@ -236,7 +236,7 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
     is where the canal opens. No such run, no landmark: a study
     that ends below the skull base, or whose canal was not tracked up to it.
     """
-    depth = {c.slice_index: (c.box_ij[3] - c.box_ij[1]) * stack.spacing[1] for c in canals if c is not None}
+    depth = {c.slice_index: box_depth_mm(c.box_ij, stack.spacing) for c in canals if c is not None}
     dz = stack.spacing[2]
     if len(depth) * dz < FORAMEN_MIN_TRACK_MM:
         return None

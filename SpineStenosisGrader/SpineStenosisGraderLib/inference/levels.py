@@ -109,6 +109,11 @@ class LevelCandidate:
     placed_from: str = ""
 
 
+def box_depth_mm(box_ij: Sequence[float], pixel_spacing_mm: Sequence[float]) -> float:
+    """A canal box's depth, front to back, in mm: its extent along the rows (j) of the slice."""
+    return (box_ij[3] - box_ij[1]) * pixel_spacing_mm[1]
+
+
 def disc_profile(canals: Sequence[Optional[SliceCanal]], n_slices: int, min_score: float = 0.3) -> np.ndarray:
     """The detector's disc probability per slice; NaN where no canal was tracked (or too unsure a one)."""
     profile = np.full(n_slices, np.nan)
@@ -302,7 +307,7 @@ def drop_cisterns(levels: Sequence[LevelCandidate], pixel_spacing_mm: Sequence[f
     """
     if region != "cervical" or len(levels) < CISTERN_MIN_LEVELS:
         return list(levels), []
-    depth = [(lv.box_ij[3] - lv.box_ij[1]) * pixel_spacing_mm[1] for lv in levels]
+    depth = [box_depth_mm(lv.box_ij, pixel_spacing_mm) for lv in levels]
     median = float(np.median(depth))
     kept, warnings = [], []
     for level, d in zip(levels, depth):
@@ -418,10 +423,11 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
                        foramen_magnum_slice: Optional[int]) -> LevelNaming:
     kept = list(candidates)
     warnings: list[str] = []
-    if foramen_magnum_slice is not None:
-        def below_foramen_mm(c: LevelCandidate) -> float:
-            return (foramen_magnum_slice - c.slice_index) * slice_spacing_mm
 
+    def below_foramen_mm(c: LevelCandidate) -> float:
+        return (foramen_magnum_slice - c.slice_index) * slice_spacing_mm
+
+    if foramen_magnum_slice is not None:
         above_c2_c3 = [c for c in kept if below_foramen_mm(c) < C1_C2_BELOW_FORAMEN_MM]
         if above_c2_c3:
             warnings.append(f"{len(above_c2_c3)} disc-like place(s) less than {C1_C2_BELOW_FORAMEN_MM:.0f} mm below "
@@ -456,8 +462,8 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
                 f"Named from the sacrum: no disc was found just above it, and the lowest disc found lies "
                 f"{gap_mm:.0f} mm above the sacral alae, where L4-L5 is expected. Check L5-S1 on a sagittal "
                 "view."), warnings + ["L5-S1 was not found above the sacrum; the lowest level is taken as L4-L5."])
-    if foramen_magnum_slice is not None and region == "cervical":
-        below_mm = (foramen_magnum_slice - kept[-1].slice_index) * slice_spacing_mm
+    if foramen_magnum_slice is not None:
+        below_mm = below_foramen_mm(kept[-1])
         if below_mm <= C2_C3_BELOW_FORAMEN_MM:
             names = name_levels(n, "cervical", (-1, "C2-C3"))
             # low: the opening is read off the canal's depth, checked on four MR studies of the neck only

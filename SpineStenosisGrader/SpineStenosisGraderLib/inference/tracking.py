@@ -99,9 +99,9 @@ def _fill_faint_slices(chosen: list[Optional[SliceDetection]], candidates: Seque
     tracked = [k for k, c in enumerate(chosen) if c is not None]
     filled = list(chosen)
     for a, b in zip(tracked, tracked[1:]):
+        lo, hi = np.array(chosen[a].box_uv), np.array(chosen[b].box_uv)
         for k in range(a + 1, b):
             t = (k - a) / (b - a)
-            lo, hi = np.array(chosen[a].box_uv), np.array(chosen[b].box_uv)
             expected = (1 - t) * lo + t * hi
             size = expected[2:] - expected[:2]
             fits = []
