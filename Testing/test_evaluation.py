@@ -58,6 +58,19 @@ def test_a_level_is_false_far_from_every_disc_or_above_c2_when_only_c2_is_known(
     assert level_is_false(500.0, [], {"T2": 40.0}, 1.0) == (None, False)
 
 
+def test_a_level_above_the_labelled_discs_is_not_false_where_unlabelled_discs_lie_there():
+    # labels of L1-L2 (slice 30) down to L5-S1 (slice 10) on a study that reaches T12, 2 mm slices
+    discs = [10.0, 30.0]
+    assert level_is_false(46.0, discs, {}, 2.0, more_discs_above=True) == (32.0, False)
+    assert level_is_false(46.0, discs, {}, 2.0) == (32.0, True)
+    # below L5-S1 (in the sacrum) or between the labels, a level far from every disc is still false
+    assert level_is_false(0.0, discs, {}, 2.0, more_discs_above=True) == (20.0, True)
+    assert level_is_false(20.0, discs, {}, 2.0, more_discs_above=True) == (20.0, True)
+    # within 10 mm above L1-L2 it is L1-L2's, as anywhere
+    assert level_is_false(35.0, discs, {}, 2.0, more_discs_above=True) == (10.0, False)
+    assert level_is_false(36.0, discs, {}, 2.0, more_discs_above=True) == (12.0, False)
+
+
 def _thoracic_canal():
     # 1 mm pixels: a canal 16 mm deep (rows 10-25) whose 8 mm cord lies against its front (rows 10-17),
     # as in the thoracic spine; the reference is the cord alone

@@ -232,7 +232,8 @@ def _real_scan_table(scores, summary) -> str:
         if s.landmark_span:
             discs += (f"; {s.levels_between_landmarks} levels for the {s.discs_between_landmarks} discs "
                       f"between {s.landmark_span[0]} and {s.landmark_span[1]}")
-        lines.append(f"| {s.scan}{mark} | {s.hits}/{s.canal_slices} | {s.levels_on_canal}/{s.levels_checked} | "
+        canal = f"{s.hits}/{s.canal_slices}" if s.canal_slices else "no canal label"
+        lines.append(f"| {s.scan}{mark} | {canal} | {s.levels_on_canal}/{s.levels_checked} | "
                      f"{discs} | {false} | {names} | {s.region_true} -> {s.region_found} |")
     spans = "" if not any(s.landmark_span for s in scores) else (
         f"; {summary['levels_between_landmarks']} levels for the discs between landmarks")

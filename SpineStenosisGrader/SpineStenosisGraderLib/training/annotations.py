@@ -17,7 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..study.volume import AxialStack, load_stack, resample_like
+from ..study.volume import AxialStack, load_stack, resample_like, to_axial_stack
+from .matlab_volume import is_matlab_file, read_matlab_volume
 
 
 @dataclass
@@ -33,6 +34,9 @@ class AnnotatedScan:
     #: False when the labels count the discs but do not say which they are (an automatic
     #: segmentation of a crop): positions are scored, names are not
     disc_names_known: bool = True
+    #: True when discs above the highest labelled one lie in the study unlabelled (labels of L1-L2 to L5-S1 on a
+    #: study that reaches T12): a level found up there is not scored, neither found nor false
+    more_discs_above: bool = False
     use: str = "train"
     notes: str = ""
     boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
@@ -76,15 +80,32 @@ def canal_boxes(canal: np.ndarray, min_pixels: int = 4) -> dict[int, tuple[int, 
     return boxes
 
 
-def label_array(root: Path, spec: dict[str, Any], stack: AxialStack) -> np.ndarray:
+def read_catalogue_image(root: Path, spec: dict[str, Any], geometry: Optional[dict[str, Any]] = None) -> sitk.Image:
+    """A catalogue file as an image: any format SimpleITK reads, or a MATLAB array (``variable``) placed by
+    the entry's ``geometry``."""
+    path = root / spec["file"]
+    if not is_matlab_file(path):
+        return sitk.ReadImage(str(path))
+    if geometry is None or "variable" not in spec:
+        raise ValueError(f"{spec['file']} is a MATLAB file: its spec needs a 'variable', and its catalogue "
+                         "entry a 'geometry' (array_axes, spacing_mm).")
+    return read_matlab_volume(path, spec["variable"], geometry)
+
+
+def label_array(root: Path, spec: dict[str, Any], stack: AxialStack,
+                geometry: Optional[dict[str, Any]] = None) -> np.ndarray:
     """A catalogue label file on the stack's grid (nearest neighbour, or linear for a thresholded map)."""
-    image = sitk.ReadImage(str(root / spec["file"]))
+    image = read_catalogue_image(root, spec, geometry)
     nearest = "threshold" not in spec
     return sitk.GetArrayFromImage(resample_like(image, stack, nearest=nearest))
 
 
-def _canal_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> np.ndarray:
-    array = label_array(root, spec, stack)
+def _canal_from_spec(root: Path, spec: Optional[dict[str, Any]], stack: AxialStack,
+                     geometry: Optional[dict[str, Any]] = None) -> np.ndarray:
+    if spec is None:
+        # no canal label (disc labels alone): no slice has a reference canal
+        return np.zeros((stack.n_slices,) + stack.array.shape[1:], dtype=bool)
+    array = label_array(root, spec, stack, geometry)
     if "threshold" in spec:
         mask = array > float(spec["threshold"])
     elif spec.get("bone_holes"):
@@ -93,7 +114,7 @@ def _canal_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack) -> np.
     else:
         mask = np.isin(array, spec["labels"])
     for extra in spec.get("union", []):
-        mask |= _canal_from_spec(root, extra, stack)
+        mask |= _canal_from_spec(root, extra, stack, geometry)
     return mask
 
 
@@ -138,8 +159,8 @@ def _in_front_of_canal(canal: np.ndarray) -> Optional[np.ndarray]:
 
 
 def _discs_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack,
-                     canal: Optional[np.ndarray] = None) -> dict[str, float]:
-    array = label_array(root, spec, stack)
+                     canal: Optional[np.ndarray] = None, geometry: Optional[dict[str, Any]] = None) -> dict[str, float]:
+    array = label_array(root, spec, stack, geometry)
     names = {int(k): v for k, v in spec["labels"].items()}
     method = spec.get("method", "centroid_midpoint")
     kk = np.arange(array.shape[0], dtype=float)
@@ -213,15 +234,20 @@ def load_catalogue(path: Path) -> list[dict[str, Any]]:
 
 def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
     """Load one catalogue entry; paths in it are relative to ``root``."""
-    stack = load_stack(root / entry["image"])
-    canal = _canal_from_spec(root, entry["canal"], stack).astype(np.uint8)
-    discs = _discs_from_spec(root, entry["discs"], stack, canal) if entry.get("discs") else {}
+    image_spec = entry["image"] if isinstance(entry["image"], dict) else {"file": entry["image"]}
+    geometry = entry.get("geometry")
+    if is_matlab_file(root / image_spec["file"]):
+        stack = to_axial_stack(read_catalogue_image(root, image_spec, geometry), source=str(root / image_spec["file"]))
+    else:
+        stack = load_stack(root / image_spec["file"])
+    canal = _canal_from_spec(root, entry.get("canal"), stack, geometry).astype(np.uint8)
+    discs = _discs_from_spec(root, entry["discs"], stack, canal, geometry) if entry.get("discs") else {}
     training_method = entry.get("discs", {}).get("training_method")
-    training_discs = (_discs_from_spec(root, dict(entry["discs"], method=training_method), stack, canal)
+    training_discs = (_discs_from_spec(root, dict(entry["discs"], method=training_method), stack, canal, geometry)
                       if training_method else None)
     landmarks = {}
     if entry.get("landmarks"):
-        array = label_array(root, entry["landmarks"], stack)
+        array = label_array(root, entry["landmarks"], stack, geometry)
         for label, name in entry["landmarks"]["labels"].items():
             ks = np.nonzero(array == int(label))[0]
             if len(ks):
@@ -234,6 +260,7 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
         modality=entry["modality"],
         region=entry["region"],
         disc_names_known=bool(entry.get("discs", {}).get("named", True)),
+        more_discs_above=bool(entry.get("discs", {}).get("more_discs_above", False)),
         use=entry.get("use", "train"),
         notes=entry.get("notes", ""),
         tissues=list(entry.get("tissues", [])),

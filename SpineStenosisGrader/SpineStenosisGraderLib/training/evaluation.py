@@ -138,18 +138,27 @@ def trained_on(package: ModelPackage, scan_name: str) -> bool:
     return scan_name in training.get("detector_real_scans", [])
 
 
+def above_the_labelled_discs(level_slice: float, discs: Sequence[float], slice_spacing_mm: float) -> bool:
+    """Whether a level lies more than FALSE_LEVEL_MM above the highest labelled disc (slices run feet to head)."""
+    return bool(discs) and (level_slice - max(discs)) * slice_spacing_mm > FALSE_LEVEL_MM
+
+
 def level_is_false(level_slice: float, discs: Sequence[float], landmarks: dict[str, float],
-                   slice_spacing_mm: float) -> tuple[Optional[float], bool]:
+                   slice_spacing_mm: float, more_discs_above: bool = False) -> tuple[Optional[float], bool]:
     """(mm to the nearest disc or None, whether the level is false) for a level at ``level_slice``.
 
     With disc positions, a level farther than FALSE_LEVEL_MM from every disc is
-    false. Without them, where the labels mark C2's body, a level above its
-    middle is false: no disc lies there, as C2-C3, the highest, is below it
-    (slice indices run from the feet to the head). Otherwise nothing is called false.
+    false, unless ``more_discs_above`` (the labels stop below the study's top
+    disc, e.g. at L1-L2 in a study that reaches T12) and it lies above the
+    highest labelled disc: there it may be a disc no label marks. Without disc
+    positions, where the labels mark C2's body, a level above its middle is
+    false: no disc lies there, as C2-C3, the highest, is below it (slice indices
+    run from the feet to the head). Otherwise nothing is called false.
     """
     if discs:
         distance = min(abs(z - level_slice) for z in discs) * slice_spacing_mm
-        return distance, distance > FALSE_LEVEL_MM
+        unlabelled = more_discs_above and above_the_labelled_discs(level_slice, discs, slice_spacing_mm)
+        return distance, distance > FALSE_LEVEL_MM and not unlabelled
     return None, "C2" in landmarks and level_slice > landmarks["C2"]
 
 
@@ -230,12 +239,14 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         is_on = None if r is None else canal_hit(level_box, scan.boxes[r], scan.canal[r] > 0, spacing)
         on_canal += int(is_on is True)
         levels_checked += int(is_on is not None)
-        distance, false = level_is_false(level_slices[a], all_discs, scan.landmarks, dz)
+        distance, false = level_is_false(level_slices[a], all_discs, scan.landmarks, dz, scan.more_discs_above)
+        beyond_labels = scan.more_discs_above and above_the_labelled_discs(level_slices[a], all_discs, dz)
         false_levels += int(false)
         true_name = true_names[matched[a]] if a in matched and scan.disc_names_known else None
         names_right += int(true_name is not None and level.name == true_name)
         rows.append({"name": level.name, "slice": k, "on_canal": is_on,
                      "nearest_disc_mm": None if distance is None else round(distance, 1), "true_name": true_name,
+                     **({"above_the_labelled_discs": True} if beyond_labels else {}),
                      **({"above_c2": false} if c2_only else {})})
     errors = sorted(abs(level_slices[a] - true_slices[b]) * dz for a, b in matches)
     span = landmark_span(scan.landmarks)
@@ -270,7 +281,9 @@ def pooled(scores: Sequence[RealScanScore]) -> dict[str, Any]:
         "scans": len(scores),
         "canal_hit_fraction": round(sum(s.hits for s in scores) / slices, 4) if slices else None,
         "canal_hits": f"{sum(s.hits for s in scores)}/{slices}",
-        "worst_scan_hit_fraction": round(min(s.hit_fraction for s in scores), 4) if scores else None,
+        # a scan without a canal label (disc labels alone) has no hit rate
+        "worst_scan_hit_fraction": (round(min(s.hit_fraction for s in scores if s.canal_slices), 4)
+                                    if slices else None),
         "levels_on_canal": f"{sum(s.levels_on_canal for s in scores)}/{sum(s.levels_checked for s in scores)}",
         "levels_without_a_reference_near": sum(s.levels - s.levels_checked for s in scores),
         "region_right": f"{sum(s.region_true == s.region_found for s in scores)}/{len(scores)}",
