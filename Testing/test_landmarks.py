@@ -1,6 +1,7 @@
 """Discs read from the image in front of the canal: gaps between endplates on CT, dark bands on MR."""
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -89,6 +90,15 @@ def test_on_mr_the_dark_bands_in_the_vertebral_column_are_the_discs_not_the_midd
     discs = [1, 16, 31, 46, 61, 78]
     stack, canals = spine_mr(cervical_column(discs, 80))
     assert np.nonzero(dark_bands(stack, canals))[0].tolist() == discs
+
+
+@pytest.mark.parametrize("slice_mm,disc_mm,spread", [(1.0, 10.0, 2), (1.0, 6.0, 1), (3.0, 10.0, 0), (1.0, 0.0, 0)])
+def test_a_band_marks_the_slices_within_a_quarter_of_a_disc_either_side(slice_mm, disc_mm, spread):
+    # one darkest slice per disc, which a smoothing over the evidence would all but erase on thin slices
+    discs = [1, 16, 31, 46, 61, 78]
+    stack, canals = spine_mr(cervical_column(discs, 80), slice_mm=slice_mm)
+    marked = np.nonzero(dark_bands(stack, canals, disc_mm))[0].tolist()
+    assert marked == sorted({k for d in discs for k in range(d - spread, d + spread + 1) if 0 <= k < 80})
 
 
 def test_a_column_without_marrow_contrast_has_no_band():

@@ -214,6 +214,19 @@ def test_a_gap_between_endplates_outweighs_the_detector():
     assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 40, 3.0, "lumbar", gaps)] == [8, 20, 32]
 
 
+def test_a_gap_on_a_faint_slice_of_the_tube_is_a_disc_but_its_detector_probability_is_not():
+    # the detector is unsure of the canal at a disc (slices 19-21, and 26 in a body), and there it says
+    # "disc" with 0.9: the tube lets the faint boxes in, the image's gap at 20 makes the disc, and 26, with
+    # no gap, stays a body
+    probabilities = np.full(40, 0.2)
+    canals = profile_canals(probabilities)
+    for k in (19, 20, 21, 26):
+        canals[k] = SliceCanal(k, canals[k].box_ij, 0.1, 0.9)
+    gaps = np.zeros(40)
+    gaps[[8, 20, 32]] = 1.0
+    assert [lv.slice_index for lv in find_discs(canals, 40, 3.0, "unknown", gaps)] == [8, 20, 32]
+
+
 def test_of_two_discs_too_close_the_surer_disc_stays_however_sure_its_canal():
     probabilities = np.full(40, 0.1)
     probabilities[[10, 14, 30]] = [0.9, 0.6, 0.9]

@@ -145,16 +145,17 @@ def test_whole_necks_never_trained_on_are_cervical_with_the_canal_found_on_most_
     assert all(s.hit_fraction >= 0.85 for s in scores)
     assert sum(s.levels_on_canal for s in scores) >= 0.9 * sum(s.levels_checked for s in scores)
     # between the points at C2 and T2 lie 7 discs. The detector's disc evidence is weak on these 1 mm
-    # reformats; with the dark bands of the vertebral column (MR), 4 necks get exactly 7 levels there and one
-    # gets 8 (36 levels); without them, 30, and one neck has no level between C2 and C6
+    # reformats; with the dark bands of the vertebral column (MR), each marking the slices within a quarter of
+    # a disc's height of it, every neck gets exactly 7 levels there. Bands of one slice each gave 4 necks 7
+    # levels and one 8; no bands, 30 levels, and one neck had no level between C2 and C6
     assert all(s.landmark_span == ("C2", "T2") and s.discs_between_landmarks == 7 for s in scores)
-    assert sum(s.levels_between_landmarks == 7 for s in scores) >= 4
-    assert 34 <= sum(s.levels_between_landmarks for s in scores) <= 37
+    assert all(s.levels_between_landmarks == 7 for s in scores)
     # above C2 the dens and C1 show dark bands too; the levels in the cisterna magna, far deeper than the canal,
     # are dropped (7 false levels above C2 without). Three necks reach the foramen magnum: the bands less than
     # 25 mm below it are dropped (4 false levels without), and the highest disc is named C2-C3 from it. The
-    # point at C2 lies in C2's body, so C2-C3 is the highest level below it, within a cervical vertebra
-    assert sum(s.false_levels for s in scores) <= 1
+    # point at C2 lies in C2's body, so C2-C3 is the highest level below it, within a cervical vertebra. The
+    # neck that does not reach the cisterna (errsm_23) kept a level in C2 with one-slice bands
+    assert sum(s.false_levels for s in scores) == 0
     from_foramen = [s for s in scores if s.names_anchored_by == "foramen magnum"]
     assert len(from_foramen) >= 3
     for score, scan in ((s, scans[s.scan]) for s in from_foramen):
@@ -162,9 +163,33 @@ def test_whole_necks_never_trained_on_are_cervical_with_the_canal_found_on_most_
         assert highest["name"] == "C2-C3" and not highest["above_c2"]
         assert (scan.landmarks["C2"] - highest["slice"]) * scan.stack.spacing[2] <= 16.0
         assert score.names_right == score.names_checked == 7  # by their count below C2's body
-    # named by their count from C2's body: 28 of 36 (7 of 36 counted from the top, before the foramen magnum)
-    assert sum(s.names_right for s in scores) >= 28
+    # named by their count from C2's body: all 35 (28 of 36 with one-slice bands; 7 of 36 counted from the
+    # top, before the foramen magnum)
+    assert sum(s.names_right for s in scores) == 35
     assert all(not s.disc_reference and s.c2_reference and s.discs_inside == 0 for s in scores)
+
+
+def test_lumbar_mrs_never_trained_on_are_lumbar_with_their_discs_found(package, scans):
+    # five sagittal T2 scans of healthy lumbar spines (4.4 mm slices, 67 mm left to right), graded as their
+    # axial reformats; the labels mark L1-L2 to L5-S1 and no canal. The detector is unsure of the canal right
+    # at the discs here (boxes scoring under 0.3, let in by the tube), and their one-slice dark bands vanish in
+    # the smoothing: counting the bands on those faint slices and marking the slices within a quarter of a
+    # disc's height of each finds 23 of the 25 discs (18 before, 16 and 21 with one of the two alone)
+    lumbar = [scans[f"fastcleverseg_ivd_{n}"] for n in (11, 20, 25, 42, 46)]
+    scores = [score_real_scan(package, scan) for scan in lumbar]
+    assert not any(s.trained_on for s in scores)
+    # a lumbar study is never called cervical; one of them showed a clear sac of roots on only 60-70% of its
+    # slices and was "unknown" before
+    assert [s.region_found for s in scores] == ["lumbar"] * 5
+    assert sum(s.discs_inside for s in scores) == 25
+    assert sum(s.discs_found for s in scores) >= 23
+    assert max(e for s in scores for e in s.disc_errors_mm) <= 8.0
+    # one level lies in the sacrum, 12.5 mm below L5-S1 (fastcleverseg_ivd_20): no MR sacrum landmark yet
+    assert sum(s.false_levels for s in scores) <= 1
+    # the names are counted from the lowest level, not anchored: right where no level lies in the sacrum and
+    # L5-S1 is found (3 scans)
+    assert all(not s.names_anchored_by for s in scores)
+    assert sum(s.names_right == s.names_checked == 5 for s in scores) >= 3
 
 
 @pytest.mark.parametrize("order, flips", [((0, 1, 2), (False, False, True)), ((2, 0, 1), (True, False, True))])

@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from SpineStenosisGraderLib.inference.landmarks import Landmark, VertebralBone
 from SpineStenosisGraderLib.inference.levels import SliceCanal
-from SpineStenosisGraderLib.inference.region import infer_region
+from SpineStenosisGraderLib.inference.region import ROOTS_MIN_SAC_FILL, canal_contents, infer_region
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
 
@@ -57,10 +57,12 @@ def test_vertebral_bodies_tell_the_region_on_ct_and_the_sacrum_makes_it_lumbar()
 
 
 def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=False, grey_matter=False, clump_mm=0,
-                touching_from=None):
+                touching_from=None, hazy_from=None):
     """A T2 MR crop (1 mm pixels, no body outline) whose canal, 20 x 14 mm, holds a cord ``cord_mm`` across, or none.
 
     From slice ``touching_from`` on, the cord spans the canal from side to side, CSF only in front and behind.
+    From slice ``hazy_from`` on, a dark smear 5 mm wide (too narrow for a cord) fills the sac's middle, as where a
+    thick slice averages the roots: no cord, and no solid sac either.
     """
     n = 80
     j, i = np.mgrid[0:n, 0:n]
@@ -79,6 +81,8 @@ def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=F
     volume = np.repeat(image[None], slices, axis=0).astype(np.float32)
     if touching_from is not None:
         volume[touching_from:, ((i - 40) / 10.0) ** 2 + ((j - 40) / 4.0) ** 2 <= 1.0] = cord
+    if hazy_from is not None:
+        volume[hazy_from:, 34:46, 38:43] = cord
     volume[:, :, 0] = 5.0
     itk = sitk.GetImageFromArray(volume)
     itk.SetSpacing((1.0, 1.0, 3.0))
@@ -115,6 +119,17 @@ def test_a_sac_of_nerve_roots_is_lumbar(clump_mm):
     estimate = infer_region(stack, "MR", canals, [], None)
     assert estimate.region == "lumbar" and estimate.confidence == "low"
     assert any("no cord" in e for e in estimate.evidence)
+
+
+@pytest.mark.parametrize("roots_on,region", [(8, "lumbar"), (7, "unknown")])
+def test_a_sac_of_roots_on_most_slices_and_no_cord_on_any_is_lumbar(roots_on, region):
+    # a 4.4 mm sagittal series reformatted to axial blurs the roots on some slices: 8 of 12 slices with a
+    # clear sac of roots (two thirds) are enough, 7 (under 60%) are not
+    stack, canals = canal_study(0.0, roots=True, hazy_from=roots_on)
+    hazy = canal_contents(stack, canals[-1])
+    assert hazy.cord_width_mm == 0 and hazy.sac_fill < ROOTS_MIN_SAC_FILL
+    assert canal_contents(stack, canals[0]).sac_fill >= ROOTS_MIN_SAC_FILL
+    assert infer_region(stack, "MR", canals, [], None).region == region
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -110,7 +110,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         warnings += package.compatibility_mismatches("", region)
     # the disc seen in the image, whatever the detector thinks of the slice: a gap in the bone on CT, a dark band
     # in the vertebral column on MR
-    gaps = endplate_gaps(stack, canals) if modality == "CT" else dark_bands(stack, canals)
+    gaps = endplate_gaps(stack, canals) if modality == "CT" else dark_bands(stack, canals, DISC_HEIGHT_MM[region])
     sacrum_top = sacrum.top_slice if sacrum else None
     discs, cistern_warnings = drop_cisterns(find_discs(canals, stack.n_slices, dz, region, gaps,
                                                        sacrum_top_slice=sacrum_top), stack.spacing, region)

@@ -180,7 +180,7 @@ def _running_percentile(values: np.ndarray, half: int, quantile: float) -> np.nd
     return np.array([np.percentile(values[s:s + size], quantile) for s in starts])
 
 
-def dark_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:
+def dark_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_height_mm: float = 0.0) -> np.ndarray:
     """Per slice, 1 where the vertebral column in front of the canal (MR) has a dark band: a disc.
 
     On T2 MR the marrow of a vertebral body is brighter than a disc's endplates
@@ -203,7 +203,10 @@ def dark_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.
     for k in tracked:
         neighbours = darkness[max(0, k - 1)], darkness[min(stack.n_slices - 1, k + 1)]
         bands[k] = float(marrow[k] > 0 and darkness[k] >= BAND_DEPTH_FRACTION and darkness[k] >= max(neighbours))
-    return bands
+    # a band is the one darkest slice of a disc, whose evidence a smoothing over a slice or two would erase:
+    # it marks the slices within a quarter of the disc's height either side
+    spread = int(disc_height_mm / 4.0 // stack.spacing[2])
+    return ndimage.maximum_filter1d(bands, 2 * spread + 1) if spread else bands
 
 
 def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:

@@ -131,10 +131,13 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     The evidence is the detector's disc probability. ``endplate_gaps`` (1 per
     slice where the image itself shows a disc: on CT a gap in the bone between
     two endplates, on MR a dark band in the vertebral column; see
-    ``landmarks``) raises it. A peak must rise MIN_PEAK_RISE above the profile's running
-    baseline, so a detector that is unsure on an unfamiliar contrast still
-    places the discs where its probability rises, and a profile that is high
-    everywhere yields none. Peaks closer than the region's shortest vertebra are
+    ``landmarks``) raises it, also on a slice whose canal box is faint (below
+    ``min_score``, let in by the tracking's tube): the detector is often unsure
+    of the canal right at a disc, so there its probability is not used. A
+    peak must rise MIN_PEAK_RISE above the profile's running baseline, so a
+    detector that is unsure on an unfamiliar contrast still places the discs
+    where its probability rises, and a profile that is high everywhere yields
+    none. Peaks closer than the region's shortest vertebra are
     one disc, and the stronger one stays; an end of the study where the evidence
     still rises competes too, as a disc past the end. Where two discs lie a
     whole vertebra too far apart, the one between is placed from their spacing.
@@ -143,12 +146,17 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     found there.
     """
     profile = disc_profile(canals, n_slices, min_score)
-    tracked = np.nonzero(~np.isnan(profile))[0]
-    if len(tracked) == 0:
+    confident = np.nonzero(~np.isnan(profile))[0]
+    if len(confident) == 0:
         return []
     by_slice = {c.slice_index: c for c in canals if c is not None}
     gaps = np.zeros(n_slices) if endplate_gaps is None else np.asarray(endplate_gaps, dtype=float)
-    evidence = profile.copy()
+    # a faint box the tube let in lies on the canal, so the image's own disc sign there (a gap in the bone, a
+    # dark band) counts; its detector probability does not, and the confident neighbours' stands in for it
+    tracked = np.array(sorted(by_slice), dtype=int)
+    tracked = tracked[(tracked >= confident[0]) & (tracked <= confident[-1])]
+    profile = np.interp(np.arange(n_slices), confident, profile[confident])
+    evidence = np.full(n_slices, np.nan)
     evidence[tracked] = np.maximum(profile[tracked],
                                    (1.0 - ENDPLATE_WEIGHT) * profile[tracked] + ENDPLATE_WEIGHT * gaps[tracked])
     # untracked slices between tracked ones take their neighbours' value, so the filters see a continuous spine
