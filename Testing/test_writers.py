@@ -883,3 +883,7 @@ def test_the_level_label_is_shown_whole_and_stays_on_its_own_panel(width, centre
         assert picture.axes[0].bbox.contains(shown.x0, shown.y0) and picture.axes[0].bbox.contains(shown.x1, shown.y1)
     # on the left half of the figure, off the zoom panel
     assert 0 <= shown.x0 and shown.x1 <= picture.axes[1].bbox.x0
+    # and over the orientation letters, which a narrow image's label covers (the R of a lumbar MR reformat
+    # was drawn across its "L1-L2")
+    letters = [t for t in picture.axes[0].texts if t.get_text() in ("R", "L", "A", "P", "S", "I")]
+    assert len(letters) == 4 and all(label.get_zorder() > t.get_zorder() for t in letters)

@@ -38,6 +38,8 @@ MR_PERCENTILES = (1.0, 99.0)
 #: and never less than ZOOM_MIN_MARGIN_MM
 ZOOM_MARGIN = 0.6
 ZOOM_MIN_MARGIN_MM = 12.0
+#: a level's label is drawn above the orientation letters (text's default, 3)
+LABEL_ZORDER = 4
 
 _UNIT_SUFFIXES = (("mm2", "mm2"), ("mm3", "mm3"), ("mm", "mm"), ("pct", "%"), ("percent", "%"), ("deg", "deg"))
 _UNIT_HTML = {"mm2": "mm\u00b2", "mm3": "mm\u00b3", "deg": "\u00b0"}
@@ -255,12 +257,14 @@ def _draw_level(ax_full, ax_zoom, level: DiscLevel, study: StudyInfo, image: np.
     ax_full.add_patch(Rectangle((i0, j0), i1 - i0, j1 - j0, fill=False, edgecolor=color, linewidth=1.6))
     label_y = j0 - 0.02 * n_j if j0 > 0.12 * n_j else j1 + 0.02 * n_j
     # not clipped to the image: a narrow one (a sagittal scan's reformat is 50 mm across) would cut the
-    # label to a few letters. Near a side of the image it runs inward, so it stays off the zoom panel.
+    # label to a few letters. Near a side of the image it runs inward, so it stays off the zoom panel. It is
+    # drawn over the orientation letters: on a narrow image the side letters fall under it.
     label_x, label_ha = ((i1, "right") if (i0 + i1) / 2 > 2 * n_i / 3 else (i0, "left") if (i0 + i1) / 2 < n_i / 3
                          else ((i0 + i1) / 2, "center"))
     ax_full.text(label_x, label_y, label, color=_text_color(color), fontsize=9, fontweight="bold",
                  ha=label_ha, va="bottom" if label_y < j0 else "top",
-                 bbox=dict(boxstyle="round,pad=0.2", facecolor=color, edgecolor="none", alpha=0.9), clip_on=False)
+                 bbox=dict(boxstyle="round,pad=0.2", facecolor=color, edgecolor="none", alpha=0.9), clip_on=False,
+                 zorder=LABEL_ZORDER)
     _draw_letters(ax_full, letters, outline)
     ax_full.text(0.02, 0.02, f"slice {level.slice_index}", transform=ax_full.transAxes, color="#ddd", fontsize=7,
                  ha="left", va="bottom", path_effects=outline)
