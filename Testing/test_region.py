@@ -132,6 +132,28 @@ def test_a_sac_of_roots_on_most_slices_and_no_cord_on_any_is_lumbar(roots_on, re
     assert infer_region(stack, "MR", canals, [], None).region == region
 
 
+@pytest.mark.parametrize("csf,region", [(330.0, "lumbar"), (200.0, "unknown")])
+def test_a_fast_spin_echo_t2_whose_csf_is_twice_as_bright_as_around_it_is_still_read(csf, region):
+    # bright fat around the canal: CSF 330 over tissue 150 is about 2 times as bright as the canal's
+    # surroundings, under the 3 of a T2 with dark fat, but the sac of roots is plain. CSF under 1.6 times as
+    # bright (200) is read as no T2 at all
+    stack, canals = canal_study(0.0, csf=csf, roots=True)
+    estimate = infer_region(stack, "MR", canals, [], None)
+    assert estimate.region == region
+
+
+def test_where_the_canal_reaches_a_t2_contrast_its_fainter_slices_are_not_read():
+    # a neck of 40 slices: on 24 its CSF is bright, and the cord is read where the CSF surrounds it (10 of
+    # them); on the other 16, a faint chest end, the cord is unseen. Read on the bright slices only, the cord
+    # shows on 10 of 24 and the neck is cervical; read on all 40 alike, on 10 of 40, too few to say
+    stack, canals = canal_study(13.0, slices=24, touching_from=10)
+    faint = canal_study(0.0, csf=330.0, roots=True, slices=16)[0].array
+    image = sitk.GetImageFromArray(np.concatenate([stack.array, faint]).astype(np.float32))
+    image.SetSpacing((1.0, 1.0, 3.0))
+    canals = [SliceCanal(k, canals[0].box_ij, 0.9, 0.1) for k in range(40)]
+    assert infer_region(to_axial_stack(image), "MR", canals, [], None).region == "cervical"
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(cord_mm=8.0),  # a thoracic cord or the conus: not cervical, and not lumbar either
     dict(cord_mm=13.0, cord=630.0),  # a T2* cord too bright (0.7 of the CSF) to be seen as one: never lumbar

@@ -45,6 +45,10 @@ CT_BODY_HU = -400.0
 MR_BODY_FRACTION = 0.08
 
 
+#: a T2 study whose canal never reaches T2_CSF_CONTRAST (a fast spin-echo T2, whose fat is bright too: its
+#: CSF is about 2 times as bright as 15 mm around the canal, where CT and T1 stay under 1) is read from the
+#: slices where the CSF is at least this many times brighter
+FAST_SPIN_ECHO_CSF_CONTRAST = 1.6
 #: a cord is the dark (below this fraction of the CSF) blob at the canal's centre, enclosed by CSF
 CORD_FRACTION_OF_CSF = 0.6
 #: narrower dark blobs are nerve roots (or a clump of them), not a cord: the conus is 8 mm or more across
@@ -126,6 +130,8 @@ def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional
     """("cervical", why) for a wide cord in bright CSF, ("lumbar", why) for a sac of roots, None otherwise."""
     readings = [r for c in canals if c is not None for r in [canal_contents(stack, c)] if r is not None]
     t2 = [r for r in readings if r.csf_contrast >= T2_CSF_CONTRAST]
+    if len(t2) < MIN_CANAL_READINGS or len(t2) < 0.5 * len(readings):
+        t2 = [r for r in readings if r.csf_contrast >= FAST_SPIN_ECHO_CSF_CONTRAST]
     if len(t2) < MIN_CANAL_READINGS or len(t2) < 0.5 * len(readings):
         return None  # not a T2 contrast (or too few slices): what is dark in the canal says nothing
     cords = [r.cord_width_mm for r in t2 if r.cord_width_mm > 0]
