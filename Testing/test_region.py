@@ -132,12 +132,13 @@ def test_a_sac_of_roots_on_most_slices_and_no_cord_on_any_is_lumbar(roots_on, re
     assert infer_region(stack, "MR", canals, [], None).region == region
 
 
-@pytest.mark.parametrize("csf,region", [(330.0, "lumbar"), (200.0, "unknown")])
-def test_a_fast_spin_echo_t2_whose_csf_is_twice_as_bright_as_around_it_is_still_read(csf, region):
+@pytest.mark.parametrize("csf,cord_mm,region", [(330.0, 0.0, "lumbar"), (200.0, 0.0, "unknown"),
+                                                 (330.0, 13.0, "unknown"), (900.0, 13.0, "cervical")])
+def test_a_fast_spin_echo_t2_whose_csf_is_twice_as_bright_as_around_it_is_still_read(csf, cord_mm, region):
     # bright fat around the canal: CSF 330 over tissue 150 is about 2 times as bright as the canal's
     # surroundings, under the 3 of a T2 with dark fat, but the sac of roots is plain. CSF under 1.6 times as
-    # bright (200) is read as no T2 at all
-    stack, canals = canal_study(0.0, csf=csf, roots=True)
+    # bright (200) is read as no T2 at all. A wide dark blob in such faint CSF is not taken for a cervical cord
+    stack, canals = canal_study(cord_mm, csf=csf, cord=100.0, roots=not cord_mm)
     estimate = infer_region(stack, "MR", canals, [], None)
     assert estimate.region == region
 

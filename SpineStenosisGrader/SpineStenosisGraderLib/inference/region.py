@@ -130,14 +130,17 @@ def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional
     """("cervical", why) for a wide cord in bright CSF, ("lumbar", why) for a sac of roots, None otherwise."""
     readings = [r for c in canals if c is not None for r in [canal_contents(stack, c)] if r is not None]
     t2 = [r for r in readings if r.csf_contrast >= T2_CSF_CONTRAST]
-    if len(t2) < MIN_CANAL_READINGS or len(t2) < 0.5 * len(readings):
+    fast_spin_echo = len(t2) < MIN_CANAL_READINGS or len(t2) < 0.5 * len(readings)
+    if fast_spin_echo:
         t2 = [r for r in readings if r.csf_contrast >= FAST_SPIN_ECHO_CSF_CONTRAST]
     if len(t2) < MIN_CANAL_READINGS or len(t2) < 0.5 * len(readings):
         return None  # not a T2 contrast (or too few slices): what is dark in the canal says nothing
     cords = [r.cord_width_mm for r in t2 if r.cord_width_mm > 0]
     if len(cords) >= CERVICAL_CORD_SHARE * len(t2):
         width = float(np.median(cords))
-        if width >= CERVICAL_CORD_MIN_WIDTH_MM:
+        # against CSF only twice as bright as its surroundings, a dark blob may be clumped roots or the
+        # sacral canal's fat (16 mm "cords" in a lumbar MR's lowest 40 mm): it says lumbar, never cervical
+        if width >= CERVICAL_CORD_MIN_WIDTH_MM and not fast_spin_echo:
             return "cervical", f"a spinal cord {width:.0f} mm across in the canal on {len(cords)} of {len(t2)} slices"
         return None  # a thoracic cord or the conus: the cord alone does not tell which
     roots = [r for r in t2 if r.cord_width_mm == 0 and r.sac_fill >= ROOTS_MIN_SAC_FILL]
