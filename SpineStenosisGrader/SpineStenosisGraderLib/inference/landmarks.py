@@ -188,7 +188,9 @@ def dark_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_h
     (on T1 the fatty marrow is brighter still; no T1 scan has been checked). A band is a slice
     darker than the marrow around it by BAND_DEPTH_FRACTION, and at least as
     dark as its neighbours. The intensity is compared within the study only,
-    so the MR's arbitrary scale does not matter.
+    so the MR's arbitrary scale does not matter. Each band also marks the slices
+    within a quarter of ``disc_height_mm`` (the region's disc height) on either
+    side of it; with 0, its own slice alone.
     """
     bands = np.zeros(stack.n_slices)
     column = disc_back_density(stack, canals, BAND_DEPTH_MM, BAND_HALF_WIDTH_MM)
