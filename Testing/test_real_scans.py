@@ -119,6 +119,18 @@ def test_a_short_series_still_gets_its_level(package):
     assert not level.name_anchored  # no sacrum in 42 mm: the name is a count, and says so
 
 
+def test_the_sacral_end_of_a_lumbar_mr_is_never_cervical(package, scans):
+    # the lowest 40 mm of a lumbar MR validation scan (L5-S1 and the sacrum): its CSF is faint, so the canal
+    # is read at the fast spin-echo contrast, where the sacral canal looked like a "cord" 16 mm across on 8
+    # of 14 slices and was called cervical until that reading was kept from saying cervical
+    from SpineStenosisGraderLib.training.series_variants import cut
+
+    scan = scans["fastcleverseg_ivd_42"]
+    result = grade_stack(cut(scan.stack, 6, 46), package, modality="MR")
+    assert result.study.region != "cervical"
+    assert not any(level.name.startswith("C") for level in result.levels)
+
+
 def test_the_evaluation_scores_the_sample_as_measured(package, scans):
     score = score_real_scan(package, scans["totalsegmentator_ct"])
     assert score.trained_on  # the default package learned from the sample: a fit, not a test
