@@ -26,7 +26,8 @@ from SpineStenosisGraderLib.packages.package import load_default_package  # noqa
 from SpineStenosisGraderLib.pipeline import grade_stack  # noqa: E402
 from SpineStenosisGraderLib.study.volume import to_axial_stack  # noqa: E402
 from SpineStenosisGraderLib.training.annotations import BODY_EXTENT_SHARE  # noqa: E402
-from SpineStenosisGraderLib.training.evaluation import DISC_FOUND_MM, FALSE_LEVEL_MM  # noqa: E402
+from SpineStenosisGraderLib.training.evaluation import (  # noqa: E402
+    DISC_FOUND_MM, FALSE_LEVEL_MM, above_the_labelled_discs, match_levels)
 from SpineStenosisGraderLib.training.matlab_volume import read_matlab_volume  # noqa: E402
 
 #: as for the lumbar validation scans: rows from head to feet, columns from front to back, 1 mm
@@ -51,16 +52,12 @@ def score(path: Path, package) -> dict:
     dz = stack.spacing[2]
     result = grade_stack(stack, package, modality="MR")
     levels = [(level.name, level.slice_index) for level in result.levels]
-    found, taken = 0, set()
-    for z in discs.values():
-        near = sorted((abs(k - z) * dz, a) for a, (_, k) in enumerate(levels) if a not in taken)
-        if near and near[0][0] <= DISC_FOUND_MM:
-            found += 1
-            taken.add(near[0][1])
+    # matched as `evaluate` matches them: one to one, closest pairs first
+    found = len(match_levels([float(k) for _, k in levels], list(discs.values()), DISC_FOUND_MM / dz))
     false, matched, right = 0, 0, 0
-    lowest, highest = min(discs.values()), max(discs.values())
+    lowest = min(discs.values())
     for name, k in levels:
-        if (k - highest) * dz > FALSE_LEVEL_MM:
+        if above_the_labelled_discs(k, list(discs.values()), dz):
             continue  # above T11-T12: discs no label marks
         if (lowest - k) * dz > FALSE_LEVEL_MM and (extents[0][1] - k) * dz <= L5_S1_BELOW_BODY_MM:
             continue  # where L5-S1 lies

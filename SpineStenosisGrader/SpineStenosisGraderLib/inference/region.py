@@ -129,11 +129,17 @@ def _sac_fill(bright: np.ndarray) -> float:
 def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[tuple[str, str]]:
     """("cervical", why) for a wide cord in bright CSF, ("lumbar", why) for a sac of roots, None otherwise."""
     readings = [r for c in canals if c is not None for r in [canal_contents(stack, c)] if r is not None]
-    t2 = [r for r in readings if r.csf_contrast >= T2_CSF_CONTRAST]
-    fast_spin_echo = len(t2) < MIN_CANAL_READINGS or len(t2) < 0.5 * len(readings)
+
+    def bright_enough(contrast: float) -> list[CanalContents]:
+        """The readings whose CSF is ``contrast`` times as bright as around it, if enough of them to say anything."""
+        bright = [r for r in readings if r.csf_contrast >= contrast]
+        return bright if len(bright) >= MIN_CANAL_READINGS and len(bright) >= 0.5 * len(readings) else []
+
+    t2 = bright_enough(T2_CSF_CONTRAST)
+    fast_spin_echo = not t2
     if fast_spin_echo:
-        t2 = [r for r in readings if r.csf_contrast >= FAST_SPIN_ECHO_CSF_CONTRAST]
-    if len(t2) < MIN_CANAL_READINGS or len(t2) < 0.5 * len(readings):
+        t2 = bright_enough(FAST_SPIN_ECHO_CSF_CONTRAST)
+    if not t2:
         return None  # not a T2 contrast (or too few slices): what is dark in the canal says nothing
     cords = [r.cord_width_mm for r in t2 if r.cord_width_mm > 0]
     if len(cords) >= CERVICAL_CORD_SHARE * len(t2):
