@@ -143,6 +143,32 @@ def test_a_fast_spin_echo_t2_whose_csf_is_twice_as_bright_as_around_it_is_still_
     assert estimate.region == region
 
 
+def mixed_canal_study(csf, roots, cords, hazy):
+    """A canal of ``roots`` slices with a plain sac of roots, ``cords`` with an 8 mm cord, ``hazy`` with neither."""
+    kinds = [(roots, dict(cord_mm=0.0, roots=True)), (cords, dict(cord_mm=8.0)),
+             (hazy, dict(cord_mm=0.0, roots=True, hazy_from=0))]
+    parts = [canal_study(csf=csf, cord=100.0, slices=n, **kind)[0].array for n, kind in kinds if n]
+    image = sitk.GetImageFromArray(np.concatenate(parts).astype(np.float32))
+    image.SetSpacing((1.0, 1.0, 3.0))
+    n = roots + cords + hazy
+    return to_axial_stack(image), [SliceCanal(k, (30.0, 33.0, 51.0, 48.0), 0.9, 0.1) for k in range(n)]
+
+
+@pytest.mark.parametrize("csf,roots,cords,region", [
+    (330.0, 10, 3, "lumbar"),  # fast spin-echo: roots on half the slices, "cords" on 3 of 20
+    (330.0, 10, 5, "unknown"),  # a cord on a quarter of the slices: perhaps the thoracic spine
+    (330.0, 8, 0, "unknown"),  # roots on 8 of 20 slices are too few
+    (900.0, 10, 0, "unknown"),  # a T2 with dark fat still needs roots on 60% of the slices
+    (900.0, 13, 3, "unknown"),  # and a cord on no more than one slice in ten
+    (900.0, 14, 2, "lumbar"),
+])
+def test_a_fast_spin_echo_sac_needs_roots_on_fewer_slices_than_a_t2_with_dark_fat(csf, roots, cords, region):
+    # a fast spin-echo T2's epidural fat is nearly as bright as its CSF, so its sac of roots is plain on fewer
+    # slices, and clumped roots look like a cord on more; the rest of the 20 slices show neither
+    stack, canals = mixed_canal_study(csf, roots, cords, 20 - roots - cords)
+    assert infer_region(stack, "MR", canals, [], None).region == region
+
+
 def test_where_the_canal_reaches_a_t2_contrast_its_fainter_slices_are_not_read():
     # a neck of 40 slices: on 24 its CSF is bright, and the cord is read where the CSF surrounds it (10 of
     # them); on the other 16, a faint chest end, the cord is unseen. Read on the bright slices only, the cord

@@ -64,6 +64,15 @@ ROOTS_MIN_SAC_FILL = 0.55
 #: tells a cervical or thoracic study); a sagittal series of 4.4 mm slices reformatted to axial blurs the
 #: roots into the sac's middle on a third of its slices
 ROOTS_SHARE = 0.6
+#: more than this share of slices with a cord rules lumbar out
+LUMBAR_MAX_CORD_SHARE = 0.1
+#: read at the fast spin-echo contrast, the epidural fat is nearly as bright as the CSF: the brightest blob
+#: takes in fat and fills its box less on many slices, and a clump of roots or fat shows as a dark "cord"
+#: against the faint CSF. A sac of roots on under half the slices is enough there, and "cords" on up to one
+#: in five do not rule lumbar out; such a reading never says cervical, and a cord on 30% of the slices
+#: still says nothing (CERVICAL_CORD_SHARE), so a thoracic cord is not taken for roots
+FAST_SPIN_ECHO_ROOTS_SHARE = 0.45
+FAST_SPIN_ECHO_MAX_CORD_SHARE = 0.2
 #: how many T2 slices a canal reading needs before it says anything
 MIN_CANAL_READINGS = 10
 #: the share of T2 slices that must show an enclosed cord to call it cervical. Only about a third: the
@@ -150,7 +159,9 @@ def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional
             return "cervical", f"a spinal cord {width:.0f} mm across in the canal on {len(cords)} of {len(t2)} slices"
         return None  # a thoracic cord or the conus: the cord alone does not tell which
     roots = [r for r in t2 if r.cord_width_mm == 0 and r.sac_fill >= ROOTS_MIN_SAC_FILL]
-    if len(cords) <= 0.1 * len(t2) and len(roots) >= ROOTS_SHARE * len(t2):
+    roots_share, cord_share = ((FAST_SPIN_ECHO_ROOTS_SHARE, FAST_SPIN_ECHO_MAX_CORD_SHARE) if fast_spin_echo
+                               else (ROOTS_SHARE, LUMBAR_MAX_CORD_SHARE))
+    if len(cords) <= cord_share * len(t2) and len(roots) >= roots_share * len(t2):
         return "lumbar", f"no cord in the canal on {len(t2) - len(cords)} of {len(t2)} slices: nerve roots in CSF"
     return None
 
