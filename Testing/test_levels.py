@@ -11,6 +11,7 @@ from SpineStenosisGraderLib.inference.levels import (
     LevelCandidate,
     SliceCanal,
     drop_cisterns,
+    drop_sacral_level,
     find_discs,
     name_from_anatomy,
     name_levels,
@@ -385,3 +386,38 @@ def test_only_a_cervical_study_with_enough_levels_loses_a_deep_one(region, n):
     depths = [28, 30, 28, 32, 30, 48][-n:]
     kept, warnings = drop_cisterns(_levels_of_depth(depths), (0.5, 0.5, 1.0), region)
     assert len(kept) == n and warnings == []
+
+
+def _levels_at(slices):
+    return [LevelCandidate(slice_index=k, box_ij=(20.0, 30.0, 40.0, 58.0), score=0.9, disc_probability=0.5,
+                           slices=(k,)) for k in slices]
+
+
+@pytest.mark.parametrize("slices, dropped", [
+    ([113, 136, 164, 202, 243, 275], 113),  # 23 mm below the next, the levels above 28-41 mm apart: S1-S2
+    ([8, 29, 56, 99, 136, 175], 8),  # 21 mm below a steep L5-S1 found high on its back
+    ([125, 154, 188, 226, 264], None),  # L5-S1 29 mm below L4-L5 where the others are 34-38 mm apart
+    ([95, 118, 152, 189, 226], 95),  # 23 mm, 0.62 of the 37 mm above
+    ([100, 121, 141, 178, 216], None),  # 21 and 20 mm: one of the two lowest is in a body, which is not known
+    ([113, 136, 164], None),  # too few levels to know the spacing
+])
+def test_a_lowest_lumbar_level_too_close_below_the_next_is_a_sacral_remnant(slices, dropped):
+    kept, warnings = drop_sacral_level(_levels_at(slices), 1.0, "lumbar", sacrum_found=False)
+    assert [lv.slice_index for lv in kept] == [k for k in slices if k != dropped]
+    assert len(warnings) == (dropped is not None)
+    if dropped is not None:
+        assert f"slice {dropped}" in warnings[0] and "sacrum" in warnings[0]
+        assert f"{slices[1] - slices[0]} mm below the next" in warnings[0]
+
+
+@pytest.mark.parametrize("region, sacrum_found", [("lumbar", True), ("cervical", False), ("unknown", False)])
+def test_the_sacral_remnant_rule_reads_lumbar_studies_without_alae_only(region, sacrum_found):
+    # with the alae L5-S1 is placed from them; a neck's spacing says nothing of a sacrum
+    slices = [113, 136, 164, 202, 243, 275]
+    kept, warnings = drop_sacral_level(_levels_at(slices), 1.0, region, sacrum_found=sacrum_found)
+    assert len(kept) == 6 and warnings == []
+
+
+def test_the_sacral_remnant_is_told_in_mm():
+    kept, warnings = drop_sacral_level(_levels_at([8, 29, 56, 99, 136, 175]), 2.0, "lumbar", sacrum_found=False)
+    assert len(kept) == 5 and "42 mm below the next" in warnings[0] and "76 mm between" in warnings[0]

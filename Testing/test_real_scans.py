@@ -196,12 +196,13 @@ def test_lumbar_mrs_never_trained_on_are_lumbar_with_their_discs_found(package, 
     assert sum(s.discs_inside for s in scores) == 25
     assert sum(s.discs_found for s in scores) >= 23
     assert max(e for s in scores for e in s.disc_errors_mm) <= 8.0
-    # one level lies in the sacrum, 12.5 mm below L5-S1 (fastcleverseg_ivd_20): no MR sacrum landmark yet
-    assert sum(s.false_levels for s in scores) <= 1
-    # the names are counted from the lowest level, not anchored: right where no level lies in the sacrum and
-    # L5-S1 is found (3 scans)
+    # no level in the sacrum: fastcleverseg_ivd_20's S1-S2 remnant, 21 mm below its L5-S1 where its lumbar
+    # levels lie 38 mm apart, is dropped (`levels.drop_sacral_level`)
+    assert sum(s.false_levels for s in scores) == 0
+    # the names are counted from the lowest level, not anchored: right on every scan where L5-S1 is found
+    # (all but fastcleverseg_ivd_46, whose lowest 45 slices show no canal)
     assert all(not s.names_anchored_by for s in scores)
-    assert sum(s.names_right == s.names_checked == 5 for s in scores) >= 3
+    assert sum(s.names_right for s in scores) >= 19
 
 
 @pytest.mark.parametrize("order, flips", [((0, 1, 2), (False, False, True)), ((2, 0, 1), (True, False, True))])

@@ -19,6 +19,7 @@ from .inference.levels import (
     box_depth_mm,
     check_level_name,
     drop_cisterns,
+    drop_sacral_level,
     find_discs,
     name_from_anatomy,
     region_of_disc,
@@ -115,6 +116,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     discs, cistern_warnings = drop_cisterns(find_discs(canals, stack.n_slices, dz, region, gaps,
                                                        sacrum_top_slice=sacrum_top), stack.spacing, region)
     warnings.extend(cistern_warnings)
+    discs, sacral_warnings = drop_sacral_level(discs, dz, region, sacrum_found=sacrum is not None)
+    warnings.extend(sacral_warnings)
     # MR only: there the box holds the CSF, which opens into the cisterna magna; on CT it holds the bony canal,
     # whose ring at C1 is already wide, and no CT reaching the skull base has been checked
     foramen = find_foramen_magnum(stack, canals) if region == "cervical" and modality == "MR" else None
