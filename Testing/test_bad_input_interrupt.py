@@ -56,7 +56,9 @@ def _grade_and_signal(out: Path, signum: int) -> tuple[int, list[str], list[dict
             stages.append(json.loads(line))
             if stages[-1]["stage"] == "detect":
                 break
-        time.sleep(0.3)  # inside the detector's work
+        # just inside the detector's work: the sample's detection takes about a second on an idle machine,
+        # and on a busy one this process may wake late, so a longer wait let the grader finish first
+        time.sleep(0.05)
         process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=60)
     finally:
