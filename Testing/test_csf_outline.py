@@ -110,3 +110,16 @@ def test_only_mr_boxes_are_grown(slice_stack):
     assert grow_over_csf(stack, 1, detector, "CT") == detector
     # grown forward over the cord to the CSF in front of it; side to side and at the back the detector's
     assert grow_over_csf(stack, 1, detector, "MR") == (detector[0], float(canal[1]), detector[2], detector[3])
+
+
+@pytest.mark.parametrize("excess_mm, expected_excess_mm", [(8.0, 3.0), (5.0, 3.0), (2.0, 2.0)])
+def test_a_box_far_wider_than_the_csf_is_trimmed_from_side_to_side_only(slice_stack, excess_mm, expected_excess_mm):
+    # a thoracic box that took in the arch on either side of a thin CSF ring: from side to side it keeps at
+    # most 3 mm beyond the CSF; front to back it stays grown over the cord and 5 mm behind the CSF as drawn
+    # (front to back the CSF outline may miss a cord it touches), and a box 2 mm wider stays as drawn
+    stack, canal = slice_stack
+    px = excess_mm / 0.5
+    detector = (float(canal[0]) - px, float(canal[1]) + 6.0, float(canal[2]) + px, float(canal[3]) + 10.0)
+    kept = expected_excess_mm / 0.5
+    assert grow_over_csf(stack, 1, detector, "MR") == (float(canal[0]) - kept, float(canal[1]),
+                                                       float(canal[2]) + kept, detector[3])

@@ -33,6 +33,9 @@ INSIDE_SHARE = 0.5
 INSIDE_MARGIN_MM = 2.0
 #: a canal narrower or shallower than this is not read cleanly (a stenosed sac without CSF signal)
 MIN_CANAL_MM = 5.0
+#: from side to side, a box reaching further than this beyond the CSF's outline is trimmed to this: in the
+#: thoracic spine the detector's box may take in the whole arch on either side of a thin CSF ring
+TRIM_BEYOND_CSF_MM = 3.0
 
 
 def box_window(box_ij: Sequence[float], margin_i: int, margin_j: int,
@@ -114,4 +117,6 @@ def grow_over_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, floa
     csf = csf_box(stack.array[slice_index], box_ij, (stack.spacing[0], stack.spacing[1]))
     if csf is None:
         return box_ij
-    return (min(box_ij[0], csf[0]), min(box_ij[1], csf[1]), max(box_ij[2], csf[2]), max(box_ij[3], csf[3]))
+    reach = TRIM_BEYOND_CSF_MM / stack.spacing[0]
+    return (max(min(box_ij[0], csf[0]), csf[0] - reach), min(box_ij[1], csf[1]),
+            min(max(box_ij[2], csf[2]), csf[2] + reach), max(box_ij[3], csf[3]))
