@@ -5,7 +5,8 @@ at the front of the canal, the CSF in front of it is a thin rim and the CSF
 behind it is wide, so the detector's box slides back onto that wide CSF and
 cuts the cord in half. On T2 the canal is the bright CSF and what it wraps
 around (the cord, the nerve roots), so the box is grown to hold that CSF: the
-largest bright blob that lies mostly inside the detector's box. The box is
+largest bright blob that lies mostly inside the detector's box; from side to
+side, a box reaching well beyond that CSF is trimmed to it. The box is
 kept as the detector drew it wherever the CSF cannot be read cleanly: not a T2
 contrast, or bright tissue (epidural fat, a bright disc) joined to the CSF so
 that the blob runs out of the search window.
@@ -107,10 +108,13 @@ def grow_over_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, floa
                modality: str) -> tuple[float, float, float, float]:
     """The canal box of an MR slice grown over the CSF it cut off; the detector's box where it cut off none.
 
-    Grown, never shrunk: the bright CSF ends a partial-volume pixel inside the
-    sac's wall, and on a small lumbar sac the tighter box would lose a third
-    of its overlap with the canal; and where the CSF lies on one side of the
-    cord only, the cord beyond it is canal that the CSF's outline leaves out.
+    Front to back grown, never shrunk: the bright CSF ends a partial-volume
+    pixel inside the sac's wall, and on a small lumbar sac the tighter box
+    would lose a third of its overlap with the canal; and where the CSF lies on
+    one side of the cord only, the cord beyond it is canal that the CSF's
+    outline leaves out. From side to side a box reaching more than
+    TRIM_BEYOND_CSF_MM beyond the CSF is trimmed to that: what lies further out
+    is the arch or the foramina, not canal.
     """
     if modality != "MR":
         return box_ij
