@@ -399,7 +399,9 @@ def _levels_at(slices):
     ([125, 154, 188, 226, 264], None),  # L5-S1 29 mm below L4-L5 where the others are 34-38 mm apart
     ([95, 118, 152, 189, 226], 95),  # 23 mm, 0.62 of the 37 mm above
     ([100, 121, 141, 178, 216], None),  # 21 and 20 mm: one of the two lowest is in a body, which is not known
-    ([113, 136, 164], None),  # too few levels to know the spacing
+    ([136, 164, 202, 243], None),  # too few levels to know the spacing: 28 mm, and 38 and 41 above
+    ([100, 135, 205, 240], None),  # nor with one disc missed above: 35 mm below 70 (two vertebrae) and 35
+    ([100, 135, 205, 240, 276], None),  # with three spacings above, their median is the spine's
 ])
 def test_a_lowest_lumbar_level_too_close_below_the_next_is_a_sacral_remnant(slices, dropped):
     kept, warnings = drop_sacral_level(_levels_at(slices), 1.0, "lumbar", sacrum_found=False)

@@ -74,9 +74,10 @@ SACRAL_SPACING_RATIO = 0.72
 #: unless the lowest and the third lowest lie less than this many spacings apart: then the second lowest is
 #: the one in the wrong place (in L5's body, say), and L5-S1 is the lowest
 NEXT_TWO_SPACING_RATIO = 1.15
-#: the levels needed to know the lumbar spacing: the lowest and three above it; up to
-#: SACRAL_SPACINGS_ABOVE spacings above the lowest give the typical one
-SACRAL_MIN_LEVELS = 4
+#: the levels needed to know the lumbar spacing: the lowest and four above it, so that the median of the
+#: three or more spacings above the lowest stands for the spine even where one disc was missed (a spacing of
+#: two vertebrae); up to SACRAL_SPACINGS_ABOVE spacings above the lowest give the typical one
+SACRAL_MIN_LEVELS = 5
 SACRAL_SPACINGS_ABOVE = 4
 #: disc-to-disc distance along an adult spine (mm): a vertebral body and a disc; cervical bodies are about
 #: 14 mm tall, lower thoracic 20-25 mm, lumbar 25-30 mm, with 5-10 mm of disc
