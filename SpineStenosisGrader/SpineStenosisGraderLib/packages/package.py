@@ -7,11 +7,14 @@ which cannot run code. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
 import shutil
+import signal
 import stat
+import threading
 import uuid
 import zipfile
 from dataclasses import dataclass, field
@@ -32,6 +35,33 @@ ONNX_FILES = {"detector": "detector_onnx", "classifier": "classifier_onnx"}
 MANIFEST_FORMAT = "spine-stenosis-grader/model-package"
 MANIFEST_VERSION = 1
 DEFAULT_PACKAGE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "default"
+
+
+def import_holding_signals(name: str):
+    """Import the module ``name`` with Ctrl-C and SIGTERM held until the import is over.
+
+    ONNX Runtime and PyTorch load compiled modules whose initialisation turns a KeyboardInterrupt raised
+    inside it into an ImportError ("import numpy failed"). Read as "not installed", that lost the user's
+    Ctrl-C and fell back to PyTorch (about one Ctrl-C in five early in the detect stage). Python's handlers
+    are held instead of the signals themselves: any thread may take a signal (numpy's BLAS threads too),
+    but only the main thread runs the handlers. A signal that came in is handled once the import is over.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return importlib.import_module(name)  # signals never reach a handler here
+    caught: list[tuple[int, Any]] = []
+    previous = {signum: signal.signal(signum, lambda *received: caught.append(received))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return importlib.import_module(name)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum, frame in caught[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)  # raises KeyboardInterrupt, or the CLI's Terminated
+            elif handler in (signal.SIG_DFL, None):
+                signal.raise_signal(signum)
 
 
 @dataclass
@@ -109,7 +139,7 @@ class ModelPackage:
     def _build(self, builder, key: str, *args):
         """Build a model from the manifest and load its weights; mismatches become package errors."""
         try:
-            import torch  # noqa: F401  (only to say clearly when it is missing)
+            import_holding_signals("torch")  # only to say clearly when it is missing
         except ImportError:
             raise ModelPackageError(
                 "The torch backend needs PyTorch: install it (in Slicer, through the PyTorch extension)."
@@ -145,7 +175,7 @@ class ModelPackage:
             )
         if has_onnx:
             try:
-                import onnxruntime  # noqa: F401
+                import_holding_signals("onnxruntime")
                 return "onnx"
             except ImportError:
                 if self.backend == "onnx":
@@ -166,7 +196,7 @@ class ModelPackage:
     def onnx_session(self, key: str, threads: int | None = None):
         """An ONNX Runtime session for the package file ``key`` (already SHA256-checked at load)."""
         try:
-            import onnxruntime as ort
+            ort = import_holding_signals("onnxruntime")
         except ImportError:
             raise ModelPackageError("The ONNX backend needs ONNX Runtime: `pip install onnxruntime`.") from None
         options = ort.SessionOptions()
