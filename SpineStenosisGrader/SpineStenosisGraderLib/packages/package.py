@@ -19,6 +19,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from types import ModuleType
 from typing import Any, Optional, Union
 
 from ..checksums import sha256_file
@@ -37,7 +38,7 @@ MANIFEST_VERSION = 1
 DEFAULT_PACKAGE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "default"
 
 
-def import_holding_signals(name: str):
+def import_holding_signals(name: str) -> ModuleType:
     """Import the module ``name`` with Ctrl-C and SIGTERM held until the import is over.
 
     ONNX Runtime and PyTorch load compiled modules whose initialisation turns a KeyboardInterrupt raised
