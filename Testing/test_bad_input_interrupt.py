@@ -184,21 +184,6 @@ def test_ctrl_c_early_in_the_detect_stage_is_never_lost(tmp_path):
     # grader then fell back to PyTorch and wrote its results. Ten tries, each as the user's Ctrl-C would come
     # (the unit test above is the exact check; this one failed in 2 of 3 runs without the fix)
     for attempt in range(10):
-        process = subprocess.Popen(
-            [sys.executable, "-m", CLI_MODULE, "grade", str(SAMPLE), "-o", str(tmp_path / f"out{attempt}"), "-q",
-             "--progress-format", "jsonl"],
-            env=process_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        try:
-            for line in process.stdout:
-                if json.loads(line)["stage"] == "detect":
-                    break
-            time.sleep(0.05)
-            process.send_signal(signal.SIGINT)
-            process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        assert process.returncode == 130, f"attempt {attempt}: the run went on to the end"
+        code, _, stages = _grade_and_signal(tmp_path / f"out{attempt}", signal.SIGINT)
+        assert code == 130 and "write" not in [s["stage"] for s in stages], f"attempt {attempt}: the run went on"
         assert not (tmp_path / f"out{attempt}").exists()

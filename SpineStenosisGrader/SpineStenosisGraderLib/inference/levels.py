@@ -336,7 +336,7 @@ def drop_sacral_level(levels: Sequence[LevelCandidate], slice_spacing_mm: float,
     spacings = np.diff(ks) * slice_spacing_mm
     typical = float(np.median(spacings[1:1 + SACRAL_SPACINGS_ABOVE]))
     lowest = spacings[0]
-    if lowest >= SACRAL_SPACING_RATIO * typical or spacings[0] + spacings[1] < NEXT_TWO_SPACING_RATIO * typical:
+    if lowest >= SACRAL_SPACING_RATIO * typical or lowest + spacings[1] < NEXT_TWO_SPACING_RATIO * typical:
         return levels, []
     return levels[1:], [f"No level at slice {ks[0]}: it lies {lowest:.0f} mm below the next, under "
                         f"{SACRAL_SPACING_RATIO:.0%} of the {typical:.0f} mm between the lumbar levels above: "
