@@ -76,6 +76,15 @@ def test_level_scores_count_discs_inside_found_and_false_levels():
     assert score_levels([12.0, 26.0], [1.0, 10.0, 20.0], 30, 2.0) == (2, 1, 1)
 
 
+def test_a_level_above_labels_that_stop_short_of_the_top_disc_is_not_false():
+    # labels from L5-S1 to L1-L2 in a series reaching T12-L1: a level 14 mm above the highest label may be that
+    # unlabelled disc, while one 14 mm below the lowest is false as ever
+    discs = [10.0, 20.0]
+    assert score_levels([27.0], discs, 40, 2.0, more_discs_above=True) == (2, 0, 0)
+    assert score_levels([27.0], discs, 40, 2.0) == (2, 0, 1)
+    assert score_levels([3.0], discs, 40, 2.0, more_discs_above=True) == (2, 0, 1)
+
+
 def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
     import json
 

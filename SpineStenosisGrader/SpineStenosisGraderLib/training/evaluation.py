@@ -312,12 +312,18 @@ def evaluate_real(packages: Callable[[str], ModelPackage], catalogue: Path,
 
 
 def score_levels(result_levels: Sequence[float], discs: Sequence[float], n_slices: int,
-                 slice_spacing_mm: float) -> tuple[int, int, int]:
-    """(discs inside the study, of those found within DISC_FOUND_MM, levels farther than FALSE_LEVEL_MM from every disc)."""
+                 slice_spacing_mm: float, more_discs_above: bool = False) -> tuple[int, int, int]:
+    """(discs inside the study, of those found within DISC_FOUND_MM, false levels).
+
+    A level is false as ``level_is_false`` says: farther than FALSE_LEVEL_MM
+    from every disc, unless ``more_discs_above`` and it lies above the highest
+    labelled disc, where a disc no label marks may lie. With no disc at all,
+    every level is false.
+    """
     inside = [k for k in discs if disc_inside(k, n_slices, slice_spacing_mm)]
     found = len(match_levels(list(result_levels), inside, DISC_FOUND_MM / slice_spacing_mm))
     false = sum(1 for k in result_levels
-                if not discs or min(abs(k - d) for d in discs) * slice_spacing_mm > FALSE_LEVEL_MM)
+                if not discs or level_is_false(k, discs, {}, slice_spacing_mm, more_discs_above)[1])
     return len(inside), found, false
 
 
@@ -339,7 +345,7 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
             result = grade_stack(variant.stack, package, modality=scan.modality)
             levels = [float(lv.slice_index) for lv in result.levels]
             inside, found, false = score_levels(levels, list(variant.discs.values()), variant.stack.n_slices,
-                                                variant.stack.spacing[2])
+                                                variant.stack.spacing[2], scan.more_discs_above)
             counts["series"] += 1
             counts["discs_inside"] += inside
             counts["discs_found"] += found
