@@ -13,6 +13,7 @@ from SpineStenosisGraderLib.training.series_variants import (
     disc_slices_in,
     series_variants,
     short_windows,
+    source_slices,
     thicken,
 )
 
@@ -56,6 +57,13 @@ def test_labels_are_carried_into_a_thick_or_cut_series_through_patient_space():
     assert disc_slices_in(stack, part, discs) == pytest.approx({"L4-L5": 3.0, "L5-S1": -1.5})
     np.testing.assert_allclose(_lps_of_slice(part, 0), _lps_of_slice(stack, 4), atol=1e-6)
     assert float(part.array[0, 0, 0]) == 40.0
+
+
+def test_each_slice_of_a_series_takes_the_reference_of_the_scan_slice_at_its_centre():
+    stack = _stack()
+    # thick slice k of offset 1 averages slices 3k+1 to 3k+3: its centre is slice 3k+2
+    assert source_slices(stack, thicken(stack, 4.5, 1)).tolist() == [2, 5, 8]
+    assert source_slices(stack, cut(stack, 4, 10)).tolist() == [4, 5, 6, 7, 8, 9]
 
 
 def test_a_cut_outside_the_stack_is_refused():
@@ -115,3 +123,23 @@ def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
     assert sct["trained_on"] and "sct_cervical_t2" in report["pooled"]["scans_trained_on"]
     inside = sum(score_levels([], list(v.discs.values()), v.stack.n_slices, v.stack.spacing[2])[0] for v in made)
     assert sct["discs_inside"] == inside > 0
+    # every slice of the crop is labelled, so every series slice has a reference; the package learned this scan
+    labelled = sum(int(k) in scan.boxes for v in made for k in source_slices(scan.stack, v.stack))
+    assert sct["canal_slices"] == labelled == sum(v.stack.n_slices for v in made)
+    assert sct["canal_hits"] >= 0.9 * labelled, sct
+    assert report["pooled"]["canal_found"] == f"{sct['canal_hits']}/{labelled}"
+    # every series is counted under the region it was read as, and the cervical ones are those read right
+    assert sum(sct["regions_found"].values()) == sct["series"]
+    assert sct["regions_found"].get("cervical", 0) == sct["region_right"]
+    assert report["pooled"]["regions_found"] == sct["regions_found"]
+
+    # without its disc positions, the same scan is scored on its canal and region alone, its windows laid
+    # over the labelled canal
+    del entry["discs"]
+    one.write_text(json.dumps({"scans": [entry]}))
+    canal_only = evaluate_series_variants(lambda name: package, one)["per_scan"][0]
+    assert canal_only["discs_inside"] == canal_only["discs_found"] == 0
+    windows = short_windows(scan.stack.n_slices, 1.0, sorted(scan.boxes))
+    assert canal_only["series"] == len(windows) + 4 and canal_only["canal_slices"] > 0
+    # with no disc and no C2 labelled, no level can be called false
+    assert canal_only["false_levels"] == 0

@@ -209,7 +209,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.series_variants:
         variants = metrics["series_variants"]
         print("\nShort and thick series: " + ", ".join(
-            f"{s['scan']} {s['discs_found']}/{s['discs_inside']} discs, {s['false_levels']} false"
+            f"{s['scan']} canal {s['canal_hits']}/{s['canal_slices']}, {s['discs_found']}/{s['discs_inside']} discs, "
+            f"{s['false_levels']} false, region {s['region_right']}/{s['series']}"
             for s in variants["per_scan"]) + f"; pooled {variants['pooled']}", file=sys.stderr)
     if args.write_manifest:
         manifest_path = package.path / "manifest.json"

@@ -329,44 +329,72 @@ def score_levels(result_levels: Sequence[float], discs: Sequence[float], n_slice
 
 def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue: Path,
                              use: Optional[str] = None) -> dict[str, Any]:
-    """Levels and region on short and thick series made from every catalogue scan (see ``series_variants``).
+    """Canal, levels and region on short and thick series made from every catalogue scan (see ``series_variants``).
 
     Each scan's series are graded as a user would, by ``packages(scan name)``:
-    for leave-one-scan-out, the package trained without that scan.
+    for leave-one-scan-out, the package trained without that scan. A scan with
+    disc positions is scored on its discs; one with a canal label on the canal
+    of each series slice whose centre lies on a labelled scan slice (the
+    reference of that slice, as on the whole scan: ``canal_hit``); one with
+    neither has nothing to score here. Without disc positions, a level above
+    the middle of a labelled C2 is false.
     """
-    from .series_variants import series_variants
+    from .series_variants import disc_slices_in, series_variants, source_slices
 
     per_scan, missed = [], []
-    # the series score discs: a scan whose labels give no disc positions has nothing to score here
-    for scan in (s for s in load_scans(catalogue, use=use) if s.discs):
+    keys = ("series", "discs_inside", "discs_found", "false_levels", "region_right", "canal_slices", "canal_hits")
+    for scan in (s for s in load_scans(catalogue, use=use) if s.discs or s.boxes):
         package = packages(scan.name)
-        counts = {"series": 0, "discs_inside": 0, "discs_found": 0, "false_levels": 0, "region_right": 0}
-        for variant in series_variants(scan.stack, scan.discs):
-            result = grade_stack(variant.stack, package, modality=scan.modality)
+        counts = dict.fromkeys(keys, 0)
+        regions: dict[str, int] = {}
+        around = list(scan.discs.values()) or sorted(scan.boxes)
+        for variant in series_variants(scan.stack, scan.discs, around):
+            stack = variant.stack
+            result = grade_stack(stack, package, modality=scan.modality)
             levels = [float(lv.slice_index) for lv in result.levels]
-            inside, found, false = score_levels(levels, list(variant.discs.values()), variant.stack.n_slices,
-                                                variant.stack.spacing[2], scan.more_discs_above)
+            if scan.discs:
+                inside, found, false = score_levels(levels, list(variant.discs.values()), stack.n_slices,
+                                                    stack.spacing[2], scan.more_discs_above)
+            else:
+                landmarks = disc_slices_in(scan.stack, stack, {k: v for k, v in scan.landmarks.items() if k == "C2"})
+                inside, found = 0, 0
+                false = sum(level_is_false(k, [], landmarks, stack.spacing[2])[1] for k in levels)
+            boxes = {int(round(k)): box for k, box in (stack.box_to_slice(d.box) for d in result.detections)}
+            canal_slices, canal_hits = 0, 0
+            for k, r in enumerate(source_slices(scan.stack, stack)):
+                if int(r) not in scan.boxes:
+                    continue
+                canal_slices += 1
+                canal_hits += int(k in boxes and canal_hit(boxes[k], scan.boxes[int(r)], scan.canal[int(r)] > 0,
+                                                           stack.spacing))
             counts["series"] += 1
             counts["discs_inside"] += inside
             counts["discs_found"] += found
             counts["false_levels"] += false
             counts["region_right"] += int(result.study.region == scan.region)
+            regions[result.study.region] = regions.get(result.study.region, 0) + 1
+            counts["canal_slices"] += canal_slices
+            counts["canal_hits"] += canal_hits
             if found < inside or false:
                 missed.append(f"{scan.name}, {variant.description}: {found}/{inside} discs, {false} false "
                               f"(levels at {', '.join(f'{k:.0f}' for k in levels) or 'none'}; discs at "
-                              f"{', '.join(f'{k:.1f}' for k in sorted(variant.discs.values()))})")
-        per_scan.append({"scan": scan.name, "trained_on": trained_on(package, scan.name), **counts})
-    total = {key: sum(s[key] for s in per_scan) for key in ("series", "discs_inside", "discs_found",
-                                                              "false_levels", "region_right")}
+                              f"{', '.join(f'{k:.1f}' for k in sorted(variant.discs.values())) or 'none labelled'})")
+        per_scan.append({"scan": scan.name, "trained_on": trained_on(package, scan.name), **counts,
+                         "regions_found": regions})
+    total = {key: sum(s[key] for s in per_scan) for key in keys}
+    regions_found = {region: sum(s["regions_found"].get(region, 0) for s in per_scan)
+                     for region in sorted({r for s in per_scan for r in s["regions_found"]})}
     return {
         "data": "short windows (40, 60 and 90 mm, every 15 mm) and thick-slice versions (3 and 4.5 mm) of each "
-                "real scan with disc positions, its labels carried over in patient space; a disc counts when its "
-                "centre is at least "
-                f"{DISC_INSIDE_MM:.0f} mm inside the series",
+                "real scan with disc positions or a canal label, its labels carried over in patient space; a disc "
+                f"counts when its centre is at least {DISC_INSIDE_MM:.0f} mm inside the series; a series slice's "
+                "canal reference is that of the scan slice at its centre",
         "pooled": {"series": total["series"],
+                   "canal_found": f"{total['canal_hits']}/{total['canal_slices']}",
                    "discs_found_within_8mm": f"{total['discs_found']}/{total['discs_inside']}",
                    "false_levels": total["false_levels"],
                    "region_right": f"{total['region_right']}/{total['series']}",
+                   "regions_found": regions_found,
                    "scans_trained_on": [s["scan"] for s in per_scan if s["trained_on"]]},
         "per_scan": per_scan,
         "series_with_a_missed_disc_or_a_false_level": missed,

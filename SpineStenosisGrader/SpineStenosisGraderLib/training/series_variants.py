@@ -11,7 +11,7 @@ patient coordinates, so they stay right whatever the window or thickness.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -89,10 +89,23 @@ def short_windows(n_slices: int, slice_spacing_mm: float, disc_slices: Sequence[
     return windows
 
 
-def series_variants(stack: AxialStack, discs: dict[str, float]) -> list[SeriesVariant]:
-    """The short windows and thick series of a scan, each with the scan's discs carried into it."""
+def source_slices(stack: AxialStack, variant: AxialStack) -> np.ndarray:
+    """Per slice of ``variant``, the scan slice nearest its centre in patient space: where its references lie."""
+    centres = disc_slices_in(variant, stack, {str(k): float(k) for k in range(variant.n_slices)})
+    return np.rint([centres[str(k)] for k in range(variant.n_slices)]).astype(int)
+
+
+def series_variants(stack: AxialStack, discs: dict[str, float],
+                    around: Optional[Sequence[float]] = None) -> list[SeriesVariant]:
+    """The short windows and thick series of a scan, each with the scan's discs carried into it.
+
+    The short windows lie around the slices ``around`` (by default the discs):
+    for a scan whose labels give no disc positions, the slices of its labelled
+    canal.
+    """
     out = []
-    for first, stop in short_windows(stack.n_slices, stack.spacing[2], list(discs.values())):
+    around = list(discs.values()) if around is None else list(around)
+    for first, stop in short_windows(stack.n_slices, stack.spacing[2], around):
         variant = cut(stack, first, stop)
         out.append(SeriesVariant(f"{(stop - first) * stack.spacing[2]:.0f} mm from slice {first}", variant,
                                  disc_slices_in(stack, variant, discs)))
