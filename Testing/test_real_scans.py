@@ -109,6 +109,20 @@ def test_a_lumbar_crop_without_the_sacrum_is_lumbar_but_its_names_are_not_anchor
     assert result.study.numbering.startswith("Not anchored")
 
 
+def test_the_sample_as_a_dicom_series_grades_as_the_nifti(package, sample_result, tmp_path):
+    # a scanner's export: one CT file per slice, listed head first, the geometry only in each file's tags
+    from SpineStenosisGraderLib.pipeline import grade_file
+    from test_volume import write_dicom_series
+
+    write_dicom_series(sitk.ReadImage(str(SAMPLE)), tmp_path / "ct", "1.2.826.0.1.3680043.2.1125.41", modality="CT",
+                       reverse_names=True)
+    result, _ = grade_file(tmp_path / "ct", package)
+    assert result.study.modality == "CT" and result.study.region == "lumbar"
+    assert [lv.name for lv in result.levels] == [lv.name for lv in sample_result.levels]
+    for level, expected in zip(result.levels, sample_result.levels):
+        assert np.allclose(level.box.center, expected.box.center, atol=0.5)
+
+
 def test_a_short_series_still_gets_its_level(package):
     # 14 slices (42 mm) of the sample around L3-L4, whose disc lies 9 mm inside the series' lower end
     image = sitk.DICOMOrient(sitk.ReadImage(str(SAMPLE)), "LPS")[:, :, 65:79]
