@@ -356,10 +356,10 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
                 inside, found, false = score_levels(levels, list(variant.discs.values()), stack.n_slices,
                                                     stack.spacing[2], scan.more_discs_above)
             else:
-                landmarks = disc_slices_in(scan.stack, stack, {k: v for k, v in scan.landmarks.items() if k == "C2"})
+                landmarks = disc_slices_in(scan.stack, stack, scan.landmarks)
                 inside, found = 0, 0
                 false = sum(level_is_false(k, [], landmarks, stack.spacing[2])[1] for k in levels)
-            boxes = {int(round(k)): box for k, box in (stack.box_to_slice(d.box) for d in result.detections)}
+            boxes = {d.slice_index: stack.box_to_slice(d.box)[1] for d in result.detections}
             canal_slices, canal_hits = 0, 0
             for k, r in enumerate(source_slices(scan.stack, stack)):
                 if int(r) not in scan.boxes:
