@@ -11,7 +11,9 @@ from SpineStenosisGraderLib.training.annotations import load_scans
 
 from SpineStenosisGraderLib.errors import InputError
 from SpineStenosisGraderLib.study.normalise import (
+    DIM_STUDY_SHARE,
     FAINT_SLICE_SHARE,
+    TYPICAL_SLICE_SHARE,
     SliceGrid,
     detect_modality,
     intensity_window,
@@ -124,6 +126,40 @@ def test_the_real_training_scans_need_no_gain_and_a_whole_necks_faint_chest_end_
     gains = slice_gains(neck, "MR")
     assert gains[:10].min() > 1.5 and np.all(gains[100:] == 1.0)  # slices run from the chest up to the head
 
+
+
+def test_a_study_whose_window_a_few_slices_of_bright_fat_set_is_lifted_as_a_whole():
+    # 60 evenly lit slices (tissue 100, canal 400); on 8 of them a lump of fat against the coil at 4000 (as on
+    # two VB1 lumbar T2 scans), which takes the window's 99.5th percentile, so the canal sits at a tenth of it
+    array = np.array(coil_falloff_stack(np.ones(60))[0].array)
+    array[20:28, 100:112, 40:80] = 4000.0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 2.0))
+    stack = to_axial_stack(image)
+    window = intensity_window(stack.array, "MR")
+    assert window.high == 4000.0
+    assert np.all(slice_gains(stack, "MR") == 1.0)  # no slice is faint next to the others
+    gains = slice_gains(stack, "MR", window.high)
+    # the typical slice's bright tissue (the canal, 400) is lifted to TYPICAL_SLICE_SHARE of the window
+    assert gains * 400.0 == pytest.approx(np.full(60, TYPICAL_SLICE_SHARE * 4000.0), rel=1e-6)
+    canvas, grid = normalised_canvas(stack, "MR", 128, 1.0)
+    # the canal is near the window's top on the canvas, where without the lift it would read about 0.08
+    assert canvas[40, 64, 64] == pytest.approx((TYPICAL_SLICE_SHARE * 4000.0 - window.low)
+                                               / (window.high - window.low), rel=1e-5)
+    assert canvas[40, 64, 64] > 0.75
+
+
+def test_no_real_mr_scan_that_grades_is_lifted_as_a_whole(scans):
+    # every MR scan of the catalogue (training and validation) keeps its window: the study lift starts at
+    # DIM_STUDY_SHARE, below all of them
+    checked = 0
+    for scan in scans:
+        if scan.modality != "MR":
+            continue
+        window = intensity_window(scan.stack.array, "MR")
+        assert np.array_equal(slice_gains(scan.stack, "MR", window.high), slice_gains(scan.stack, "MR")), scan.name
+        checked += 1
+    assert checked >= 8 and DIM_STUDY_SHARE < 0.6
 
 def make_stack(ni, nj, si, sj):
     array = np.zeros((3, nj, ni), np.float32)

@@ -37,7 +37,8 @@ BODIES = ["L5", "L4", "L3", "L2", "L1", "T12", "T11"]
 L5_S1_BELOW_BODY_MM = 12.0
 
 
-def score(path: Path, package) -> dict:
+def read_scan(path: Path):
+    """The axial stack, and each labelled body's (middle, lowest, highest) slice, the lowest body first."""
     stack = to_axial_stack(read_matlab_volume(path, "I", GEOMETRY), str(path))
     labels = to_axial_stack(read_matlab_volume(path, "GT", GEOMETRY), "labels").array
     extents = []
@@ -45,7 +46,11 @@ def score(path: Path, package) -> dict:
         profile = (labels == value).sum(axis=(1, 2)).astype(float)
         k = np.nonzero(profile >= BODY_EXTENT_SHARE * profile.max())[0]
         extents.append((k.mean(), k.min(), k.max()))
-    extents.sort()  # slices run from the feet up: L5 first
+    return stack, sorted(extents)  # slices run from the feet up
+
+
+def score(path: Path, package) -> dict:
+    stack, extents = read_scan(path)
     if len(extents) != len(BODIES):
         raise SystemExit(f"{path.name}: {len(extents)} labelled bodies, not the {len(BODIES)} of T11-L5")
     discs = {f"{BODIES[i + 1]}-{BODIES[i]}": (extents[i][2] + extents[i + 1][1]) / 2.0 for i in range(6)}
@@ -71,7 +76,8 @@ def score(path: Path, package) -> dict:
             "false": false, "names_matched": matched, "names_right": right}
 
 
-def main(paths: list[str]) -> None:
+def main(paths: list[str], score=score) -> None:
+    """Score each scan with ``score`` and print the rows and their totals."""
     package = load_default_package()
     rows = [score(Path(p), package) for p in paths]
     for row in rows:

@@ -89,9 +89,15 @@ FAINT_SLICE_SHARE = 0.8
 MAX_SLICE_GAIN = 4.0
 #: the gain follows the coil's fall-off, which changes over centimetres, not from slice to slice
 SLICE_GAIN_SMOOTHING_MM = 20.0
+#: the typical slice's bright tissue reaches 0.63-0.92 of the study's window (its 99.5th percentile) on every
+#: real T2 that grades; far below that, tissue much brighter than the spine (fat against the coil on a few
+#: slices) has set the window, and the canal of every other slice sits near the bottom of it
+DIM_STUDY_SHARE = 0.5
+#: such a study is lifted until its typical slice reaches this share of the window, about the median of those
+TYPICAL_SLICE_SHARE = 0.8
 
 
-def slice_gains(stack: AxialStack, modality: str) -> np.ndarray:
+def slice_gains(stack: AxialStack, modality: str, window_high: Optional[float] = None) -> np.ndarray:
     """Per slice, the factor that lifts an MR slice darkened by the coil's fall-off; 1 elsewhere and on CT.
 
     A surface coil lights the slices near it and leaves the far ones faint (a
@@ -101,6 +107,14 @@ def slice_gains(stack: AxialStack, modality: str) -> np.ndarray:
     FAINT_SLICE_SHARE of the median slice are scaled up to it. Brighter and
     ordinary slices are left as they are, so a study without fall-off is
     windowed exactly as before.
+
+    Given the study window's top (``window_high``), a study whose median slice
+    falls below DIM_STUDY_SHARE of it is lifted as a whole, to
+    TYPICAL_SLICE_SHARE: a few slices of fat lit by the coil far above the rest
+    would otherwise leave the whole spine in the bottom third of the window
+    (two lumbar T2 scans of fastcleverseg's VB1 set, where the detector found
+    no canal). The tissue brighter than that saturates, as it does in any
+    window. No study that grades without it is touched.
     """
     n = stack.n_slices
     gains = np.ones(n, dtype=np.float32)
@@ -124,6 +138,8 @@ def slice_gains(stack: AxialStack, modality: str) -> np.ndarray:
     smooth = ndimage.median_filter(filled, size=width, mode="nearest")
     reference = float(np.median(levels[valid]))
     gains[:] = np.clip(FAINT_SLICE_SHARE * reference / smooth, 1.0, MAX_SLICE_GAIN)
+    if window_high is not None and reference < DIM_STUDY_SHARE * window_high:
+        gains *= np.float32(TYPICAL_SLICE_SHARE * window_high / reference)
     return gains
 
 
@@ -279,7 +295,7 @@ def normalised_canvas(stack: AxialStack, modality: str, size: int, spacing_mm: f
     window = intensity_window(stack.array, modality)
     indices = np.arange(stack.n_slices) if slice_indices is None else np.asarray(slice_indices)
     source = stack.array if slice_indices is None else stack.array[indices]
-    gains = slice_gains(stack, modality)[indices]
+    gains = slice_gains(stack, modality, window.high)[indices]
     if np.any(gains != 1.0):
         source = source * gains[:, None, None]
     normalised = window.apply(source)

@@ -452,7 +452,8 @@ def save_package(out_dir: Path, detector, classifier, detector_config: dict[str,
                           "MR": {"percentiles": [1.0, 99.5],
                                  "detector": "of the study's voxels above its 5th percentile; at inference, a slice "
                                              "darkened by the coil's fall-off is first lifted to 0.8 of the median "
-                                             "slice's brightness (study/normalise.py slice_gains)",
+                                             "slice's brightness, and a study whose median slice is below half "
+                                             "the window, to 0.8 of it (study/normalise.py slice_gains)",
                                  "classifier": "of the level's crop"}},
         "training_data": training,
         "metrics": metrics,
