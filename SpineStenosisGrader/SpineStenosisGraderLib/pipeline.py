@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .inference.contrast import t1_warning
 from .inference.csf_outline import grow_over_csf
 from .inference.landmarks import dark_bands, endplate_gaps, find_foramen_magnum, find_sacrum, measure_bone
 from .inference.levels import (
@@ -89,6 +90,12 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         canals.append(SliceCanal(k, box_ij, hit.score, hit.disc_probability))
         detections.append(CanalDetection(k, stack.slice_box(k, box_ij), hit.score, hit.disc_probability))
     timings["detect"] = time.perf_counter() - t0
+    # a T1 shows its canal by shape, with dark CSF: its levels are located, but not graded by a model of T2
+    not_t2 = t1_warning(stack, canals) if modality == "MR" else None
+    if not_t2:
+        warnings.append(not_t2 + (" Graded anyway, as asked." if allow_model_mismatch else
+                                  " The levels are located but not graded (on the command line, "
+                                  "--allow-model-mismatch grades them anyway); set grades by hand in the review."))
 
     t0 = time.perf_counter()
     progress("levels", 0.75)
@@ -147,7 +154,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     t0 = time.perf_counter()
     progress("grade", 0.85)
     graded_regions = package.manifest.get("regions", [])
-    if levels and region in graded_regions:
+    if levels and region in graded_regions and (not not_t2 or allow_model_mismatch):
         classifier = package.classifier()
         pixel_spacing = (stack.spacing[0], stack.spacing[1])
         patches = np.stack([
