@@ -46,7 +46,8 @@ def canal_core_share(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: 
 
 def t1_warning(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[str]:
     """A warning for an MR study whose tracked canal reads as a T1's (dark CSF), else None."""
-    shares = [canal_core_share(np.asarray(stack.array[c.slice_index], dtype=np.float32), c.box_ij, stack.spacing)
+    # a view of each slice: the medians read a few hundred pixels of it, so it is not copied
+    shares = [canal_core_share(np.asarray(stack.array[c.slice_index]), c.box_ij, stack.spacing)
               for c in canals if c is not None]
     shares = [s for s in shares if np.isfinite(s)]
     if len(shares) < MIN_SLICES:
@@ -55,5 +56,6 @@ def t1_warning(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Opt
     if median >= T1_CORE_SHARE:
         return None
     return (f"This looks like a T1-weighted series: the middle of the canal is darker than the tissue around it "
-            f"(median {median:.2f} of it over {len(shares)} slices), where on T2 the CSF is the brightest thing there. "
+            f"({median:.2f} times as bright: the median over {len(shares)} slices), where on T2 the CSF is the "
+            "brightest thing there. "
             "The model finds and grades the canal on T2 (or T2*) only: load the study's axial T2 series instead.")
