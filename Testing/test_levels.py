@@ -13,6 +13,7 @@ from SpineStenosisGraderLib.inference.levels import (
     drop_cisterns,
     drop_sacral_level,
     find_discs,
+    level_box,
     name_from_anatomy,
     name_levels,
     region_of_disc,
@@ -423,3 +424,18 @@ def test_the_sacral_remnant_rule_reads_lumbar_studies_without_alae_only(region, 
 def test_the_sacral_remnant_is_told_in_mm():
     kept, warnings = drop_sacral_level(_levels_at([8, 29, 56, 99, 136, 175]), 2.0, "lumbar", sacrum_found=False)
     assert len(kept) == 5 and "42 mm below the next" in warnings[0] and "76 mm between" in warnings[0]
+
+
+def test_a_levels_box_is_the_canal_over_the_slices_its_roi_spans_not_one_slice_reaching_into_a_foramen():
+    # 1 mm slices; the canal 10 px wide and steady, except on slice 20, where its box reaches 12 px to the right
+    canals = [SliceCanal(k, (10.0, 40.0, 20.0, 52.0), 0.9, 0.1) for k in range(40)]
+    canals[20] = SliceCanal(20, (10.0, 39.0, 32.0, 52.0), 0.9, 0.8)
+    canals[23] = None  # an untracked slice counts for nothing
+    assert level_box(canals, 20, 1.0, 3.0) == (10.0, 40.0, 20.0, 52.0)
+    # the median side by side over slices 18-22 (within 2 mm): i1 of 20, 30, 32, 26, 20 is 26; i0 of
+    # 10, 11, 10, 12, 10 is 10
+    canals[19] = SliceCanal(19, (11.0, 41.0, 30.0, 53.0), 0.9, 0.1)
+    canals[21] = SliceCanal(21, (12.0, 40.0, 26.0, 52.0), 0.9, 0.1)
+    assert level_box(canals, 20, 1.0, 2.0) == (10.0, 40.0, 26.0, 52.0)
+    # slices thicker than half_mm: only the level's own slice is that near
+    assert level_box(canals, 20, 5.0, 3.0) == (10.0, 39.0, 32.0, 52.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Optional
 
@@ -22,6 +23,7 @@ from .inference.levels import (
     drop_cisterns,
     drop_sacral_level,
     find_discs,
+    level_box,
     name_from_anatomy,
     region_of_disc,
 )
@@ -134,6 +136,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if not naming.kept:
         warnings.append("No disc level was found. Check that the study is an axial spine CT or T2 MRI.")
     thickness = max(1.0, DISC_HEIGHT_MM[region] / dz)
+    # each level's box is the canal over the slices its ROI spans, not the one slice's box: a box that reaches
+    # into a foramen on the level's slice alone (the thoracic CSF ring opening sideways) does not become the ROI
+    candidates = [dataclasses.replace(c, box_ij=level_box(canals, c.slice_index, dz, DISC_HEIGHT_MM[region] / 2.0))
+                  for c in naming.kept]
     levels = [
         DiscLevel(
             name=name, slice_index=c.slice_index, box=stack.slice_box(c.slice_index, c.box_ij, thickness),
@@ -146,9 +152,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
             name_anchored=naming.anchored,
             name_confidence=confidence,
         )
-        for name, c, confidence in zip(naming.names, naming.kept, naming.confidence)
+        for name, c, confidence in zip(naming.names, candidates, naming.confidence)
     ]
-    candidates = naming.kept
     timings["levels"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -121,6 +121,22 @@ class LevelCandidate:
     placed_from: str = ""
 
 
+def level_box(canals: Sequence[Optional[SliceCanal]], slice_index: int, slice_spacing_mm: float,
+              half_mm: float) -> tuple[float, float, float, float]:
+    """A level's box: side by side, the median of the canal boxes on the slices within ``half_mm`` of its slice.
+
+    The level's ROI is a disc thick, so it shows the canal over those slices; one
+    slice's box may reach sideways into a foramen where its neighbours do not.
+    With no tracked slice that near (only on slices thicker than ``half_mm``),
+    the slice's own box.
+    """
+    near = [c.box_ij for c in canals
+            if c is not None and abs(c.slice_index - slice_index) * slice_spacing_mm <= half_mm]
+    if not near:
+        return canals[slice_index].box_ij
+    return tuple(float(v) for v in np.median(np.array(near, dtype=float), axis=0))
+
+
 def box_depth_mm(box_ij: Sequence[float], pixel_spacing_mm: Sequence[float]) -> float:
     """A canal box's depth, front to back, in mm: its extent along the rows (j) of the slice."""
     return (box_ij[3] - box_ij[1]) * pixel_spacing_mm[1]
