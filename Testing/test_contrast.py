@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import DATA
-from SpineStenosisGraderLib.inference.contrast import MIN_SLICES, T1_CORE_SHARE, canal_core_share, t1_warning
+from SpineStenosisGraderLib.inference.contrast import MIN_SLICES, canal_core_share, t1_warning
 from SpineStenosisGraderLib.inference.levels import SliceCanal
 from SpineStenosisGraderLib.packages.package import load_default_package
 from SpineStenosisGraderLib.pipeline import grade_stack
@@ -19,7 +19,7 @@ BOX = (50.0, 50.0, 70.0, 66.0)  # (i0, j0, i1, j1): a canal 20 x 16 mm in the mi
 
 
 def canal_slices(n, canal_value, around_value):
-    """``n`` 1 mm slices: tissue at ``around_value`` with the canal (and a 2 mm rim of it) at ``canal_value``."""
+    """``n`` 1 mm slices of tissue at ``around_value``; the canal, 16 x 12 px at ``canal_value``, lies inside BOX."""
     array = np.full((n, 120, 120), float(around_value), np.float32)
     array[:, 52:64, 52:68] = canal_value
     image = sitk.GetImageFromArray(array)
@@ -46,7 +46,6 @@ def test_a_study_whose_canal_is_dark_is_taken_for_a_t1_and_one_with_bright_csf_i
     # being the brightest, not a margin below it
     assert t1_warning(canal_slices(12, 0.95 * 300.0, 300.0), canals) is not None
     assert t1_warning(canal_slices(12, 1.05 * 300.0, 300.0), canals) is None
-    assert T1_CORE_SHARE == 1.0
 
 
 def test_a_real_lumbar_t1_is_located_not_graded_and_says_to_load_the_t2():
