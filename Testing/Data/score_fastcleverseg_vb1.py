@@ -5,7 +5,8 @@ mixes T1, T2 and TIRM scans of patients: fractures, spondylolisthesis,
 scoliosis. Only its T2 scans are scored, as the tool grades T2 and not T1:
 03, 07, 11, 12, 15, 16 and 17 (the CSF behind the labelled bodies is 2.4 to
 3.6 times as bright as their marrow; on 02, 06, 08 and 10 it is 0.8 to 1.2
-times, T1). 02/03, 06/07/08 and 10/11 are the same patients' scans.
+times, T1). 02/03, 06/07/08 and 10/11 look like the same patients' anatomy
+in other sequences.
 
 Each scan is read as ``score_fastcleverseg_vb2.py`` reads VB2 and graded as
 a user would. The labels are 7 to 9 vertebral bodies in no anatomical order.
