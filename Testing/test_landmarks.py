@@ -6,8 +6,8 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from SpineStenosisGraderLib.inference.landmarks import (dark_bands, disc_back_density, endplate_gaps,
-                                                      find_foramen_magnum)
+from SpineStenosisGraderLib.inference.landmarks import (band_depth_fraction, dark_bands, disc_back_density,
+                                                      endplate_gaps, find_foramen_magnum)
 from SpineStenosisGraderLib.inference.levels import SliceCanal
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -106,6 +106,31 @@ def test_a_column_without_marrow_contrast_has_no_band():
     for column in (np.full(40, 120.0), np.where(np.arange(40) % 15 == 7, 160.0, 200.0)):
         stack, canals = spine_mr(column)
         assert not dark_bands(stack, canals).any()
+
+
+def lumbar_column(disc_darkness, n=80, spacing=35):
+    # marrow 200; a disc every ``spacing`` slices, its darkest slice ``disc_darkness`` below the marrow and the
+    # slices beside it half as dark; each body's middle 20% darker (its veins), which is no disc
+    column = np.full(n, 200.0)
+    discs = list(range(5, n - 2, spacing))
+    for d in discs:
+        column[d] = 200.0 * (1.0 - disc_darkness)
+        column[d - 1] = column[d + 1] = 200.0 * (1.0 - disc_darkness / 2.0)
+        if d + spacing // 2 < n:
+            column[d + spacing // 2] = 160.0
+    return column, discs
+
+
+def test_a_healthy_lumbar_disc_shows_a_shallower_band_than_the_neck_needs():
+    # a bright lumbar nucleus leaves its band 25-35% darker than the marrow: a band in the lumbar spine, not
+    # in the neck; a body's middle, 20% darker, is a band in neither
+    column, discs = lumbar_column(0.3)
+    stack, canals = spine_mr(column)
+    assert np.nonzero(dark_bands(stack, canals, 0.0, band_depth_fraction("lumbar")))[0].tolist() == discs
+    for region in ("cervical", "thoracic", "unknown"):
+        assert not dark_bands(stack, canals, 0.0, band_depth_fraction(region)).any()
+    stack, canals = spine_mr(lumbar_column(0.2)[0])
+    assert not dark_bands(stack, canals, 0.0, band_depth_fraction("lumbar")).any()
 
 
 def test_a_slice_without_a_canal_is_no_band_and_makes_none_in_a_body():

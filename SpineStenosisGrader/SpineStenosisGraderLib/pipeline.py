@@ -12,7 +12,8 @@ import SimpleITK as sitk
 from .errors import InputError
 from .inference.contrast import t1_warning
 from .inference.csf_outline import grow_over_csf
-from .inference.landmarks import dark_bands, endplate_gaps, find_foramen_magnum, find_sacrum, measure_bone
+from .inference.landmarks import (band_depth_fraction, dark_bands, endplate_gaps, find_foramen_magnum, find_sacrum,
+                                  measure_bone)
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -120,7 +121,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         warnings += package.compatibility_mismatches("", region)
     # the disc seen in the image, whatever the detector thinks of the slice: a gap in the bone on CT, a dark band
     # in the vertebral column on MR
-    gaps = endplate_gaps(stack, canals) if modality == "CT" else dark_bands(stack, canals, DISC_HEIGHT_MM[region])
+    gaps = (endplate_gaps(stack, canals) if modality == "CT"
+            else dark_bands(stack, canals, DISC_HEIGHT_MM[region], band_depth_fraction(region)))
     sacrum_top = sacrum.top_slice if sacrum else None
     discs, cistern_warnings = drop_cisterns(find_discs(canals, stack.n_slices, dz, region, gaps,
                                                        sacrum_top_slice=sacrum_top), stack.spacing, region)
