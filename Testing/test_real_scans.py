@@ -240,7 +240,7 @@ def test_a_neck_stored_head_first_or_sideways_is_named_from_its_foramen_magnum_t
 def test_a_healthy_lumbar_t2_with_shallow_disc_bands_gets_its_discs_and_no_level_in_a_body(package):
     # VB2 scan 14 (fastcleverseg, never trained on): a sagittal fast spin-echo T2 of a healthy lumbar spine,
     # T11 to the sacrum, graded as its axial reformat. Its discs darken the column in front of the canal by only
-    # 17-29% (a bright nucleus), where the neck's bands need 35%: with that depth it got 3 of its 6 labelled
+    # 4-29% (a bright nucleus), where the neck's bands need 35%: with that depth it got 3 of its 6 labelled
     # discs, and two levels in the middle of L2's and L3's bodies (the detector's disc sign peaks there)
     import importlib.util
 
