@@ -249,8 +249,7 @@ def test_a_healthy_lumbar_t2_with_shallow_disc_bands_gets_its_discs_and_no_level
     spec.loader.exec_module(score_vb2)
     stack, bodies = score_vb2.read_scan(DATA / "fastcleverseg_vb2" / "14.mat")
     assert len(bodies) == 7  # T11 to L5, the lowest first
-    # each disc is the middle of the gap between two labelled bodies: L4-L5 up to T11-T12
-    discs = [(bodies[i][2] + bodies[i + 1][1]) / 2.0 for i in range(6)]
+    discs = score_vb2.gap_middles(bodies)  # L4-L5 up to T11-T12
     result = grade_stack(stack, package)
     assert result.study.region == "lumbar"
     levels = [level.slice_index for level in result.levels]

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "SpineStenosisGrader"))
 
-from score_fastcleverseg_vb2 import main, read_scan  # noqa: E402
+from score_fastcleverseg_vb2 import gap_middles, main, read_scan  # noqa: E402
 from SpineStenosisGraderLib.pipeline import grade_stack  # noqa: E402
 from SpineStenosisGraderLib.training.evaluation import (  # noqa: E402
     DISC_FOUND_MM, FALSE_LEVEL_MM, above_the_labelled_discs, match_levels)
@@ -46,8 +46,7 @@ def score(path: Path, package) -> dict:
     dz = stack.spacing[2]
     named = path.stem in LOWEST_IS_S1
     names = BODIES_FROM_S1 if named else [f"body {i + 1}" for i in range(len(extents))]
-    discs = {f"{names[i + 1]}-{names[i]}": (extents[i][2] + extents[i + 1][1]) / 2.0
-             for i in range(len(extents) - 1)}
+    discs = {f"{names[i + 1]}-{names[i]}": k for i, k in enumerate(gap_middles(extents))}
     inside = [k for k in discs.values() if INSIDE_MM <= k * dz and INSIDE_MM <= (stack.n_slices - 1 - k) * dz]
     result = grade_stack(stack, package, modality="MR")
     levels = [(level.name, level.slice_index) for level in result.levels]

@@ -49,11 +49,16 @@ def read_scan(path: Path):
     return stack, sorted(extents)  # slices run from the feet up
 
 
+def gap_middles(extents) -> list[float]:
+    """The middle of the gap between each two consecutive bodies of ``read_scan``, the lowest first: the discs."""
+    return [(below[2] + above[1]) / 2.0 for below, above in zip(extents, extents[1:])]
+
+
 def score(path: Path, package) -> dict:
     stack, extents = read_scan(path)
     if len(extents) != len(BODIES):
         raise SystemExit(f"{path.name}: {len(extents)} labelled bodies, not the {len(BODIES)} of T11-L5")
-    discs = {f"{BODIES[i + 1]}-{BODIES[i]}": (extents[i][2] + extents[i + 1][1]) / 2.0 for i in range(6)}
+    discs = {f"{BODIES[i + 1]}-{BODIES[i]}": k for i, k in enumerate(gap_middles(extents))}
     dz = stack.spacing[2]
     result = grade_stack(stack, package, modality="MR")
     levels = [(level.name, level.slice_index) for level in result.levels]
