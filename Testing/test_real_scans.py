@@ -258,3 +258,30 @@ def test_a_healthy_lumbar_t2_with_shallow_disc_bands_gets_its_discs_and_no_level
     assert sum(e <= 8.0 for e in errors) >= 5
     between = [k for k in levels if min(discs) - 8.0 <= k <= max(discs) + 8.0]
     assert all(min(abs(k - d) for d in discs) <= 10.0 for k in between)
+
+
+def test_a_neck_t2_star_cropped_to_the_spine_is_cervical_and_named_from_its_foramen_magnum(package, scans):
+    # the true-axial T2* of the neck (15 slices of 7.5 mm), never trained on, cropped to 20 mm around its canal
+    # as a cord-centred protocol would acquire it. The crop cuts the neck's outline and the CSF is too faint
+    # against the bright muscle for the cord to be read, so without the skull base the region is "unknown" and
+    # five levels are numbered "disc 1" to "disc 5", one of them in C2. The canal opens into the cisterna
+    # magna at the top: cervical, and the same four levels as the whole scan, named from the foramen magnum
+    scan = scans["sct_errsm_18_gre"]
+    whole = grade_stack(scan.stack, package)
+    boxes = np.array(list(scan.boxes.values()))
+    margin = np.array(20.0 / np.asarray(scan.stack.spacing[:2]))
+    lo = np.maximum(0, np.floor(boxes[:, :2].min(axis=0) - margin)).astype(int)
+    hi = np.ceil(boxes[:, 2:].max(axis=0) + margin).astype(int)
+    cropped = scan.stack.image[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), :]
+    assert cropped.GetSize()[0] * scan.stack.spacing[0] < 60.0  # no neck outline fits
+    result = grade_image(cropped, package)[0]
+    assert whole.study.region == result.study.region == "cervical"
+    assert result.study.names_anchored_by == whole.study.names_anchored_by == "foramen magnum"
+    assert any(e.startswith("the canal opens into the cisterna magna") for e in result.study.region_evidence)
+    assert [lv.name for lv in result.levels] == [lv.name for lv in whole.levels] == ["C5-C6", "C4-C5", "C3-C4",
+                                                                                     "C2-C3"]
+    # the crop keeps the patient coordinates: the same slices (7.5 mm apart), and boxes within a few millimetres
+    # (the detector sees less around the canal), where a box off the canal would lie 10 mm or more away
+    offsets = np.array([lv.box.center for lv in result.levels]) - np.array([lv.box.center for lv in whole.levels])
+    assert np.abs(offsets[:, 2]).max() <= 0.5
+    assert np.linalg.norm(offsets[:, :2], axis=1).max() <= 3.0

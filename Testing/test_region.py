@@ -196,3 +196,29 @@ def test_the_canal_tells_nothing_when_its_contents_are_ambiguous(kwargs):
 def test_the_canals_contents_are_not_read_on_ct():
     stack, canals = canal_study(13.0)
     assert infer_region(stack, "CT", canals, [], None).region == "unknown"
+
+
+FORAMEN = Landmark("foramen magnum", (6, 7), 7, "the canal opens into the cisterna magna on slice 6")
+
+
+def test_the_skull_base_tells_a_neck_whose_canal_and_outline_tell_nothing():
+    # a T2* of the neck cropped to the spine: the cord is too bright to be read (0.7 of the CSF) and the field
+    # of view cuts the outline, but the canal opens into the cisterna magna at the top: the study shows the neck
+    stack, canals = canal_study(13.0, cord=630.0)
+    assert infer_region(stack, "MR", canals, [], None).region == "unknown"
+    estimate = infer_region(stack, "MR", canals, [], None, FORAMEN)
+    assert estimate.region == "cervical" and estimate.confidence == "low"
+    assert FORAMEN.evidence in estimate.evidence
+
+
+def test_the_skull_base_is_sure_where_the_neck_or_its_cord_agrees_and_unknown_where_the_anatomy_disagrees():
+    neck, neck_canals = body_study(120.0)
+    assert infer_region(neck, "MR", neck_canals, [], None, FORAMEN).confidence == "high"
+    stack, canals = canal_study(13.0)  # a cervical cord in bright CSF
+    assert infer_region(stack, "MR", canals, [], None, FORAMEN).confidence == "high"
+    trunk, trunk_canals = body_study(320.0)
+    estimate = infer_region(trunk, "MR", trunk_canals, [], None, FORAMEN)
+    assert estimate.region == "unknown" and "disagree" in estimate.evidence[-1]
+    stack, canals = canal_study(0.0, roots=True)  # a sac of nerve roots: lumbar
+    assert infer_region(stack, "MR", canals, [], None).region == "lumbar"
+    assert infer_region(stack, "MR", canals, [], None, FORAMEN).region == "unknown"

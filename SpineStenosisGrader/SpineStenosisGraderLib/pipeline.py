@@ -105,7 +105,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     dz = stack.spacing[2]
     bones = measure_bone(stack, canals) if modality == "CT" else []
     sacrum = find_sacrum(stack, bones, canals)
-    estimate = infer_region(stack, modality, detected, bones, sacrum)
+    # MR only: there the box holds the CSF, which opens into the cisterna magna; on CT it holds the bony canal,
+    # whose ring at C1 is already wide, and no CT reaching the skull base has been checked
+    foramen = find_foramen_magnum(stack, canals) if modality == "MR" else None
+    estimate = infer_region(stack, modality, detected, bones, sacrum, foramen)
     user_region = region
     if region is None:
         region = estimate.region
@@ -129,9 +132,6 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     warnings.extend(cistern_warnings)
     discs, sacral_warnings = drop_sacral_level(discs, dz, region, sacrum_found=sacrum is not None)
     warnings.extend(sacral_warnings)
-    # MR only: there the box holds the CSF, which opens into the cisterna magna; on CT it holds the bony canal,
-    # whose ring at C1 is already wide, and no CT reaching the skull base has been checked
-    foramen = find_foramen_magnum(stack, canals) if region == "cervical" and modality == "MR" else None
     naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
                                foramen_magnum_slice=foramen.bottom_slice if foramen else None)
     warnings.extend(naming.warnings)

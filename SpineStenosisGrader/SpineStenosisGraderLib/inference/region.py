@@ -10,7 +10,11 @@ can have the same spacing between the slices that cut discs. What does tell it:
   100-150 mm across, a trunk 250 mm or more;
 - on T2 MR, what the bright CSF of the canal holds: a cervical cord is 11-14 mm
   across (a thoracic cord or the conus 8-10 mm), and below the conus the sac
-  holds only thin nerve roots, so its CSF is one solid bright blob.
+  holds only thin nerve roots, so its CSF is one solid bright blob;
+- on MR, the foramen magnum (see ``landmarks``): where the canal at the top of
+  the study opens into the cisterna magna, the study reaches the skull base, so
+  it shows the neck. This is what tells a T2* of the neck cropped to the spine,
+  whose CSF is too faint for the cord to be read and whose outline is cut.
 
 Where none of these can be read (a T1 MR cropped to the spine, say, or a
 thoracic cord) the region is "unknown": the study is not graded on a guess, and
@@ -218,8 +222,14 @@ def _outline(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
 
 
 def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[SliceCanal]],
-                 bones: Sequence[VertebralBone], sacrum: Optional[Landmark]) -> RegionEstimate:
-    """The region the study shows, from its anatomy; "unknown" when the slices do not tell."""
+                 bones: Sequence[VertebralBone], sacrum: Optional[Landmark],
+                 foramen_magnum: Optional[Landmark] = None) -> RegionEstimate:
+    """The region the study shows, from its anatomy; "unknown" when the slices do not tell.
+
+    ``foramen_magnum`` is the skull base where the study reaches it (MR only,
+    ``landmarks.find_foramen_magnum``): it says cervical, sure only where the
+    neck's outline or its cord says so too.
+    """
     evidence: list[str] = []
     outline = _outline(stack, canals, modality)
     outline_region = outline[0] if outline else None
@@ -243,6 +253,15 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
             return RegionEstimate(UNKNOWN, "none", evidence + ["the body outline and the vertebrae disagree"])
         return RegionEstimate(body_region, "high" if outline_region else "low", evidence)
     cord = _cord(stack, canals) if modality == "MR" else None
+    if foramen_magnum is not None:
+        evidence.append(foramen_magnum.evidence)
+        if cord is not None:
+            evidence.append(cord[1])
+        if outline_region == "trunk" or cord is not None and cord[0] != "cervical":
+            return RegionEstimate(UNKNOWN, "none", evidence + [
+                "the skull base at the top of the study and the anatomy below it disagree"])
+        return RegionEstimate("cervical", "high" if outline_region == "cervical" or cord is not None else "low",
+                              evidence)
     if cord is not None:
         evidence.append(cord[1])
         if outline_region == "cervical" and cord[0] != "cervical" or outline_region == "trunk" and cord[0] == "cervical":
