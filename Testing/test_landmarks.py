@@ -199,6 +199,16 @@ def test_no_foramen_magnum_without_a_cistern_reaching_the_top_of_the_track():
     assert find_foramen_magnum(stack, canals) is None
 
 
+def test_a_top_slice_whose_box_stops_short_of_the_cistern_does_not_hide_it():
+    # a field of view cropped to the spine: the top slice's box stops at the cistern's cut back (2 mm or less)
+    stack, canals = neck([15.0] * 80 + [24.0] * 5 + [18.0] * 2)
+    assert find_foramen_magnum(stack, canals).bottom_slice == 80
+    # boxes no deeper than the neck's reaching 3 mm below the top: the deep ones under them are no cistern at
+    # the top of the study
+    stack, canals = neck([15.0] * 80 + [24.0] * 5 + [18.0] * 4)
+    assert find_foramen_magnum(stack, canals) is None
+
+
 @settings(max_examples=25, deadline=None)
 @given(pixel_mm=st.sampled_from([0.3, 0.5, 0.8, 1.0]), slice_mm=st.sampled_from([0.8, 1.0, 2.0, 3.0]))
 def test_the_foramen_magnum_does_not_depend_on_the_pixel_or_slice_spacing(pixel_mm, slice_mm):

@@ -9,6 +9,8 @@ import SimpleITK as sitk
 from SpineStenosisGraderLib.study.volume import AxialStack
 from SpineStenosisGraderLib.training.evaluation import evaluate_series_variants, score_levels
 from SpineStenosisGraderLib.training.series_variants import (
+    FIELD_OF_VIEW_MARGIN_MM,
+    crop_to_canal,
     cut,
     disc_slices_in,
     series_variants,
@@ -66,6 +68,27 @@ def test_each_slice_of_a_series_takes_the_reference_of_the_scan_slice_at_its_cen
     assert source_slices(stack, cut(stack, 4, 10)).tolist() == [4, 5, 6, 7, 8, 9]
 
 
+def test_a_field_of_view_cropped_to_the_canal_keeps_every_voxel_in_place_in_patient_space():
+    stack = _stack(spacing=(2.0, 4.0, 1.5))
+    array = np.arange(12 * 40 * 50, dtype=np.float32).reshape(12, 40, 50)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(stack.spacing)
+    image.SetOrigin(stack.origin)
+    image.SetDirection(stack.image.GetDirection())
+    stack = AxialStack(image, source="test")
+    # the canal's boxes (i0, j0, i1, j1) span columns 20-26 and rows 10-15 over the slices
+    cropped = crop_to_canal(stack, {2: (20.0, 10.0, 24.0, 14.0), 7: (22.0, 11.0, 26.0, 15.0)})
+    # 20 mm is 10 columns of 2 mm and 5 rows of 4 mm either side
+    assert FIELD_OF_VIEW_MARGIN_MM == 20.0
+    assert cropped.image.GetSize() == (26, 15, 12)
+    assert float(cropped.array[3, 0, 0]) == float(array[3, 5, 10])
+    np.testing.assert_allclose(cropped.index_to_lps(np.array([[0.0, 0.0, 3.0]])),
+                               stack.index_to_lps(np.array([[10.0, 5.0, 3.0]])), atol=1e-6)
+    # a crop that keeps nearly the whole slice is no tighter field of view than the scan's own
+    assert crop_to_canal(stack, {0: (2.0, 2.0, 45.0, 35.0)}) is None
+    assert crop_to_canal(stack, {}) is None
+
+
 def test_a_cut_outside_the_stack_is_refused():
     with pytest.raises(ValueError):
         cut(_stack(), 8, 13)
@@ -93,15 +116,12 @@ def test_a_level_above_labels_that_stop_short_of_the_top_disc_is_not_false():
     assert score_levels([3.0], discs, 40, 2.0, more_discs_above=True) == (2, 0, 1)
 
 
-def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
+def _one_scan_catalogue(name, folder):
+    """A catalogue of the one scan, its paths made absolute: (its path, its entry)."""
     import json
 
-    from SpineStenosisGraderLib.packages.package import load_package
-    from SpineStenosisGraderLib.training.annotations import load_scans
-
-    # a catalogue of the one small scan, its paths made absolute
     catalogue = json.loads(CATALOGUE.read_text())
-    entry = next(s for s in catalogue["scans"] if s["name"] == "sct_cervical_t2")
+    entry = next(s for s in catalogue["scans"] if s["name"] == name)
     for key, value in list(entry.items()):
         if isinstance(value, str) and key == "image":
             entry[key] = str(CATALOGUE.parent / value)
@@ -111,14 +131,26 @@ def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
                 extra["file"] = str(CATALOGUE.parent / extra["file"])
     for tissue in entry.get("tissues", []):
         tissue["file"] = str(CATALOGUE.parent / tissue["file"])
-    one = tmp_path / "scans.json"
+    one = folder / "scans.json"
     one.write_text(json.dumps({"scans": [entry]}))
+    return one, entry
+
+
+def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
+    import json
+
+    from SpineStenosisGraderLib.packages.package import load_package
+    from SpineStenosisGraderLib.training.annotations import load_scans
+
+    one, entry = _one_scan_catalogue("sct_cervical_t2", tmp_path)
     scan = next(iter(load_scans(one)))
     package = load_package(None)
-    made = series_variants(scan.stack, scan.discs)
+    made = series_variants(scan.stack, scan.discs, canal_boxes=scan.boxes)
     report = evaluate_series_variants(lambda name: package, one)
     assert [s["scan"] for s in report["per_scan"]] == ["sct_cervical_t2"]
     sct = next(s for s in report["per_scan"] if s["scan"] == "sct_cervical_t2")
+    # the scan is cropped to the spine already (60 x 52 mm): no tighter field of view is made
+    assert not any(v.description.startswith("field of view") for v in made)
     assert sct["series"] == len(made) == len(short_windows(scan.stack.n_slices, 1.0, list(scan.discs.values()))) + 4
     assert sct["trained_on"] and "sct_cervical_t2" in report["pooled"]["scans_trained_on"]
     inside = sum(score_levels([], list(v.discs.values()), v.stack.n_slices, v.stack.spacing[2])[0] for v in made)
@@ -143,3 +175,23 @@ def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
     assert canal_only["series"] == len(windows) + 4 and canal_only["canal_slices"] > 0
     # with no disc and no C2 labelled, no level can be called false
     assert canal_only["false_levels"] == 0
+
+
+def test_a_neck_cropped_to_its_canal_is_scored_on_its_own_canal_through_patient_space(tmp_path):
+    from SpineStenosisGraderLib.packages.package import load_package
+    from SpineStenosisGraderLib.training.annotations import load_scans
+
+    # the true-axial T2* of the neck (160 mm field of view, 15 slices of 7.5 mm), never trained on
+    one, _ = _one_scan_catalogue("sct_errsm_18_gre", tmp_path)
+    scan = next(iter(load_scans(one)))
+    made = series_variants(scan.stack, scan.discs, sorted(scan.boxes), scan.boxes)
+    (crop,) = [v for v in made if v.description.startswith("field of view")]
+    assert crop.stack.image.GetSize()[0] * crop.stack.spacing[0] < 60.0  # no neck outline fits
+    report = evaluate_series_variants(lambda name: load_package(None), one)["per_scan"][0]
+    assert report["series"] == len(made) and not report["trained_on"]
+    # its boxes are compared with the labels on the scan's own pixels (99 of 101 slices found); read on the
+    # crop's pixels, the crop's 15 slices would all miss (85 of 101)
+    assert report["canal_slices"] == sum(v.stack.n_slices for v in made)
+    assert report["canal_hits"] >= 0.95 * report["canal_slices"]
+    # the crop reaches the foramen magnum, which tells the neck where its outline is cut
+    assert report["regions_found"].get("lumbar", 0) == 0

@@ -208,7 +208,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(_real_scan_table(scores, summary), file=sys.stderr)
     if args.series_variants:
         variants = metrics["series_variants"]
-        print("\nShort and thick series: " + ", ".join(
+        print("\nShort, thick and cropped series: " + ", ".join(
             f"{s['scan']} canal {s['canal_hits']}/{s['canal_slices']}, {s['discs_found']}/{s['discs_inside']} discs, "
             f"{s['false_levels']} false, region {s['region_right']}/{s['series']}"
             for s in variants["per_scan"]) + f"; pooled {variants['pooled']}", file=sys.stderr)
@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "without it: each scan is scored by its own (leave-one-scan-out)")
     evaluate.add_argument("--real-only", action="store_true", help="only the real scans, not the phantoms")
     evaluate.add_argument("--series-variants", action="store_true",
-                          help="also grade short windows and thick-slice versions of each real scan (a few minutes)")
+                          help="also grade short windows, thick-slice versions and a field of view cropped to the "
+                               "canal of each real scan (a few minutes)")
     evaluate.add_argument("--grade-slices", type=int, default=400)
     evaluate.add_argument("--time", nargs="*", help="studies to time end to end (median of 3)")
     _add_backend_option(evaluate)

@@ -329,7 +329,7 @@ def score_levels(result_levels: Sequence[float], discs: Sequence[float], n_slice
 
 def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue: Path,
                              use: Optional[str] = None) -> dict[str, Any]:
-    """Canal, levels and region on short and thick series made from every catalogue scan (see ``series_variants``).
+    """Canal, levels and region on short, thick and cropped series made from every catalogue scan (``series_variants``).
 
     Each scan's series are graded as a user would, by ``packages(scan name)``:
     for leave-one-scan-out, the package trained without that scan. A scan with
@@ -339,7 +339,7 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
     neither has nothing to score here. Without disc positions, a level above
     the middle of a labelled C2 is false.
     """
-    from .series_variants import disc_slices_in, series_variants, source_slices
+    from .series_variants import FIELD_OF_VIEW_MARGIN_MM, disc_slices_in, series_variants, source_slices
 
     per_scan, missed = [], []
     keys = ("series", "discs_inside", "discs_found", "false_levels", "region_right", "canal_slices", "canal_hits")
@@ -348,7 +348,7 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
         counts = dict.fromkeys(keys, 0)
         regions: dict[str, int] = {}
         around = list(scan.discs.values()) or sorted(scan.boxes)
-        for variant in series_variants(scan.stack, scan.discs, around):
+        for variant in series_variants(scan.stack, scan.discs, around, scan.boxes):
             stack = variant.stack
             result = grade_stack(stack, package, modality=scan.modality)
             levels = [float(lv.slice_index) for lv in result.levels]
@@ -359,7 +359,9 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
                 landmarks = disc_slices_in(scan.stack, stack, scan.landmarks)
                 inside, found = 0, 0
                 false = sum(level_is_false(k, [], landmarks, stack.spacing[2])[1] for k in levels)
-            boxes = {d.slice_index: stack.box_to_slice(d.box)[1] for d in result.detections}
+            # each box carried onto the scan's own slice grid through patient space, where its reference lies: the
+            # same pixels as the series' own, but for a cropped field of view
+            boxes = {d.slice_index: scan.stack.box_to_slice(d.box)[1] for d in result.detections}
             canal_slices, canal_hits = 0, 0
             for k, r in enumerate(source_slices(scan.stack, stack)):
                 if int(r) not in scan.boxes:
@@ -386,7 +388,9 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
                      for region in sorted({r for s in per_scan for r in s["regions_found"]})}
     return {
         "data": "short windows (40, 60 and 90 mm, every 15 mm) and thick-slice versions (3 and 4.5 mm) of each "
-                "real scan with disc positions or a canal label, its labels carried over in patient space; a disc "
+                "real scan with disc positions or a canal label, and the scan cropped to "
+                f"{FIELD_OF_VIEW_MARGIN_MM:.0f} mm around its labelled canal where that cuts at least a quarter of "
+                "the slice, its labels carried over in patient space; a disc "
                 f"counts when its centre is at least {DISC_INSIDE_MM:.0f} mm inside the series; a series slice's "
                 "canal reference is that of the scan slice at its centre",
         "pooled": {"series": total["series"],

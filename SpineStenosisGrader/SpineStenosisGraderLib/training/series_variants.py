@@ -1,11 +1,13 @@
 """Short and thick series made from a real labelled scan, to measure what a whole scan cannot.
 
 Users load series that a labelled research scan is not: a 40 mm CT series
-through one disc, a clinical axial T2 with 3-4 mm slices. Cutting a real scan
-into short windows, and averaging its slices into thick ones, gives such
-series with the scan's own labels, so the level finding can be scored on them
-(``evaluation.evaluate_series_variants``). The labels are carried over in
-patient coordinates, so they stay right whatever the window or thickness.
+through one disc, a clinical axial T2 with 3-4 mm slices, a T2* of the neck
+whose field of view holds little more than the spine. Cutting a real scan
+into short windows, averaging its slices into thick ones, and cropping it to
+its canal give such series with the scan's own labels, so the level finding
+can be scored on them (``evaluation.evaluate_series_variants``). The labels
+are carried over in patient coordinates, so they stay right whatever the
+window, thickness or field of view.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ SHORT_SERIES_STEP_MM = 15.0
 SHORT_SERIES_MARGIN_MM = 30.0
 #: slice thicknesses (mm) of the thick series; each is made at two offsets, so the discs fall differently
 THICK_SERIES_MM = (3.0, 4.5)
+#: the cropped series reaches this far (mm) beyond the labelled canal on every side: the field of view of a
+#: cord-centred protocol, which cuts the body's outline
+FIELD_OF_VIEW_MARGIN_MM = 20.0
+#: a crop that keeps more than this share of the slice is no tighter than the scan itself, and is not made
+FIELD_OF_VIEW_MAX_SHARE = 0.75
 
 
 @dataclass
@@ -89,6 +96,26 @@ def short_windows(n_slices: int, slice_spacing_mm: float, disc_slices: Sequence[
     return windows
 
 
+def crop_to_canal(stack: AxialStack, canal_boxes: dict[int, Sequence[float]],
+                  margin_mm: float = FIELD_OF_VIEW_MARGIN_MM) -> Optional[AxialStack]:
+    """The scan cropped in the slice plane to ``margin_mm`` around every labelled canal box, in place in patient space.
+
+    None where the crop would keep more than FIELD_OF_VIEW_MAX_SHARE of the slice.
+    """
+    if not canal_boxes:
+        return None
+    boxes = np.array(list(canal_boxes.values()), dtype=float)
+    margin = np.array([margin_mm / stack.spacing[0], margin_mm / stack.spacing[1]])
+    size = np.array(stack.image.GetSize()[:2])
+    low = np.maximum(0, np.floor(boxes[:, :2].min(axis=0) - margin)).astype(int)
+    high = np.minimum(size, np.ceil(boxes[:, 2:].max(axis=0) + margin)).astype(int)
+    if np.prod(high - low) > FIELD_OF_VIEW_MAX_SHARE * np.prod(size):
+        return None
+    # SimpleITK moves the origin with the crop, so every voxel keeps its place in patient space
+    return AxialStack(stack.image[int(low[0]):int(high[0]), int(low[1]):int(high[1]), :],
+                      source=f"{stack.source} cropped to {margin_mm:.0f} mm around the canal")
+
+
 def source_slices(stack: AxialStack, variant: AxialStack) -> np.ndarray:
     """Per slice of ``variant``, the scan slice nearest its centre in patient space: where its references lie."""
     centres = disc_slices_in(variant, stack, {str(k): float(k) for k in range(variant.n_slices)})
@@ -96,12 +123,13 @@ def source_slices(stack: AxialStack, variant: AxialStack) -> np.ndarray:
 
 
 def series_variants(stack: AxialStack, discs: dict[str, float],
-                    around: Optional[Sequence[float]] = None) -> list[SeriesVariant]:
-    """The short windows and thick series of a scan, each with the scan's discs carried into it.
+                    around: Optional[Sequence[float]] = None,
+                    canal_boxes: Optional[dict[int, Sequence[float]]] = None) -> list[SeriesVariant]:
+    """The short windows, thick series and cropped field of view of a scan, each with the scan's discs carried into it.
 
     The short windows lie around the slices ``around`` (by default the discs):
     for a scan whose labels give no disc positions, the slices of its labelled
-    canal.
+    canal. The crop needs the labelled canal (``canal_boxes``, per slice).
     """
     out = []
     around = list(discs.values()) if around is None else list(around)
@@ -117,4 +145,9 @@ def series_variants(stack: AxialStack, discs: dict[str, float],
             variant = thicken(stack, thickness, offset)
             out.append(SeriesVariant(f"{variant.spacing[2]:.1f} mm slices, offset {offset}", variant,
                                      disc_slices_in(stack, variant, discs)))
+    cropped = crop_to_canal(stack, canal_boxes or {})
+    if cropped is not None:
+        width, height = (n * s for n, s in zip(cropped.image.GetSize()[:2], cropped.spacing[:2]))
+        out.append(SeriesVariant(f"field of view {width:.0f} x {height:.0f} mm around the canal", cropped,
+                                 disc_slices_in(stack, cropped, discs)))
     return out
