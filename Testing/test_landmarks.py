@@ -197,15 +197,9 @@ def test_no_foramen_magnum_without_a_cistern_reaching_the_top_of_the_track():
     # a study too short for the canal's median to be the canal's
     stack, canals = neck([15.0] * 40 + [24.0] * 5)
     assert find_foramen_magnum(stack, canals) is None
-
-
-def test_a_top_slice_whose_box_stops_short_of_the_cistern_does_not_hide_it():
-    # a field of view cropped to the spine: the top slice's box stops at the cistern's cut back (2 mm or less)
-    stack, canals = neck([15.0] * 80 + [24.0] * 5 + [18.0] * 2)
-    assert find_foramen_magnum(stack, canals).bottom_slice == 80
-    # boxes no deeper than the neck's reaching 3 mm below the top: the deep ones under them are no cistern at
-    # the top of the study
-    stack, canals = neck([15.0] * 80 + [24.0] * 5 + [18.0] * 4)
+    # deep boxes under a top slice as deep as the neck's are no cistern at the top: taken as one, they made a
+    # "cistern" at the top of 3 of 1061 lumbar series (windows ending in the lumbar sac)
+    stack, canals = neck([15.0] * 80 + [24.0] * 5 + [18.0])
     assert find_foramen_magnum(stack, canals) is None
 
 
