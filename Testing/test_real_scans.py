@@ -266,13 +266,11 @@ def test_a_neck_t2_star_cropped_to_the_spine_is_cervical_and_named_from_its_fora
     # against the bright muscle for the cord to be read, so without the skull base the region is "unknown" and
     # five levels are numbered "disc 1" to "disc 5", one of them in C2. The canal opens into the cisterna
     # magna at the top: cervical, and the same four levels as the whole scan, named from the foramen magnum
+    from SpineStenosisGraderLib.training.series_variants import crop_to_canal
+
     scan = scans["sct_errsm_18_gre"]
     whole = grade_stack(scan.stack, package)
-    boxes = np.array(list(scan.boxes.values()))
-    margin = np.array(20.0 / np.asarray(scan.stack.spacing[:2]))
-    lo = np.maximum(0, np.floor(boxes[:, :2].min(axis=0) - margin)).astype(int)
-    hi = np.ceil(boxes[:, 2:].max(axis=0) + margin).astype(int)
-    cropped = scan.stack.image[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), :]
+    cropped = crop_to_canal(scan.stack, scan.boxes, margin_mm=20.0).image
     assert cropped.GetSize()[0] * scan.stack.spacing[0] < 60.0  # no neck outline fits
     result = grade_image(cropped, package)[0]
     assert whole.study.region == result.study.region == "cervical"
