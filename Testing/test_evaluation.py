@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from SpineStenosisGraderLib.inference.detector import box_iou
+from SpineStenosisGraderLib.packages.package import load_default_package
+from SpineStenosisGraderLib.training import evaluation
 from SpineStenosisGraderLib.training.evaluation import (
     canal_hit,
     discs_between,
@@ -94,3 +96,21 @@ def test_a_box_around_the_canal_finds_it_though_the_cord_lies_at_its_front():
 def test_a_box_that_misses_half_the_cord_or_reaches_far_past_it_does_not(box):
     cord, reference = _thoracic_canal()
     assert not canal_hit(box, reference, cord, (1.0, 1.0))
+
+
+def test_the_grade_is_also_scored_on_its_phantom_slices_coarsened_to_thicker_pixels(monkeypatch):
+    coarsened = []
+
+    def spy(image, spacing, pixel_mm):
+        coarsened.append(pixel_mm)
+        return np.zeros_like(image)  # nothing left to grade: the scores must come from these slices
+
+    monkeypatch.setattr(evaluation, "coarsen_slice", spy)
+    out = evaluation.evaluate_grades(load_default_package(), n_slices=12)
+    assert sorted(set(coarsened)) == [1.5, 3.0] and len(coarsened) == 2 * 12
+    assert set(out["accuracy_at_pixel_mm"]) == {"1.5", "3"}
+    for scores in out["accuracy_at_pixel_mm"].values():
+        assert set(scores) == {"CT", "MR"}
+        # a blank crop gets one grade for every slice, so at most the share of slices of that grade is right
+        assert all(0.0 <= v <= 0.5 for v in scores.values())
+    assert out["accuracy_MR"] > 0.5

@@ -8,7 +8,7 @@ import pytest
 from conftest import DATA
 from SpineStenosisGraderLib.training.annotations import load_annotated_scan, load_scans
 from SpineStenosisGraderLib.training.synthesis import (
-    SynthesisOptions, kmeans_1d, synthesize_from_map, synthesize_slice, tissue_map_from_scan,
+    SynthesisOptions, coarsen_slice, kmeans_1d, synthesize_from_map, synthesize_slice, tissue_map_from_scan,
 )
 from SpineStenosisGraderLib.training.train import build_detector_data, origin_of, train_detector
 
@@ -176,3 +176,31 @@ def test_detector_training_is_deterministic():
         weights.append({k: v.clone() for k, v in model.state_dict().items()})
     assert weights[0].keys() == weights[1].keys()
     assert all(np.array_equal(weights[0][k].numpy(), weights[1][k].numpy()) for k in weights[0])
+
+
+def _rise_mm(profile: np.ndarray, spacing_mm: float) -> float:
+    """The 10-90% width of a rising edge along a profile, in mm."""
+    low, high = float(profile.min()), float(profile.max())
+    return float(np.argmax(profile >= low + 0.9 * (high - low)) - np.argmax(profile >= low + 0.1 * (high - low))) \
+        * spacing_mm
+
+
+def test_a_slice_coarsened_to_3_mm_pixels_blurs_its_edges_as_a_3_mm_acquisition_would():
+    image = np.zeros((120, 120), dtype=np.float32)
+    image[:, 60:] = 1.0  # a sharp edge on a 0.5 mm grid
+    coarse = coarsen_slice(image, (0.5, 0.5), 3.0)
+    assert coarse.shape == image.shape and coarse.dtype == np.float32
+    # a 3 mm pixel's blur alone rises over 3.2 mm (10-90%); sampling at 3 mm and interpolating back adds to it
+    assert _rise_mm(image[60], 0.5) <= 0.5 and 3.0 <= _rise_mm(coarse[60], 0.5) <= 7.0
+    # the edge stays where it was, and flat parts keep their value
+    assert abs(float(coarse[60, 59] + coarse[60, 60]) - 1.0) < 0.2
+    assert np.allclose(coarse[:, :30], 0.0, atol=1e-3) and np.allclose(coarse[:, 90:], 1.0, atol=1e-3)
+
+
+def test_coarsening_leaves_an_axis_already_as_coarse_and_a_finer_target_alone():
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    assert coarsen_slice(image, (1.0, 1.0), 0.8) is image
+    # rows 3 mm apart already: coarsening to 3 mm blurs across the columns (0.5 mm) only
+    coarse = coarsen_slice(image, (0.5, 3.0), 3.0)
+    assert np.allclose(coarse.mean(axis=1), image.mean(axis=1), atol=0.05)
+    assert float(np.abs(np.diff(coarse, axis=1)).mean()) < 0.25 * float(np.abs(np.diff(image, axis=1)).mean())

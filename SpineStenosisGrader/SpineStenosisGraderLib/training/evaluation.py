@@ -6,6 +6,7 @@ which calls these functions on data the package did not train on.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..inference.detector import box_iou
 from ..inference.levels import SPINE_DISCS
 from ..packages.package import ModelPackage
 from ..pipeline import grade_stack
+from .synthesis import coarsen_slice
 from .train import EVAL_SEED_BASE, classifier_sample, grade_samples
 
 IOU_THRESHOLD = 0.5
@@ -35,6 +37,9 @@ CENTRED_MARGIN_MM = 10.0
 HELD_FRACTION = 0.9
 #: a level's box is checked against the reference canal on its slice, or the nearest one within this
 LEVEL_REFERENCE_MM = 6.0
+#: in-plane pixel sizes (mm) the grade is also scored at, its phantom slices coarsened to them: a thin reformat,
+#: and a thick one such as the README's sample (3 mm)
+GRADE_PIXEL_MM = (1.5, 3.0)
 
 
 @dataclass
@@ -246,6 +251,7 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         names_right += int(true_name is not None and level.name == true_name)
         rows.append({"name": level.name, "slice": k, "on_canal": is_on,
                      "nearest_disc_mm": None if distance is None else round(distance, 1), "true_name": true_name,
+                     "grade": level.grade.grade if level.grade else None,
                      **({"above_the_labelled_discs": True} if beyond_labels else {}),
                      **({"above_c2": false} if c2_only else {})})
     errors = sorted(abs(level_slices[a] - true_slices[b]) * dz for a, b in matches)
@@ -471,11 +477,21 @@ def evaluate_grades(package: ModelPackage, n_slices: int = 400, seed_base: int =
         "confusion": confusion_matrix(truth, predicted, labels=list(range(len(scale.names)))).tolist(),
         "classes": scale.names,
     }
+    modalities = np.array([s.modality for s in samples])
     for modality in ("CT", "MR"):
-        mask = np.array([s.modality == modality for s in samples])
+        mask = modalities == modality
         if mask.any():
             out[f"accuracy_{modality}"] = round(float(accuracy_score(truth[mask], predicted[mask])), 4)
             out[f"cohen_kappa_{modality}"] = round(float(cohen_kappa_score(truth[mask], predicted[mask])), 4)
+    # the phantoms are drawn at 0.5-1 mm pixels; real studies come at up to 3 mm (the README's sample)
+    by_pixel: dict[str, dict[str, float]] = {}
+    for pixel_mm in GRADE_PIXEL_MM:
+        coarse = [dataclasses.replace(s, image=coarsen_slice(s.image, s.spacing, pixel_mm)) for s in samples]
+        guessed = classifier.predict_proba(
+            np.stack([classifier_sample(s, package.classifier_config, None) for s in coarse])).argmax(axis=1)
+        by_pixel[f"{pixel_mm:g}"] = {m: round(float(accuracy_score(truth[modalities == m], guessed[modalities == m])), 4)
+                                     for m in ("CT", "MR") if (modalities == m).any()}
+    out["accuracy_at_pixel_mm"] = by_pixel
     binary_positive = [scale.index(n) for n in next(iter(scale.binary.values()))]
     bt = np.isin(truth, binary_positive)
     bp = np.isin(predicted, binary_positive)

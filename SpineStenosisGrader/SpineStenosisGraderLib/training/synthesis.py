@@ -294,6 +294,27 @@ def _resample_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return ndimage.map_coordinates(image, [rr, cc], order=1, mode="nearest")
 
 
+#: a pixel of width w blurs like a Gaussian whose FWHM is w: sigma = w / 2.355
+FWHM_PER_SIGMA = 2.355
+
+
+def coarsen_slice(image: np.ndarray, spacing: tuple[float, float], pixel_mm: float) -> np.ndarray:
+    """``image`` (pixel ``spacing`` (i, j) mm) as if acquired at ``pixel_mm`` pixels, on its own grid.
+
+    Blurred by the acquired pixel's width beyond its own, sampled at the coarse
+    pixel size and interpolated back, as a scanner's coarse slice is when shown
+    on a finer grid. An axis already as coarse is left as it is.
+    """
+    own = np.array([spacing[1], spacing[0]], dtype=float)  # rows, columns
+    acquired = np.maximum(own, pixel_mm)
+    if np.all(acquired <= own):
+        return image
+    sigma = np.sqrt(acquired ** 2 - own ** 2) / FWHM_PER_SIGMA / own
+    blurred = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), sigma=sigma, mode="nearest")
+    coarse = tuple(max(4, int(round(n * o / a))) for n, o, a in zip(image.shape, own, acquired))
+    return _resample_to(_resample_to(blurred, coarse), image.shape).astype(np.float32)
+
+
 def _crop_box(canal: np.ndarray, spacing: tuple[float, float], rng: np.random.Generator
               ) -> tuple[slice, slice]:
     """A random field of view around the canal: from a tight spine crop to the whole slice."""
