@@ -45,7 +45,7 @@ def test_train_command_writes_a_package_the_grader_loads(tmp_path):
     machine = training["machine"]
     assert machine["torch"] == torch.__version__ and machine["cpu"]
     assert set(machine["kernel_settings"]) <= set(KERNEL_VARIABLES)
-    # `train` ran itself again with the kernels that round alike on every x86-64 CPU
+    # `train` ran itself again with the kernels chosen to round alike on x86-64 CPUs
     if portable_kernels_apply():
         assert training["portable_kernels"] is True
         assert machine["kernel_settings"].items() >= PORTABLE_KERNELS.items()
@@ -86,3 +86,22 @@ def test_training_is_reproducible_by_seed(tmp_path):
     ja = json.loads((tmp_path / "a" / "manifest.json").read_text())
     jb = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert ja["files"] == jb["files"]
+
+
+def test_the_manifest_records_the_commit_the_training_started_from(tmp_path, monkeypatch):
+    # a commit made while a package trains (it takes an hour) is not the code that trained it
+    head = {"commit": "at-start", "dirty": False}
+    monkeypatch.setattr(train_module, "git_state", lambda: dict(head))
+    train_classifier = train_module.train_classifier
+
+    def commit_meanwhile(*args, **kwargs):
+        head["commit"] = "committed-meanwhile"
+        return train_classifier(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_classifier", commit_meanwhile)
+    # in this process: the command may run itself again in a child process for its kernels
+    training = train_module.train_default_package(
+        tmp_path / "pkg", DATA / "scans.json", n_phantoms=2, per_study=3, detector_iterations=2, n_grade_slices=8,
+        classifier_epochs=1, synthetic_per_scan=2, synthetic_per_phantom=1)
+    assert training["code"] == {"commit": "at-start", "dirty": False}
+    assert load_package(tmp_path / "pkg").manifest["training_data"]["code"]["commit"] == "at-start"

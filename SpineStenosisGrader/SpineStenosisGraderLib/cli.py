@@ -121,7 +121,7 @@ def _train(args: argparse.Namespace) -> int:
         # the kernel settings are read when torch and MKL load: only a new process takes them
         import subprocess
 
-        print("Training with the kernels that round alike on every x86-64 CPU (in a child process).",
+        print("Training with the kernels chosen to round alike on x86-64 CPUs (in a child process).",
               file=sys.stderr)
         return subprocess.call([sys.executable, "-m", "SpineStenosisGraderLib.cli", *args.argv],
                                env=portable_environment())
@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--native-kernels", action="store_true",
                        help="train with the kernels this CPU picks: faster (the default package in about 11 minutes "
                             "instead of 61 on 2 cores), but the weights then depend on the kind of CPU (default: "
-                            "kernels that round alike on every x86-64 CPU, see training/kernels.py)")
+                            "kernels chosen to round alike on x86-64 CPUs; Intel Xeons agree, an AMD EPYC did not: "
+                            "see README)")
     train.set_defaults(func=_train)
 
     export = sub.add_parser("export-onnx", help="add ONNX Runtime graphs to a model package (needs PyTorch)")

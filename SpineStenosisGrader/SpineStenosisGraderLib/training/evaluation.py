@@ -489,8 +489,9 @@ def evaluate_grades(package: ModelPackage, n_slices: int = 400, seed_base: int =
         coarse = [dataclasses.replace(s, image=coarsen_slice(s.image, s.spacing, pixel_mm)) for s in samples]
         guessed = classifier.predict_proba(
             np.stack([classifier_sample(s, package.classifier_config, None) for s in coarse])).argmax(axis=1)
-        by_pixel[f"{pixel_mm:g}"] = {m: round(float(accuracy_score(truth[modalities == m], guessed[modalities == m])), 4)
-                                     for m in ("CT", "MR") if (modalities == m).any()}
+        by_pixel[f"{pixel_mm:g}"] = {
+            m: round(float(accuracy_score(truth[modalities == m], guessed[modalities == m])), 4)
+            for m in ("CT", "MR") if (modalities == m).any()}
     out["accuracy_at_pixel_mm"] = by_pixel
     binary_positive = [scale.index(n) for n in next(iter(scale.binary.values()))]
     bt = np.isin(truth, binary_positive)

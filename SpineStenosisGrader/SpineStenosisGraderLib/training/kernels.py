@@ -1,4 +1,4 @@
-"""Kernels that round alike on every x86-64 CPU, so that ``train`` gives the same weights on any of them.
+"""Kernels chosen to round alike on x86-64 CPUs, so that ``train`` gives the same weights on more of them.
 
 torch, oneDNN and MKL each pick a kernel for the CPU they run on (AVX-512 and
 AMX on one Xeon, AVX2 on an older EPYC), and the kernels sum in different
@@ -18,6 +18,10 @@ Both variables are read when torch and MKL load, so the training command runs
 itself again in a child process with them set (``cli.py``). The price is time:
 on 2 cores the default package takes about 61 minutes instead of 11 (the
 detector about three times slower, the classifier more).
+
+They are not enough: Intel Xeons remake the shipped package byte for byte, but
+an AMD EPYC (AVX-512) with these settings made other weights on 5 December 2026
+(README, "Retraining the default model").
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import platform
 import sys
 from typing import Mapping, Optional
 
-#: the settings that make training's kernels the same on every x86-64 CPU
+#: the settings meant to make training's kernels the same on every x86-64 CPU (an AMD EPYC still differs)
 PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE,STRICT"}
 #: every environment variable that picks or limits the kernels of torch, oneDNN and MKL, so changes the weights
 #: (a package's manifest records those set); the portable settings are among them by construction

@@ -178,7 +178,7 @@ def deterministic_torch(seed: int, threads: int = TRAIN_THREADS) -> Iterator[Non
     """Same seed, same software, same weights: deterministic kernels and a fixed thread count.
 
     With the portable kernels (``kernels.py``) oneDNN is off as well, so that the
-    weights are the same on every x86-64 CPU, not only on this kind.
+    weights are the same on more kinds of CPU than this one (Intel Xeons agree; an AMD EPYC does not).
     """
     import torch
 
@@ -482,6 +482,8 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
     package's classifier is reused as it is (it trains on phantoms alone).
     """
     started = time.time()
+    # the code as it is now, when it is loaded: a commit made while the hour of training runs is not what trained
+    code = git_state()
     detector_config = dict(DEFAULT_DETECTOR_CONFIG)
     data = build_detector_data(catalogue, n_phantoms, per_study, seed, synthetic_per_scan=synthetic_per_scan,
                                synthetic_per_phantom=synthetic_per_phantom, exclude_scans=exclude_scans,
@@ -527,11 +529,11 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
         "detector_synthetic_slices": synth_counts,
         "detector_pool_fractions": POOL_FRACTIONS,
         "command": command,
-        "code": git_state(),
+        "code": code,
         "machine": machine_state(),
         "seed": seed,
         "torch_threads": TRAIN_THREADS,
-        # with portable kernels any x86-64 CPU gives these weights; without, only this kind of CPU
+        # with portable kernels Intel Xeons give these weights (an AMD EPYC did not); without, only this kind of CPU
         "portable_kernels": kernels_are_portable(),
         "final_loss": {"detector": float(np.mean(det_losses[-50:])),
                        "classifier": float(np.mean(cls_losses[-50:])) if cls_losses else None},
