@@ -464,9 +464,13 @@ def evaluate_grades(package: ModelPackage, n_slices: int = 400, seed_base: int =
     classifier = package.classifier()
     scale = package.scale
     samples = grade_samples(range(seed_base, seed_base + n_slices), "lumbar", scale.key)
-    patches = np.stack([classifier_sample(s, package.classifier_config, None) for s in samples])
-    probabilities = classifier.predict_proba(patches)
-    predicted = probabilities.argmax(axis=1)
+
+    def graded(items: Sequence[Any]) -> np.ndarray:
+        """The grade index the classifier gives each slice's crop."""
+        patches = np.stack([classifier_sample(s, package.classifier_config, None) for s in items])
+        return classifier.predict_proba(patches).argmax(axis=1)
+
+    predicted = graded(samples)
     truth = np.array([s.grade_index for s in samples])
     out: dict[str, Any] = {
         "data": f"{n_slices} phantom disc slices, seeds {seed_base}-{seed_base + n_slices - 1} (never trained on)",
@@ -486,9 +490,7 @@ def evaluate_grades(package: ModelPackage, n_slices: int = 400, seed_base: int =
     # the phantoms are drawn at 0.5-1 mm pixels; real studies come at up to 3 mm (the README's sample)
     by_pixel: dict[str, dict[str, float]] = {}
     for pixel_mm in GRADE_PIXEL_MM:
-        coarse = [dataclasses.replace(s, image=coarsen_slice(s.image, s.spacing, pixel_mm)) for s in samples]
-        guessed = classifier.predict_proba(
-            np.stack([classifier_sample(s, package.classifier_config, None) for s in coarse])).argmax(axis=1)
+        guessed = graded([dataclasses.replace(s, image=coarsen_slice(s.image, s.spacing, pixel_mm)) for s in samples])
         by_pixel[f"{pixel_mm:g}"] = {
             m: round(float(accuracy_score(truth[modalities == m], guessed[modalities == m])), 4)
             for m in ("CT", "MR") if (modalities == m).any()}
