@@ -54,7 +54,8 @@ Grades spinal canal stenosis on axial CT and T2 MRI of the lumbar and cervical s
 It finds the spinal canal on each slice, groups the slices into intervertebral disc levels
 (L1-L2 to L5-S1, C2-C3 to C7-T1), draws one box (Markups ROI) per level coloured by grade,
 and lists the grades in a table where they can be corrected.
-<p><b>Not for clinical use.</b> The default model is trained on phantoms and public samples.</p>
+<p><b>Not for clinical use.</b> The default model is trained on phantoms and public samples. It shows its
+grade on T2 MRI only: on CT it finds and names the levels and leaves the grade to you.</p>
 <p>See the {linkStart}documentation{linkEnd}.</p>
 """).format(linkStart='<a href="{url}">'.format(url=DOCUMENTATION_URL), linkEnd="</a>")
         self.parent.acknowledgementText = _("""
@@ -452,6 +453,7 @@ class SpineStenosisGraderWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             (_("Grading scale"), facts["scale"]),
             (_("Modalities"), facts["modalities"]),
             (_("Regions graded"), facts["regions"]),
+            (_("Grade shown on"), facts["grade_shown_on"]),
             (_("Training data"), facts["training_data"]),
             (_("Version"), facts["version"]),
             (_("Licence"), facts["licence"]),
@@ -1109,7 +1111,13 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         study = review.result().study if review is not None else None
         modality = modality or self.dicomModality(volumeNode) or (study.modality if study else "")
         region = region or (study.region if study else "")
-        return entry.package.compatibility_warnings(modality or "", region or "")
+        warnings = entry.package.compatibility_warnings(modality or "", region or "")
+        # the modality part of the package's grade scope, said before Apply; the axial pixel is known only once the
+        # grader has read the volume as axial slices, and the run's own warning then says it
+        withheld = entry.package.grade_scope_problem(modality, (0.0, 0.0)) if modality else None
+        if withheld:
+            warnings.append(withheld + " " + _("The levels will be located but not graded."))
+        return warnings
 
     def compatibilityMismatches(self, entry, volumeNode, modality: Optional[str], region: Optional[str]) -> list:
         """Why the grader would refuse ``entry``'s package for this study: the modality as set or in the
@@ -1305,7 +1313,15 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         if reviews:
             review = reviews[-1]
             return review, review.merge_rerun(result), True
-        return StudyReview.create(scene, result, volumeNode), [], False
+        # the package's scale, so that a clinician can grade levels the model left ungraded (a CT, a T1)
+        return StudyReview.create(scene, result, volumeNode, scale=self.scaleOfPackage(result.model)), [], False
+
+    def scaleOfPackage(self, model) -> Optional[str]:
+        """The grading scale key of the installed package that made a result (``model``: its ModelInfo), or None."""
+        for entry in self.installedPackages():
+            if entry.usable and entry.package.name == model.name and entry.package.version == model.version:
+                return entry.package.scale.key
+        return None
 
     @staticmethod
     def reviewForVolume(volumeNode):

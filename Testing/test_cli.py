@@ -25,6 +25,14 @@ def graded_sample(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def graded_anyway(tmp_path_factory):
+    """The sample graded past the package's grade scope, as a researcher may ask."""
+    out = tmp_path_factory.mktemp("cli") / "anyway"
+    assert main(["grade", str(SAMPLE), "-o", str(out), "-q", "--allow-model-mismatch"]) == 0
+    return out
+
+
 def test_grade_writes_every_output(graded_sample):
     names = {p.name for p in graded_sample.iterdir()}
     assert {"result.json", "levels.csv", "report.html"} <= names
@@ -32,8 +40,6 @@ def test_grade_writes_every_output(graded_sample):
     assert len(result.levels) >= 4
     for level in result.levels:
         assert f"{level.name}.mrk.json" in names
-        assert level.grade is not None and level.grade.scale == "schizas"
-        assert abs(sum(level.grade.probabilities.values()) - 1.0) < 1e-4
     assert result.model.name == "spine-stenosis-grader-default"
     assert "not for clinical use" in result.model.clinical_use.lower()
     assert len(result.detections) >= 30
@@ -41,11 +47,32 @@ def test_grade_writes_every_output(graded_sample):
     assert len(rows) == len(result.levels) + 1
 
 
-def test_every_level_has_a_grade_of_the_scale_and_the_csv_says_the_same(graded_sample):
+def test_the_default_package_locates_but_does_not_grade_a_ct_and_every_output_says_so(graded_sample):
+    """Its grade learned from phantoms calls most levels of real CT without stenosis stenosed: on CT the
+    levels are found and named, the grade is left to the clinician, and the user is told why."""
+    result = StudyResult.from_json((graded_sample / "result.json").read_text())
+    assert [lv.name for lv in result.levels] == ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1"]
+    assert all(level.grade is None for level in result.levels)
+    (scope,) = [w for w in result.warnings if "shows its grade on MR studies only, not CT" in w]
+    assert "--allow-model-mismatch" in scope
+    # the package grades lumbar levels, so the "other region" warning must not appear
+    assert not any("grades lumbar levels only" in w for w in result.warnings)
+    with open(graded_sample / "levels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["grade"] for row in rows] == [""] * len(result.levels)
+    for level in result.levels:
+        markups = json.loads((graded_sample / f"{level.name}.mrk.json").read_text())
+        assert not any(m["name"] == "Schizas grade" for m in markups["markups"][0].get("measurements", []))
+    assert "not graded" in (graded_sample / "report.html").read_text()
+
+
+def test_every_level_has_a_grade_of_the_scale_and_the_csv_says_the_same(graded_anyway):
     """The grade fields, checked against the scale's definition (not against what the code computed)."""
     uncertain_below = json.loads((DEFAULT_PACKAGE_DIR / "manifest.json").read_text())["classifier"]["uncertain_below"]
-    result = StudyResult.from_json((graded_sample / "result.json").read_text())
-    with open(graded_sample / "levels.csv", newline="") as handle:
+    result = StudyResult.from_json((graded_anyway / "result.json").read_text())
+    assert any("shows its grade on MR studies only" in w and "Graded anyway, as asked." in w
+               for w in result.warnings)
+    with open(graded_anyway / "levels.csv", newline="") as handle:
         rows = {row["level"]: row for row in csv.DictReader(handle)}
     for level in result.levels:
         grade = level.grade
@@ -61,7 +88,7 @@ def test_every_level_has_a_grade_of_the_scale_and_the_csv_says_the_same(graded_s
         assert row["uncertain"] == ("true" if grade.uncertain else "false")
         for name, p in grade.probabilities.items():
             assert float(row[f"prob_{name}"]) == pytest.approx(p, abs=1e-4)
-        markups = json.loads((graded_sample / f"{level.name}.mrk.json").read_text())
+        markups = json.loads((graded_anyway / f"{level.name}.mrk.json").read_text())
         (measurement, *_) = markups["markups"][0]["measurements"]
         assert measurement["name"] == "Schizas grade" and measurement["printFormat"].startswith(f"{grade.grade} (p=")
 
@@ -93,10 +120,9 @@ def test_reanchoring_on_the_sample_gives_the_labelled_names(tmp_path):
     named = {lv.name: lv.slice_index for lv in result.levels}
     for name in ("L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1"):
         assert abs(named[name] - scan.discs[name]) * dz <= 8.0, name
-    # the anchored lumbar levels are graded on the Schizas scale
+    # the anchored levels are lumbar, and the default package does not grade a CT
     l4_l5 = next(level for level in result.levels if level.name == "L4-L5")
-    assert l4_l5.region == "lumbar" and l4_l5.grade.scale == "schizas" and l4_l5.grade.grade in ("A", "B", "C", "D")
-    assert sum(l4_l5.grade.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert l4_l5.region == "lumbar" and l4_l5.grade is None
 
 
 def test_lowest_level_reanchors_names(tmp_path):

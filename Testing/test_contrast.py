@@ -59,6 +59,8 @@ def test_a_real_lumbar_t1_is_located_not_graded_and_says_to_load_the_t2():
     warnings = [w for w in result.warnings if "T1-weighted" in w]
     assert len(warnings) == 1 and "not graded" in warnings[0] and "--allow-model-mismatch" in warnings[0]
     assert result.levels and all(level.grade is None for level in result.levels)
+    # the levels are lumbar, which the package grades: no warning says it grades other regions only
+    assert not any("grades lumbar levels only" in w for w in result.warnings)
     anyway = grade_stack(stack, package, allow_model_mismatch=True)
     assert anyway.levels and all(level.grade is not None for level in anyway.levels)
     assert any("Graded anyway" in w for w in anyway.warnings)

@@ -114,3 +114,20 @@ def test_the_grade_is_also_scored_on_its_phantom_slices_coarsened_to_thicker_pix
         # a blank crop gets one grade for every slice, so at most the share of slices of that grade is right
         assert all(0.0 <= v <= 0.5 for v in scores.values())
     assert out["accuracy_MR"] > 0.5
+
+
+def test_the_real_levels_carry_the_grade_the_model_would_give_where_none_is_shown():
+    """The evidence for a grade scope: on the sample CT no grade is shown, but each level lists the classifier's
+    grade, the one a user gets with --allow-model-mismatch, and the pooled figures count its A grades."""
+    from conftest import DATA
+    from SpineStenosisGraderLib.pipeline import grade_stack
+    from SpineStenosisGraderLib.training.annotations import load_scans
+
+    package = load_default_package()
+    scan = next(s for s in load_scans(DATA / "scans.json") if s.name == "totalsegmentator_ct")
+    score = evaluation.score_real_scan(package, scan)
+    anyway = grade_stack(scan.stack, package, modality="CT", allow_model_mismatch=True)
+    assert [row["grade"] for row in score.rows] == [None] * len(anyway.levels)
+    assert [row["model_grade"] for row in score.rows] == [level.grade.grade for level in anyway.levels]
+    a_grades = sum(level.grade.grade == "A" for level in anyway.levels)
+    assert evaluation.pooled([score])["model_grade_A"] == {"CT": f"{a_grades}/{len(anyway.levels)}"}

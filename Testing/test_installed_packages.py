@@ -50,6 +50,7 @@ def test_tasks_name_the_graded_task_and_its_scale():
 def test_manifest_facts_of_the_default_package():
     facts = manifest_facts(load_default_package().manifest)
     assert facts["modalities"] == "CT, MR" and facts["regions"] == "lumbar"
+    assert facts["grade_shown_on"] == "MR studies, pixels up to 1.5 mm"
     assert facts["scale"] == "Lumbar central canal stenosis (Schizas)"
     assert facts["licence"] == "Apache-2.0"
     assert "phantom" in facts["training_data"]
@@ -62,3 +63,4 @@ def test_manifest_facts_never_leave_the_intended_use_empty():
     assert facts["intended_use"] == "Not for clinical use"
     assert facts["modalities"] == "unknown" and facts["licence"] == "unknown" and facts["scale"] == "nope"
     assert facts["training_data"] == "some scans"
+    assert facts["grade_shown_on"] == "every study it locates"

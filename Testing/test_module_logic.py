@@ -28,7 +28,7 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 from conftest import DATA, ROOT
-from SpineStenosisGraderLib.errors import SpineStenosisGraderError
+from SpineStenosisGraderLib.errors import InputError, SpineStenosisGraderError
 from SpineStenosisGraderLib.packages.package import DEFAULT_PACKAGE_DIR
 from SpineStenosisGraderLib.review.review import StudyReview
 
@@ -155,8 +155,10 @@ def test_grading_runs_in_the_background_and_puts_one_box_per_level_in_the_scene(
 def test_a_rerun_keeps_the_clinicians_grade_and_says_what_changed(graded, module, tmp_path):
     review = graded.review
     roi = review.level_rois()[0]
-    ai_grade = review.result().levels[0].grade.grade
-    clinician = next(name for name in review.scale().names if name != ai_grade)
+    # the default package leaves a CT ungraded (its grade scope); the run still has the package's scale, so the
+    # clinician grades it by hand
+    assert review.result().levels[0].grade is None and review.scale().key == "schizas"
+    clinician = "C"
     review.set_clinician_grade(roi, clinician)
 
     logic = module.SpineStenosisGraderLogic(packagesRoot=str(tmp_path / "models"), tempRoot=str(tmp_path / "temp"))
@@ -305,10 +307,12 @@ def test_regrading_a_moved_box_uses_the_package_that_graded_the_run(graded):
     roi = review.level_rois()[1]
     center = list(roi.GetCenter())
     roi.SetCenter(center[0] + 2.0, center[1], center[2])
-    prediction = logic.regradeLevel(review, roi)
-    assert prediction.grade in review.scale().names
-    assert review.result().levels[1].grade.grade == prediction.grade
+    # the sample is a CT, which the default package does not grade: one moved box does not bring a grade back
+    with pytest.raises(InputError, match="shows its grade on MR studies only, not CT"):
+        logic.regradeLevel(review, roi)
+    assert review.result().levels[1].grade is None
     assert review.is_edited(roi)
+    roi.SetCenter(*center)
 
 
 def test_a_run_by_a_package_that_is_not_installed_cannot_be_regraded(graded, logic):
@@ -512,3 +516,15 @@ def test_a_moved_box_brings_every_runs_table_up_to_date_without_a_save_event(gra
     assert _edited_column(other)[row] == "0"  # moving a box does not touch the table by itself
     module.SpineStenosisGraderWidget.onTableRefreshTimer(widget)  # what the box's ModifiedEvent starts
     assert _edited_column(other)[row] == "1"
+
+
+def test_the_panel_says_before_apply_that_a_ct_will_be_located_not_graded(logic):
+    """The default package shows no grade on CT (its grade scope); the orange warning says so beforehand."""
+    scene = _new_scene()
+    volume = _load_sample(scene)
+    entry = next(e for e in logic.installedPackages() if e.usable and e.path == DEFAULT_PACKAGE_DIR)
+    (warning,) = logic.compatibilityWarnings(entry, volume, "CT", "lumbar")
+    assert "shows its grade on MR studies only, not CT" in warning and "located but not graded" in warning
+    assert logic.compatibilityWarnings(entry, volume, "MR", "lumbar") == []
+    # unknown modality (no DICOM header, never graded): nothing to say yet
+    assert logic.compatibilityWarnings(entry, volume, None, None) == []

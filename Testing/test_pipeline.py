@@ -1,6 +1,9 @@
 """The whole pipeline on real scans: boxes land on the same anatomy in LPS whatever the
 file's axis order, flips or pixel spacing; the real scans' canal is detected."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -10,8 +13,9 @@ from hypothesis import strategies as st
 from conftest import DATA
 from test_volume import reindex
 from SpineStenosisGraderLib.training.evaluation import evaluate_real
-from SpineStenosisGraderLib.packages.package import load_default_package
-from SpineStenosisGraderLib.pipeline import grade_image
+from SpineStenosisGraderLib.packages.package import DEFAULT_PACKAGE_DIR, load_default_package, load_package
+from SpineStenosisGraderLib.pipeline import grade_image, grade_stack
+from SpineStenosisGraderLib.training.annotations import load_scans
 
 SCAN = DATA / "sct_cervical_t2" / "t2.nii.gz"
 
@@ -96,3 +100,27 @@ def test_the_foramen_magnum_is_looked_for_on_cervical_mr_only(package, monkeypat
                             allow_model_mismatch=True)
     assert bool(calls) is looked_for
     assert result.levels and result.study.names_anchored_by == ""
+
+
+def test_a_real_mr_coarser_than_the_grade_scope_is_located_not_graded(package, tmp_path):
+    """tptbox_mri, a real lumbar T2 at 1.5 mm pixels: the default package grades it (1.5 mm is the coarsest it
+    shows a grade at); a package whose grade was checked to 1 mm only locates its levels, and says why."""
+    scan = next(s for s in load_scans(DATA / "scans.json") if s.name == "tptbox_mri")
+    assert scan.stack.spacing[:2] == pytest.approx((1.5, 1.5))
+    graded = grade_stack(scan.stack, package, modality="MR")
+    assert graded.levels and all(level.grade is not None for level in graded.levels)
+    assert not any("coarser" in w for w in graded.warnings)
+
+    folder = tmp_path / "stricter"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["grade_scope"]["max_pixel_mm"] = 1.0
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    stricter = load_package(folder)
+    located = grade_stack(scan.stack, stricter, modality="MR")
+    assert [lv.slice_index for lv in located.levels] == [lv.slice_index for lv in graded.levels]
+    assert all(level.grade is None for level in located.levels)
+    (why,) = [w for w in located.warnings if "coarser" in w]
+    assert "1.5 mm, coarser than the 1 mm" in why and "not graded" in why
+    anyway = grade_stack(scan.stack, stricter, modality="MR", allow_model_mismatch=True)
+    assert [lv.grade.grade for lv in anyway.levels] == [lv.grade.grade for lv in graded.levels]

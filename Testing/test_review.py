@@ -912,3 +912,19 @@ def test_compatibility_warnings_compare_the_package_with_the_study(default_packa
     thoracic = load_package(DEFAULT_PACKAGE_DIR)
     thoracic.manifest = dict(thoracic.manifest, detects_regions=["lumbar"])
     assert "not the cervical spine" in thoracic.compatibility_warnings("MR", "cervical")[0]
+
+
+def test_a_level_of_a_run_the_package_does_not_grade_is_not_regraded(scene, lumbar_phantom, default_package):
+    """A CT run, which the default package leaves ungraded (its grade scope): a moved box is not re-graded."""
+    study, stack = lumbar_phantom
+    result = _phantom_result(study, stack, default_package)
+    result.study.modality = "CT"
+    for level in result.levels:
+        level.grade = None
+    review = StudyReview.create(scene, result, scale="schizas")
+    roi = _by_name(review, "L3-L4")
+    with pytest.raises(InputError, match="shows its grade on MR studies only, not CT"):
+        review.regrade_level(roi, stack, default_package)
+    assert _level_of(review, "L3-L4").grade is None
+    review.set_clinician_grade(roi, "B")  # the clinician grades it by hand
+    assert _level_of(review, "L3-L4").correction.grade == "B"

@@ -7,7 +7,7 @@ from safetensors.numpy import load_file
 
 from conftest import DATA
 from SpineStenosisGraderLib.cli import main
-from SpineStenosisGraderLib.packages.package import load_package
+from SpineStenosisGraderLib.packages.package import load_default_package, load_package
 from SpineStenosisGraderLib.pipeline import grade_file
 from SpineStenosisGraderLib.training import train as train_module
 from SpineStenosisGraderLib.training.kernels import PORTABLE_KERNELS, portable_kernels_apply
@@ -104,4 +104,7 @@ def test_the_manifest_records_the_commit_the_training_started_from(tmp_path, mon
         tmp_path / "pkg", DATA / "scans.json", n_phantoms=2, per_study=3, detector_iterations=2, n_grade_slices=8,
         classifier_epochs=1, synthetic_per_scan=2, synthetic_per_phantom=1)
     assert training["code"] == {"commit": "at-start", "dirty": False}
-    assert load_package(tmp_path / "pkg").manifest["training_data"]["code"]["commit"] == "at-start"
+    made = load_package(tmp_path / "pkg").manifest
+    assert made["training_data"]["code"]["commit"] == "at-start"
+    # the package the command makes shows its grade where the shipped one does, and no wider
+    assert made["grade_scope"] == load_default_package().manifest["grade_scope"]

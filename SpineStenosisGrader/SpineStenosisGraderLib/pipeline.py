@@ -45,6 +45,9 @@ def _noop(stage: str, fraction: float) -> None:
 
 #: how to grade with a package made for other studies, said when one is refused
 OVERRIDE_MISMATCH = "pass --allow-model-mismatch (in Slicer, answer Yes when asked)"
+#: said where a study's levels are found but its grade is not one the model is made or checked for
+LOCATED_NOT_GRADED = (" The levels are located but not graded (on the command line, --allow-model-mismatch grades "
+                      "them anyway); set grades by hand in the review.")
 
 
 def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modality: Optional[str] = None,
@@ -96,9 +99,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     # a T1 shows its canal by shape, with dark CSF: its levels are located, but not graded by a model of T2
     not_t2 = t1_warning(stack, canals) if modality == "MR" else None
     if not_t2:
-        warnings.append(not_t2 + (" Graded anyway, as asked." if allow_model_mismatch else
-                                  " The levels are located but not graded (on the command line, "
-                                  "--allow-model-mismatch grades them anyway); set grades by hand in the review."))
+        warnings.append(not_t2 + (" Graded anyway, as asked." if allow_model_mismatch else LOCATED_NOT_GRADED))
 
     t0 = time.perf_counter()
     progress("levels", 0.75)
@@ -161,7 +162,13 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     t0 = time.perf_counter()
     progress("grade", 0.85)
     graded_regions = package.manifest.get("regions", [])
-    if levels and region in graded_regions and (not not_t2 or allow_model_mismatch):
+    # a package shows its grade only on the studies it was checked on (its manifest's grade_scope): elsewhere
+    # a wrong grade would read as a finding, so the levels are located and the clinician grades them
+    out_of_scope = package.grade_scope_problem(modality, stack.spacing[:2]) if levels and region in graded_regions \
+        else None
+    if out_of_scope:
+        warnings.append(out_of_scope + (" Graded anyway, as asked." if allow_model_mismatch else LOCATED_NOT_GRADED))
+    if levels and region in graded_regions and (not (not_t2 or out_of_scope) or allow_model_mismatch):
         classifier = package.classifier()
         pixel_spacing = (stack.spacing[0], stack.spacing[1])
         patches = np.stack([
@@ -169,7 +176,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         ])
         for level, grade in zip(levels, classifier.grade(patches)):
             level.grade = grade
-    elif levels and region != UNKNOWN_REGION:
+    elif levels and region != UNKNOWN_REGION and region not in graded_regions:
         warnings.append(
             f"The model package grades {', '.join(graded_regions)} levels only; the {region} levels "
             "are located but not graded."

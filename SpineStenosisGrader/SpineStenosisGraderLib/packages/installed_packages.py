@@ -83,11 +83,22 @@ def _words(values: Any) -> str:
     return str(values) if values not in (None, "") else "unknown"
 
 
+def _grade_scope_words(scope: Any) -> str:
+    """Where a package shows its grade (its manifest's ``grade_scope``), in words."""
+    if scope is None:
+        return "every study it locates"
+    if not isinstance(scope, dict):
+        return _words(scope)
+    pixel = scope.get("max_pixel_mm")
+    limit = f", pixels up to {pixel:g} mm" if isinstance(pixel, (int, float)) and not isinstance(pixel, bool) else ""
+    return f"{_words(scope.get('modalities'))} studies{limit}"
+
+
 def manifest_facts(manifest: dict[str, Any]) -> dict[str, str]:
     """What a user needs to know before trusting a package, from its manifest, every value a string.
 
-    Keys: name, version, task, scale, modalities, regions, training_data, licence,
-    intended_use. A value the manifest does not give is "unknown"; the intended use
+    Keys: name, version, task, scale, modalities, regions, grade_shown_on, training_data,
+    licence, intended_use. A value the manifest does not give is "unknown"; the intended use
     defaults to "Not for clinical use", never to nothing.
     """
     classifier = manifest.get("classifier") if isinstance(manifest.get("classifier"), dict) else {}
@@ -105,6 +116,7 @@ def manifest_facts(manifest: dict[str, Any]) -> dict[str, str]:
         "scale": scale,
         "modalities": _words(manifest.get("modalities")),
         "regions": _words(manifest.get("regions")),
+        "grade_shown_on": _grade_scope_words(manifest.get("grade_scope")),
         "training_data": _words(training),
         "licence": _words(manifest.get("licence")),
         "intended_use": str(manifest.get("intended_use") or NOT_FOR_CLINICAL_USE),

@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import ModuleType
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from ..checksums import sha256_file
 from ..errors import ModelPackageError
@@ -119,9 +119,15 @@ class ModelPackage:
     def summary(self) -> str:
         """One paragraph for a UI or a log."""
         m = self.manifest
+        scope = m.get("grade_scope")
+        shown = ""
+        if scope:
+            pixel = f" with pixels up to {float(scope['max_pixel_mm']):g} mm" if "max_pixel_mm" in scope else ""
+            shown = (f"Grades shown on {', '.join(str(m) for m in scope['modalities']) or 'no'} studies{pixel} only; "
+                     "elsewhere the levels are located, not graded. ")
         return (
             f"{m['name']} {m['version']}: {m['task']} ({m['classifier']['scale']}), "
-            f"{', '.join(m.get('modalities', []))} {', '.join(m.get('regions', []))}. "
+            f"{', '.join(m.get('modalities', []))} {', '.join(m.get('regions', []))}. {shown}"
             f"Trained on {m.get('training_data', {}).get('summary', 'unknown data')}. "
             f"{m.get('intended_use', 'Not for clinical use')}. Licence: {m.get('licence', 'unknown')}."
         )
@@ -296,6 +302,30 @@ class ModelPackage:
             raise ModelPackageError(" ".join(mismatches) + " " + advice)
         return [message for message, _ in checks]
 
+    def grade_scope_problem(self, modality: str, pixel_spacing: Sequence[float]) -> Optional[str]:
+        """Why this package's grade is not shown on a study of ``modality`` with ``pixel_spacing`` (mm), or None.
+
+        A package can limit its grade to the studies on which that grade was
+        checked: ``grade_scope`` in its manifest lists the modalities and the
+        coarsest in-plane pixel, and says why. Outside it the levels are still
+        located. A package without ``grade_scope`` grades every study it locates.
+        """
+        scope = self.manifest.get("grade_scope")
+        if not scope:
+            return None
+        why = f" ({scope['why']})" if scope.get("why") else ""
+        modalities = [str(m).upper() for m in scope.get("modalities", [])]
+        if modality and modality.upper() not in modalities:
+            shown = ", ".join(modalities) if modalities else "no"
+            return (f"The model package {self.name} {self.version} shows its grade on {shown} studies only, not "
+                    f"{modality.upper()}{why}.")
+        coarsest = scope.get("max_pixel_mm")
+        pixel = max(float(v) for v in pixel_spacing)
+        if coarsest is not None and pixel > float(coarsest) + 1e-6:
+            return (f"This study's pixels are {pixel:g} mm, coarser than the {float(coarsest):g} mm up to which the "
+                    f"grade of the model package {self.name} {self.version} was checked{why}.")
+        return None
+
     def _compatibility(self, modality: str, region: str) -> list[tuple[str, bool]]:
         """Each problem as (message, whether the package was made for other studies altogether)."""
         problems = []
@@ -384,6 +414,13 @@ def _check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
     for key in ("detector", "classifier"):
         if not isinstance(manifest.get(key), dict):
             raise ModelPackageError(f"{manifest_path}: the manifest has no {key} settings.")
+    scope = manifest.get("grade_scope")
+    if scope is not None and not (
+            isinstance(scope, dict) and isinstance(scope.get("modalities"), list)
+            and isinstance(scope.get("max_pixel_mm", 0.0), (int, float))
+            and isinstance(scope.get("why", ""), str)):
+        raise ModelPackageError(f"{manifest_path}: grade_scope must list the modalities graded (and may give "
+                                "max_pixel_mm, a number, and why, a sentence).")
     scale = manifest["classifier"].get("scale", "")
     if not isinstance(scale, str):
         raise ModelPackageError(f"{manifest_path}: the classifier's scale must be the name of a grading scale.")

@@ -537,6 +537,10 @@ class StudyReview:
         if run.study.region not in graded_regions:
             raise InputError(f"{package.name} grades {', '.join(graded_regions) or 'no'} levels; this study is "
                              f"{run.study.region}, so its levels cannot be graded by it.")
+        # the run withheld its grades on such a study: one level re-graded must not bring them back
+        out_of_scope = package.grade_scope_problem(run.study.modality, run.study.pixel_spacing_mm)
+        if out_of_scope:
+            raise InputError(out_of_scope + " Set the grade by hand.")
         box = mrml.roi_to_box(roi)
         k, box_ij = stack.box_to_slice(box)
         k = int(np.rint(k))

@@ -233,6 +233,7 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
     # without disc positions, only a level above a labelled C2 is known to be false
     c2_only = not all_discs and "C2" in scan.landmarks
     rows, on_canal, levels_checked, false_levels, names_right = [], 0, 0, 0, 0
+    unscoped = model_grades(package, stack, scan.modality, level_places, result.study.region)
     for a, level in enumerate(result.levels):
         k = int(round(level_slices[a]))
         # a bony-hole reference has no box where the ring opens at the disc: take the nearest reference
@@ -251,7 +252,7 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         names_right += int(true_name is not None and level.name == true_name)
         rows.append({"name": level.name, "slice": k, "on_canal": is_on,
                      "nearest_disc_mm": None if distance is None else round(distance, 1), "true_name": true_name,
-                     "grade": level.grade.grade if level.grade else None,
+                     "grade": level.grade.grade if level.grade else None, "model_grade": unscoped[a],
                      **({"above_the_labelled_discs": True} if beyond_labels else {}),
                      **({"above_c2": false} if c2_only else {})})
     errors = sorted(abs(level_slices[a] - true_slices[b]) * dz for a, b in matches)
@@ -279,6 +280,31 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
     )
 
 
+def model_grades(package: ModelPackage, stack, modality: str, level_places: Sequence[tuple[float, Any]],
+                 region: str) -> list[Optional[str]]:
+    """The package's classifier's grade of each level, shown to the user or not (its grade_scope, a T1).
+
+    This is the evidence for a grade scope: the public scans are believed free of stenosis, so a level
+    graded B-D on one is most likely wrong. None outside the regions the package grades.
+    """
+    if not level_places or region not in package.manifest.get("regions", []):
+        return [None] * len(level_places)
+    classifier = package.classifier()
+    patches = np.stack([classifier.crop(stack.array[int(round(k))], (stack.spacing[0], stack.spacing[1]), box,
+                                        modality) for k, box in level_places])
+    return [g.grade for g in classifier.grade(patches)]
+
+
+def model_grade_a(scores: Sequence[RealScanScore]) -> dict[str, str]:
+    """Per modality, how many graded real levels the classifier calls A (no stenosis), of how many."""
+    out = {}
+    for modality in ("CT", "MR"):
+        graded = [r["model_grade"] for s in scores if s.modality == modality for r in s.rows if r.get("model_grade")]
+        if graded:
+            out[modality] = f"{graded.count('A')}/{len(graded)}"
+    return out
+
+
 def pooled(scores: Sequence[RealScanScore]) -> dict[str, Any]:
     """The figures of several scans together, and the worst single scan's canal hit rate."""
     slices = sum(s.canal_slices for s in scores)
@@ -297,6 +323,8 @@ def pooled(scores: Sequence[RealScanScore]) -> dict[str, Any]:
         "disc_error_median_mm": round(float(np.median(errors)), 1) if errors else None,
         "false_levels": sum(s.false_levels for s in scores),
         "names_right": f"{sum(s.names_right for s in scores)}/{sum(s.names_checked for s in scores)}",
+        # every public scan is believed free of stenosis: the share its classifier calls A, shown or not
+        "model_grade_A": model_grade_a(scores),
         "scans_without_disc_positions": [s.scan for s in scores if not s.disc_reference],
         # a count, not a match: levels found between two labelled vertebral bodies, against the discs there
         "levels_between_landmarks": f"{sum(s.levels_between_landmarks for s in scores if s.landmark_span)}/"

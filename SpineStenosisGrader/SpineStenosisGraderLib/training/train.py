@@ -425,6 +425,20 @@ def load_classifier(package_dir: Path):
     return model, config, origin
 
 
+#: the studies a package made here shows its grade on. Its grade learns from phantom disc slices only, and the
+#: phantoms' CT does not look like real CT (their posterior elements are far heavier, and at CT's soft-tissue
+#: contrast the sac hardly shows), so on real CT believed free of stenosis it calls most levels stenosed; on
+#: real T2 it calls every such level A. Phantom slices coarsened beyond 1.5 mm pixels are graded near chance.
+#: ``evaluate`` measures both (metrics ``model_grade_A`` and ``grade.accuracy_at_pixel_mm``)
+GRADE_SCOPE = {
+    "modalities": ["MR"],
+    "max_pixel_mm": 1.5,
+    "why": "its grade is learned from phantoms: on real CT believed free of stenosis it called most levels "
+           "stenosed, and on phantom slices with pixels coarser than 1.5 mm it is little better than chance; "
+           "see the README's Grade section",
+}
+
+
 def save_package(out_dir: Path, detector, classifier, detector_config: dict[str, Any],
                  classifier_config: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any],
                  version: str) -> None:
@@ -443,6 +457,7 @@ def save_package(out_dir: Path, detector, classifier, detector_config: dict[str,
         "modalities": ["CT", "MR"],
         "regions": ["lumbar"],
         "detects_regions": ["lumbar", "cervical"],
+        "grade_scope": GRADE_SCOPE,
         "intended_use": "Not for clinical use: trained on phantoms and public samples",
         "licence": "Apache-2.0",
         "detector": detector_config,
@@ -469,7 +484,7 @@ def save_package(out_dir: Path, detector, classifier, detector_config: dict[str,
 def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 96, per_study: int = 24,
                           detector_iterations: int = 700, detector_batch: int = 8,
                           n_grade_slices: int = 2400, classifier_epochs: int = 10, classifier_batch: int = 48,
-                          seed: int = 0, version: str = "0.4.0",
+                          seed: int = 0, version: str = "0.4.1",
                           synthetic_per_scan: int = SYNTHETIC_PER_SCAN,
                           synthetic_per_phantom: int = SYNTHETIC_PER_PHANTOM,
                           exclude_scans: Sequence[str] = (), all_scans: bool = False,
