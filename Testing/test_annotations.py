@@ -90,13 +90,16 @@ def test_the_default_package_learns_from_every_scan_with_a_canal_and_disc_refere
     assert {name for name, use in uses.items() if use == "train"} == {
         "totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"}
     assert set(uses.values()) == {"train", "holdout"}
-    # a held-out scan lacks disc positions (a cord mask) or a canal label (disc labels alone)
-    assert all("discs" not in e or e["canal"] is None for e in entries if e["use"] == "holdout")
+    # a held-out scan lacks disc positions (a cord mask) or a canal label (disc labels alone), or came after the
+    # embedded package was trained: the two VerSe CTs (5 December 2026), which its next retrain takes in
+    added_later = ["verse012_ct", "verse014_ct"]
+    assert all("discs" not in e or e["canal"] is None or e["name"] in added_later
+               for e in entries if e["use"] == "holdout")
     trained = ["totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"]
     assert training_scans(DATA / "scans.json") == trained
     # not even --all-scans trains on a scan with no disc positions (it would teach that no slice cuts a disc)
     # or one with no canal label (that no slice has a canal)
-    assert training_scans(DATA / "scans.json", all_scans=True) == trained
+    assert training_scans(DATA / "scans.json", all_scans=True) == trained + added_later
 
 
 def _body_gap_on_ras_grid(scan, label_file, names):

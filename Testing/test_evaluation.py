@@ -13,6 +13,7 @@ from SpineStenosisGraderLib.training.evaluation import (
     level_is_false,
     match_levels,
     names_by_count,
+    score_levels,
 )
 
 
@@ -71,6 +72,19 @@ def test_a_level_above_the_labelled_discs_is_not_false_where_unlabelled_discs_li
     # within 10 mm above L1-L2 it is L1-L2's, as anywhere
     assert level_is_false(35.0, discs, {}, 2.0, more_discs_above=True) == (10.0, False)
     assert level_is_false(36.0, discs, {}, 2.0, more_discs_above=True) == (12.0, False)
+
+
+def test_a_level_below_the_labelled_discs_is_not_false_where_unlabelled_discs_lie_there():
+    # labels of T10 to L3 (discs T10-T11 at slice 40 down to L2-L3 at slice 10) on a study that reaches L4,
+    # 2 mm slices: a level 14 mm below L2-L3 may be L3-L4, which no label marks
+    discs = [10.0, 40.0]
+    assert level_is_false(3.0, discs, {}, 2.0, more_discs_below=True) == (14.0, False)
+    assert level_is_false(3.0, discs, {}, 2.0) == (14.0, True)
+    # above the top label, or between the labels, a level far from every disc is still false
+    assert level_is_false(50.0, discs, {}, 2.0, more_discs_below=True) == (20.0, True)
+    assert level_is_false(25.0, discs, {}, 2.0, more_discs_below=True) == (30.0, True)
+    assert score_levels([3.0], discs, 60, 2.0, more_discs_below=True) == (2, 0, 0)
+    assert score_levels([3.0], discs, 60, 2.0) == (2, 0, 1)
 
 
 def _thoracic_canal():

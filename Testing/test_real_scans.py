@@ -283,3 +283,17 @@ def test_a_neck_t2_star_cropped_to_the_spine_is_cervical_and_named_from_its_fora
     offsets = np.array([lv.box.center for lv in result.levels]) - np.array([lv.box.center for lv in whole.levels])
     assert np.abs(offsets[:, 2]).max() <= 0.5
     assert np.linalg.norm(offsets[:, :2], axis=1).max() <= 3.0
+
+
+def test_a_3_mm_sagittal_ct_is_read_as_axial_slices_and_its_canal_found(package, scans):
+    # VerSe sub-verse012 (never trained on): a sagittal CT with 3 mm slices left to right, read as axial slices
+    # of 3 x 1 mm pixels. It was refused as "a thick sagittal series" before; its canal is found on 52 of 54
+    # labelled slices (the hole the vertebra masks enclose), no level box is off the canal, the region is
+    # lumbar, and the grade is left to the clinician (3 mm pixels, and a CT)
+    scan = scans["verse012_ct"]
+    assert scan.stack.spacing[:2] == pytest.approx((3.0, 1.0), abs=1e-3)
+    score = score_real_scan(package, scan)
+    assert not score.trained_on and score.region_found == "lumbar"
+    assert score.hits >= 0.9 * score.canal_slices and score.canal_slices >= 50
+    assert score.levels_on_canal == score.levels_checked >= 3
+    assert all(row["grade"] is None for row in score.rows)

@@ -217,6 +217,18 @@ def test_thick_sagittal_series_is_refused():
         to_axial_stack(image)
 
 
+def test_a_3_mm_sagittal_series_is_read_as_axial_slices():
+    # i runs left-right at 3 mm: the axial slices of a 3 mm sagittal acquisition, coarse but still showing the
+    # canal (measured on real scans, see COARSE_PIXEL_MM); 3.3 mm is refused
+    image = sitk.GaussianSource(sitk.sitkFloat32, (32, 256, 256), sigma=(20, 20, 20), mean=(16, 128, 128))
+    image.SetSpacing((3.0, 0.5, 0.5))
+    stack = to_axial_stack(image)
+    assert stack.spacing[:2] == pytest.approx((3.0, 0.5))
+    image.SetSpacing((3.3, 0.5, 0.5))
+    with pytest.raises(InputError, match="sagittal or coronal"):
+        to_axial_stack(image)
+
+
 def test_steeply_tilted_volume_is_refused():
     image = sitk.GaussianSource(sitk.sitkFloat32, (64, 64, 30), sigma=(10, 10, 10), mean=(32, 32, 15))
     # 45 degrees: as close to coronal as to axial, whichever axis is taken as the slice normal

@@ -32,9 +32,15 @@ from ..result import OrientedBox
 MAX_TILT_DEG = 40.0
 
 #: in-plane pixels more anisotropic than this, and coarser than the coarse
-#: limit, mean the series was acquired in another plane with thick slices.
+#: limit, mean the series was acquired in another plane with slices too thick
+#: to read the canal from. Up to 3 mm is read: real scans averaged left to right
+#: into 3 mm sagittal slices kept their canal (the necks on 77-92% of the
+#: slices, against 88-95% as acquired) and their lumbar discs (21 of 25), a
+#: neck's region turning "unknown", never wrong; a real 3 x 1 mm sagittal CT
+#: (VerSe sub-verse012) had its canal found on 52 of 54 slices. At 4 mm two
+#: of five necks were called lumbar.
 MAX_INPLANE_ANISOTROPY = 2.5
-COARSE_PIXEL_MM = 2.0
+COARSE_PIXEL_MM = 3.0
 
 #: the most voxels a study may have: 2 GiB as float32, e.g. 512 x 512 x 2048. Grading holds the stack
 #: about four times over (as read, as float32, as an array, and its canvas), so a larger one would
@@ -548,7 +554,8 @@ def to_axial_stack(image: sitk.Image, source: str = "", dicom_modality: Optional
             "(or reformat this one to axial in Slicer's Resample module first)."
         )
     sx, sy, _ = stack.spacing
-    if max(sx, sy) > COARSE_PIXEL_MM and max(sx, sy) / min(sx, sy) > MAX_INPLANE_ANISOTROPY:
+    # a 3 mm acquisition may be stored as 3.0000001 mm
+    if max(sx, sy) > COARSE_PIXEL_MM + 1e-3 and max(sx, sy) / min(sx, sy) > MAX_INPLANE_ANISOTROPY:
         raise InputError(
             f"Axial pixels would be {sx:.1f} x {sy:.1f} mm: this looks like a sagittal or coronal series "
             "with thick slices. Load the axial series of the study."

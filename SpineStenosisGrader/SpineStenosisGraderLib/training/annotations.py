@@ -37,6 +37,8 @@ class AnnotatedScan:
     #: True when discs above the highest labelled one lie in the study unlabelled (labels of L1-L2 to L5-S1 on a
     #: study that reaches T12): a level found up there is not scored, neither found nor false
     more_discs_above: bool = False
+    #: the same below the lowest labelled disc (labels of T10 to L3 on a study that reaches L4)
+    more_discs_below: bool = False
     use: str = "train"
     notes: str = ""
     boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
@@ -261,6 +263,7 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
         region=entry["region"],
         disc_names_known=bool(entry.get("discs", {}).get("named", True)),
         more_discs_above=bool(entry.get("discs", {}).get("more_discs_above", False)),
+        more_discs_below=bool(entry.get("discs", {}).get("more_discs_below", False)),
         use=entry.get("use", "train"),
         notes=entry.get("notes", ""),
         tissues=list(entry.get("tissues", [])),

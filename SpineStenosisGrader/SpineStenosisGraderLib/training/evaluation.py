@@ -148,21 +148,29 @@ def above_the_labelled_discs(level_slice: float, discs: Sequence[float], slice_s
     return bool(discs) and (level_slice - max(discs)) * slice_spacing_mm > FALSE_LEVEL_MM
 
 
+def below_the_labelled_discs(level_slice: float, discs: Sequence[float], slice_spacing_mm: float) -> bool:
+    """Whether a level lies more than FALSE_LEVEL_MM below the lowest labelled disc."""
+    return bool(discs) and (min(discs) - level_slice) * slice_spacing_mm > FALSE_LEVEL_MM
+
+
 def level_is_false(level_slice: float, discs: Sequence[float], landmarks: dict[str, float],
-                   slice_spacing_mm: float, more_discs_above: bool = False) -> tuple[Optional[float], bool]:
+                   slice_spacing_mm: float, more_discs_above: bool = False,
+                   more_discs_below: bool = False) -> tuple[Optional[float], bool]:
     """(mm to the nearest disc or None, whether the level is false) for a level at ``level_slice``.
 
     With disc positions, a level farther than FALSE_LEVEL_MM from every disc is
     false, unless ``more_discs_above`` (the labels stop below the study's top
     disc, e.g. at L1-L2 in a study that reaches T12) and it lies above the
-    highest labelled disc: there it may be a disc no label marks. Without disc
+    highest labelled disc, or ``more_discs_below`` and it lies below the lowest:
+    there it may be a disc no label marks. Without disc
     positions, where the labels mark C2's body, a level above its middle is
     false: no disc lies there, as C2-C3, the highest, is below it (slice indices
     run from the feet to the head). Otherwise nothing is called false.
     """
     if discs:
         distance = min(abs(z - level_slice) for z in discs) * slice_spacing_mm
-        unlabelled = more_discs_above and above_the_labelled_discs(level_slice, discs, slice_spacing_mm)
+        unlabelled = ((more_discs_above and above_the_labelled_discs(level_slice, discs, slice_spacing_mm))
+                      or (more_discs_below and below_the_labelled_discs(level_slice, discs, slice_spacing_mm)))
         return distance, distance > FALSE_LEVEL_MM and not unlabelled
     return None, "C2" in landmarks and level_slice > landmarks["C2"]
 
@@ -245,15 +253,18 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         is_on = None if r is None else canal_hit(level_box, scan.boxes[r], scan.canal[r] > 0, spacing)
         on_canal += int(is_on is True)
         levels_checked += int(is_on is not None)
-        distance, false = level_is_false(level_slices[a], all_discs, scan.landmarks, dz, scan.more_discs_above)
-        beyond_labels = scan.more_discs_above and above_the_labelled_discs(level_slices[a], all_discs, dz)
+        distance, false = level_is_false(level_slices[a], all_discs, scan.landmarks, dz, scan.more_discs_above,
+                                         scan.more_discs_below)
+        above_labels = scan.more_discs_above and above_the_labelled_discs(level_slices[a], all_discs, dz)
+        below_labels = scan.more_discs_below and below_the_labelled_discs(level_slices[a], all_discs, dz)
         false_levels += int(false)
         true_name = true_names[matched[a]] if a in matched and scan.disc_names_known else None
         names_right += int(true_name is not None and level.name == true_name)
         rows.append({"name": level.name, "slice": k, "on_canal": is_on,
                      "nearest_disc_mm": None if distance is None else round(distance, 1), "true_name": true_name,
                      "grade": level.grade.grade if level.grade else None, "model_grade": unscoped[a],
-                     **({"above_the_labelled_discs": True} if beyond_labels else {}),
+                     **({"above_the_labelled_discs": True} if above_labels else {}),
+                     **({"below_the_labelled_discs": True} if below_labels else {}),
                      **({"above_c2": false} if c2_only else {})})
     errors = sorted(abs(level_slices[a] - true_slices[b]) * dz for a, b in matches)
     span = landmark_span(scan.landmarks)
@@ -346,18 +357,19 @@ def evaluate_real(packages: Callable[[str], ModelPackage], catalogue: Path,
 
 
 def score_levels(result_levels: Sequence[float], discs: Sequence[float], n_slices: int,
-                 slice_spacing_mm: float, more_discs_above: bool = False) -> tuple[int, int, int]:
+                 slice_spacing_mm: float, more_discs_above: bool = False,
+                 more_discs_below: bool = False) -> tuple[int, int, int]:
     """(discs inside the study, of those found within DISC_FOUND_MM, false levels).
 
     A level is false as ``level_is_false`` says: farther than FALSE_LEVEL_MM
     from every disc, unless ``more_discs_above`` and it lies above the highest
-    labelled disc, where a disc no label marks may lie. With no disc at all,
-    every level is false.
+    labelled disc (or ``more_discs_below`` and below the lowest), where a disc
+    no label marks may lie. With no disc at all, every level is false.
     """
     inside = [k for k in discs if disc_inside(k, n_slices, slice_spacing_mm)]
     found = len(match_levels(list(result_levels), inside, DISC_FOUND_MM / slice_spacing_mm))
     false = sum(1 for k in result_levels
-                if not discs or level_is_false(k, discs, {}, slice_spacing_mm, more_discs_above)[1])
+                if not discs or level_is_false(k, discs, {}, slice_spacing_mm, more_discs_above, more_discs_below)[1])
     return len(inside), found, false
 
 
@@ -388,7 +400,7 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
             levels = [float(lv.slice_index) for lv in result.levels]
             if scan.discs:
                 inside, found, false = score_levels(levels, list(variant.discs.values()), stack.n_slices,
-                                                    stack.spacing[2], scan.more_discs_above)
+                                                    stack.spacing[2], scan.more_discs_above, scan.more_discs_below)
             else:
                 landmarks = disc_slices_in(scan.stack, stack, scan.landmarks)
                 inside, found = 0, 0
