@@ -10,6 +10,7 @@ from SpineStenosisGraderLib.study.volume import AxialStack
 from SpineStenosisGraderLib.training.evaluation import evaluate_series_variants, score_levels
 from SpineStenosisGraderLib.training.series_variants import (
     FIELD_OF_VIEW_MARGIN_MM,
+    as_sagittal_slices,
     crop_to_canal,
     cut,
     disc_slices_in,
@@ -47,6 +48,28 @@ def test_a_thick_slice_is_the_mean_of_its_run_and_lies_at_its_centre(offset):
         assert float(thick.array[k, 0, 0]) == pytest.approx(10.0 * np.mean(run))
         np.testing.assert_allclose(_lps_of_slice(thick, k), np.mean([_lps_of_slice(stack, j) for j in run], axis=0),
                                    atol=1e-6)
+
+
+def test_a_sagittal_slice_is_the_mean_of_its_columns_and_lies_at_their_centre():
+    # column i holds the value i, on 1 mm pixels, flipped left to right as in _stack
+    array = np.tile(np.arange(10, dtype=np.float32), (4, 6, 1))
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 0.8, 2.0))
+    image.SetOrigin((12.0, -40.0, 300.0))
+    image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, -1.0))
+    stack = AxialStack(image, source="test")
+    sagittal = as_sagittal_slices(stack, 3.0)  # columns 0-2, 3-5 and 6-8; column 9 is left over
+    assert sagittal.spacing == pytest.approx((3.0, 0.8, 2.0))
+    assert sagittal.array.shape == (4, 6, 3)
+    assert sagittal.array[2, 3].tolist() == pytest.approx([1.0, 4.0, 7.0])
+    # each column lies where the middle of its run lay; the slices do not move
+    for c in range(3):
+        np.testing.assert_allclose(sagittal.index_to_lps(np.array([[c, 2.0, 1.0]]))[0],
+                                   stack.index_to_lps(np.array([[3 * c + 1, 2.0, 1.0]]))[0], atol=1e-6)
+    assert disc_slices_in(stack, sagittal, {"L4-L5": 2.5}) == pytest.approx({"L4-L5": 2.5})
+    # never thicker than asked: 2 mm columns make no 3 mm slice (4 mm would be refused as a study)
+    image.SetSpacing((2.0, 0.8, 2.0))
+    assert as_sagittal_slices(AxialStack(image, source="test"), 3.0).spacing[0] == pytest.approx(2.0)
 
 
 def test_labels_are_carried_into_a_thick_or_cut_series_through_patient_space():
@@ -151,7 +174,9 @@ def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
     sct = next(s for s in report["per_scan"] if s["scan"] == "sct_cervical_t2")
     # the scan is cropped to the spine already (60 x 52 mm): no tighter field of view is made
     assert not any(v.description.startswith("field of view") for v in made)
-    assert sct["series"] == len(made) == len(short_windows(scan.stack.n_slices, 1.0, list(scan.discs.values()))) + 4
+    # two thick series at two offsets each, and one 3 mm sagittal series (the scan has 1 mm columns)
+    assert sct["series"] == len(made) == len(short_windows(scan.stack.n_slices, 1.0, list(scan.discs.values()))) + 5
+    assert sum(v.description == "3.0 mm sagittal slices" for v in made) == 1
     assert sct["trained_on"] and "sct_cervical_t2" in report["pooled"]["scans_trained_on"]
     inside = sum(score_levels([], list(v.discs.values()), v.stack.n_slices, v.stack.spacing[2])[0] for v in made)
     assert sct["discs_inside"] == inside > 0
@@ -172,7 +197,7 @@ def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
     canal_only = evaluate_series_variants(lambda name: package, one)["per_scan"][0]
     assert canal_only["discs_inside"] == canal_only["discs_found"] == 0
     windows = short_windows(scan.stack.n_slices, 1.0, sorted(scan.boxes))
-    assert canal_only["series"] == len(windows) + 4 and canal_only["canal_slices"] > 0
+    assert canal_only["series"] == len(windows) + 5 and canal_only["canal_slices"] > 0
     # with no disc and no C2 labelled, no level can be called false
     assert canal_only["false_levels"] == 0
 

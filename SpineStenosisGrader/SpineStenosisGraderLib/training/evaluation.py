@@ -413,8 +413,9 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
                 if int(r) not in scan.boxes:
                     continue
                 canal_slices += 1
+                # the boxes are on the scan's grid, whose pixels a sagittal series does not share
                 canal_hits += int(k in boxes and canal_hit(boxes[k], scan.boxes[int(r)], scan.canal[int(r)] > 0,
-                                                           stack.spacing))
+                                                           scan.stack.spacing))
             counts["series"] += 1
             counts["discs_inside"] += inside
             counts["discs_found"] += found
@@ -433,7 +434,8 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
     regions_found = {region: sum(s["regions_found"].get(region, 0) for s in per_scan)
                      for region in sorted({r for s in per_scan for r in s["regions_found"]})}
     return {
-        "data": "short windows (40, 60 and 90 mm, every 15 mm) and thick-slice versions (3 and 4.5 mm) of each "
+        "data": "short windows (40, 60 and 90 mm, every 15 mm), thick-slice versions (3 and 4.5 mm) and a 3 mm "
+                "sagittal version (its columns averaged left to right) of each "
                 "real scan with disc positions or a canal label, and the scan cropped to "
                 f"{FIELD_OF_VIEW_MARGIN_MM:.0f} mm around its labelled canal where that cuts at least a quarter of "
                 "the slice, its labels carried over in patient space; a disc "

@@ -1,13 +1,14 @@
 """Short and thick series made from a real labelled scan, to measure what a whole scan cannot.
 
 Users load series that a labelled research scan is not: a 40 mm CT series
-through one disc, a clinical axial T2 with 3-4 mm slices, a T2* of the neck
-whose field of view holds little more than the spine. Cutting a real scan
-into short windows, averaging its slices into thick ones, and cropping it to
-its canal give such series with the scan's own labels, so the level finding
-can be scored on them (``evaluation.evaluate_series_variants``). The labels
-are carried over in patient coordinates, so they stay right whatever the
-window, thickness or field of view.
+through one disc, a clinical axial T2 with 3-4 mm slices, a sagittal T2 with
+3 mm slices read as axial slices, a T2* of the neck whose field of view holds
+little more than the spine. Cutting a real scan into short windows, averaging
+its slices into thick ones (or its columns into thick sagittal slices), and
+cropping it to its canal give such series with the scan's own labels, so the
+level finding can be scored on them (``evaluation.evaluate_series_variants``).
+The labels are carried over in patient coordinates, so they stay right
+whatever the window, thickness or field of view.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ SHORT_SERIES_STEP_MM = 15.0
 SHORT_SERIES_MARGIN_MM = 30.0
 #: slice thicknesses (mm) of the thick series; each is made at two offsets, so the discs fall differently
 THICK_SERIES_MM = (3.0, 4.5)
+#: the left-right slice thickness (mm) of the sagittal series: the thickest sagittal slices the tool reads as
+#: axial slices (``volume.COARSE_PIXEL_MM``)
+SAGITTAL_SERIES_MM = 3.0
 #: the cropped series reaches this far (mm) beyond the labelled canal on every side: the field of view of a
 #: cord-centred protocol, which cuts the body's outline
 FIELD_OF_VIEW_MARGIN_MM = 20.0
@@ -76,6 +80,25 @@ def thicken(stack: AxialStack, thickness_mm: float, offset: int = 0) -> AxialSta
     image.SetSpacing((stack.spacing[0], stack.spacing[1], stack.spacing[2] * factor))
     image.SetOrigin(stack.image.TransformContinuousIndexToPhysicalPoint((0.0, 0.0, offset + (factor - 1) / 2.0)))
     return AxialStack(image, source=f"{stack.source} as {stack.spacing[2] * factor:.1f} mm slices")
+
+
+def as_sagittal_slices(stack: AxialStack, thickness_mm: float) -> AxialStack:
+    """The scan as a sagittal acquisition with slices at most ``thickness_mm`` thick gives it: each run of columns
+    that wide or less, left to right, averaged into one at the centre of its run, so a label keeps its place in
+    patient space.
+    """
+    # at most: a thicker series than the reader takes (volume.COARSE_PIXEL_MM) is not one a user can grade
+    factor = max(1, int(np.floor(thickness_mm / stack.spacing[0] + 1e-6)))
+    n = stack.image.GetSize()[0] // factor
+    if n < 1:
+        raise ValueError(f"a slice {stack.image.GetSize()[0]} columns wide makes no {thickness_mm} mm sagittal slice")
+    array = sitk.GetArrayFromImage(stack.image).astype(np.float32)  # [k, j, i]
+    runs = array[:, :, :n * factor].reshape(array.shape[0], array.shape[1], n, factor).mean(axis=3)
+    image = sitk.GetImageFromArray(runs)
+    image.SetDirection(stack.image.GetDirection())
+    image.SetSpacing((stack.spacing[0] * factor, stack.spacing[1], stack.spacing[2]))
+    image.SetOrigin(stack.image.TransformContinuousIndexToPhysicalPoint(((factor - 1) / 2.0, 0.0, 0.0)))
+    return AxialStack(image, source=f"{stack.source} as {stack.spacing[0] * factor:.1f} mm sagittal slices")
 
 
 def short_windows(n_slices: int, slice_spacing_mm: float, disc_slices: Sequence[float],
@@ -145,6 +168,10 @@ def series_variants(stack: AxialStack, discs: dict[str, float],
             variant = thicken(stack, thickness, offset)
             out.append(SeriesVariant(f"{variant.spacing[2]:.1f} mm slices, offset {offset}", variant,
                                      disc_slices_in(stack, variant, discs)))
+    if np.floor(SAGITTAL_SERIES_MM / stack.spacing[0] + 1e-6) >= 2:
+        variant = as_sagittal_slices(stack, SAGITTAL_SERIES_MM)
+        out.append(SeriesVariant(f"{variant.spacing[0]:.1f} mm sagittal slices", variant,
+                                 disc_slices_in(stack, variant, discs)))
     cropped = crop_to_canal(stack, canal_boxes or {})
     if cropped is not None:
         width, height = (n * s for n, s in zip(cropped.image.GetSize()[:2], cropped.spacing[:2]))
