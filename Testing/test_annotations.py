@@ -91,7 +91,7 @@ def test_the_default_package_learns_from_every_scan_with_a_canal_and_disc_refere
         "totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"}
     assert set(uses.values()) == {"train", "holdout"}
     # a held-out scan lacks disc positions (a cord mask) or a canal label (disc labels alone), or came after the
-    # embedded package was trained: the two VerSe CTs (5 December 2026), which its next retrain takes in
+    # embedded package was trained: the two VerSe CTs (5 December 2026), to be trained on at its next retrain
     added_later = ["verse012_ct", "verse014_ct"]
     assert all("discs" not in e or e["canal"] is None or e["name"] in added_later
                for e in entries if e["use"] == "holdout")

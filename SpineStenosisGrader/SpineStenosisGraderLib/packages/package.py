@@ -123,7 +123,7 @@ class ModelPackage:
         shown = ""
         if scope:
             pixel = f" with pixels up to {float(scope['max_pixel_mm']):g} mm" if "max_pixel_mm" in scope else ""
-            shown = (f"Grades shown on {', '.join(str(m) for m in scope['modalities']) or 'no'} studies{pixel} only; "
+            shown = (f"Grades shown on {', '.join(str(name) for name in scope['modalities']) or 'no'} studies{pixel} only; "
                      "elsewhere the levels are located, not graded. ")
         return (
             f"{m['name']} {m['version']}: {m['task']} ({m['classifier']['scale']}), "

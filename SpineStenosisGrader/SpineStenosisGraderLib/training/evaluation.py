@@ -295,8 +295,9 @@ def model_grades(package: ModelPackage, stack, modality: str, level_places: Sequ
                  region: str) -> list[Optional[str]]:
     """The package's classifier's grade of each level, shown to the user or not (its grade_scope, a T1).
 
-    This is the evidence for a grade scope: the public scans are believed free of stenosis, so a level
-    graded B-D on one is most likely wrong. None outside the regions the package grades.
+    This is the evidence for a grade scope: the public scans carry no grades, but most are of people without
+    stenosis (volunteers, an abdominal CT), so a level graded B-D there is most likely wrong. None outside the
+    regions the package grades.
     """
     if not level_places or region not in package.manifest.get("regions", []):
         return [None] * len(level_places)
@@ -334,7 +335,8 @@ def pooled(scores: Sequence[RealScanScore]) -> dict[str, Any]:
         "disc_error_median_mm": round(float(np.median(errors)), 1) if errors else None,
         "false_levels": sum(s.false_levels for s in scores),
         "names_right": f"{sum(s.names_right for s in scores)}/{sum(s.names_checked for s in scores)}",
-        # every public scan is believed free of stenosis: the share its classifier calls A, shown or not
+        # the share of real levels the classifier calls A, shown or not: most public scans are of people without
+        # stenosis (see model_grades)
         "model_grade_A": model_grade_a(scores),
         "scans_without_disc_positions": [s.scan for s in scores if not s.disc_reference],
         # a count, not a match: levels found between two labelled vertebral bodies, against the discs there
