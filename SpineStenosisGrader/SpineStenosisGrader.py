@@ -1114,7 +1114,7 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         warnings = entry.package.compatibility_warnings(modality or "", region or "")
         # the modality part of the package's grade scope, said before Apply; the axial pixel is known only once the
         # grader has read the volume as axial slices, and the run's own warning then says it
-        withheld = entry.package.grade_scope_problem(modality, (0.0, 0.0)) if modality else None
+        withheld = entry.package.grade_scope_problem(modality, None) if modality else None
         if withheld:
             warnings.append(withheld + " " + _("The levels will be located but not graded."))
         return warnings
@@ -1314,14 +1314,14 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
             review = reviews[-1]
             return review, review.merge_rerun(result), True
         # the package's scale, so that a clinician can grade levels the model left ungraded (a CT, a T1)
-        return StudyReview.create(scene, result, volumeNode, scale=self.scaleOfPackage(result.model)), [], False
+        entry = self.installedPackageOf(result.model)
+        scale = entry.package.scale.key if entry is not None else None
+        return StudyReview.create(scene, result, volumeNode, scale=scale), [], False
 
-    def scaleOfPackage(self, model) -> Optional[str]:
-        """The grading scale key of the installed package that made a result (``model``: its ModelInfo), or None."""
-        for entry in self.installedPackages():
-            if entry.usable and entry.package.name == model.name and entry.package.version == model.version:
-                return entry.package.scale.key
-        return None
+    def installedPackageOf(self, model):
+        """The usable installed package entry that made a result (``model``: its ModelInfo), or None."""
+        return next((entry for entry in self.installedPackages() if entry.usable
+                     and entry.package.name == model.name and entry.package.version == model.version), None)
 
     @staticmethod
     def reviewForVolume(volumeNode):
@@ -1432,9 +1432,9 @@ class SpineStenosisGraderLogic(ScriptedLoadableModuleLogic):
         from SpineStenosisGraderLib.packages.package import load_package
 
         model = review.result().model
-        for entry in self.installedPackages():
-            if entry.usable and entry.package.name == model.name and entry.package.version == model.version:
-                return load_package(entry.path, backend or "auto")
+        entry = self.installedPackageOf(model)
+        if entry is not None:
+            return load_package(entry.path, backend or "auto")
         raise RuntimeError(_("The model package that graded this run ({name} {version}) is not installed. "
                              "Import it, or run the study again with the package you have.").format(
                                  name=model.name, version=model.version))

@@ -153,6 +153,9 @@ def test_a_package_shows_its_grade_only_within_its_grade_scope(tmp_path):
     coarse = package.grade_scope_problem("MR", (0.6, 4.0))
     assert coarse is not None and "4 mm" in coarse and "1.5 mm" in coarse
     assert package.grade_scope_problem("MR", (1.6, 1.0)) is not None
+    # before the study is read as axial slices its pixel is unknown: only the modality is checked
+    assert package.grade_scope_problem("MR", None) is None
+    assert "not CT" in package.grade_scope_problem("CT", None)
 
 
 def test_a_package_without_a_grade_scope_grades_everything_it_locates(tmp_path):

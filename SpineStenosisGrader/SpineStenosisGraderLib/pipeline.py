@@ -162,13 +162,13 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     t0 = time.perf_counter()
     progress("grade", 0.85)
     graded_regions = package.manifest.get("regions", [])
+    gradable = bool(levels) and region in graded_regions
     # a package shows its grade only on the studies it was checked on (its manifest's grade_scope): elsewhere
     # a wrong grade would read as a finding, so the levels are located and the clinician grades them
-    out_of_scope = package.grade_scope_problem(modality, stack.spacing[:2]) if levels and region in graded_regions \
-        else None
+    out_of_scope = package.grade_scope_problem(modality, stack.spacing[:2]) if gradable else None
     if out_of_scope:
         warnings.append(out_of_scope + (" Graded anyway, as asked." if allow_model_mismatch else LOCATED_NOT_GRADED))
-    if levels and region in graded_regions and (not (not_t2 or out_of_scope) or allow_model_mismatch):
+    if gradable and (not (not_t2 or out_of_scope) or allow_model_mismatch):
         classifier = package.classifier()
         pixel_spacing = (stack.spacing[0], stack.spacing[1])
         patches = np.stack([
@@ -176,7 +176,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         ])
         for level, grade in zip(levels, classifier.grade(patches)):
             level.grade = grade
-    elif levels and region != UNKNOWN_REGION and region not in graded_regions:
+    elif levels and region != UNKNOWN_REGION and not gradable:
         warnings.append(
             f"The model package grades {', '.join(graded_regions)} levels only; the {region} levels "
             "are located but not graded."

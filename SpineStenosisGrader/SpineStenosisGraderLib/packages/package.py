@@ -302,13 +302,15 @@ class ModelPackage:
             raise ModelPackageError(" ".join(mismatches) + " " + advice)
         return [message for message, _ in checks]
 
-    def grade_scope_problem(self, modality: str, pixel_spacing: Sequence[float]) -> Optional[str]:
+    def grade_scope_problem(self, modality: str, pixel_spacing: Optional[Sequence[float]]) -> Optional[str]:
         """Why this package's grade is not shown on a study of ``modality`` with ``pixel_spacing`` (mm), or None.
 
         A package can limit its grade to the studies on which that grade was
         checked: ``grade_scope`` in its manifest lists the modalities and the
         coarsest in-plane pixel, and says why. Outside it the levels are still
         located. A package without ``grade_scope`` grades every study it locates.
+        A ``pixel_spacing`` of None (not known yet: before the study is read as
+        axial slices) checks the modality only.
         """
         scope = self.manifest.get("grade_scope")
         if not scope:
@@ -320,8 +322,10 @@ class ModelPackage:
             return (f"The model package {self.name} {self.version} shows its grade on {shown} studies only, not "
                     f"{modality.upper()}{why}.")
         coarsest = scope.get("max_pixel_mm")
+        if coarsest is None or pixel_spacing is None:
+            return None
         pixel = max(float(v) for v in pixel_spacing)
-        if coarsest is not None and pixel > float(coarsest) + 1e-6:
+        if pixel > float(coarsest) + 1e-6:
             return (f"This study's pixels are {pixel:g} mm, coarser than the {float(coarsest):g} mm up to which the "
                     f"grade of the model package {self.name} {self.version} was checked{why}.")
         return None

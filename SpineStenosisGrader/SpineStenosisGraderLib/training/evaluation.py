@@ -153,6 +153,17 @@ def below_the_labelled_discs(level_slice: float, discs: Sequence[float], slice_s
     return bool(discs) and (min(discs) - level_slice) * slice_spacing_mm > FALSE_LEVEL_MM
 
 
+def unlabelled_side(level_slice: float, discs: Sequence[float], slice_spacing_mm: float,
+                    more_discs_above: bool = False, more_discs_below: bool = False) -> Optional[str]:
+    """"above" or "below" where a level lies beyond the labelled discs on a side where discs lie unlabelled (it
+    is then not scored), else None."""
+    if more_discs_above and above_the_labelled_discs(level_slice, discs, slice_spacing_mm):
+        return "above"
+    if more_discs_below and below_the_labelled_discs(level_slice, discs, slice_spacing_mm):
+        return "below"
+    return None
+
+
 def level_is_false(level_slice: float, discs: Sequence[float], landmarks: dict[str, float],
                    slice_spacing_mm: float, more_discs_above: bool = False,
                    more_discs_below: bool = False) -> tuple[Optional[float], bool]:
@@ -169,9 +180,8 @@ def level_is_false(level_slice: float, discs: Sequence[float], landmarks: dict[s
     """
     if discs:
         distance = min(abs(z - level_slice) for z in discs) * slice_spacing_mm
-        unlabelled = ((more_discs_above and above_the_labelled_discs(level_slice, discs, slice_spacing_mm))
-                      or (more_discs_below and below_the_labelled_discs(level_slice, discs, slice_spacing_mm)))
-        return distance, distance > FALSE_LEVEL_MM and not unlabelled
+        unlabelled = unlabelled_side(level_slice, discs, slice_spacing_mm, more_discs_above, more_discs_below)
+        return distance, distance > FALSE_LEVEL_MM and unlabelled is None
     return None, "C2" in landmarks and level_slice > landmarks["C2"]
 
 
@@ -241,7 +251,7 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
     # without disc positions, only a level above a labelled C2 is known to be false
     c2_only = not all_discs and "C2" in scan.landmarks
     rows, on_canal, levels_checked, false_levels, names_right = [], 0, 0, 0, 0
-    unscoped = model_grades(package, stack, scan.modality, level_places, result.study.region)
+    unscoped = model_grades(package, stack, scan.modality, result, level_places)
     for a, level in enumerate(result.levels):
         k = int(round(level_slices[a]))
         # a bony-hole reference has no box where the ring opens at the disc: take the nearest reference
@@ -255,16 +265,14 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         levels_checked += int(is_on is not None)
         distance, false = level_is_false(level_slices[a], all_discs, scan.landmarks, dz, scan.more_discs_above,
                                          scan.more_discs_below)
-        above_labels = scan.more_discs_above and above_the_labelled_discs(level_slices[a], all_discs, dz)
-        below_labels = scan.more_discs_below and below_the_labelled_discs(level_slices[a], all_discs, dz)
+        side = unlabelled_side(level_slices[a], all_discs, dz, scan.more_discs_above, scan.more_discs_below)
         false_levels += int(false)
         true_name = true_names[matched[a]] if a in matched and scan.disc_names_known else None
         names_right += int(true_name is not None and level.name == true_name)
         rows.append({"name": level.name, "slice": k, "on_canal": is_on,
                      "nearest_disc_mm": None if distance is None else round(distance, 1), "true_name": true_name,
                      "grade": level.grade.grade if level.grade else None, "model_grade": unscoped[a],
-                     **({"above_the_labelled_discs": True} if above_labels else {}),
-                     **({"below_the_labelled_discs": True} if below_labels else {}),
+                     **({f"{side}_the_labelled_discs": True} if side else {}),
                      **({"above_c2": false} if c2_only else {})})
     errors = sorted(abs(level_slices[a] - true_slices[b]) * dz for a, b in matches)
     span = landmark_span(scan.landmarks)
@@ -291,20 +299,27 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
     )
 
 
-def model_grades(package: ModelPackage, stack, modality: str, level_places: Sequence[tuple[float, Any]],
-                 region: str) -> list[Optional[str]]:
-    """The package's classifier's grade of each level, shown to the user or not (its grade_scope, a T1).
+def model_grades(package: ModelPackage, stack, modality: str, result, level_places: Sequence[tuple[float, Any]]
+                 ) -> list[Optional[str]]:
+    """The package's classifier's grade of each of ``result``'s levels, shown to the user or not (its
+    grade_scope, a T1); ``level_places`` are the levels' (slice, box) on the stack.
 
     This is the evidence for a grade scope: the public scans carry no grades, but most are of people without
     stenosis (volunteers, an abdominal CT), so a level graded B-D there is most likely wrong. None outside the
     regions the package grades.
     """
-    if not level_places or region not in package.manifest.get("regions", []):
-        return [None] * len(level_places)
+    grades = [level.grade.grade if level.grade else None for level in result.levels]
+    withheld = [a for a, grade in enumerate(grades) if grade is None]
+    if not withheld or result.study.region not in package.manifest.get("regions", []):
+        return grades
+    # only the levels whose grade was not shown: the others' is the classifier's already
     classifier = package.classifier()
-    patches = np.stack([classifier.crop(stack.array[int(round(k))], (stack.spacing[0], stack.spacing[1]), box,
-                                        modality) for k, box in level_places])
-    return [g.grade for g in classifier.grade(patches)]
+    patches = np.stack([classifier.crop(stack.array[int(round(level_places[a][0]))],
+                                        (stack.spacing[0], stack.spacing[1]), level_places[a][1], modality)
+                        for a in withheld])
+    for a, prediction in zip(withheld, classifier.grade(patches)):
+        grades[a] = prediction.grade
+    return grades
 
 
 def model_grade_a(scores: Sequence[RealScanScore]) -> dict[str, str]:

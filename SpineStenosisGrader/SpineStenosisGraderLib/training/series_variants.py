@@ -63,6 +63,25 @@ def cut(stack: AxialStack, first: int, stop: int) -> AxialStack:
     return AxialStack(stack.image[:, :, first:stop], source=f"{stack.source} slices {first}-{stop - 1}")
 
 
+def _runs_averaged(stack: AxialStack, axis: int, factor: int, offset: int, n: int, source: str) -> AxialStack:
+    """``n`` runs of ``factor`` voxels along image axis ``axis`` (0: i, left to right; 2: k, the slices), from
+    ``offset``, each averaged into one voxel at the centre of its run, so a label keeps its place in patient space.
+    """
+    array = sitk.GetArrayFromImage(stack.image).astype(np.float32)  # [k, j, i]
+    along = 2 - axis
+    taken = np.moveaxis(array, along, 0)[offset:offset + n * factor]
+    runs = np.moveaxis(taken.reshape(n, factor, *taken.shape[1:]).mean(axis=1), 0, along)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(runs))
+    image.SetDirection(stack.image.GetDirection())
+    spacing = list(stack.spacing)
+    spacing[axis] *= factor
+    image.SetSpacing(tuple(spacing))
+    centre = [0.0, 0.0, 0.0]
+    centre[axis] = offset + (factor - 1) / 2.0
+    image.SetOrigin(stack.image.TransformContinuousIndexToPhysicalPoint(tuple(centre)))
+    return AxialStack(image, source=source)
+
+
 def thicken(stack: AxialStack, thickness_mm: float, offset: int = 0) -> AxialStack:
     """Each run of slices about ``thickness_mm`` thick averaged into one, as a scanner's thick slice is.
 
@@ -73,13 +92,7 @@ def thicken(stack: AxialStack, thickness_mm: float, offset: int = 0) -> AxialSta
     n = (stack.n_slices - offset) // factor
     if n < 1:
         raise ValueError(f"{stack.n_slices} slices make no {thickness_mm} mm slice from offset {offset}")
-    array = sitk.GetArrayFromImage(stack.image).astype(np.float32)
-    runs = array[offset:offset + n * factor].reshape(n, factor, *array.shape[1:]).mean(axis=1)
-    image = sitk.GetImageFromArray(runs)
-    image.SetDirection(stack.image.GetDirection())
-    image.SetSpacing((stack.spacing[0], stack.spacing[1], stack.spacing[2] * factor))
-    image.SetOrigin(stack.image.TransformContinuousIndexToPhysicalPoint((0.0, 0.0, offset + (factor - 1) / 2.0)))
-    return AxialStack(image, source=f"{stack.source} as {stack.spacing[2] * factor:.1f} mm slices")
+    return _runs_averaged(stack, 2, factor, offset, n, f"{stack.source} as {stack.spacing[2] * factor:.1f} mm slices")
 
 
 def as_sagittal_slices(stack: AxialStack, thickness_mm: float) -> AxialStack:
@@ -92,13 +105,8 @@ def as_sagittal_slices(stack: AxialStack, thickness_mm: float) -> AxialStack:
     n = stack.image.GetSize()[0] // factor
     if n < 1:
         raise ValueError(f"a slice {stack.image.GetSize()[0]} columns wide makes no {thickness_mm} mm sagittal slice")
-    array = sitk.GetArrayFromImage(stack.image).astype(np.float32)  # [k, j, i]
-    runs = array[:, :, :n * factor].reshape(array.shape[0], array.shape[1], n, factor).mean(axis=3)
-    image = sitk.GetImageFromArray(runs)
-    image.SetDirection(stack.image.GetDirection())
-    image.SetSpacing((stack.spacing[0] * factor, stack.spacing[1], stack.spacing[2]))
-    image.SetOrigin(stack.image.TransformContinuousIndexToPhysicalPoint(((factor - 1) / 2.0, 0.0, 0.0)))
-    return AxialStack(image, source=f"{stack.source} as {stack.spacing[0] * factor:.1f} mm sagittal slices")
+    source = f"{stack.source} as {stack.spacing[0] * factor:.1f} mm sagittal slices"
+    return _runs_averaged(stack, 0, factor, 0, n, source)
 
 
 def short_windows(n_slices: int, slice_spacing_mm: float, disc_slices: Sequence[float],
