@@ -169,12 +169,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if out_of_scope:
         warnings.append(out_of_scope + (" Graded anyway, as asked." if allow_model_mismatch else LOCATED_NOT_GRADED))
     if gradable and (not (not_t2 or out_of_scope) or allow_model_mismatch):
-        classifier = package.classifier()
-        pixel_spacing = (stack.spacing[0], stack.spacing[1])
-        patches = np.stack([
-            classifier.crop(stack.array[c.slice_index], pixel_spacing, c.box_ij, modality) for c in candidates
-        ])
-        for level, grade in zip(levels, classifier.grade(patches)):
+        places = [(c.slice_index, c.box_ij) for c in candidates]
+        for level, grade in zip(levels, package.classifier().grade_places(stack, places, modality)):
             level.grade = grade
     elif levels and region != UNKNOWN_REGION and not gradable:
         warnings.append(

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..study.normalise import patch_window, sample_patch
+from ..study.volume import AxialStack
 from ..result import GradePrediction
 from ..scales import GradingScale
 
@@ -63,6 +64,15 @@ class GradeClassifier(ABC):
         """The level's crop from a raw slice [j, i] (HU or MR units), normalised."""
         i0, j0, i1, j1 = box_ij
         return grade_patch(raw_slice, pixel_spacing, ((i0 + i1) / 2.0, (j0 + j1) / 2.0), self.config, modality)
+
+    def grade_places(self, stack: AxialStack, places: Sequence[tuple[int, Sequence[float]]],
+                     modality: str) -> list[GradePrediction]:
+        """The grade of each (slice index, canal box [i0, j0, i1, j1]) of ``stack``, from its crop."""
+        if not places:
+            return []
+        pixel_spacing = (stack.spacing[0], stack.spacing[1])
+        return self.grade(np.stack([self.crop(stack.array[k], pixel_spacing, box_ij, modality)
+                                    for k, box_ij in places]))
 
     def grade(self, patches: np.ndarray) -> list[GradePrediction]:
         if len(patches) == 0:

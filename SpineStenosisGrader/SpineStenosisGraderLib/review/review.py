@@ -546,9 +546,7 @@ class StudyReview:
         k = int(np.rint(k))
         if not 0 <= k < stack.n_slices:
             raise InputError(f"{roi.GetName()} is outside the volume: move its box onto the study.")
-        classifier = package.classifier()
-        patch = classifier.crop(stack.array[k], (stack.spacing[0], stack.spacing[1]), box_ij, run.study.modality)
-        prediction = classifier.grade(patch[None])[0]
+        prediction = package.classifier().grade_places(stack, [(k, box_ij)], run.study.modality)[0]
         mrml.set_model_grade(roi, prediction, k)
         mrml.set_graded_box(roi, box)
         if self.table_node.GetAttribute(mrml.SCALE_ATTRIBUTE) is None:

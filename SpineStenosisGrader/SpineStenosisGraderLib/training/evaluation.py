@@ -313,11 +313,8 @@ def model_grades(package: ModelPackage, stack, modality: str, result, level_plac
     if not withheld or result.study.region not in package.manifest.get("regions", []):
         return grades
     # only the levels whose grade was not shown: the others' is the classifier's already
-    classifier = package.classifier()
-    patches = np.stack([classifier.crop(stack.array[int(round(level_places[a][0]))],
-                                        (stack.spacing[0], stack.spacing[1]), level_places[a][1], modality)
-                        for a in withheld])
-    for a, prediction in zip(withheld, classifier.grade(patches)):
+    places = [(int(round(level_places[a][0])), level_places[a][1]) for a in withheld]
+    for a, prediction in zip(withheld, package.classifier().grade_places(stack, places, modality)):
         grades[a] = prediction.grade
     return grades
 
