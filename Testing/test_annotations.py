@@ -169,3 +169,46 @@ def test_the_detector_learns_from_the_training_positions_where_the_catalogue_giv
     assert weight[108] == 1.0  # within 4 mm of the training T11-T12
     assert scans["sct_cervical_t2"].training_discs is None  # one method for both
     assert scans["sct_cervical_t2"].disc_weight(1.0)[17] == 1.0  # C3-C4 at 17.5
+
+
+@pytest.fixture(scope="module")
+def label_maps():
+    from SpineStenosisGraderLib.training.annotations import load_label_maps
+
+    return list(load_label_maps(DATA / "scans.json"))
+
+
+def test_label_maps_without_images_are_read_on_a_1_mm_grid_in_patient_space(label_maps):
+    import SimpleITK as sitk
+
+    assert len(label_maps) == 28 and all(m.labels_only and m.modality == "MR" for m in label_maps)
+    for m in label_maps:
+        assert np.allclose(m.stack.spacing, 1.0)
+        # the discs run from L5-S1 at the bottom up the spine (the two label schemes number them opposite ways)
+        ks = [m.discs[name] for name in ("L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2")]
+        assert all(np.diff(ks) > 20), m.name
+        # the canal lies behind the discs (LPS rows grow towards the back), on the slices of every lumbar disc
+        for name in ("L4-L5", "L3-L4", "L2-L3"):
+            k = int(round(m.discs[name]))
+            disc_rows = np.nonzero(m.stack.array[k] > 200)[0]
+            canal_rows = np.nonzero(m.canal[k])[0]
+            assert canal_rows.size and disc_rows.size, (m.name, name)
+            assert canal_rows.mean() - disc_rows.mean() > 10, (m.name, name)
+    # where the 1 mm grid puts the canal is where the file does: the centre of its canal label in patient space,
+    # for a map stored with its slice axis first and one stored as sagittal slices
+    for name in ("104_t2", "166_t2"):
+        m = next(m for m in label_maps if m.name == f"spider_{name}")
+        raw = sitk.ReadImage(str(DATA / "spider" / f"{name}.mha"))
+        voxels = np.argwhere(sitk.GetArrayFromImage(raw) == 100)[:, ::-1].mean(axis=0)
+        expected = np.asarray(raw.TransformContinuousIndexToPhysicalPoint(voxels.tolist()))
+        kji = np.argwhere(m.canal).mean(axis=0)
+        found = np.asarray(m.stack.image.TransformContinuousIndexToPhysicalPoint(kji[::-1].tolist()))
+        assert np.abs(found - expected).max() < 1.0, name
+
+
+def test_label_maps_are_not_scans_that_could_be_graded_or_scored():
+    # evaluate and the tests read 'scans'; the label maps have no image to grade
+    catalogue = json.loads((DATA / "scans.json").read_text())
+    scan_names = {e["name"] for e in catalogue["scans"]}
+    assert not scan_names & {e["name"] for e in catalogue["label_maps"]}
+    assert not any(s.labels_only for s in load_scans(DATA / "scans.json"))

@@ -150,7 +150,8 @@ def test_kmeans_finds_separated_groups():
 
 
 def test_exclude_scans_drops_a_scan_and_everything_made_from_it():
-    kwargs = dict(n_phantoms=1, per_study=2, seed=0, synthetic_per_scan=4, synthetic_per_phantom=2)
+    kwargs = dict(n_phantoms=1, per_study=2, seed=0, synthetic_per_scan=4, synthetic_per_phantom=2,
+                  synthetic_per_label_map=0)
     full = build_detector_data(CATALOGUE, **kwargs)
     sources = {d.source for d in full}
     assert {"totalsegmentator_ct", "synth:totalsegmentator_ct", "phantom-0", "synth:phantom-0"} <= sources
@@ -169,7 +170,7 @@ def test_detector_training_is_deterministic():
     from SpineStenosisGraderLib.inference.detector import DEFAULT_DETECTOR_CONFIG
 
     data = build_detector_data(CATALOGUE, n_phantoms=1, per_study=3, seed=0, synthetic_per_scan=3,
-                               synthetic_per_phantom=2)
+                               synthetic_per_phantom=2, synthetic_per_label_map=0)
     weights = []
     for _ in range(2):
         model, losses = train_detector(data, dict(DEFAULT_DETECTOR_CONFIG), iterations=6, batch_size=2, seed=4)
@@ -204,3 +205,45 @@ def test_coarsening_leaves_an_axis_already_as_coarse_and_a_finer_target_alone():
     coarse = coarsen_slice(image, (0.5, 3.0), 3.0)
     assert np.allclose(coarse.mean(axis=1), image.mean(axis=1), atol=0.05)
     assert float(np.abs(np.diff(coarse, axis=1)).mean()) < 0.25 * float(np.abs(np.diff(image, axis=1)).mean())
+
+
+def _two_label_maps(tmp_path):
+    """A catalogue of two SPIDER label maps and no scan."""
+    catalogue = json.loads(CATALOGUE.read_text())
+    maps = [e for e in catalogue["label_maps"] if e["name"] in ("spider_104_t2", "spider_166_t2")]
+    for entry in maps:
+        for key in ("canal", "discs"):
+            entry[key]["file"] = str(DATA / entry[key]["file"])
+        entry["image"] = str(DATA / entry["image"])
+        entry["tissues"][0]["file"] = str(DATA / entry["tissues"][0]["file"])
+    path = tmp_path / "maps.json"
+    path.write_text(json.dumps({"scans": [], "label_maps": maps}))
+    return path
+
+
+def test_a_label_map_without_its_image_trains_the_detector_through_synthesis_only(tmp_path):
+    catalogue = _two_label_maps(tmp_path)
+    kwargs = dict(n_phantoms=0, per_study=0, seed=0, synthetic_per_scan=0, synthetic_per_phantom=0)
+    data = build_detector_data(catalogue, synthetic_per_label_map=3, **kwargs)
+    # its labels are no picture of a spine: no slice of them is taught as a real image
+    assert sorted(d.source for d in data) == ["synth:spider_104_t2"] * 3 + ["synth:spider_166_t2"] * 3
+    fold = build_detector_data(catalogue, synthetic_per_label_map=3, exclude_scans=["spider_104_t2"], **kwargs)
+    assert [d.source for d in fold] == ["synth:spider_166_t2"] * 3
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(fold, data[3:]))
+    assert build_detector_data(catalogue, synthetic_per_label_map=0, **kwargs) == []
+
+
+def test_a_label_maps_unlabelled_voxels_are_drawn_as_patches_of_tissue(tmp_path):
+    from SpineStenosisGraderLib.training.annotations import load_label_maps
+
+    scan = next(iter(load_label_maps(_two_label_maps(tmp_path), exclude=["spider_166_t2"])))
+    tmap = tissue_map_from_scan(scan)
+    outside = tmap.labels[(scan.stack.array == 0) & ~tmap.canal]
+    kinds = {tmap.tissue[v] for v in np.unique(outside)}
+    # not one flat background: a flat one would teach that the canal and bone are all a slice holds
+    assert len(kinds) >= 3 and not kinds & {"bone", "disc", "csf"}
+    shares = np.bincount(outside) / outside.size
+    assert np.sort(shares[shares > 0])[-1] < 0.6
+    # the same map gives the same patches every time, so a retrain gives the same slices
+    assert np.array_equal(tissue_map_from_scan(scan).labels, tmap.labels)
+    assert set(tmap.tissue[v] for v in np.unique(tmap.labels[scan.stack.array > 200])) == {"disc"}

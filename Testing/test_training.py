@@ -102,9 +102,22 @@ def test_the_manifest_records_the_commit_the_training_started_from(tmp_path, mon
     # in this process: the command may run itself again in a child process for its kernels
     training = train_module.train_default_package(
         tmp_path / "pkg", DATA / "scans.json", n_phantoms=2, per_study=3, detector_iterations=2, n_grade_slices=8,
-        classifier_epochs=1, synthetic_per_scan=2, synthetic_per_phantom=1)
+        classifier_epochs=1, synthetic_per_scan=2, synthetic_per_phantom=1, synthetic_per_label_map=1)
     assert training["code"] == {"commit": "at-start", "dirty": False}
     made = load_package(tmp_path / "pkg").manifest
     assert made["training_data"]["code"]["commit"] == "at-start"
+    # the manifest lists the label maps without images apart from the scans whose images it learned from
+    assert len(made["training_data"]["detector_label_maps"]) == 28
+    assert not set(made["training_data"]["detector_label_maps"]) & set(made["training_data"]["detector_real_scans"])
     # the package the command makes shows its grade where the shipped one does, and no wider
     assert made["grade_scope"] == load_default_package().manifest["grade_scope"]
+
+
+def test_the_default_recipe_learns_from_the_data_the_embedded_package_learned_from():
+    # the manifest's command must remake the embedded package: label maps without images are opt-in
+    # (--synthetic-per-label-map), as the embedded package learned from none
+    shipped = load_default_package().manifest["training_data"]
+    assert "detector_label_maps" not in shipped
+    data = train_module.build_detector_data(DATA / "scans.json", n_phantoms=0, per_study=0, seed=0,
+                                            synthetic_per_scan=0, synthetic_per_phantom=0)
+    assert sorted({d.source for d in data}) == shipped["detector_real_scans"]

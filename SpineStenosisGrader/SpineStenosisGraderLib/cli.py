@@ -140,6 +140,7 @@ def _train(args: argparse.Namespace) -> int:
         "n_phantoms": args.phantoms, "per_study": args.per_study, "detector_iterations": args.detector_iterations,
         "n_grade_slices": args.grade_slices, "classifier_epochs": args.classifier_epochs, "seed": args.seed,
         "synthetic_per_scan": args.synthetic_per_scan, "synthetic_per_phantom": args.synthetic_per_phantom,
+        "synthetic_per_label_map": args.synthetic_per_label_map,
     }
     command = shlex.join(["spine-stenosis-grader", *args.argv])
     # the defaults live in train_default_package only
@@ -289,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="detector slices synthesised from each real scan's label map (0: none)")
     train.add_argument("--synthetic-per-phantom", type=int,
                        help="detector slices synthesised from each phantom study's label map (0: none)")
+    train.add_argument("--synthetic-per-label-map", type=int,
+                       help="detector slices synthesised from each of the catalogue's label maps without an image "
+                            "(its 'label_maps'; 0: none)")
     train.add_argument("--exclude-scan", action="append", default=[], metavar="NAME",
                        help="leave this catalogue scan, and every image synthesised from it, out of training "
                             "(repeat for more; for leave-one-scan-out)")

@@ -20,6 +20,8 @@ above the highest labelled disc (more discs lie there, unlabelled).
 Usage, after fetching JonathanRamos/fastcleverseg at b476612c::
 
     .venv/bin/python Testing/Data/score_fastcleverseg_vb1.py REPO/ImageDatasets/VBs/VB1/Isotropic/Matlab/03.mat ...
+
+``--model PACKAGE_DIR`` first scores that package instead of the embedded one.
 """
 
 import sys

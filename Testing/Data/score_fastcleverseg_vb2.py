@@ -13,6 +13,8 @@ one lower is false. Levels more than 10 mm above T11-T12 are not scored.
 Usage, after fetching JonathanRamos/fastcleverseg at b476612c::
 
     .venv/bin/python Testing/Data/score_fastcleverseg_vb2.py REPO/ImageDatasets/VBs/VB2/Isotropic/Matlab/02.mat ...
+
+``--model PACKAGE_DIR`` first scores that package instead of the embedded one.
 """
 
 import sys
@@ -22,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "SpineStenosisGrader"))
 
-from SpineStenosisGraderLib.packages.package import load_default_package  # noqa: E402
+from SpineStenosisGraderLib.packages.package import load_default_package, load_package  # noqa: E402
 from SpineStenosisGraderLib.pipeline import grade_stack  # noqa: E402
 from SpineStenosisGraderLib.study.volume import to_axial_stack  # noqa: E402
 from SpineStenosisGraderLib.training.annotations import BODY_EXTENT_SHARE  # noqa: E402
@@ -82,8 +84,11 @@ def score(path: Path, package) -> dict:
 
 
 def main(paths: list[str], score=score) -> None:
-    """Score each scan with ``score`` and print the rows and their totals."""
-    package = load_default_package()
+    """Score each scan with ``score`` and print the rows and their totals (``--model DIR`` first: that package)."""
+    if paths[:1] == ["--model"]:
+        package, paths = load_package(Path(paths[1])), paths[2:]
+    else:
+        package = load_default_package()
     rows = [score(Path(p), package) for p in paths]
     for row in rows:
         print(row)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -50,6 +50,9 @@ class AnnotatedScan:
     training_discs: Optional[dict[str, float]] = None
     #: vertebra name -> continuous slice index of a point the labels put at its body's level (e.g. "C2")
     landmarks: dict[str, float] = field(default_factory=dict)
+    #: True for a label map without its image (the catalogue's ``label_maps``): its ``stack`` holds the labels,
+    #: so only images synthesised from it train, and it is never graded
+    labels_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.boxes:
@@ -229,16 +232,38 @@ def _discs_between_bodies(array: np.ndarray, names: dict[int, str], canal: np.nd
     return discs
 
 
-def load_catalogue(path: Path) -> list[dict[str, Any]]:
+#: a label map without its image is read on this grid (mm, nearest neighbour): the sagittal maps are 3-5 mm
+#: thick, which no stack of axial slices may have, and the detector reads 1.25 mm pixels
+LABEL_MAP_SPACING_MM = 1.0
+
+
+def load_catalogue(path: Path, section: str = "scans") -> list[dict[str, Any]]:
+    """A catalogue's entries: its ``scans`` (images with labels), or its ``label_maps`` (labels alone)."""
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)["scans"]
+        return json.load(handle).get(section, [])
+
+
+def _label_map_stack(path: Path) -> AxialStack:
+    """A label map on a LABEL_MAP_SPACING_MM grid in its own orientation, read as an axial stack."""
+    labels = sitk.ReadImage(str(path))
+    size = [max(2, int(round(n * s / LABEL_MAP_SPACING_MM))) for n, s in zip(labels.GetSize(), labels.GetSpacing())]
+    # the new grid's first voxel centre sits where the old grid's first voxel starts, shifted half a new voxel in
+    direction = np.asarray(labels.GetDirection(), dtype=float).reshape(3, 3)
+    start = np.asarray(labels.TransformContinuousIndexToPhysicalPoint([-0.5, -0.5, -0.5]))
+    origin = start + direction @ np.full(3, LABEL_MAP_SPACING_MM / 2.0)
+    grid = sitk.Resample(labels, size, sitk.Transform(), sitk.sitkNearestNeighbor, origin.tolist(),
+                         [LABEL_MAP_SPACING_MM] * 3, labels.GetDirection(), 0, labels.GetPixelID())
+    return to_axial_stack(grid, source=str(path))
 
 
 def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
     """Load one catalogue entry; paths in it are relative to ``root``."""
     image_spec = entry["image"] if isinstance(entry["image"], dict) else {"file": entry["image"]}
     geometry = entry.get("geometry")
-    if is_matlab_file(root / image_spec["file"]):
+    labels_only = bool(entry.get("labels_only", False))
+    if labels_only:
+        stack = _label_map_stack(root / image_spec["file"])
+    elif is_matlab_file(root / image_spec["file"]):
         stack = to_axial_stack(read_catalogue_image(root, image_spec, geometry), source=str(root / image_spec["file"]))
     else:
         stack = load_stack(root / image_spec["file"])
@@ -270,9 +295,17 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
         root=root,
         training_discs=training_discs,
         landmarks=landmarks,
+        labels_only=labels_only,
     )
 
 
 def load_scans(catalogue: Path, use: Optional[str] = None) -> list[AnnotatedScan]:
     root = catalogue.parent
     return [load_annotated_scan(e, root) for e in load_catalogue(catalogue) if use is None or e.get("use") == use]
+
+
+def load_label_maps(catalogue: Path, exclude: Sequence[str] = ()) -> Iterator[AnnotatedScan]:
+    """The catalogue's label maps without images (``label_maps``), less ``exclude``, each ``labels_only``."""
+    root = catalogue.parent
+    return (load_annotated_scan(dict(e, labels_only=True), root) for e in load_catalogue(catalogue, "label_maps")
+            if e["name"] not in set(exclude))

@@ -24,6 +24,7 @@ The output is float in [0, 1], as ``IntensityWindow.apply`` gives the detector.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -60,6 +61,10 @@ CANAL_TISSUES = ("csf", "cord")
 DEFAULT_CLUSTERS = 4
 #: the thickest slab a synthetic slice averages, mm
 MAX_THICKNESS_MM = 5.0
+#: a label map without its image has nothing to cluster outside its labels: there a smooth random field of
+#: blobs about this size (mm) is clustered instead, so the muscle, fat and soft tissue around the spine are
+#: drawn as patches of their own and not as one flat background
+TEXTURE_MM = 8.0
 
 
 @dataclass
@@ -213,8 +218,16 @@ def tissue_map_from_scan(scan: AnnotatedScan, n_clusters: int = DEFAULT_CLUSTERS
                 labels[free] = len(tissue)
                 tissue.append(name)
     weight = scan.disc_weight(DISC_HEIGHT_MM[scan.region] / 2.5)
-    return _finish(scan.name, labels, tissue, scan.canal > 0, scan.stack.array, scan.modality,
+    image = texture(scan.name, scan.canal.shape, scan.stack.spacing) if scan.labels_only else scan.stack.array
+    return _finish(scan.name, labels, tissue, scan.canal > 0, image, "MR" if scan.labels_only else scan.modality,
                    n_clusters, scan.stack.spacing, weight)
+
+
+def texture(name: str, shape: tuple[int, ...], spacing: Sequence[float]) -> np.ndarray:
+    """A smooth random field [k, j, i] with blobs of about TEXTURE_MM, the same for the same ``name``."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    noise = rng.standard_normal(shape).astype(np.float32)
+    return ndimage.gaussian_filter(noise, [TEXTURE_MM / 2.0 / float(v) for v in reversed(tuple(spacing))])
 
 
 def tissue_map_from_phantom(study, n_clusters: int = DEFAULT_CLUSTERS + 1) -> TissueMap:
