@@ -109,6 +109,7 @@ def test_the_manifest_records_the_commit_the_training_started_from(tmp_path, mon
     # the manifest lists the label maps without images apart from the scans whose images it learned from
     assert len(made["training_data"]["detector_label_maps"]) == 28
     assert not set(made["training_data"]["detector_label_maps"]) & set(made["training_data"]["detector_real_scans"])
+    assert "28 label maps without their images" in made["training_data"]["summary"]
     # the package the command makes shows its grade where the shipped one does, and no wider
     assert made["grade_scope"] == load_default_package().manifest["grade_scope"]
 

@@ -553,8 +553,8 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
                     f"{', '.join(real_names)}"
                     + (" and images synthesised from the label maps of all of them and of the phantoms (random "
                        "contrast, resolution, noise, bias and deformation)" if synth_counts else "")
-                    + (f", and from {len(label_maps)} label maps of lumbar MR without their images" if label_maps
-                       else "")
+                    + (f", and from {len(label_maps)} label maps without their images (the catalogue's "
+                       "label_maps)" if label_maps else "")
                     + f" for the detector; {grade_summary}"),
         "detector_real_scans": real_names,
         "detector_label_maps": label_maps,
