@@ -306,6 +306,6 @@ def load_scans(catalogue: Path, use: Optional[str] = None) -> list[AnnotatedScan
 
 def load_label_maps(catalogue: Path, exclude: Sequence[str] = ()) -> Iterator[AnnotatedScan]:
     """The catalogue's label maps without images (``label_maps``), less ``exclude``, each ``labels_only``."""
-    root = catalogue.parent
+    root, excluded = catalogue.parent, set(exclude)
     return (load_annotated_scan(dict(e, labels_only=True), root) for e in load_catalogue(catalogue, "label_maps")
-            if e["name"] not in set(exclude))
+            if e["name"] not in excluded)
