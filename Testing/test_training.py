@@ -122,3 +122,40 @@ def test_the_default_recipe_learns_from_the_data_the_embedded_package_learned_fr
     data = train_module.build_detector_data(DATA / "scans.json", n_phantoms=0, per_study=0, seed=0,
                                             synthetic_per_scan=0, synthetic_per_phantom=0)
     assert sorted({d.source for d in data}) == shipped["detector_real_scans"]
+
+
+def _tiny_detector_data():
+    import numpy as np
+
+    from SpineStenosisGraderLib.training.train import DetectorSlice
+
+    rng = np.random.default_rng(3)
+    data = []
+    for n in range(4):
+        image = rng.random((160, 160)).astype(np.float16) * 0.3
+        image[70:90, 72:88] = 0.9  # a bright canal-sized box to find
+        data.append(DetectorSlice(image, (1.0, 1.0), (72.0, 70.0, 88.0, 90.0), 1 + n % 2, f"phantom-{n}"))
+    return data
+
+
+def test_the_detector_average_leaves_the_training_steps_alone_and_averages_their_weights():
+    import numpy as np
+
+    from SpineStenosisGraderLib.inference.detector import DEFAULT_DETECTOR_CONFIG
+    from SpineStenosisGraderLib.training.train import train_detector
+
+    data, config = _tiny_detector_data(), dict(DEFAULT_DETECTOR_CONFIG)
+    runs = {decay: train_detector(data, config, iterations=6, batch_size=2, seed=1, ema_decay=decay)
+            for decay in (0.0, 1e-12, 0.5)}
+    weights = {decay: {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+               for decay, (model, _) in runs.items()}
+    # the average only reads the steps: the same batches and losses with it as without
+    assert runs[0.5][1] == runs[0.0][1]
+    # a decay of (almost) 0 is the last step's weights: each update comes after that step's optimiser step
+    assert all(np.allclose(weights[1e-12][k], weights[0.0][k], rtol=0, atol=1e-6) for k in weights[0.0])
+    # with 0.5 the last three steps are averaged: the weights and the batch-norm statistics differ from the last's
+    changed = [k for k in weights[0.0] if not np.allclose(weights[0.5][k], weights[0.0][k], rtol=0, atol=1e-6)]
+    assert any(k.endswith("running_mean") for k in changed) and any(k.endswith(".weight") for k in changed)
+    assert not runs[0.5][0].training
+    with pytest.raises(ValueError, match="EMA decay"):
+        train_detector(data, config, iterations=2, batch_size=2, seed=1, ema_decay=1.0)

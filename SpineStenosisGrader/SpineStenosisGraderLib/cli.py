@@ -140,7 +140,7 @@ def _train(args: argparse.Namespace) -> int:
         "n_phantoms": args.phantoms, "per_study": args.per_study, "detector_iterations": args.detector_iterations,
         "n_grade_slices": args.grade_slices, "classifier_epochs": args.classifier_epochs, "seed": args.seed,
         "synthetic_per_scan": args.synthetic_per_scan, "synthetic_per_phantom": args.synthetic_per_phantom,
-        "synthetic_per_label_map": args.synthetic_per_label_map,
+        "synthetic_per_label_map": args.synthetic_per_label_map, "detector_ema": args.detector_ema,
     }
     command = shlex.join(["spine-stenosis-grader", *args.argv])
     # the defaults live in train_default_package only
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--synthetic-per-label-map", type=int,
                        help="detector slices synthesised from each of the catalogue's label maps without an image "
                             "(its 'label_maps'; 0: none)")
+    train.add_argument("--detector-ema", type=float, metavar="DECAY",
+                       help="return the detector's weights averaged (exponential moving average with this decay) "
+                            "over the second half of training instead of the last step's (0: off)")
     train.add_argument("--exclude-scan", action="append", default=[], metavar="NAME",
                        help="leave this catalogue scan, and every image synthesised from it, out of training "
                             "(repeat for more; for leave-one-scan-out)")

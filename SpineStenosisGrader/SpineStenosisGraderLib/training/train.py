@@ -42,6 +42,12 @@ TRAIN_THREADS = 2
 #: share of each detector batch drawn from each pool, renormalised over the pools that have slices;
 #: without synthetic slices real and phantom keep the 0.4 : 0.6 the package before synthesis trained with
 POOL_FRACTIONS = {"real": 0.26, "phantom": 0.39, "synthetic": 0.35}
+#: the detector's weights (and batch-norm statistics) may be an exponential moving average over the second half
+#: of training, with this decay (0: the last step's weights). One run's last step is one draw; an average over
+#: many steps is meant to vary less from seed to seed. It changes nothing in the steps themselves
+DETECTOR_EMA_DECAY = 0.0
+#: the average starts (as a copy) at this fraction of the iterations: before it the learning rate is high
+DETECTOR_EMA_START = 0.5
 
 
 @dataclass
@@ -199,18 +205,27 @@ def deterministic_torch(seed: int, threads: int = TRAIN_THREADS) -> Iterator[Non
 
 
 def train_detector(data: Sequence[DetectorSlice], config: dict[str, Any], iterations: int, batch_size: int,
-                   seed: int, lr: float = 1.5e-3, fractions: Optional[dict[str, float]] = None):
-    """Train the Faster R-CNN; each batch item comes from a pool (real, synthetic, phantom) by ``fractions``."""
+                   seed: int, lr: float = 1.5e-3, fractions: Optional[dict[str, float]] = None,
+                   ema_decay: float = DETECTOR_EMA_DECAY):
+    """Train the Faster R-CNN; each batch item comes from a pool (real, synthetic, phantom) by ``fractions``.
+
+    With ``ema_decay`` > 0 the model returned is the moving average (``DETECTOR_EMA_DECAY``).
+    """
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"the detector's EMA decay must be in [0, 1), not {ema_decay}")
     with deterministic_torch(seed):
-        return _train_detector(data, config, iterations, batch_size, seed, lr, fractions or POOL_FRACTIONS)
+        return _train_detector(data, config, iterations, batch_size, seed, lr, fractions or POOL_FRACTIONS,
+                               ema_decay)
 
 
-def _train_detector(data, config, iterations, batch_size, seed, lr, fractions):
+def _train_detector(data, config, iterations, batch_size, seed, lr, fractions, ema_decay):
     import torch
 
     rng = np.random.default_rng(seed)
     model = build_detector_model(config)
     model.train()
+    ema = None
+    ema_start = int(iterations * DETECTOR_EMA_START)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     pools = {name: [d for d in data if pool_of(d.source) == name] for name in fractions}
     pools = {name: items for name, items in pools.items() if items}
@@ -239,10 +254,18 @@ def _train_detector(data, config, iterations, batch_size, seed, lr, fractions):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimiser.step()
+        if ema_decay > 0.0 and step >= ema_start:
+            if ema is None:
+                from timm.utils import ModelEmaV3
+
+                # a copy of the weights and buffers (batch-norm statistics too), averaged from here on
+                ema = ModelEmaV3(model, decay=ema_decay)
+            else:
+                ema.update(model)
         losses.append(float(loss.detach()))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    return model.eval(), losses
+    return (ema.module if ema is not None else model).eval(), losses
 
 
 @dataclass
@@ -500,6 +523,7 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
                           synthetic_per_scan: int = SYNTHETIC_PER_SCAN,
                           synthetic_per_phantom: int = SYNTHETIC_PER_PHANTOM,
                           synthetic_per_label_map: int = SYNTHETIC_PER_LABEL_MAP,
+                          detector_ema: float = DETECTOR_EMA_DECAY,
                           exclude_scans: Sequence[str] = (), all_scans: bool = False,
                           classifier_from: Optional[Path] = None, command: Optional[str] = None) -> dict[str, Any]:
     """Train detector and classifier and write the package. Returns what was done, for the log.
@@ -518,7 +542,8 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
                                synthetic_per_label_map=synthetic_per_label_map, exclude_scans=exclude_scans,
                                all_scans=all_scans)
     data_minutes = (time.time() - started) / 60.0
-    detector, det_losses = train_detector(data, detector_config, detector_iterations, detector_batch, seed)
+    detector, det_losses = train_detector(data, detector_config, detector_iterations, detector_batch, seed,
+                                            ema_decay=detector_ema)
     if classifier_from is not None:
         classifier, classifier_config, classifier_origin = load_classifier(Path(classifier_from))
         cls_losses: list[float] = []
@@ -544,7 +569,7 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
                    f"--per-study {per_study} --detector-iterations {detector_iterations} "
                    f"--grade-slices {n_grade_slices} --classifier-epochs {classifier_epochs} --seed {seed} "
                    f"--synthetic-per-scan {synthetic_per_scan} --synthetic-per-phantom {synthetic_per_phantom} "
-                   f"--synthetic-per-label-map {synthetic_per_label_map}"
+                   f"--synthetic-per-label-map {synthetic_per_label_map} --detector-ema {detector_ema}"
                    + "".join(f" --exclude-scan {name}" for name in exclude_scans)
                    + (" --all-scans" if all_scans else "")
                    + (f" --detector-only --classifier-from {classifier_from}" if classifier_from else ""))
@@ -563,6 +588,8 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
         "detector_slices": len(data),
         "detector_synthetic_slices": synth_counts,
         "detector_pool_fractions": POOL_FRACTIONS,
+        "detector_ema": {"decay": detector_ema, "from_iteration": int(detector_iterations * DETECTOR_EMA_START)}
+        if detector_ema > 0 else None,
         "command": command,
         "code": code,
         "machine": machine_state(),
