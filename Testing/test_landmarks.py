@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from SpineStenosisGraderLib.inference.landmarks import (band_depth_fraction, dark_bands, disc_back_density,
-                                                      endplate_gaps, find_foramen_magnum)
+                                                      endplate_gaps, find_foramen_magnum, find_lumbosacral_bend)
 from SpineStenosisGraderLib.inference.levels import SliceCanal
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -209,3 +209,57 @@ def test_the_foramen_magnum_does_not_depend_on_the_pixel_or_slice_spacing(pixel_
     below, cistern = int(round(90 / slice_mm)), int(round(9 / slice_mm))
     stack, canals = neck([15.0] * below + [26.0] * cistern, slice_mm=slice_mm, pixel_mm=pixel_mm)
     assert find_foramen_magnum(stack, canals).bottom_slice == below
+
+
+def canal_track(slice_mm=1.0, pixel_mm=1.0, n_mm=150.0, bend_mm=40.0, steep=1.5, gentle=0.3, flip=False):
+    """A lumbar canal whose track turns backwards below ``bend_mm`` (from the bottom) at ``steep`` mm per mm.
+
+    Above the bend it drifts back gently (the lordosis, ``gentle``); below it the sacrum's canal runs back
+    steeply at first and less towards the coccyx, as the sacrum curves forward. ``flip``: the stack's slices
+    run head to feet instead of feet to head.
+    """
+    from SpineStenosisGraderLib.study.volume import AxialStack
+
+    n = int(round(n_mm / slice_mm))
+    image = sitk.GetImageFromArray(np.zeros((n, int(200 / pixel_mm), int(100 / pixel_mm)), dtype=np.float32))
+    image.SetSpacing((pixel_mm, pixel_mm, slice_mm))
+    if flip:
+        image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+        image.SetOrigin((0.0, 0.0, (n - 1) * slice_mm))
+    stack = AxialStack(image)
+    canals = []
+    for k in range(n):
+        z = float(stack.index_to_lps([[0.0, 0.0, k]])[0, 2])  # mm above the bottom slice
+        below = max(0.0, bend_mm - z)
+        back = 80.0 - gentle * max(0.0, z - bend_mm) + steep * below - steep / (2.0 * bend_mm) * below ** 2 * 0.8
+        j = back / pixel_mm
+        canals.append(SliceCanal(k, (40.0 / pixel_mm, j - 6.0 / pixel_mm, 60.0 / pixel_mm, j + 6.0 / pixel_mm),
+                                 0.9, 0.1))
+    return stack, canals
+
+
+def bend_height_mm(stack, landmark):
+    return float(stack.index_to_lps([[0.0, 0.0, landmark.top_slice]])[0, 2])
+
+
+@settings(max_examples=12, deadline=None)
+@given(slice_mm=st.sampled_from([0.8, 1.0, 2.0, 3.0]), pixel_mm=st.sampled_from([0.5, 1.0, 1.5]), flip=st.booleans())
+def test_the_lumbosacral_bend_is_where_the_canal_turns_back_into_the_sacrum(slice_mm, pixel_mm, flip):
+    stack, canals = canal_track(slice_mm, pixel_mm, flip=flip)
+    bend = find_lumbosacral_bend(stack, canals)
+    assert bend is not None and bend.name == "lumbosacral bend"
+    # the steepest slope, smoothed over 5 mm, lies within a few mm below the turn, whichever way the slices run
+    assert 30.0 <= bend_height_mm(stack, bend) <= 41.0
+
+
+def test_no_bend_where_the_canal_only_drifts_back_with_the_lordosis():
+    stack, canals = canal_track(steep=0.7)
+    assert find_lumbosacral_bend(stack, canals) is None
+    # nor in a track too short to have a lower half
+    stack, canals = canal_track()
+    assert find_lumbosacral_bend(stack, canals[:8]) is None
+
+
+def test_a_canal_that_turns_forwards_below_is_no_lumbosacral_bend():
+    stack, canals = canal_track(steep=-1.5)
+    assert find_lumbosacral_bend(stack, canals) is None

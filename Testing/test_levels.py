@@ -10,6 +10,7 @@ from SpineStenosisGraderLib.inference.levels import (
     SPINE_DISCS,
     LevelCandidate,
     SliceCanal,
+    drop_below_lumbosacral_bend,
     drop_cisterns,
     drop_sacral_level,
     find_discs,
@@ -424,6 +425,26 @@ def test_the_sacral_remnant_rule_reads_lumbar_studies_without_alae_only(region, 
 def test_the_sacral_remnant_is_told_in_mm():
     kept, warnings = drop_sacral_level(_levels_at([8, 29, 56, 99, 136, 175]), 2.0, "lumbar", sacrum_found=False)
     assert len(kept) == 5 and "42 mm below the next" in warnings[0] and "76 mm between" in warnings[0]
+
+
+def test_levels_more_than_25_mm_below_the_lumbosacral_bend_are_sacral_remnants():
+    # 2 mm slices, the bend on slice 60: 59 lies 2 mm below it, 48 24 mm, 47 26 mm and 30 60 mm
+    kept, warnings = drop_below_lumbosacral_bend(_levels_at([30, 47, 48, 59, 75, 92]), 2.0, "lumbar", 60,
+                                                 sacrum_found=False)
+    assert [lv.slice_index for lv in kept] == [48, 59, 75, 92]
+    assert len(warnings) == 1 and "slices 30, 47" in warnings[0] and "(slice 60)" in warnings[0]
+    assert "Add one back" in warnings[0]
+    kept, warnings = drop_below_lumbosacral_bend(_levels_at([47, 59]), 2.0, "lumbar", 60, sacrum_found=False)
+    assert [lv.slice_index for lv in kept] == [59] and "slice 47:" in warnings[0]
+
+
+@pytest.mark.parametrize("region, bend, sacrum_found", [("lumbar", None, False), ("lumbar", 60, True),
+                                                        ("cervical", 60, False), ("unknown", 60, False)])
+def test_the_lumbosacral_bend_drops_nothing_without_a_bend_with_the_alae_or_outside_a_lumbar_study(
+        region, bend, sacrum_found):
+    kept, warnings = drop_below_lumbosacral_bend(_levels_at([10, 30, 59]), 1.0, region, bend,
+                                                 sacrum_found=sacrum_found)
+    assert len(kept) == 3 and warnings == []
 
 
 def test_a_levels_box_is_the_canal_over_the_slices_its_roi_spans_not_one_slice_reaching_into_a_foramen():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import DATA
+from conftest import DATA, load_script
 from SpineStenosisGraderLib.packages.package import load_default_package
 from SpineStenosisGraderLib.pipeline import grade_image, grade_stack
 from SpineStenosisGraderLib.training.annotations import load_scans
@@ -242,11 +242,7 @@ def test_a_healthy_lumbar_t2_with_shallow_disc_bands_gets_its_discs_and_no_level
     # T11 to the sacrum, graded as its axial reformat. Its discs darken the column in front of the canal by only
     # 4-29% (a bright nucleus), where the neck's bands need 35%: with that depth it got 3 of its 6 labelled
     # discs, and two levels in the middle of L2's and L3's bodies (the detector's disc sign peaks there)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("score_vb2", DATA / "score_fastcleverseg_vb2.py")
-    score_vb2 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(score_vb2)
+    score_vb2 = load_script(DATA / "score_fastcleverseg_vb2.py", "score_vb2")
     stack, bodies = score_vb2.read_scan(DATA / "fastcleverseg_vb2" / "14.mat")
     assert len(bodies) == 7  # T11 to L5, the lowest first
     discs = score_vb2.gap_middles(bodies)  # L4-L5 up to T11-T12
@@ -258,6 +254,35 @@ def test_a_healthy_lumbar_t2_with_shallow_disc_bands_gets_its_discs_and_no_level
     assert sum(e <= 8.0 for e in errors) >= 5
     between = [k for k in levels if min(discs) - 8.0 <= k <= max(discs) + 8.0]
     assert all(min(abs(k - d) for d in discs) <= 10.0 for k in between)
+
+
+def test_a_patients_lumbar_t2_keeps_no_level_in_the_sacrum_below_where_the_canal_turns_back(package):
+    # VB1 scan 07 (fastcleverseg, never trained on): a sagittal T2 of a patient's lumbar spine, T10 to the lower
+    # sacrum, graded as its axial reformat. The disc remnants in its sacrum look like discs to the detector, 32
+    # and 69 mm below L5-S1; counted from the lowest, every name was two levels off. The canal turns back into
+    # the sacrum at L5-S1, and the levels more than 25 mm below that are dropped, with a warning
+    from SpineStenosisGraderLib.inference.landmarks import find_lumbosacral_bend
+
+    score_vb2 = load_script(DATA / "score_fastcleverseg_vb2.py", "score_vb2")
+    stack, bodies = score_vb2.read_scan(DATA / "fastcleverseg_vb1" / "07.mat")
+    assert len(bodies) == 9  # S1 to T10, the lowest first
+    discs = dict(zip(["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1", "T11-T12", "T10-T11"],
+                     score_vb2.gap_middles(bodies)))
+    result = grade_stack(stack, package, modality="MR")
+    assert result.study.region == "lumbar"
+    levels = {level.name: level.slice_index for level in result.levels}
+    # 1 mm slices: nothing in the sacrum, and L5-S1 to T11-T12 on their discs, named right though not anchored
+    assert min(levels.values()) >= discs["L5-S1"] - 8.0
+    assert all(abs(levels[name] - discs[name]) <= 8.0 for name in list(discs)[:7])
+    assert any("turns back into the sacrum" in w for w in result.warnings)
+    bend = find_lumbosacral_bend(stack, _canals_of(result, stack))
+    assert bend is not None and abs(bend.top_slice - discs["L5-S1"]) <= 6.0
+
+
+def _canals_of(result, stack):
+    from SpineStenosisGraderLib.inference.levels import SliceCanal
+
+    return [SliceCanal(*stack.box_to_slice(d.box), d.score, d.disc_probability) for d in result.detections]
 
 
 def test_a_neck_t2_star_cropped_to_the_spine_is_cervical_and_named_from_its_foramen_magnum(package, scans):

@@ -12,8 +12,8 @@ import SimpleITK as sitk
 from .errors import InputError
 from .inference.contrast import t1_warning
 from .inference.csf_outline import grow_over_csf
-from .inference.landmarks import (band_depth_fraction, dark_bands, endplate_gaps, find_foramen_magnum, find_sacrum,
-                                  measure_bone)
+from .inference.landmarks import (band_depth_fraction, dark_bands, endplate_gaps, find_foramen_magnum,
+                                  find_lumbosacral_bend, find_sacrum, measure_bone)
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -21,6 +21,7 @@ from .inference.levels import (
     SliceCanal,
     box_depth_mm,
     check_level_name,
+    drop_below_lumbosacral_bend,
     drop_cisterns,
     drop_sacral_level,
     find_discs,
@@ -133,6 +134,12 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     warnings.extend(cistern_warnings)
     discs, sacral_warnings = drop_sacral_level(discs, dz, region, sacrum_found=sacrum is not None)
     warnings.extend(sacral_warnings)
+    # MR only: checked on 29 lumbar T2 scans; on a sagittal CT's 3-4 mm reformats (VerSe 014, in lordosis) the
+    # bend lay high and dropped the L5-S1 below the labelled discs. On CT the alae are read instead
+    bend = find_lumbosacral_bend(stack, canals) if modality == "MR" and region == "lumbar" and sacrum is None else None
+    discs, bend_warnings = drop_below_lumbosacral_bend(discs, dz, region, bend.top_slice if bend else None,
+                                                       sacrum_found=sacrum is not None)
+    warnings.extend(bend_warnings)
     naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
                                foramen_magnum_slice=foramen.bottom_slice if foramen else None)
     warnings.extend(naming.warnings)

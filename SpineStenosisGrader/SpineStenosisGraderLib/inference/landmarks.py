@@ -71,6 +71,16 @@ SACRUM_BELOW_ALAE_MM = 100.0
 FORAMEN_MIN_TRACK_MM = 50.0
 #: the cisterna magna is seen over at least this much at the top of the study: one wide box is no cistern
 FORAMEN_MIN_RUN_MM = 3.0
+#: followed downwards, the lumbar canal turns backwards into the sacrum (the lumbosacral angle; the sacrum slopes
+#: back 30-60 degrees), so in the lower half of a lumbar track its steepest backward slope, this steep or steeper
+#: (mm backwards per mm downwards), marks the lumbosacral junction. On the seven lumbar T2 scans of VB1 that
+#: reach the sacrum the steepest slope was -0.85 to -1.67, 0-6 mm from L5-S1 on five and 16-25 mm above it on
+#: two; the lordosis above it is shallower
+LUMBOSACRAL_BEND_SLOPE = -1.0
+#: the track's AP position is smoothed over this before its slope is read, so a box's jitter is no bend
+BEND_SMOOTHING_MM = 5.0
+#: a track this short (slices) has no lower half to read
+BEND_MIN_TRACK = 10
 
 
 @dataclass
@@ -273,6 +283,42 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
         name="foramen magnum", slices=tuple(sorted(run)), top_slice=max(run),
         evidence=(f"the canal opens into the cisterna magna on slice {min(run)}: {depth[min(run)]:.0f} mm deep "
                   f"and more above it, against a median of {median:.0f} mm"),
+    )
+
+
+def find_lumbosacral_bend(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[Landmark]:
+    """Where the canal, followed downwards, turns backwards most steeply in the lower half of its track.
+
+    The sacrum's canal runs backwards as it descends, so below the lumbosacral
+    junction the canal's position (front to back, in patient coordinates)
+    changes fast from slice to slice. The bend is read from the canal alone, so
+    it serves where the bone does not show the sacrum's alae: on MR, and on
+    slabs too narrow to hold them. It is not a name's anchor: on two of seven
+    scans checked it lay in L5's body, up to 25 mm above L5-S1. None when the
+    track is short or bends less than LUMBOSACRAL_BEND_SLOPE.
+    """
+    tracked = [c for c in canals if c is not None]
+    if len(tracked) < BEND_MIN_TRACK:
+        return None
+    ks = np.array([c.slice_index for c in tracked], dtype=float)
+    centres = np.array([[(c.box_ij[0] + c.box_ij[2]) / 2.0, (c.box_ij[1] + c.box_ij[3]) / 2.0, c.slice_index]
+                        for c in tracked])
+    # posterior in LPS is +y, whatever the stack's in-plane axes
+    back = stack.index_to_lps(centres)[:, 1]
+    dz = stack.spacing[2]
+    span = np.arange(int(ks.min()), int(ks.max()) + 1)
+    smooth = ndimage.gaussian_filter1d(np.interp(span, ks, back), BEND_SMOOTHING_MM / dz)
+    # the stack runs feet to head (LPS); should its slices run the other way, up is down the index
+    up = 1.0 if stack.direction[2, 2] >= 0 else -1.0
+    # backwards per millimetre upwards: a canal that moves back as the slices go down has a negative slope
+    slope = np.gradient(smooth, span * dz) * up
+    lower = (span - np.percentile(span, 50)) * up <= 0
+    i = int(np.argmin(np.where(lower, slope, np.inf)))
+    if slope[i] > LUMBOSACRAL_BEND_SLOPE:
+        return None
+    return Landmark(
+        name="lumbosacral bend", slices=(int(span[i]),), top_slice=int(span[i]),
+        evidence=f"the canal turns backwards {-slope[i]:.1f} mm per mm downwards on slice {int(span[i])}",
     )
 
 
