@@ -73,9 +73,9 @@ FORAMEN_MIN_TRACK_MM = 50.0
 FORAMEN_MIN_RUN_MM = 3.0
 #: followed downwards, the lumbar canal turns backwards into the sacrum (the lumbosacral angle; the sacrum slopes
 #: back 30-60 degrees), so in the lower half of a lumbar track its steepest backward slope, this steep or steeper
-#: (mm backwards per mm downwards), marks the lumbosacral junction. On the seven lumbar T2 scans of VB1 that
-#: reach the sacrum the steepest slope was -0.85 to -1.67, 0-6 mm from L5-S1 on five and 16-25 mm above it on
-#: two; the lordosis above it is shallower
+#: (mm backwards per mm downwards), marks the lumbosacral junction. On the six lumbar T2 scans of VB1 whose L5-S1
+#: is labelled, the embedded detector's track bent most steeply at -0.85 to -1.54, 1-7 mm from L5-S1 on four and
+#: 16-26 mm above it, in L5's body, on two; the lordosis above it is shallower
 LUMBOSACRAL_BEND_SLOPE = -1.0
 #: the track's AP position is smoothed over this before its slope is read, so a box's jitter is no bend
 BEND_SMOOTHING_MM = 5.0
@@ -292,9 +292,9 @@ def find_lumbosacral_bend(stack: AxialStack, canals: Sequence[Optional[SliceCana
     The sacrum's canal runs backwards as it descends, so below the lumbosacral
     junction the canal's position (front to back, in patient coordinates)
     changes fast from slice to slice. The bend is read from the canal alone, so
-    it serves where the bone does not show the sacrum's alae: on MR, and on
-    slabs too narrow to hold them. It is not a name's anchor: on two of seven
-    scans checked it lay in L5's body, up to 25 mm above L5-S1. None when the
+    it serves where the bone is not read for the sacrum's alae: on MR (the
+    pipeline reads it there only). It is not a name's anchor: on two of six
+    scans checked it lay in L5's body, up to 26 mm above L5-S1. None when the
     track is short or bends less than LUMBOSACRAL_BEND_SLOPE.
     """
     tracked = [c for c in canals if c is not None]

@@ -97,10 +97,10 @@ INSIDE_SACRUM_MM = 4.0
 #: a lumbar disc spacing: a lowest disc this far above the sacrum is L4-L5, and L5-S1 was missed
 L4_L5_ABOVE_SACRUM_MM = 65.0
 #: disc-like places this far below where the canal turns back into the sacrum (``landmarks.find_lumbosacral_bend``)
-#: lie in the sacrum: the bend lies at L5-S1 or up to 25 mm above it, in L5's body, and the sacral disc remnants
+#: lie in the sacrum: the bend lies at L5-S1 or up to 26 mm above it, in L5's body, and the sacral disc remnants
 #: a sacral vertebra (25-35 mm) or more below L5-S1. Over the 29 lumbar T2 scans of VB1, VB2 and fastcleverseg_ivd
-#: graded by eleven detectors, every level dropped with 25 mm lay 31 mm or more below L5-S1; 20 mm dropped an L5-S1
-#: (its bend 25 mm above it), and 30 or 35 mm left remnants in
+#: graded by eleven detectors, every level dropped with 25 mm lay 31 mm or more below L5-S1 (an L5-S1 found 5 mm
+#: above its disc stays, 21 mm below its bend); 20 mm dropped that L5-S1, and 30 or 35 mm left remnants in
 BELOW_LUMBOSACRAL_BEND_MM = 25.0
 
 
