@@ -159,3 +159,11 @@ def test_the_detector_average_leaves_the_training_steps_alone_and_averages_their
     assert not runs[0.5][0].training
     with pytest.raises(ValueError, match="EMA decay"):
         train_detector(data, config, iterations=2, batch_size=2, seed=1, ema_decay=1.0)
+
+
+@pytest.mark.parametrize("decay", ["1", "-0.1", "1.5"])
+def test_a_detector_average_decay_outside_0_to_1_is_refused_before_any_training(tmp_path, capsys, decay):
+    out = tmp_path / "pkg"
+    assert main(["train", "--native-kernels", "--detector-ema", decay, "--out", str(out), *TINY]) == 2
+    assert "--detector-ema is a decay from 0 (off) to below 1" in capsys.readouterr().err
+    assert not out.exists()

@@ -131,6 +131,10 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.classifier_from and not args.detector_only:
         raise SpineStenosisGraderError("--classifier-from goes with --detector-only.")
+    if args.detector_ema is not None and not 0.0 <= args.detector_ema < 1.0:
+        # said before the minutes of making the training data, not after them
+        raise SpineStenosisGraderError(f"--detector-ema is a decay from 0 (off) to below 1, such as 0.995, not "
+                                       f"{args.detector_ema:g}.")
     classifier_from = None
     if args.detector_only:
         from .packages.package import DEFAULT_PACKAGE_DIR
