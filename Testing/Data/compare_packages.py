@@ -117,7 +117,9 @@ def main(argv: Sequence[str]) -> int:
     columns = {}
     for given in args.packages:
         package = load_default_package() if given == "default" else load_package(Path(given))
-        columns[given if given == "default" else Path(given).name] = package_figures(package, args.vb2, args.vb1)
+        name = given if given == "default" else Path(given).name
+        # two folders of one name (seed0/tptbox_ct, seed1/tptbox_ct) keep a column each
+        columns[given if name in columns else name] = package_figures(package, args.vb2, args.vb1)
     print(table(columns))
     return 0
 
