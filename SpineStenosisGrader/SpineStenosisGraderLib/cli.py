@@ -125,16 +125,18 @@ def _train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return subprocess.call([sys.executable, "-m", "SpineStenosisGraderLib.cli", *args.argv],
                                env=portable_environment())
-    from .training.train import train_default_package
+    from .training.train import check_detector_ema, train_default_package
 
     import shlex
 
     if args.classifier_from and not args.detector_only:
         raise SpineStenosisGraderError("--classifier-from goes with --detector-only.")
-    if args.detector_ema is not None and not 0.0 <= args.detector_ema < 1.0:
+    try:
         # said before the minutes of making the training data, not after them
+        check_detector_ema(0.0 if args.detector_ema is None else args.detector_ema)
+    except ValueError:
         raise SpineStenosisGraderError(f"--detector-ema is a decay from 0 (off) to below 1, such as 0.995, not "
-                                       f"{args.detector_ema:g}.")
+                                       f"{args.detector_ema:g}.") from None
     classifier_from = None
     if args.detector_only:
         from .packages.package import DEFAULT_PACKAGE_DIR

@@ -204,6 +204,12 @@ def deterministic_torch(seed: int, threads: int = TRAIN_THREADS) -> Iterator[Non
         torch.backends.mkldnn.enabled = previous[3]
 
 
+def check_detector_ema(decay: float) -> None:
+    """Refuse (ValueError) a decay of the detector's weight average outside [0, 1); 0 turns it off."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"the detector's EMA decay must be in [0, 1), not {decay}")
+
+
 def train_detector(data: Sequence[DetectorSlice], config: dict[str, Any], iterations: int, batch_size: int,
                    seed: int, lr: float = 1.5e-3, fractions: Optional[dict[str, float]] = None,
                    ema_decay: float = DETECTOR_EMA_DECAY):
@@ -211,8 +217,7 @@ def train_detector(data: Sequence[DetectorSlice], config: dict[str, Any], iterat
 
     With ``ema_decay`` > 0 the model returned is the moving average (``DETECTOR_EMA_DECAY``).
     """
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"the detector's EMA decay must be in [0, 1), not {ema_decay}")
+    check_detector_ema(ema_decay)
     with deterministic_torch(seed):
         return _train_detector(data, config, iterations, batch_size, seed, lr, fractions or POOL_FRACTIONS,
                                ema_decay)
