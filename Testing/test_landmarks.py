@@ -6,7 +6,8 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from SpineStenosisGraderLib.inference.landmarks import (band_depth_fraction, dark_bands, disc_back_density,
+from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, band_depth_fraction,
+                                                      canal_front_wall, dark_bands, disc_back_density,
                                                       endplate_gaps, find_foramen_magnum, find_lumbosacral_bend)
 from SpineStenosisGraderLib.inference.levels import SliceCanal
 from SpineStenosisGraderLib.study.volume import to_axial_stack
@@ -58,6 +59,48 @@ def test_a_gap_needs_an_endplate_on_both_sides():
     densities[[14]] = 120.0  # no endplate below the disc at slice 15
     stack, canals = spine_ct(densities)
     assert np.nonzero(endplate_gaps(stack, canals))[0].tolist() == [5, 25]
+
+
+def test_a_box_holding_only_the_back_of_the_canal_reads_the_wall_in_front_of_the_canal_not_its_csf():
+    # a deep canal (CSF 10 HU, rows 40-55) in front of which lie the bodies (200 HU), the endplates (300) and
+    # the discs (80); on three slices in a body the box holds only the canal's back half (VerSe 014)
+    discs, n = [5, 15, 25, 35], 40
+    densities = np.full(n, 200.0)
+    for d in discs:
+        densities[d] = 80.0
+        densities[[d - 1, d + 1]] = 300.0
+    volume = np.full((n, 100, 100), 40.0, dtype=np.float32)
+    volume[:, 40:56, 40:60] = 10.0
+    for k, hu in enumerate(densities):
+        volume[k, 26:40, 42:58] = hu
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((1.0, 1.0, 3.0))
+    stack = to_axial_stack(image)
+    back = {19, 20, 21}
+    canals = [SliceCanal(k, (40.0, 50.0 if k in back else 40.0, 60.0, 56.0), 0.9, 0.1) for k in range(n)]
+    # in front of the box's edge lies the canal's CSF, which read as a disc between the body's bone
+    assert disc_back_density(stack, canals)[sorted(back)].tolist() == [10.0] * 3
+    assert disc_back_density(stack, canals, wall_hu=CANAL_WALL_HU).tolist() == densities.tolist()
+    assert np.nonzero(endplate_gaps(stack, canals))[0].tolist() == discs
+
+
+@pytest.mark.parametrize("row_mm", [0.5, 1.0, 1.5])
+def test_the_canal_wall_is_looked_for_within_its_reach_only(row_mm):
+    image = np.full((200, 20), 10.0)  # CSF everywhere
+    columns = slice(5, 15)
+    reach = int(round(CANAL_WALL_SEARCH_MM / row_mm))
+    j0 = 150.0
+    image[: int(j0) - reach + 2] = 200.0  # bone from 2 rows inside the reach forward: a wall in reach
+    assert canal_front_wall(image, j0, columns, row_mm) == j0 - reach + 2
+    image[:] = 10.0
+    image[: int(j0) - reach] = 200.0  # from the first row beyond the reach forward: the box's edge stands
+    assert canal_front_wall(image, j0, columns, row_mm) == j0
+    # a single bright row (a speck, or noise) is no wall: the two rows in front of it count too
+    image[:] = 10.0
+    image[140] = 150.0
+    assert canal_front_wall(image, j0, columns, row_mm) == j0
+    image[139] = 150.0
+    assert canal_front_wall(image, j0, columns, row_mm) == 141.0
 
 
 def spine_mr(column, slice_mm=1.0, scale=1.0):

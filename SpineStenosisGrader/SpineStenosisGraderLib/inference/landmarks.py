@@ -41,6 +41,11 @@ MIN_BODY_AREA_MM2 = 80.0
 #: the disc's back, in front of the canal (mm from the canal's front edge, and half-width about its centre)
 DISC_BACK_MM = (1.0, 12.0)
 DISC_BACK_HALF_WIDTH_MM = 5.0
+#: on CT the canal's front wall (the back of a disc, 70-100 HU, or of a body) is the first row in front of the
+#: canal's box reaching this, read over 3 rows: the canal's CSF and epidural fat read 20 HU and less
+CANAL_WALL_HU = 60.0
+#: how far in front of the box that wall is looked for: a box may hold only the back of a deep canal
+CANAL_WALL_SEARCH_MM = 15.0
 #: an endplate is this much denser (HU) than the gap it bounds, and lies within ENDPLATE_REACH_MM of it:
 #: a disc is 5-12 mm tall, while the middle of a vertebral body (darker where the basivertebral veins
 #: leave it) is 7 mm or more from either endplate
@@ -158,13 +163,41 @@ def measure_bone(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> l
             for bone in [vertebral_bone(stack, canal)] if bone is not None]
 
 
+def canal_front_wall(image: np.ndarray, j0: float, columns: slice, row_mm: float,
+                     wall_hu: float = CANAL_WALL_HU, search_mm: float = CANAL_WALL_SEARCH_MM) -> float:
+    """The canal's front edge on a CT slice: the row behind the first one in front of ``j0`` that is wall.
+
+    ``j0`` is the front edge of the canal's box (rows grow backwards, LPS). A
+    row is wall when the median of its ``columns`` reaches ``wall_hu``, and so
+    does the mean of that median and those of the two rows in front of it. On a sagittal CT read as axial slices, in
+    lordosis (VerSe 014), the box held only the back of a deep canal on some
+    slices, so what lay "in front of the canal" was its CSF, which read as a
+    disc between two endplates inside a vertebral body. With no wall within
+    ``search_mm``, ``j0`` stands.
+    """
+    front = int(round(j0))
+    reach = int(round(search_mm / row_mm))
+    # the searched rows, and the two in front of the last one, which the wall's average may read
+    rows = np.arange(front - 1, max(-1, front - 3 - reach), -1)
+    if len(rows) == 0 or columns.stop <= columns.start:
+        return j0
+    medians = np.median(image[rows, columns], axis=1).astype(float)
+    # the wall's first row, and on average the two in front of it too: a bright speck in the CSF is no wall
+    ahead = np.array([medians[i:i + 3].mean() for i in range(len(medians))])
+    wall = np.nonzero((medians >= wall_hu) & (ahead >= wall_hu))[0]
+    wall = wall[wall < reach]
+    return float(rows[wall[0]] + 1) if len(wall) else j0
+
+
 def disc_back_density(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
                       depth_mm: tuple[float, float] = DISC_BACK_MM,
-                      half_width_mm: float = DISC_BACK_HALF_WIDTH_MM) -> np.ndarray:
+                      half_width_mm: float = DISC_BACK_HALF_WIDTH_MM,
+                      wall_hu: Optional[float] = None) -> np.ndarray:
     """Median intensity just in front of the canal on each slice with a canal (NaN elsewhere): disc or body.
 
     On CT it is the HU; ``depth_mm`` is the (near, far) distance in front of the canal's box, and
-    ``half_width_mm`` the half-width about its centre.
+    ``half_width_mm`` the half-width about its centre. With ``wall_hu`` (CT), the distance is
+    counted from the canal's front wall (``canal_front_wall``) instead of the box's edge.
     """
     sx, sy = stack.spacing[0], stack.spacing[1]
     near, far = depth_mm
@@ -174,9 +207,11 @@ def disc_back_density(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
             continue
         i0, j0, i1, _ = canal.box_ij
         centre = (i0 + i1) / 2.0
-        rows = slice(max(0, int(round(j0 - far / sy))), max(0, int(round(j0 - near / sy))))
         columns = slice(max(0, int(round(centre - half_width_mm / sx))),
                         max(0, int(round(centre + half_width_mm / sx))))
+        if wall_hu is not None:
+            j0 = canal_front_wall(stack.array[canal.slice_index], j0, columns, sy, wall_hu)
+        rows = slice(max(0, int(round(j0 - far / sy))), max(0, int(round(j0 - near / sy))))
         patch = stack.array[canal.slice_index, rows, columns]
         if patch.size:
             density[canal.slice_index] = float(np.median(patch))
@@ -239,7 +274,7 @@ def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> 
 
     That is a disc seen in the bone, whatever the detector thinks of the slice.
     """
-    density = disc_back_density(stack, canals)
+    density = disc_back_density(stack, canals, wall_hu=CANAL_WALL_HU)
     reach = max(1, int(round(ENDPLATE_REACH_MM / stack.spacing[2])))
     gaps = np.zeros(stack.n_slices)
     for k in np.nonzero(~np.isnan(density))[0]:
