@@ -42,7 +42,7 @@ MIN_BODY_AREA_MM2 = 80.0
 DISC_BACK_MM = (1.0, 12.0)
 DISC_BACK_HALF_WIDTH_MM = 5.0
 #: on CT the canal's front wall (the back of a disc, 70-100 HU, or of a body) is the first row in front of the
-#: canal's box reaching this, read over 3 rows: the canal's CSF and epidural fat read 20 HU and less
+#: canal's box reaching this, with the two rows in front of it: the canal's CSF and epidural fat read 20 HU and less
 CANAL_WALL_HU = 60.0
 #: how far in front of the box that wall is looked for: a box may hold only the back of a deep canal
 CANAL_WALL_SEARCH_MM = 15.0
@@ -169,11 +169,11 @@ def canal_front_wall(image: np.ndarray, j0: float, columns: slice, row_mm: float
 
     ``j0`` is the front edge of the canal's box (rows grow backwards, LPS). A
     row is wall when the median of its ``columns`` reaches ``wall_hu``, and so
-    does the mean of that median and those of the two rows in front of it. On a sagittal CT read as axial slices, in
-    lordosis (VerSe 014), the box held only the back of a deep canal on some
-    slices, so what lay "in front of the canal" was its CSF, which read as a
-    disc between two endplates inside a vertebral body. With no wall within
-    ``search_mm``, ``j0`` stands.
+    does the mean of that median and those of the two rows in front of it. On
+    a sagittal CT read as axial slices, in lordosis (VerSe 014), the box held
+    only the back of a deep canal on some slices, so what lay "in front of the
+    canal" was its CSF, which read as a disc between two endplates inside a
+    vertebral body. With no wall within ``search_mm``, ``j0`` stands.
     """
     front = int(round(j0))
     reach = int(round(search_mm / row_mm))
