@@ -95,12 +95,31 @@ def test_the_canal_wall_is_looked_for_within_its_reach_only(row_mm):
     image[:] = 10.0
     image[: int(j0) - reach] = 200.0  # from the first row beyond the reach forward: the box's edge stands
     assert canal_front_wall(image, j0, columns, row_mm) == j0
-    # a single bright row (a speck, or noise) is no wall: the two rows in front of it count too
+    image[:] = 10.0
+    image[: int(j0) - reach + 1] = 200.0  # the wall's back row is the last one within the reach
+    assert canal_front_wall(image, j0, columns, row_mm) == j0 - reach + 1
+    # a single moderately bright row (noise, partial volume) is no wall: the two rows in front of it count too
     image[:] = 10.0
     image[140] = 150.0
     assert canal_front_wall(image, j0, columns, row_mm) == j0
     image[139] = 150.0
     assert canal_front_wall(image, j0, columns, row_mm) == 141.0
+    # nor is a bright streak narrower than the columns read: their median is taken
+    image[:] = 10.0
+    image[120:145, 9] = 1000.0
+    assert canal_front_wall(image, j0, columns, row_mm) == j0
+
+
+def test_a_box_that_reaches_the_canal_wall_keeps_its_edge():
+    image = np.full((100, 20), 10.0)
+    image[:50] = 200.0  # the wall: rows 0-49, the canal from row 50 (its edge at 50.0)
+    columns = slice(5, 15)
+    # the box's edge inside the wall's last row, or on it: it reaches the wall, and stands
+    for j0 in (49.6, 50.0):
+        assert canal_front_wall(image, j0, columns, 1.0) == j0
+    # an edge 0.4 row or 3.4 rows behind the wall moves forward onto it
+    for j0 in (50.4, 53.4):
+        assert canal_front_wall(image, j0, columns, 1.0) == 50.0
 
 
 def spine_mr(column, slice_mm=1.0, scale=1.0):

@@ -42,7 +42,8 @@ MIN_BODY_AREA_MM2 = 80.0
 DISC_BACK_MM = (1.0, 12.0)
 DISC_BACK_HALF_WIDTH_MM = 5.0
 #: on CT the canal's front wall (the back of a disc, 70-100 HU, or of a body) is the first row in front of the
-#: canal's box reaching this, with the two rows in front of it: the canal's CSF and epidural fat read 20 HU and less
+#: canal's box reaching this, as does its mean with the two rows in front of it: the canal's CSF and epidural
+#: fat read about 35 HU and less
 CANAL_WALL_HU = 60.0
 #: how far in front of the box that wall is looked for: a box may hold only the back of a deep canal
 CANAL_WALL_SEARCH_MM = 15.0
@@ -165,28 +166,33 @@ def measure_bone(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> l
 
 def canal_front_wall(image: np.ndarray, j0: float, columns: slice, row_mm: float,
                      wall_hu: float = CANAL_WALL_HU, search_mm: float = CANAL_WALL_SEARCH_MM) -> float:
-    """The canal's front edge on a CT slice: the row behind the first one in front of ``j0`` that is wall.
+    """The canal's front edge on a CT slice: ``j0``, or the back of a wall that lies in front of it.
 
-    ``j0`` is the front edge of the canal's box (rows grow backwards, LPS). A
-    row is wall when the median of its ``columns`` reaches ``wall_hu``, and so
-    does the mean of that median and those of the two rows in front of it. On
-    a sagittal CT read as axial slices, in lordosis (VerSe 014), the box held
+    ``j0`` is the front edge of the canal's box (rows grow backwards, LPS; row
+    j spans [j, j + 1)). The rows from the one that holds ``j0`` forward, over
+    ``search_mm``, are read: a row is wall when the median of its ``columns``
+    reaches ``wall_hu``, and so does the mean of that median and those of the
+    two rows in front of it (near the image's top edge, of those there are).
+    The first wall row's back edge is the canal's front, unless it lies behind
+    ``j0``: where the box already reaches the wall, its edge stands. On a
+    sagittal CT read as axial slices, in lordosis (VerSe 014), the box held
     only the back of a deep canal on some slices, so what lay "in front of the
     canal" was its CSF, which read as a disc between two endplates inside a
-    vertebral body. With no wall within ``search_mm``, ``j0`` stands.
+    vertebral body. With no wall within ``search_mm``, ``j0`` stands too.
     """
-    front = int(round(j0))
+    first = int(np.ceil(j0)) - 1
     reach = int(round(search_mm / row_mm))
-    # the searched rows, and the two in front of the last one, which the wall's average may read
-    rows = np.arange(front - 1, max(-1, front - 3 - reach), -1)
-    if len(rows) == 0 or columns.stop <= columns.start:
+    # the searched rows, and the two in front of the last one, which the wall's mean may read
+    rows = np.arange(first, max(-1, first - 2 - reach), -1)
+    patch = image[rows, columns] if len(rows) else np.empty((0, 0))
+    if patch.size == 0:
         return j0
-    medians = np.median(image[rows, columns], axis=1).astype(float)
-    # the wall's first row, and on average the two in front of it too: a bright speck in the CSF is no wall
+    medians = np.median(patch, axis=1).astype(float)
+    # a wall row has wall in front of it too: one row of noise or partial volume in the CSF is not enough
     ahead = np.array([medians[i:i + 3].mean() for i in range(len(medians))])
     wall = np.nonzero((medians >= wall_hu) & (ahead >= wall_hu))[0]
     wall = wall[wall < reach]
-    return float(rows[wall[0]] + 1) if len(wall) else j0
+    return min(j0, float(rows[wall[0]] + 1)) if len(wall) else j0
 
 
 def disc_back_density(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
