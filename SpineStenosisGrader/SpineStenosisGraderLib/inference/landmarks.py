@@ -42,8 +42,8 @@ MIN_BODY_AREA_MM2 = 80.0
 DISC_BACK_MM = (1.0, 12.0)
 DISC_BACK_HALF_WIDTH_MM = 5.0
 #: on CT the canal's front wall (the back of a disc, 70-100 HU, or of a body) is the first row in front of the
-#: canal's box reaching this, as does its mean with the two rows in front of it: the canal's CSF and epidural
-#: fat read about 35 HU and less
+#: canal's box that reaches this, and whose mean with the two rows in front of it does too: the canal's CSF and
+#: epidural fat read about 35 HU and less
 CANAL_WALL_HU = 60.0
 #: how far in front of the box that wall is looked for: a box may hold only the back of a deep canal
 CANAL_WALL_SEARCH_MM = 15.0
@@ -172,7 +172,7 @@ def canal_front_wall(image: np.ndarray, j0: float, columns: slice, row_mm: float
     j spans [j, j + 1)). The rows from the one that holds ``j0`` forward, over
     ``search_mm``, are read: a row is wall when the median of its ``columns``
     reaches ``wall_hu``, and so does the mean of that median and those of the
-    two rows in front of it (near the image's top edge, of those there are).
+    two rows in front of it (near the image's top edge, of those that exist).
     The first wall row's back edge is the canal's front, unless it lies behind
     ``j0``: where the box already reaches the wall, its edge stands. On a
     sagittal CT read as axial slices, in lordosis (VerSe 014), the box held
