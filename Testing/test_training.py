@@ -167,3 +167,59 @@ def test_a_detector_average_decay_outside_0_to_1_is_refused_before_any_training(
     assert main(["train", "--native-kernels", "--detector-ema", decay, "--out", str(out), *TINY]) == 2
     assert "--detector-ema is a decay from 0 (off) to below 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("share", ["-0.1", "1.5"])
+def test_a_sagittal_share_outside_0_to_1_is_refused_before_any_training(tmp_path, capsys, share):
+    out = tmp_path / "pkg"
+    assert main(["train", "--native-kernels", "--sagittal-share", share, "--out", str(out), *TINY]) == 2
+    assert "--sagittal-share is a share of the detector's samples from 0 (none) to 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_sagittal_series_sample_is_coarse_from_side_to_side_and_narrow():
+    import numpy as np
+
+    from SpineStenosisGraderLib.training.train import sagittal_strip
+
+    rng = np.random.default_rng(0)
+    # a pattern from front to back plus one from side to side, on 0.5 mm pixels, none blank
+    image = (rng.random((300, 1)) + rng.random((1, 300)) + 0.5).astype(np.float32)
+    box = (140.0, 120.0, 160.0, 150.0)  # a canal 10 mm across
+    for seed in range(20):
+        out = sagittal_strip(image, box, (0.5, 0.5), np.random.default_rng(seed))
+        kept = np.nonzero(out.any(axis=0))[0]
+        # the few sagittal slices hold the whole depth, and reach 15-35 mm (30-70 pixels) beside the canal
+        assert out[:, kept[0]:kept[-1] + 1].all()
+        assert 70 <= kept[0] <= 110 and 189 <= kept[-1] <= 229
+        inner = out[:, kept[0] + 10:kept[-1] - 10]
+        # slices 2.5-5 mm thick: the side-to-side pattern is smoothed, the front-to-back one kept as it was
+        assert np.abs(np.diff(inner, axis=1)).mean() < 0.3 * np.abs(np.diff(image, axis=1)).mean()
+        assert np.allclose(np.diff(inner, axis=0), np.diff(image[:, kept[0] + 10:kept[-1] - 10], axis=0),
+                           rtol=0, atol=1e-4)
+
+
+def test_the_detector_is_shown_sagittal_series_samples_only_when_asked(monkeypatch):
+    import numpy as np
+
+    from SpineStenosisGraderLib.training.train import DetectorSlice, detector_sample
+
+    # the canvas as drawn, so that blank columns stay blank
+    monkeypatch.setattr(train_module, "augment_intensity", lambda patch, rng: patch)
+    image = np.full((300, 300), 0.6, dtype=np.float16)  # 150 mm across at 0.5 mm
+    item = DetectorSlice(image, (0.5, 0.5), (140.0, 120.0, 160.0, 150.0), 1, "phantom-0")
+    config = {"canvas": 256, "spacing_mm": 1.25}
+
+    def widths_mm(share):
+        out = []
+        for seed in range(40):
+            patch, box = detector_sample(item, config, np.random.default_rng(seed), sagittal_share=share)
+            row = patch[int(round((box[1] + box[3]) / 2))]
+            # the canvas pixel is 1.25 mm within +-15%
+            out.append(float((row > 0.3).sum()) * 1.25)
+        return np.array(out)
+
+    # every sample a strip: at most 35 mm each side of the 10 mm canal, on pixels up to 15% larger
+    assert widths_mm(1.0).max() < 95.0
+    # none asked: most samples keep the slice's full width (some are cropped around the canal instead)
+    assert np.median(widths_mm(0.0)) > 120.0

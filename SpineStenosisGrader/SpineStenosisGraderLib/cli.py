@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return subprocess.call([sys.executable, "-m", "SpineStenosisGraderLib.cli", *args.argv],
                                env=portable_environment())
-    from .training.train import check_detector_ema, train_default_package
+    from .training.train import check_detector_ema, check_sagittal_share, train_default_package
 
     import shlex
 
@@ -137,6 +137,11 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError:
         raise SpineStenosisGraderError(f"--detector-ema is a decay from 0 (off) to below 1, such as 0.995, not "
                                        f"{args.detector_ema:g}.") from None
+    try:
+        check_sagittal_share(0.0 if args.sagittal_share is None else args.sagittal_share)
+    except ValueError:
+        raise SpineStenosisGraderError(f"--sagittal-share is a share of the detector's samples from 0 (none) to 1, "
+                                       f"such as 0.2, not {args.sagittal_share:g}.") from None
     classifier_from = None
     if args.detector_only:
         from .packages.package import DEFAULT_PACKAGE_DIR
@@ -147,6 +152,7 @@ def _train(args: argparse.Namespace) -> int:
         "n_grade_slices": args.grade_slices, "classifier_epochs": args.classifier_epochs, "seed": args.seed,
         "synthetic_per_scan": args.synthetic_per_scan, "synthetic_per_phantom": args.synthetic_per_phantom,
         "synthetic_per_label_map": args.synthetic_per_label_map, "detector_ema": args.detector_ema,
+        "sagittal_share": args.sagittal_share,
     }
     command = shlex.join(["spine-stenosis-grader", *args.argv])
     # the defaults live in train_default_package only
@@ -302,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--detector-ema", type=float, metavar="DECAY",
                        help="return the detector's weights averaged (exponential moving average with this decay) "
                             "over the second half of training instead of the last step's (0: off)")
+    train.add_argument("--sagittal-share", type=float, metavar="SHARE",
+                       help="share of the detector's samples shown as a sagittal series read as axial slices: "
+                            "coarse from side to side and narrow (0: none)")
     train.add_argument("--exclude-scan", action="append", default=[], metavar="NAME",
                        help="leave this catalogue scan, and every image synthesised from it, out of training "
                             "(repeat for more; for leave-one-scan-out)")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 from scipy import ndimage
@@ -311,15 +311,19 @@ def _resample_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 FWHM_PER_SIGMA = 2.355
 
 
-def coarsen_slice(image: np.ndarray, spacing: tuple[float, float], pixel_mm: float) -> np.ndarray:
+def coarsen_slice(image: np.ndarray, spacing: tuple[float, float],
+                  pixel_mm: Union[float, tuple[float, float]]) -> np.ndarray:
     """``image`` (pixel ``spacing`` (i, j) mm) as if acquired at ``pixel_mm`` pixels, on its own grid.
 
-    Blurred by the acquired pixel's width beyond its own, sampled at the coarse
-    pixel size and interpolated back, as a scanner's coarse slice is when shown
-    on a finer grid. An axis already as coarse is left as it is.
+    ``pixel_mm`` is one size for both axes or a pair (i, j), as a sagittal
+    series read as axial slices is coarse from side to side only. Blurred by
+    the acquired pixel's width beyond its own, sampled at the coarse pixel size
+    and interpolated back, as a scanner's coarse slice is when shown on a finer
+    grid. An axis already as coarse is left as it is.
     """
     own = np.array([spacing[1], spacing[0]], dtype=float)  # rows, columns
-    acquired = np.maximum(own, pixel_mm)
+    wanted = np.broadcast_to(np.asarray(pixel_mm, dtype=float), (2,))[::-1]  # (i, j) -> rows, columns
+    acquired = np.maximum(own, wanted)
     if np.all(acquired <= own):
         return image
     sigma = np.sqrt(acquired ** 2 - own ** 2) / FWHM_PER_SIGMA / own

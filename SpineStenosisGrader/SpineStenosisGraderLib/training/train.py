@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .kernels import KERNEL_VARIABLES, kernels_are_portable
 from .annotations import AnnotatedScan, load_annotated_scan, load_catalogue, load_label_maps
-from .synthesis import TissueMap, synthesize_from_map, tissue_map_from_phantom, tissue_map_from_scan
+from .synthesis import TissueMap, coarsen_slice, synthesize_from_map, tissue_map_from_phantom, tissue_map_from_scan
 from ..inference.classifier import DEFAULT_CLASSIFIER_CONFIG, build_classifier_model, grade_patch
 from ..inference.detector import DEFAULT_DETECTOR_CONFIG, build_detector_model
 from ..inference.levels import DISC_HEIGHT_MM
@@ -48,6 +48,13 @@ POOL_FRACTIONS = {"real": 0.26, "phantom": 0.39, "synthetic": 0.35}
 DETECTOR_EMA_DECAY = 0.0
 #: the average starts (as a copy) at this fraction of the iterations: before it the learning rate is high
 DETECTOR_EMA_START = 0.5
+#: share of detector samples shown as a sagittal series read as axial slices: the reader takes sagittal slices
+#: up to 3 mm as axial ones, and lumbar MR resampled from thicker sagittal slices exists (16 of 4.4 mm). Each
+#: such slice is coarse from side to side (SAGITTAL_THICKNESS_MM) and narrow (SAGITTAL_MARGIN_MM beside the
+#: canal). 0 draws nothing, so the samples, and the weights, are those of a trainer without it
+SAGITTAL_STRIP_SHARE = 0.0
+SAGITTAL_THICKNESS_MM = (2.5, 5.0)
+SAGITTAL_MARGIN_MM = (15.0, 35.0)
 
 
 @dataclass
@@ -138,8 +145,12 @@ def augment_intensity(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 
 def detector_sample(item: DetectorSlice, config: dict[str, Any], rng: np.random.Generator,
-                    augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A canvas and its target box (u0, v0, u1, v1), with geometric and intensity augmentation."""
+                    augment: bool = True, sagittal_share: float = SAGITTAL_STRIP_SHARE
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """A canvas and its target box (u0, v0, u1, v1), with geometric and intensity augmentation.
+
+    With ``sagittal_share`` > 0, that share of augmented samples is first made a sagittal series' slice.
+    """
     size = int(config["canvas"])
     spacing = float(config["spacing_mm"]) * (rng.uniform(0.85, 1.15) if augment else 1.0)
     h, w = item.image.shape
@@ -150,7 +161,9 @@ def detector_sample(item: DetectorSlice, config: dict[str, Any], rng: np.random.
     angle = math.radians(rng.uniform(-10.0, 10.0)) if augment else 0.0
     flip = bool(augment and rng.random() < 0.5)
     image = item.image.astype(np.float32)
-    if augment and rng.random() < 0.25:
+    if augment and sagittal_share > 0.0 and rng.random() < sagittal_share:
+        image = sagittal_strip(image, item.box_ij, item.spacing, rng)
+    elif augment and rng.random() < 0.25:
         image = _crop_field_of_view(image, item.box_ij, item.spacing, rng)
     patch, geometry = sample_patch(image, item.spacing, tuple(centre), size, spacing, angle, flip)
     box = geometry.rounded_box_to_patch(item.box_ij)
@@ -170,6 +183,20 @@ def _crop_field_of_view(image: np.ndarray, box_ij: Sequence[float], spacing: tup
     b1 = int(min(image.shape[0], j1 + margin[3]))
     out = np.zeros_like(image)
     out[b0:b1, a0:a1] = image[b0:b1, a0:a1]
+    return out
+
+
+def sagittal_strip(image: np.ndarray, box_ij: Sequence[float], spacing: tuple[float, float],
+                   rng: np.random.Generator) -> np.ndarray:
+    """An axial slice as a sagittal series shows it: coarse from side to side, and blank beyond its few slices."""
+    thickness = rng.uniform(*SAGITTAL_THICKNESS_MM)
+    image = coarsen_slice(image, spacing, (thickness, 0.0))
+    i0, _, i1, _ = box_ij
+    margin = rng.uniform(*SAGITTAL_MARGIN_MM, size=2) / spacing[0]
+    a0 = int(max(0, i0 - margin[0]))
+    a1 = int(min(image.shape[1], i1 + margin[1]))
+    out = np.zeros_like(image)
+    out[:, a0:a1] = image[:, a0:a1]
     return out
 
 
@@ -210,20 +237,27 @@ def check_detector_ema(decay: float) -> None:
         raise ValueError(f"the detector's EMA decay must be in [0, 1), not {decay}")
 
 
+def check_sagittal_share(share: float) -> None:
+    """Refuse (ValueError) a share of sagittal-series samples outside [0, 1]."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the share of sagittal-series samples must be in [0, 1], not {share}")
+
+
 def train_detector(data: Sequence[DetectorSlice], config: dict[str, Any], iterations: int, batch_size: int,
                    seed: int, lr: float = 1.5e-3, fractions: Optional[dict[str, float]] = None,
-                   ema_decay: float = DETECTOR_EMA_DECAY):
+                   ema_decay: float = DETECTOR_EMA_DECAY, sagittal_share: float = SAGITTAL_STRIP_SHARE):
     """Train the Faster R-CNN; each batch item comes from a pool (real, synthetic, phantom) by ``fractions``.
 
     With ``ema_decay`` > 0 the model returned is the moving average (``DETECTOR_EMA_DECAY``).
     """
     check_detector_ema(ema_decay)
+    check_sagittal_share(sagittal_share)
     with deterministic_torch(seed):
         return _train_detector(data, config, iterations, batch_size, seed, lr, fractions or POOL_FRACTIONS,
-                               ema_decay)
+                               ema_decay, sagittal_share)
 
 
-def _train_detector(data, config, iterations, batch_size, seed, lr, fractions, ema_decay):
+def _train_detector(data, config, iterations, batch_size, seed, lr, fractions, ema_decay, sagittal_share):
     import torch
 
     rng = np.random.default_rng(seed)
@@ -247,7 +281,7 @@ def _train_detector(data, config, iterations, batch_size, seed, lr, fractions, e
         for _ in range(batch_size):
             pool = pools[names[int(np.searchsorted(cuts, rng.random(), side="right")) if len(names) > 1 else 0]]
             item = pool[int(rng.integers(len(pool)))]
-            patch, box = detector_sample(item, config, rng)
+            patch, box = detector_sample(item, config, rng, sagittal_share=sagittal_share)
             images.append(torch.from_numpy(patch)[None])
             targets.append({
                 "boxes": torch.tensor(box[None], dtype=torch.float32),
@@ -529,6 +563,7 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
                           synthetic_per_phantom: int = SYNTHETIC_PER_PHANTOM,
                           synthetic_per_label_map: int = SYNTHETIC_PER_LABEL_MAP,
                           detector_ema: float = DETECTOR_EMA_DECAY,
+                          sagittal_share: float = SAGITTAL_STRIP_SHARE,
                           exclude_scans: Sequence[str] = (), all_scans: bool = False,
                           classifier_from: Optional[Path] = None, command: Optional[str] = None) -> dict[str, Any]:
     """Train detector and classifier and write the package. Returns what was done, for the log.
@@ -538,6 +573,7 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
     scans too. With ``classifier_from`` only the detector is trained and that
     package's classifier is reused as it is (it trains on phantoms alone).
     """
+    check_sagittal_share(sagittal_share)
     started = time.time()
     # the code as it is now, when it is loaded: a commit made while the hour of training runs is not what trained
     code = git_state()
@@ -548,7 +584,7 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
                                all_scans=all_scans)
     data_minutes = (time.time() - started) / 60.0
     detector, det_losses = train_detector(data, detector_config, detector_iterations, detector_batch, seed,
-                                            ema_decay=detector_ema)
+                                            ema_decay=detector_ema, sagittal_share=sagittal_share)
     if classifier_from is not None:
         classifier, classifier_config, classifier_origin = load_classifier(Path(classifier_from))
         cls_losses: list[float] = []
@@ -574,7 +610,8 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
                    f"--per-study {per_study} --detector-iterations {detector_iterations} "
                    f"--grade-slices {n_grade_slices} --classifier-epochs {classifier_epochs} --seed {seed} "
                    f"--synthetic-per-scan {synthetic_per_scan} --synthetic-per-phantom {synthetic_per_phantom} "
-                   f"--synthetic-per-label-map {synthetic_per_label_map} --detector-ema {detector_ema}"
+                   f"--synthetic-per-label-map {synthetic_per_label_map} --detector-ema {detector_ema} "
+                   f"--sagittal-share {sagittal_share}"
                    + "".join(f" --exclude-scan {name}" for name in exclude_scans)
                    + (" --all-scans" if all_scans else "")
                    + (f" --detector-only --classifier-from {classifier_from}" if classifier_from else ""))
@@ -595,6 +632,7 @@ def train_default_package(out_dir: Path, catalogue: Path, *, n_phantoms: int = 9
         "detector_pool_fractions": POOL_FRACTIONS,
         "detector_ema": {"decay": detector_ema, "from_iteration": int(detector_iterations * DETECTOR_EMA_START)}
         if detector_ema > 0 else None,
+        "detector_sagittal_share": sagittal_share,
         "command": command,
         "code": code,
         "machine": machine_state(),
