@@ -149,7 +149,8 @@ def detector_sample(item: DetectorSlice, config: dict[str, Any], rng: np.random.
                     ) -> tuple[np.ndarray, np.ndarray]:
     """A canvas and its target box (u0, v0, u1, v1), with geometric and intensity augmentation.
 
-    With ``sagittal_share`` > 0, that share of augmented samples is first made a sagittal series' slice.
+    With ``sagittal_share`` > 0, that share of augmented samples is made a sagittal series' slice
+    (``sagittal_strip``) instead of being offered the field-of-view crop.
     """
     size = int(config["canvas"])
     spacing = float(config["spacing_mm"]) * (rng.uniform(0.85, 1.15) if augment else 1.0)
