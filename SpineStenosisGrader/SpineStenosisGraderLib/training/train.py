@@ -176,12 +176,17 @@ def detector_sample(item: DetectorSlice, config: dict[str, Any], rng: np.random.
 def _crop_field_of_view(image: np.ndarray, box_ij: Sequence[float], spacing: tuple[float, float],
                         rng: np.random.Generator) -> np.ndarray:
     """Blank everything outside a random rectangle around the canal: cropped studies exist."""
-    i0, j0, i1, j1 = box_ij
     margin = rng.uniform(25.0, 70.0, size=4) / np.array([spacing[0], spacing[1], spacing[0], spacing[1]])
-    a0 = int(max(0, i0 - margin[0]))
-    b0 = int(max(0, j0 - margin[1]))
-    a1 = int(min(image.shape[1], i1 + margin[2]))
-    b1 = int(min(image.shape[0], j1 + margin[3]))
+    return _blank_beyond(image, box_ij, margin)
+
+
+def _blank_beyond(image: np.ndarray, box_ij: Sequence[float], margin_px: Sequence[float]) -> np.ndarray:
+    """``image`` blank beyond ``margin_px`` (i0, j0, i1, j1 sides; inf keeps that side whole) around the box."""
+    i0, j0, i1, j1 = box_ij
+    a0 = int(max(0, i0 - margin_px[0]))
+    b0 = int(max(0, j0 - margin_px[1]))
+    a1 = int(min(image.shape[1], i1 + margin_px[2]))
+    b1 = int(min(image.shape[0], j1 + margin_px[3]))
     out = np.zeros_like(image)
     out[b0:b1, a0:a1] = image[b0:b1, a0:a1]
     return out
@@ -192,13 +197,9 @@ def sagittal_strip(image: np.ndarray, box_ij: Sequence[float], spacing: tuple[fl
     """An axial slice as a sagittal series shows it: coarse from side to side, and blank beyond its few slices."""
     thickness = rng.uniform(*SAGITTAL_THICKNESS_MM)
     image = coarsen_slice(image, spacing, (thickness, 0.0))
-    i0, _, i1, _ = box_ij
-    margin = rng.uniform(*SAGITTAL_MARGIN_MM, size=2) / spacing[0]
-    a0 = int(max(0, i0 - margin[0]))
-    a1 = int(min(image.shape[1], i1 + margin[1]))
-    out = np.zeros_like(image)
-    out[:, a0:a1] = image[:, a0:a1]
-    return out
+    side = rng.uniform(*SAGITTAL_MARGIN_MM, size=2) / spacing[0]
+    # front to back the sagittal slices hold the whole depth
+    return _blank_beyond(image, box_ij, (side[0], math.inf, side[1], math.inf))
 
 
 def _cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
