@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, band_depth_fraction,
                                                       canal_front_wall, dark_bands, disc_back_density,
                                                       endplate_gaps, find_foramen_magnum, find_lumbosacral_bend)
-from SpineStenosisGraderLib.inference.levels import SliceCanal
+from SpineStenosisGraderLib.inference.levels import SliceCanal, find_discs
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
 CANAL = (40.0, 50.0, 60.0, 66.0)  # i0, j0, i1, j1 in 1 mm pixels; anterior is smaller j
@@ -44,6 +44,39 @@ def test_the_gaps_between_endplates_are_the_discs_not_the_middle_of_a_body():
     stack, canals = spine_ct(vertebrae(discs, 40))
     assert np.nonzero(endplate_gaps(stack, canals))[0].tolist() == discs
 
+
+
+def osteoporotic_vertebrae(discs, middles, n):
+    # bodies of 120 HU; at each disc (80 HU) endplates of 300 HU; in the middle of each body a soft spot (70 HU)
+    # between cancellous bone of 160 HU 3 mm above and below it: as deep a gap as a disc's, bounded by bone,
+    # but with less than half a disc's contrast (VerSe 012)
+    densities = vertebrae(discs, n)
+    densities[[d + 5 for d in discs if d + 5 < n]] = 120.0
+    for m in middles:
+        densities[m] = 70.0
+        densities[[m - 3, m + 3]] = 160.0
+    return densities
+
+
+def test_a_soft_middle_of_an_osteoporotic_body_is_a_gap_less_sure_than_a_disc():
+    discs, middles = [10, 40, 70], [25, 55]
+    stack, canals = spine_ct(osteoporotic_vertebrae(discs, middles, 85), slice_mm=1.0)
+    gaps = endplate_gaps(stack, canals)
+    assert np.nonzero(gaps)[0].tolist() == sorted(discs + middles)
+    assert gaps[discs].tolist() == [1.0] * 3
+    # contrast 90 HU against the discs' 220
+    assert gaps[middles] == pytest.approx([90.0 / 220.0] * 2)
+
+
+def test_the_discs_of_an_osteoporotic_spine_outrank_the_soft_middles_of_its_bodies():
+    # the detector is surer of the middles (0.6) than of the discs (0.35): the bone decides which of the two
+    # within one vertebra is the disc, by how clearly it shows a gap
+    discs, middles, n = [10, 40, 70], [25, 55], 85
+    stack, canals = spine_ct(osteoporotic_vertebrae(discs, middles, n), slice_mm=1.0)
+    canals = [SliceCanal(c.slice_index, c.box_ij, c.score, 0.35 if k in discs else 0.6 if k in middles else 0.2)
+              for k, c in enumerate(canals)]
+    found = find_discs(canals, n, 1.0, "lumbar", endplate_gaps(stack, canals))
+    assert [level.slice_index for level in found] == discs
 
 def test_the_density_is_read_in_front_of_the_canal_on_slices_with_a_canal_only():
     densities = vertebrae([5, 15], 20)

@@ -222,6 +222,20 @@ def test_lumbar_mrs_never_trained_on_are_lumbar_with_their_discs_found(package, 
     assert sum(s.names_right for s in scores) >= 19
 
 
+
+def test_an_osteoporotic_ct_never_trained_on_has_its_discs_found_where_its_bone_shows_them(package, scans):
+    # VerSe 012: an old patient's CT, T9-L4, acquired sagittally (3 mm slices from side to side), with an L1
+    # compression fracture. Its bodies read 100-250 HU, so their soft middles pass the gap test between the
+    # cancellous bone above and below them, with less than half a disc's contrast. Gaps counted alike (1 per
+    # slice) put three levels in the bodies, where the detector was surer than at the disc next to them: 2 of
+    # the 5 labelled discs found. Graded by their contrast against the study's, the discs outrank them: 4 of 5
+    score = score_real_scan(package, scans["verse012_ct"])
+    assert not score.trained_on
+    assert score.region_found == "lumbar"
+    assert score.discs_inside == 5
+    assert score.discs_found >= 4
+    assert max(score.disc_errors_mm) <= 2.0
+
 @pytest.mark.parametrize("order, flips", [((0, 1, 2), (False, False, True)), ((2, 0, 1), (True, False, True))])
 def test_a_neck_stored_head_first_or_sideways_is_named_from_its_foramen_magnum_the_same(package, scans, order,
                                                                                           flips):
