@@ -284,9 +284,9 @@ def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> 
     """Per slice, how surely the bone in front of the canal (CT) shows a disc: a gap between two endplates.
 
     That is a disc seen in the bone, whatever the detector thinks of the slice.
-    0 where there is no gap, bounded by an endplate above and below; at a gap,
-    its contrast over ENDPLATE_SURE_QUANTILE of the study's gaps' contrast, up
-    to 1. The contrast is read against the study's own: a young patient's
+    0 where the slice is no gap bounded by an endplate above and below; at a
+    gap, its contrast over ENDPLATE_SURE_QUANTILE of the study's gaps' contrast,
+    up to 1. The contrast is read against the study's own: a young patient's
     endplates stand out more than an old one's, but in any study the discs
     stand out more than the soft middle of a body.
     """
