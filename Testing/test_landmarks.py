@@ -68,7 +68,6 @@ def test_a_soft_middle_of_an_osteoporotic_body_is_a_gap_less_sure_than_a_disc():
     assert gaps[middles] == pytest.approx([90.0 / 220.0] * 2)
 
 
-
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(100, 600), min_size=6, max_size=30), st.integers(0, 400))
 def test_a_gap_is_as_sure_as_its_contrast_against_the_study_whatever_the_bone_density(densities, offset):
@@ -82,6 +81,7 @@ def test_a_gap_is_as_sure_as_its_contrast_against_the_study_whatever_the_bone_de
     # the surest gaps count fully: at least a quarter of them reach the study's sure contrast
     if gaps.any():
         assert (gaps == 1.0).sum() >= 0.25 * np.count_nonzero(gaps)
+
 
 def test_the_discs_of_an_osteoporotic_spine_outrank_the_soft_middles_of_its_bodies():
     # the detector is surer of the middles (0.6) than of the discs (0.35): the bone decides which of the two

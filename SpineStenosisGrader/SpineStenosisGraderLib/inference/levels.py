@@ -165,9 +165,9 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     The evidence is the detector's disc probability. ``endplate_gaps`` (per
     slice, from 0 to 1, how surely the image itself shows a disc: on CT a gap
     in the bone between two endplates, on MR a dark band in the vertebral
-    column; see ``landmarks``) raises it, also on a slice whose canal box is faint (below
-    ``min_score``, let in by the tracking's tube): the detector is often unsure
-    of the canal right at a disc, so there its probability is not used. A
+    column; see ``landmarks``) raises it, also on a slice whose canal box is
+    faint (below ``min_score``, let in by the tracking's tube): the detector is
+    often unsure of the canal right at a disc, so there its probability is not used. A
     peak must rise MIN_PEAK_RISE above the profile's running baseline, so a
     detector that is unsure on an unfamiliar contrast still places the discs
     where its probability rises, and a profile that is high everywhere yields
