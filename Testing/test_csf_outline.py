@@ -63,6 +63,17 @@ def test_csf_joined_to_bright_tissue_that_runs_out_of_the_window_keeps_the_detec
     assert csf_box(image, detector, (0.5, 0.5)) is None
 
 
+def test_csf_joined_sideways_to_tissue_beyond_the_window_still_grows_a_box_that_cut_the_cord():
+    # far from the coil, where the signal is low, bright tissue beside the canal joins its CSF and runs out of
+    # the window to the side: the outline from side to side says nothing there, but in the detector's own
+    # columns the CSF still shows the front of the canal, in front of the cord the box cut in half
+    image, canal, cord_centre_j = thoracic_slice()
+    middle = (canal[1] + canal[3]) // 2
+    image[middle - 3:middle + 3, canal[2] - 2:] = 550.0
+    detector = (canal[0] - 2.0, cord_centre_j, canal[2] + 2.0, canal[3] + 1.0)
+    assert csf_box(image, detector, (0.5, 0.5)) == (detector[0], float(canal[1]), detector[2], float(canal[3]))
+
+
 def test_a_smaller_bright_blob_beside_the_sac_is_not_canal():
     image, canal, _ = thoracic_slice()
     # a root sleeve or a vein, 2 mm across, 1 mm to the right of the sac: inside a wide detector box

@@ -6,10 +6,13 @@ behind it is wide, so the detector's box slides back onto that wide CSF and
 cuts the cord in half. On T2 the canal is the bright CSF and what it wraps
 around (the cord, the nerve roots), so the box is grown to hold that CSF: the
 largest bright blob that lies mostly inside the detector's box; from side to
-side, a box reaching well beyond that CSF is trimmed to it. The box is
-kept as the detector drew it wherever the CSF cannot be read cleanly: not a T2
-contrast, or bright tissue (epidural fat, a bright disc) joined to the CSF so
-that the blob runs out of the search window.
+side, a box reaching well beyond that CSF is trimmed to it. Where bright
+tissue beside the canal (root sleeves, fat, and far from the coil, where the
+signal is low, whatever lies next to it) joins the CSF, the CSF is read in the
+strip under the detector's box alone: its sides stay, its front and back are
+grown. The box is kept as the detector drew it wherever the CSF cannot be read
+cleanly even there: not a T2 contrast, or bright tissue (epidural fat, a bright
+disc) joined to the CSF in front of it or behind it.
 """
 
 from __future__ import annotations
@@ -64,7 +67,9 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
     """The box (i0, j0, i1, j1), in edge coordinates, around the CSF under a T2 slice's canal box, or None.
 
     None where the CSF cannot be read: not a T2 contrast, no bright blob mostly inside the box, or one that
-    runs out of the search window or is too small to be a canal.
+    runs out of the search window or is too small to be a canal. Where the blob runs out sideways, or lies
+    mostly outside the box as it takes in what lies beside the canal, it is read again in the strip under the
+    detector's own columns: the box then keeps its sides and only its front and back come from the CSF.
     """
     si, sj = pixel_spacing
     shape = image.shape
@@ -75,14 +80,40 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
     if contrast < T2_CSF_CONTRAST:
         return None  # CT, T1, or a slice where the canal is not the brightest thing around
     wj0, wj1, wi0, wi1 = box_window(box_ij, int(round(SEARCH_MARGIN_MM / si)), int(round(SEARCH_MARGIN_MM / sj)), shape)
-    # four-connected: eight-connected CSF also joins the sac to root sleeves and veins across single corners
-    labels, n = ndimage.label(image[wj0:wj1, wi0:wi1] > CSF_FRACTION * csf)
-    if n == 0:
-        return None
+    bright = image[wj0:wj1, wi0:wi1] > CSF_FRACTION * csf
     # the detector's box, grown a little, in window pixels: which blobs lie mostly inside it
     gj0, gj1, gi0, gi1 = box_window(box_ij, int(round(INSIDE_MARGIN_MM / si)), int(round(INSIDE_MARGIN_MM / sj)), shape)
-    inside = np.zeros(labels.shape, bool)
+    inside = np.zeros(bright.shape, bool)
     inside[gj0 - wj0:gj1 - wj0, gi0 - wi0:gi1 - wi0] = True
+    canal = _canal_blob(bright, inside)
+    if canal is None or _runs_out(canal):
+        # CSF running out of the window is joined to something that is not canal (fat, root sleeves, and at the
+        # low signal far from the coil whatever lies beside the canal): its outline from side to side says
+        # nothing. In the strip under the detector's own columns, which it is trusted for, that join is cut,
+        # and the CSF there still tells how far the canal reaches from front to back
+        strip = slice(bi0 - wi0, bi1 - wi0)
+        canal = _canal_blob(bright[:, strip], inside[:, strip])
+        if canal is None or _runs_out(canal, sideways=False):
+            return None
+        rows = np.nonzero(canal.any(axis=1))[0]
+        if (rows[-1] - rows[0] + 1) * sj < MIN_CANAL_MM:
+            return None
+        return float(box_ij[0]), float(wj0 + rows[0]), float(box_ij[2]), float(wj0 + rows[-1] + 1)
+    rows, columns = np.nonzero(canal.any(axis=1))[0], np.nonzero(canal.any(axis=0))[0]
+    if (rows[-1] - rows[0] + 1) * sj < MIN_CANAL_MM or (columns[-1] - columns[0] + 1) * si < MIN_CANAL_MM:
+        return None
+    # from side to side the detector's box is trusted: CSF running out beside the sac follows the nerve roots
+    # into their foramina, which are not canal; front to back is what the cord misled
+    return (float(max(wi0 + columns[0], gi0)), float(wj0 + rows[0]),
+            float(min(wi0 + columns[-1] + 1, gi1)), float(wj0 + rows[-1] + 1))
+
+
+def _canal_blob(bright: np.ndarray, inside: np.ndarray) -> Optional[np.ndarray]:
+    """The largest bright blob lying mostly (INSIDE_SHARE) ``inside``, as a mask; None when there is none."""
+    # four-connected: eight-connected CSF also joins the sac to root sleeves and veins across single corners
+    labels, n = ndimage.label(bright)
+    if n == 0:
+        return None
     ids = np.arange(1, n + 1)
     sizes = ndimage.sum_labels(np.ones(labels.shape), labels, ids)
     shares = ndimage.sum_labels(inside, labels, ids) / sizes
@@ -91,17 +122,12 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
         return None
     # the CSF around the cord or the roots is one blob; smaller bright bits beside it are root sleeves,
     # veins or fat, not canal
-    canal = labels == candidates[int(np.argmax(sizes[candidates - 1]))]
-    rows, columns = np.nonzero(canal.any(axis=1))[0], np.nonzero(canal.any(axis=0))[0]
-    # CSF running out of the window is joined to something that is not canal: its outline says nothing
-    if rows[0] == 0 or columns[0] == 0 or rows[-1] == canal.shape[0] - 1 or columns[-1] == canal.shape[1] - 1:
-        return None
-    if (rows[-1] - rows[0] + 1) * sj < MIN_CANAL_MM or (columns[-1] - columns[0] + 1) * si < MIN_CANAL_MM:
-        return None
-    # from side to side the detector's box is trusted: CSF running out beside the sac follows the nerve roots
-    # into their foramina, which are not canal; front to back is what the cord misled
-    return (float(max(wi0 + columns[0], gi0)), float(wj0 + rows[0]),
-            float(min(wi0 + columns[-1] + 1, gi1)), float(wj0 + rows[-1] + 1))
+    return labels == candidates[int(np.argmax(sizes[candidates - 1]))]
+
+
+def _runs_out(blob: np.ndarray, sideways: bool = True) -> bool:
+    """Whether the blob reaches the window's front or back edge, or (``sideways``) its left or right edge."""
+    return bool(blob[0].any() or blob[-1].any() or sideways and (blob[:, 0].any() or blob[:, -1].any()))
 
 
 def grow_over_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, float, float, float],
