@@ -66,10 +66,11 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
             pixel_spacing: tuple[float, float]) -> Optional[tuple[float, float, float, float]]:
     """The box (i0, j0, i1, j1), in edge coordinates, around the CSF under a T2 slice's canal box, or None.
 
-    None where the CSF cannot be read: not a T2 contrast, no bright blob mostly inside the box, or one that
-    runs out of the search window or is too small to be a canal. Where the blob runs out sideways, or lies
-    mostly outside the box as it takes in what lies beside the canal, it is read again in the strip under the
-    detector's own columns: the box then keeps its sides and only its front and back come from the CSF.
+    A blob that runs out of the search window, or lies mostly outside the box as it takes in what lies beside
+    the canal, is read again in the strip under the detector's own columns, where what joins it from the side
+    is cut off: the box then keeps its sides, and only its front and back come from the CSF. None where the
+    CSF cannot be read: not a T2 contrast, or no bright blob mostly inside the box, even in the strip, that
+    stays inside the window (front and back, in the strip) and is large enough to be a canal.
     """
     si, sj = pixel_spacing
     shape = image.shape
