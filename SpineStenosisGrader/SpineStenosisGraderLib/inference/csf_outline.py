@@ -87,7 +87,8 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
     inside = np.zeros(bright.shape, bool)
     inside[gj0 - wj0:gj1 - wj0, gi0 - wi0:gi1 - wi0] = True
     canal = _canal_blob(bright, inside)
-    if canal is None or _runs_out(canal):
+    in_strip = canal is None or _runs_out(canal)
+    if in_strip:
         # CSF running out of the window is joined to something that is not canal (fat, root sleeves, and at the
         # low signal far from the coil whatever lies beside the canal): its outline from side to side says
         # nothing. In the strip under the detector's own columns, which it is trusted for, that join is cut,
@@ -96,12 +97,13 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
         canal = _canal_blob(bright[:, strip], inside[:, strip])
         if canal is None or _runs_out(canal, sideways=False):
             return None
-        rows = np.nonzero(canal.any(axis=1))[0]
-        if (rows[-1] - rows[0] + 1) * sj < MIN_CANAL_MM:
-            return None
+    rows = np.nonzero(canal.any(axis=1))[0]
+    if (rows[-1] - rows[0] + 1) * sj < MIN_CANAL_MM:
+        return None
+    if in_strip:
         return float(box_ij[0]), float(wj0 + rows[0]), float(box_ij[2]), float(wj0 + rows[-1] + 1)
-    rows, columns = np.nonzero(canal.any(axis=1))[0], np.nonzero(canal.any(axis=0))[0]
-    if (rows[-1] - rows[0] + 1) * sj < MIN_CANAL_MM or (columns[-1] - columns[0] + 1) * si < MIN_CANAL_MM:
+    columns = np.nonzero(canal.any(axis=0))[0]
+    if (columns[-1] - columns[0] + 1) * si < MIN_CANAL_MM:
         return None
     # from side to side the detector's box is trusted: CSF running out beside the sac follows the nerve roots
     # into their foramina, which are not canal; front to back is what the cord misled
