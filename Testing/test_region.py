@@ -56,6 +56,32 @@ def test_vertebral_bodies_tell_the_region_on_ct_and_the_sacrum_makes_it_lumbar()
     assert infer_region(neck, "CT", neck_canals, [], sacrum).region == "unknown"  # a sacrum in a neck
 
 
+@pytest.mark.parametrize("process_slices, region", [(5, "cervical"), (6, "cervical"), (8, "unknown")])
+def test_a_neck_whose_transverse_processes_widen_most_slices_is_still_cervical(process_slices, region):
+    # a cervical CT cropped to the spine (no outline): through its transverse processes, which spring from the
+    # side of the body in front of the canal, the bone there reads 48 mm across; through the body alone 19 mm.
+    # Where the processes hide the body on more than three slices in four, the crop's wider "bodies" and its
+    # neck outline disagree
+    stack, canals = body_study(120.0, modality="CT", slices=10)
+    widths = [48.0] * process_slices + [19.0] * (10 - process_slices)
+    bones = [VertebralBone(k, 24.0, 24.0, width) for k, width in enumerate(widths)]
+    estimate = infer_region(stack, "CT", canals, bones, None)
+    assert estimate.region == region
+    if region == "cervical":
+        assert estimate.confidence == "high" and "vertebral bodies 19 mm wide on a quarter" in estimate.evidence[1]
+
+
+def test_a_neck_ct_phantom_is_cervical():
+    # the phantom's cervical vertebrae: the transverse processes beside the body, in front of the canal, on
+    # more than half the slices (the median of the bone's width there is 47-49 mm)
+    from SpineStenosisGraderLib.pipeline import grade_stack
+    from SpineStenosisGraderLib.training.phantom import make_study
+
+    for seed in (0, 3):
+        result = grade_stack(to_axial_stack(make_study(seed, "CT", "cervical").image), modality="CT")
+        assert result.study.region == "cervical", result.study.region_evidence
+
+
 def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=False, grey_matter=False, clump_mm=0,
                 touching_from=None, hazy_from=None):
     """A T2 MR crop (1 mm pixels, no body outline) whose canal, 20 x 14 mm, holds a cord ``cord_mm`` across, or none.

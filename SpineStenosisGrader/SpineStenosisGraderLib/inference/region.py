@@ -5,7 +5,8 @@ can have the same spacing between the slices that cut discs. What does tell it:
 
 - the sacral alae (see ``landmarks``): lumbar;
 - the vertebral body's width on CT: about 15-22 mm in the neck, 25-38 mm in the
-  chest and 40-50 mm in the lumbar spine;
+  chest and 40-50 mm in the lumbar spine (read on the slices that cut the body
+  alone, not the neck's transverse processes beside it);
 - the body outline, where the field of view holds all of it: a neck is
   100-150 mm across, a trunk 250 mm or more;
 - on T2 MR, what the bright CSF of the canal holds: a cervical cord is 11-14 mm
@@ -42,8 +43,16 @@ LUMBAR_MIN_BODY_MM = 38.0
 #: a body outline narrower than this is a neck; a trunk is wider than TRUNK_MIN_WIDTH_MM
 NECK_MAX_WIDTH_MM = 180.0
 TRUNK_MIN_WIDTH_MM = 200.0
-#: slices with a body measurement needed before the median is trusted
+#: slices with a body measurement needed before their widths are read
 MIN_MEASURED_SLICES = 3
+#: a neck's bodies are read as this percentile of the slices' widths, not their median. In the neck the
+#: transverse processes spring from the side of the body, in front of the canal, so on the slices that cut
+#: them the bone in front of the canal is the whole vertebra, 45-50 mm across, as wide as a lumbar body; on
+#: the rest (a third to half of them) it is the body alone (a CT phantom of the neck: 19-20 mm here, 46-49 mm
+#: at the median). Lumbar and thoracic bodies are read at the median, as a quarter of a short lumbar series'
+#: slices may cut an endplate's rim, 24-32 mm across (this percentile is 36 mm or more on the four lumbar CT
+#: scans and their 100 short, thick and cropped series, `evaluate --series-variants`)
+NECK_BODY_PERCENTILE = 25.0
 #: CT air and MR background lie below these: HU, and a fraction of the slice's 99th percentile
 CT_BODY_HU = -400.0
 MR_BODY_FRACTION = 0.08
@@ -244,9 +253,15 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
     body_region = None
     if len(bodies) >= MIN_MEASURED_SLICES:
         width = float(np.median(bodies))
-        body_region = ("cervical" if width <= CERVICAL_MAX_BODY_MM
-                       else "lumbar" if width >= LUMBAR_MIN_BODY_MM else "thoracic")
-        evidence.append(f"vertebral bodies {width:.0f} mm wide (median of {len(bodies)} slices)")
+        neck_width = float(np.percentile(bodies, NECK_BODY_PERCENTILE))
+        if neck_width <= CERVICAL_MAX_BODY_MM < width:
+            body_region = "cervical"
+            evidence.append(f"vertebral bodies {neck_width:.0f} mm wide on a quarter of {len(bodies)} slices, and "
+                            f"{width:.0f} mm at the median: a neck's, with its transverse processes beside the body")
+        else:
+            body_region = ("cervical" if width <= CERVICAL_MAX_BODY_MM
+                           else "lumbar" if width >= LUMBAR_MIN_BODY_MM else "thoracic")
+            evidence.append(f"vertebral bodies {width:.0f} mm wide (median of {len(bodies)} slices)")
     if body_region is not None:
         if outline_region == "cervical" and body_region != "cervical" or \
                 outline_region == "trunk" and body_region == "cervical":
