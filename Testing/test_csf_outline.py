@@ -6,7 +6,8 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from SpineStenosisGraderLib.inference.csf_outline import csf_box, grow_over_csf
+from SpineStenosisGraderLib.inference.csf_outline import (FAINT_T2_CSF_CONTRAST, T2_CSF_CONTRAST, csf_box, csf_contrast,
+                                                           grow_over_csf, study_csf_contrast)
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
 
@@ -134,3 +135,36 @@ def test_a_box_far_wider_than_the_csf_is_trimmed_from_side_to_side_only(slice_st
     kept = expected_excess_mm / 0.5
     assert grow_over_csf(stack, 1, detector, "MR") == (float(canal[0]) - kept, float(canal[1]),
                                                        float(canal[2]) + kept, detector[3])
+
+
+def faint(image):
+    """The slice far from the coil: the CSF 2.5 times as bright as the tissue around it, the cord darker than both."""
+    return np.where(image == 600.0, 250.0, np.where(image == 150.0, 60.0, image)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bright_slices, grown", [(3, True), (2, True), (1, False), (0, False)])
+def test_a_faint_slice_is_read_in_a_study_whose_csf_is_bright_on_most_slices(bright_slices, grown):
+    # a whole neck's upper thoracic slices, far from the coil, read 2.9 where its neck reads 4 and more: the
+    # CSF is the same tissue, so there it is read from twice as bright as around it. A study that is faint on
+    # most slices (a fast spin-echo T2, with its bright fat) is read only where the CSF is three times as bright
+    image, canal, cord_centre_j = thoracic_slice()
+    volume = sitk.GetImageFromArray(np.stack([image] * bright_slices + [faint(image)] * (4 - bright_slices)))
+    volume.SetSpacing((0.5, 0.5, 2.0))
+    stack = to_axial_stack(volume)
+    detector = (float(canal[0]) - 2.0, float(cord_centre_j), float(canal[2]) + 2.0, float(canal[3]) + 1.0)
+    min_contrast = study_csf_contrast(stack, [(k, detector) for k in range(4)])
+    assert min_contrast == (FAINT_T2_CSF_CONTRAST if bright_slices >= 2 else T2_CSF_CONTRAST)
+    box = grow_over_csf(stack, 3, detector, "MR", min_contrast)
+    assert box == ((detector[0], float(canal[1]), detector[2], detector[3]) if grown else detector)
+    # on its own, the faint slice (about 2.5) is below a T2's contrast
+    assert FAINT_T2_CSF_CONTRAST < csf_contrast(stack.array[3], detector, (0.5, 0.5))[1] < T2_CSF_CONTRAST
+    assert grow_over_csf(stack, 3, detector, "MR") == detector
+
+
+def test_a_box_too_small_to_read_leaves_the_study_at_a_t2s_contrast(slice_stack):
+    # an untrained detector's box may hold no pixel: it says nothing about the CSF, and it stops nothing
+    stack, canal = slice_stack
+    empty = (10.0, 10.0, 10.0, 10.0)
+    assert study_csf_contrast(stack, [(0, empty)]) == T2_CSF_CONTRAST
+    assert study_csf_contrast(stack, [(0, empty), (1, canal), (2, canal)]) == FAINT_T2_CSF_CONTRAST
+    assert grow_over_csf(stack, 0, empty, "MR", FAINT_T2_CSF_CONTRAST) == empty

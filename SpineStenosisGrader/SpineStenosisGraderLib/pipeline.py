@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .inference.contrast import t1_warning
-from .inference.csf_outline import grow_over_csf
+from .inference.csf_outline import T2_CSF_CONTRAST, grow_over_csf, study_csf_contrast
 from .inference.landmarks import (band_depth_fraction, dark_bands, endplate_gaps, find_foramen_magnum,
                                   find_lumbosacral_bend, find_sacrum, measure_bone)
 from .inference.levels import (
@@ -83,17 +83,21 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     # and the result, takes the box grown over the CSF it cut off
     detected: list[Optional[SliceCanal]] = []
     detections: list[CanalDetection] = []
+    detector_boxes = {k: tuple(float(v) for v in grid.to_stack(np.asarray(hit.box_uv))[0])
+                      for k, hit in enumerate(found) if hit is not None}
+    # how bright the CSF must be to be read is the study's: a T2's faint slices far from the coil are read too
+    min_contrast = study_csf_contrast(stack, list(detector_boxes.items())) if modality == "MR" else T2_CSF_CONTRAST
     for k, hit in enumerate(found):
         if hit is None:
             canals.append(None)
             detected.append(None)
             continue
-        detector_box = tuple(float(v) for v in grid.to_stack(np.asarray(hit.box_uv))[0])
+        detector_box = detector_boxes[k]
         # the region is read from confident boxes only: a faint box the tube let in (``tracking``) is the
         # canal, but its size is the detector's least sure
         detected.append(SliceCanal(k, detector_box, hit.score, hit.disc_probability)
                         if hit.score >= MIN_CANAL_SCORE else None)
-        box_ij = grow_over_csf(stack, k, detector_box, modality)
+        box_ij = grow_over_csf(stack, k, detector_box, modality, min_contrast)
         canals.append(SliceCanal(k, box_ij, hit.score, hit.disc_probability))
         detections.append(CanalDetection(k, stack.slice_box(k, box_ij), hit.score, hit.disc_probability))
     timings["detect"] = time.perf_counter() - t0

@@ -12,7 +12,9 @@ signal is low, whatever lies next to it) joins the CSF, the CSF is read in the
 strip under the detector's box alone: its sides stay, its front and back are
 grown. The box is kept as the detector drew it wherever the CSF cannot be read
 cleanly even there: not a T2 contrast, or bright tissue (epidural fat, a bright
-disc) joined to the CSF in front of it or behind it.
+disc) joined to the CSF in front of it or behind it. How bright the CSF must be
+is the study's: in a T2 whose CSF is bright on most slices, it is read on the
+fainter slices far from the coil too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from ..study.volume import AxialStack
 
 #: T2: the CSF (95th percentile in the box) is this many times brighter than 15 mm around the box
 T2_CSF_CONTRAST = 3.0
+#: a study whose CSF reaches T2_CSF_CONTRAST on this share of its canal slices is a T2 with bright CSF, and
+#: on its fainter slices (far from the coil: a whole neck's upper thoracic slices read 2.9) the CSF is read
+#: where it is this many times brighter than around it. CT and T1 stay under 1; a fast spin-echo T2, whose
+#: fat is bright too, reads about 2 on most slices and so never counts as such a study
+T2_STUDY_SHARE = 0.5
+FAINT_T2_CSF_CONTRAST = 2.0
 #: CSF is what is brighter than this share of it: the partial-volume rim of a thin CSF layer included
 CSF_FRACTION = 0.5
 #: how far beyond the detector's box the CSF is looked for: the thin rim in front of a thoracic cord lies
@@ -62,23 +70,36 @@ def csf_contrast(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: tupl
     return csf, csf / max(float(np.median(image[aj0:aj1, ai0:ai1])), 1e-6)
 
 
-def csf_box(image: np.ndarray, box_ij: Sequence[float],
-            pixel_spacing: tuple[float, float]) -> Optional[tuple[float, float, float, float]]:
+def study_csf_contrast(stack: AxialStack, boxes: Sequence[tuple[int, Sequence[float]]]) -> float:
+    """The contrast from which the CSF under a box of this MR study is read (``csf_box``'s ``min_contrast``).
+
+    ``boxes`` are the detector's (slice index, box) pairs. FAINT_T2_CSF_CONTRAST where at least T2_STUDY_SHARE
+    of them reach T2_CSF_CONTRAST, else T2_CSF_CONTRAST.
+    """
+    spacing = (stack.spacing[0], stack.spacing[1])
+    bright = [csf_contrast(stack.array[k], box_ij, spacing)[1] >= T2_CSF_CONTRAST for k, box_ij in boxes
+              if _readable(box_ij, stack.array.shape[1:])]
+    return FAINT_T2_CSF_CONTRAST if bright and np.mean(bright) >= T2_STUDY_SHARE else T2_CSF_CONTRAST
+
+
+def csf_box(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: tuple[float, float],
+            min_contrast: float = T2_CSF_CONTRAST) -> Optional[tuple[float, float, float, float]]:
     """The box (i0, j0, i1, j1), in edge coordinates, around the CSF under a T2 slice's canal box, or None.
 
     A blob that runs out of the search window, or lies mostly outside the box as it takes in what lies beside
     the canal, is read again in the strip under the detector's own columns, where what joins it from the side
     is cut off: the box then keeps its sides, and only its front and back come from the CSF. None where the
-    CSF cannot be read: not a T2 contrast, or no bright blob mostly inside the box, even in the strip, that
-    stays inside the window (front and back, in the strip) and is large enough to be a canal.
+    CSF cannot be read: less than ``min_contrast`` times as bright as around the box (CT, T1), or no bright blob
+    mostly inside the box, even in the strip, that stays inside the window (front and back, in the strip) and
+    is large enough to be a canal.
     """
     si, sj = pixel_spacing
     shape = image.shape
-    bj0, bj1, bi0, bi1 = box_window(box_ij, 0, 0, shape)
-    if bj1 - bj0 < 3 or bi1 - bi0 < 3:
+    if not _readable(box_ij, shape):
         return None
+    bj0, bj1, bi0, bi1 = box_window(box_ij, 0, 0, shape)
     csf, contrast = csf_contrast(image, box_ij, pixel_spacing)
-    if contrast < T2_CSF_CONTRAST:
+    if contrast < min_contrast:
         return None  # CT, T1, or a slice where the canal is not the brightest thing around
     wj0, wj1, wi0, wi1 = box_window(box_ij, int(round(SEARCH_MARGIN_MM / si)), int(round(SEARCH_MARGIN_MM / sj)), shape)
     bright = image[wj0:wj1, wi0:wi1] > CSF_FRACTION * csf
@@ -111,6 +132,12 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float],
             float(min(wi0 + columns[-1] + 1, gi1)), float(wj0 + rows[-1] + 1))
 
 
+def _readable(box_ij: Sequence[float], shape: tuple[int, ...]) -> bool:
+    """Whether the box holds at least 3 x 3 pixels of the slice: fewer say nothing about the CSF."""
+    j0, j1, i0, i1 = box_window(box_ij, 0, 0, shape)
+    return j1 - j0 >= 3 and i1 - i0 >= 3
+
+
 def _canal_blob(bright: np.ndarray, inside: np.ndarray) -> Optional[np.ndarray]:
     """The largest bright blob lying mostly (INSIDE_SHARE) ``inside``, as a mask; None when there is none."""
     # four-connected: eight-connected CSF also joins the sac to root sleeves and veins across single corners
@@ -134,7 +161,7 @@ def _runs_out(blob: np.ndarray, sideways: bool = True) -> bool:
 
 
 def grow_over_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, float, float, float],
-               modality: str) -> tuple[float, float, float, float]:
+                  modality: str, min_contrast: float = T2_CSF_CONTRAST) -> tuple[float, float, float, float]:
     """The canal box of an MR slice grown over the CSF it cut off; the detector's box where it cut off none.
 
     Front to back grown, never shrunk: the bright CSF ends a partial-volume
@@ -143,11 +170,11 @@ def grow_over_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, floa
     one side of the cord only, the cord beyond it is canal that the CSF's
     outline leaves out. From side to side a box reaching more than
     TRIM_BEYOND_CSF_MM beyond the CSF is trimmed to that: what lies further out
-    is the arch or the foramina, not canal.
+    is the arch or the foramina, not canal. ``min_contrast`` is the study's (``study_csf_contrast``).
     """
     if modality != "MR":
         return box_ij
-    csf = csf_box(stack.array[slice_index], box_ij, (stack.spacing[0], stack.spacing[1]))
+    csf = csf_box(stack.array[slice_index], box_ij, (stack.spacing[0], stack.spacing[1]), min_contrast)
     if csf is None:
         return box_ij
     reach = TRIM_BEYOND_CSF_MM / stack.spacing[0]
