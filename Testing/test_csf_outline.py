@@ -83,15 +83,23 @@ def test_a_smaller_bright_blob_beside_the_sac_is_not_canal():
     assert csf_box(image, detector, (0.5, 0.5)) == tuple(float(v) for v in canal)
 
 
-def test_csf_running_out_beside_the_sac_into_a_root_sleeve_does_not_widen_the_box_past_the_detectors():
+@pytest.mark.parametrize("cord", [False, True])
+def test_csf_running_out_beside_the_sac_into_a_root_sleeve_does_not_widen_the_box_past_the_detectors(cord):
     image, canal, _ = thoracic_slice()
+    if not cord:
+        image = np.where(image == 150.0, 600.0, image).astype(np.float32)
     # a root sleeve: a 1.5 mm strip of CSF leaving the sac's right side for 5 mm, towards its foramen
     middle = (canal[1] + canal[3]) // 2
     image[middle - 1:middle + 2, canal[2] - 2:canal[2] + 10] = 600.0
     detector = (canal[0] - 3.0, canal[1] + 8.0, canal[2] + 3.0, canal[3] + 2.0)
+    fitted = csf_box(image, detector, (0.5, 0.5))
     # front to back the CSF's; side to side no further than the detector's box and its 2 mm (4 pixels)
-    assert csf_box(image, detector, (0.5, 0.5)) == (float(canal[0]), float(canal[1]), canal[2] + 7.0,
-                                                    float(canal[3]))
+    assert fitted[:2] == (float(canal[0]), float(canal[1])) and fitted[3] == float(canal[3])
+    if cord:
+        # round a cord the sleeve is not read as sac at all: the CSF ends within a millimetre of the sac's side
+        assert canal[2] <= fitted[2] <= canal[2] + 2.0
+    else:
+        assert fitted[2] == canal[2] + 7.0
 
 
 def test_a_canal_that_is_not_the_brightest_thing_around_is_not_read():
@@ -168,3 +176,40 @@ def test_a_box_too_small_to_read_leaves_the_study_at_a_t2s_contrast(slice_stack)
     assert study_csf_contrast(stack, [(0, empty)]) == T2_CSF_CONTRAST
     assert study_csf_contrast(stack, [(0, empty), (1, canal), (2, canal)]) == FAINT_T2_CSF_CONTRAST
     assert grow_over_csf(stack, 0, empty, "MR", FAINT_T2_CSF_CONTRAST) == empty
+
+
+def with_root_sleeves(image, canal, spacing=0.5, reach_mm=5.0, thick_mm=2.0):
+    """The slice with a CSF-filled root sleeve leaving the sac on each side, across its middle, ``reach_mm`` long."""
+    out = image.copy()
+    middle = (canal[1] + canal[3]) / 2.0
+    rows = slice(int(round(middle - thick_mm / 2 / spacing)), int(round(middle + thick_mm / 2 / spacing)))
+    reach = int(round(reach_mm / spacing))
+    out[rows, canal[0] - reach:canal[0] + 2] = 600.0
+    out[rows, canal[2] - 2:canal[2] + reach] = 600.0
+    return out
+
+
+@pytest.mark.parametrize("cord", [True, False])
+def test_root_sleeves_leaving_a_sac_round_a_cord_do_not_widen_the_box(cord):
+    # a thoracic sac round its cord, with the root sleeves running 5 mm out either side, and a detector's box
+    # that took in the arch on either side (6 mm beyond the sac). The sleeves are not the sac: the box is trimmed
+    # to 3 mm beyond the sac itself. Below the conus (no cord) the sleeves of the traversing roots lie in the
+    # lateral recesses, which are canal: the box keeps them
+    image, canal, _ = thoracic_slice()
+    if not cord:  # a sac of nerve roots: small dark holes in its CSF, 1 mm across
+        image = np.where(image == 150.0, 600.0, image).astype(np.float32)
+        for j, i in ((6, 10), (10, 16), (12, 22), (20, 12), (22, 20)):
+            image[canal[1] + j:canal[1] + j + 2, canal[0] + i:canal[0] + i + 2] = 150.0
+    image = with_root_sleeves(image, canal)
+    volume = sitk.GetImageFromArray(np.stack([image] * 3))
+    volume.SetSpacing((0.5, 0.5, 2.0))
+    stack = to_axial_stack(volume)
+    detector = (float(canal[0]) - 12.0, float(canal[1]), float(canal[2]) + 12.0, float(canal[3]))
+    box = grow_over_csf(stack, 1, detector, "MR")
+    if not cord:
+        assert box == detector  # within 3 mm of the sleeves' ends
+        return
+    # 3 mm beyond the sac, and at most a millimetre more: where a sleeve leaves the sac, the sac's outline
+    # bulges by a pixel or two
+    assert box[1::2] == detector[1::2]
+    assert canal[0] - 8.0 <= box[0] <= canal[0] - 6.0 and canal[2] + 6.0 <= box[2] <= canal[2] + 8.0

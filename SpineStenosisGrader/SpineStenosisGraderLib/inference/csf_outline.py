@@ -6,7 +6,8 @@ behind it is wide, so the detector's box slides back onto that wide CSF and
 cuts the cord in half. On T2 the canal is the bright CSF and what it wraps
 around (the cord, the nerve roots), so the box is grown to hold that CSF: the
 largest bright blob that lies mostly inside the detector's box; from side to
-side, a box reaching well beyond that CSF is trimmed to it. Where bright
+side, a box reaching well beyond that CSF (where it wraps a cord, without the
+root sleeves leaving it) is trimmed to it. Where bright
 tissue beside the canal (root sleeves, fat, and far from the coil, where the
 signal is low, whatever lies next to it) joins the CSF, the CSF is read in the
 strip under the detector's box alone: its sides stay, its front and back are
@@ -45,6 +46,13 @@ INSIDE_SHARE = 0.5
 INSIDE_MARGIN_MM = 2.0
 #: a canal narrower or shallower than this is not read cleanly (a stenosed sac without CSF signal)
 MIN_CANAL_MM = 5.0
+#: where the CSF wraps a cord (a dark hole in it of at least this area: a thoracic cord is about 40 mm2, a
+#: clump of nerve roots a few), its width is read without the root sleeves that leave it sideways as thin
+#: wings, 2-4 mm thick, towards the foramina: an opening with a disc of this radius drops what is thinner
+#: than 5 mm and keeps the sac, 14 mm and more across. Below the conus, where no cord is, the sleeves stay:
+#: those of the traversing roots lie in the lateral recesses, which are canal
+CORD_HOLE_MIN_MM2 = 20.0
+ROOT_SLEEVE_RADIUS_MM = 2.5
 #: from side to side, a box reaching further than this beyond the CSF's outline is trimmed to this: in the
 #: thoracic spine the detector's box may take in the whole arch on either side of a thin CSF ring
 TRIM_BEYOND_CSF_MM = 3.0
@@ -123,13 +131,32 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: tuple[flo
         return None
     if in_strip:
         return float(box_ij[0]), float(wj0 + rows[0]), float(box_ij[2]), float(wj0 + rows[-1] + 1)
-    columns = np.nonzero(canal.any(axis=0))[0]
+    columns = np.nonzero(_without_root_sleeves(canal, si, sj).any(axis=0))[0]
     if (columns[-1] - columns[0] + 1) * si < MIN_CANAL_MM:
         return None
     # from side to side the detector's box is trusted: CSF running out beside the sac follows the nerve roots
     # into their foramina, which are not canal; front to back is what the cord misled
     return (float(max(wi0 + columns[0], gi0)), float(wj0 + rows[0]),
             float(min(wi0 + columns[-1] + 1, gi1)), float(wj0 + rows[-1] + 1))
+
+
+def _without_root_sleeves(blob: np.ndarray, si: float, sj: float) -> np.ndarray:
+    """The CSF blob without the root sleeves beside it, where it wraps a cord; the blob itself elsewhere."""
+    filled = ndimage.binary_fill_holes(blob)
+    holes, n = ndimage.label(filled & ~blob)
+    if n == 0 or ndimage.sum_labels(np.ones(holes.shape), holes, np.arange(1, n + 1)).max() * si * sj \
+            < CORD_HOLE_MIN_MM2:
+        return blob
+    # the cord filled in, so that the opening keeps the sac whole however thin its CSF around the cord
+    ri, rj = int(round(ROOT_SLEEVE_RADIUS_MM / si)), int(round(ROOT_SLEEVE_RADIUS_MM / sj))
+    yy, xx = np.mgrid[-rj:rj + 1, -ri:ri + 1]
+    sac = ndimage.binary_opening(filled, (xx * si) ** 2 + (yy * sj) ** 2 <= ROOT_SLEEVE_RADIUS_MM ** 2)
+    labels, m = ndimage.label(sac)
+    if m == 0:
+        return blob
+    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, np.arange(1, m + 1))
+    # the opening also takes a pixel off the sac's rounded sides: the blob within a pixel of it is the sac
+    return filled & ndimage.binary_dilation(labels == int(np.argmax(sizes)) + 1, np.ones((3, 3), bool))
 
 
 def _readable(box_ij: Sequence[float], shape: tuple[int, ...]) -> bool:
