@@ -213,3 +213,21 @@ def test_root_sleeves_leaving_a_sac_round_a_cord_do_not_widen_the_box(cord):
     # bulges by a pixel or two
     assert box[1::2] == detector[1::2]
     assert canal[0] - 8.0 <= box[0] <= canal[0] - 6.0 and canal[2] + 6.0 <= box[2] <= canal[2] + 8.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(spacing=st.floats(0.3, 1.0), width=st.floats(13.0, 22.0), depth=st.floats(11.0, 18.0),
+       reach_mm=st.floats(3.0, 8.0), thick_mm=st.floats(1.0, 3.0))
+def test_a_box_trimmed_round_a_cord_holds_the_whole_sac_whatever_its_sleeves(spacing, width, depth, reach_mm,
+                                                                             thick_mm):
+    # the opening that drops the sleeves never eats into the sac: the box holds all of it, and reaches no more
+    # than the 3 mm trim and a millimetre (the bulge where a sleeve leaves the sac) beyond it
+    image, canal, _ = thoracic_slice(spacing, (45.0, 45.0), (width, depth), size_mm=90.0)
+    image = with_root_sleeves(image, canal, spacing, reach_mm, thick_mm)
+    volume = sitk.GetImageFromArray(np.stack([image] * 3))
+    volume.SetSpacing((spacing, spacing, 2.0))
+    stack = to_axial_stack(volume)
+    wide = 6.0 / spacing
+    box = grow_over_csf(stack, 1, (canal[0] - wide, float(canal[1]), canal[2] + wide, float(canal[3])), "MR")
+    assert box[0] <= canal[0] and box[2] >= canal[2]
+    assert canal[0] - box[0] <= 4.0 / spacing + 1 and box[2] - canal[2] <= 4.0 / spacing + 1
