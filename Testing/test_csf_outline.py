@@ -231,3 +231,19 @@ def test_a_box_trimmed_round_a_cord_holds_the_whole_sac_whatever_its_sleeves(spa
     box = grow_over_csf(stack, 1, (canal[0] - wide, float(canal[1]), canal[2] + wide, float(canal[3])), "MR")
     assert box[0] <= canal[0] and box[2] >= canal[2]
     assert canal[0] - box[0] <= 4.0 / spacing + 1 and box[2] - canal[2] <= 4.0 / spacing + 1
+
+
+def test_on_a_faint_slice_fat_brighter_than_half_the_csf_is_not_read_as_csf():
+    # far from the coil the CSF is 2.5 times the tissue around it, and the fat behind the sac (140) is brighter
+    # than half of it (125): read from half the CSF, the fat joins the sac and runs out of the window, and the
+    # box cut through the cord stays. Read from halfway between the tissue and the CSF (0.7 of it), the CSF is
+    # the sac alone, and the box is grown over the cord
+    image, canal, cord_centre_j = thoracic_slice()
+    image = faint(image)
+    image[canal[3] - 2:canal[3] + 40, canal[0] + 4:canal[2] - 4] = np.where(
+        image[canal[3] - 2:canal[3] + 40, canal[0] + 4:canal[2] - 4] == 250.0, 250.0, 140.0)
+    detector = (float(canal[0]) - 2.0, float(cord_centre_j), float(canal[2]) + 2.0, float(canal[3]) + 1.0)
+    contrast = csf_contrast(image, detector, (0.5, 0.5))[1]
+    assert FAINT_T2_CSF_CONTRAST < contrast < T2_CSF_CONTRAST and 140.0 > 0.5 * 250.0
+    fitted = csf_box(image, detector, (0.5, 0.5), FAINT_T2_CSF_CONTRAST)
+    assert fitted == tuple(float(v) for v in canal)

@@ -35,7 +35,10 @@ T2_CSF_CONTRAST = 3.0
 #: fat is bright too, reads about 2 on most slices and so never counts as such a study
 T2_STUDY_SHARE = 0.5
 FAINT_T2_CSF_CONTRAST = 2.0
-#: CSF is what is brighter than this share of it: the partial-volume rim of a thin CSF layer included
+#: CSF is what is brighter than this share of it: the partial-volume rim of a thin CSF layer included. On a
+#: faint slice of a T2 (``study_csf_contrast``) the tissue around reads more than a third of the CSF, and what
+#: is brighter than the median of it (fat, muscle edges) can pass half the CSF and join it: there the CSF is
+#: what is brighter than halfway between the tissue's level (the CSF over its contrast) and the CSF's
 CSF_FRACTION = 0.5
 #: how far beyond the detector's box the CSF is looked for: the thin rim in front of a thoracic cord lies
 #: up to about 5 mm in front of a box that cut the cord in half
@@ -110,7 +113,8 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: tuple[flo
     if contrast < min_contrast:
         return None  # CT, T1, or a slice where the canal is not the brightest thing around
     wj0, wj1, wi0, wi1 = box_window(box_ij, int(round(SEARCH_MARGIN_MM / si)), int(round(SEARCH_MARGIN_MM / sj)), shape)
-    bright = image[wj0:wj1, wi0:wi1] > CSF_FRACTION * csf
+    fraction = CSF_FRACTION if contrast >= T2_CSF_CONTRAST else (1.0 + 1.0 / contrast) / 2.0
+    bright = image[wj0:wj1, wi0:wi1] > fraction * csf
     # the detector's box, grown a little, in window pixels: which blobs lie mostly inside it
     gj0, gj1, gi0, gi1 = box_window(box_ij, int(round(INSIDE_MARGIN_MM / si)), int(round(INSIDE_MARGIN_MM / sj)), shape)
     inside = np.zeros(bright.shape, bool)
