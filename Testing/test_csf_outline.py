@@ -247,3 +247,8 @@ def test_on_a_faint_slice_fat_brighter_than_half_the_csf_is_not_read_as_csf():
     assert FAINT_T2_CSF_CONTRAST < contrast < T2_CSF_CONTRAST and 140.0 > 0.5 * 250.0
     fitted = csf_box(image, detector, (0.5, 0.5), FAINT_T2_CSF_CONTRAST)
     assert fitted == tuple(float(v) for v in canal)
+
+
+def test_a_blank_slice_asked_at_no_contrast_is_not_read():
+    # csf_box is public: a caller may ask for any contrast, and a slice with no signal has none to read
+    assert csf_box(np.zeros((60, 60), np.float32), (20.0, 20.0, 40.0, 40.0), (1.0, 1.0), 0.0) is None

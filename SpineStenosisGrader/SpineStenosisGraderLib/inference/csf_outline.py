@@ -113,7 +113,8 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: tuple[flo
     if contrast < min_contrast:
         return None  # CT, T1, or a slice where the canal is not the brightest thing around
     wj0, wj1, wi0, wi1 = box_window(box_ij, int(round(SEARCH_MARGIN_MM / si)), int(round(SEARCH_MARGIN_MM / sj)), shape)
-    fraction = CSF_FRACTION if contrast >= T2_CSF_CONTRAST else (1.0 + 1.0 / contrast) / 2.0
+    # halfway is taken from a contrast of 1 at least: a caller may ask for less, and a blank slice reads 0
+    fraction = CSF_FRACTION if contrast >= T2_CSF_CONTRAST else (1.0 + 1.0 / max(contrast, 1.0)) / 2.0
     bright = image[wj0:wj1, wi0:wi1] > fraction * csf
     # the detector's box, grown a little, in window pixels: which blobs lie mostly inside it
     gj0, gj1, gi0, gi1 = box_window(box_ij, int(round(INSIDE_MARGIN_MM / si)), int(round(INSIDE_MARGIN_MM / sj)), shape)
