@@ -221,7 +221,9 @@ def test_root_sleeves_leaving_a_sac_round_a_cord_do_not_widen_the_box(cord):
 def test_a_box_trimmed_round_a_cord_holds_the_whole_sac_whatever_its_sleeves(spacing, width, depth, reach_mm,
                                                                              thick_mm):
     # the opening that drops the sleeves never eats into the sac: the box holds all of it, and reaches no more
-    # than the 3 mm trim and a millimetre (the bulge where a sleeve leaves the sac) beyond it
+    # than the 3 mm trim, 2 mm and a pixel beyond it: where a sleeve nearly as thick as the opening's 5 mm disc
+    # leaves a small sac, the disc still fits into the sleeve's base (up to 2 mm on a 13 x 11 mm sac with 3 mm
+    # sleeves, over 400 random draws), and the pixels round it off
     image, canal, _ = thoracic_slice(spacing, (45.0, 45.0), (width, depth), size_mm=90.0)
     image = with_root_sleeves(image, canal, spacing, reach_mm, thick_mm)
     volume = sitk.GetImageFromArray(np.stack([image] * 3))
@@ -230,7 +232,7 @@ def test_a_box_trimmed_round_a_cord_holds_the_whole_sac_whatever_its_sleeves(spa
     wide = 6.0 / spacing
     box = grow_over_csf(stack, 1, (canal[0] - wide, float(canal[1]), canal[2] + wide, float(canal[3])), "MR")
     assert box[0] <= canal[0] and box[2] >= canal[2]
-    assert canal[0] - box[0] <= 4.0 / spacing + 1 and box[2] - canal[2] <= 4.0 / spacing + 1
+    assert canal[0] - box[0] <= 5.0 / spacing + 1 and box[2] - canal[2] <= 5.0 / spacing + 1
 
 
 def test_on_a_faint_slice_fat_brighter_than_half_the_csf_is_not_read_as_csf():
