@@ -6,8 +6,9 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from SpineStenosisGraderLib.inference.csf_outline import (FAINT_T2_CSF_CONTRAST, T2_CSF_CONTRAST, csf_box, csf_contrast,
-                                                           grow_over_csf, study_csf_contrast)
+from SpineStenosisGraderLib.inference.csf_outline import (FAINT_T2_CSF_CONTRAST, SAC_FOLLOW_MM, T2_CSF_CONTRAST, csf_box,
+                                                           csf_contrast, follow_sac_down, grow_over_csf,
+                                                           study_csf_contrast)
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
 
@@ -254,3 +255,78 @@ def test_on_a_faint_slice_fat_brighter_than_half_the_csf_is_not_read_as_csf():
 def test_a_blank_slice_asked_at_no_contrast_is_not_read():
     # csf_box is public: a caller may ask for any contrast, and a slice with no signal has none to read
     assert csf_box(np.zeros((60, 60), np.float32), (20.0, 20.0, 40.0, 40.0), (1.0, 1.0), 0.0) is None
+
+
+def lordotic_sac(n_slices=140, sac_end=8, back_per_slice_mm=1.2, csf=250.0, beside=None, remnant_mm=None,
+                 slice_mm=1.0, bend=39):
+    """A lumbar T2: a sac 14 x 12 mm of CSF at ``csf`` (tissue 100) that runs back as it descends below ``bend``.
+
+    The sac is on the slices from ``sac_end`` up; ``beside`` (i, j in mm) puts a bright blob of CSF's size
+    there on every slice; below the sac, ``remnant_mm`` puts a bright blob 6 mm across that far behind where
+    its centre was. Returns the stack and the sac's box (i0, j0, i1, j1) on each slice, in pixel edges.
+    """
+    spacing, n = 0.5, 200
+    jj, ii = (np.mgrid[:n, :n] + 0.5) * spacing
+    slices, boxes = [], {}
+    for k in range(n_slices):
+        image = np.full((n, n), 100.0, np.float32)
+        cj = 20.0 + back_per_slice_mm * max(0, bend - k)  # moving back (+j) going down
+        if k >= sac_end:
+            sac = ((ii - 40.0) / 7.0) ** 2 + ((jj - cj) / 6.0) ** 2 <= 1.0
+            image[sac] = csf
+            rows, columns = np.nonzero(sac.any(axis=1))[0], np.nonzero(sac.any(axis=0))[0]
+            boxes[k] = (float(columns[0]), float(rows[0]), float(columns[-1] + 1), float(rows[-1] + 1))
+        elif remnant_mm is not None:
+            image[(ii - 40.0) ** 2 + (jj - cj - remnant_mm) ** 2 <= 3.0 ** 2] = csf
+        if beside is not None:
+            image[((ii - beside[0]) / 7.0) ** 2 + ((jj - beside[1]) / 6.0) ** 2 <= 1.0] = csf
+        slices.append(image)
+    volume = sitk.GetImageFromArray(np.stack(slices))
+    volume.SetSpacing((spacing, spacing, slice_mm))
+    return to_axial_stack(volume), boxes
+
+
+@pytest.mark.parametrize("back_per_slice_mm", [0.0, 1.2, 1.6])
+def test_the_sac_is_followed_down_its_own_course_to_where_it_ends(back_per_slice_mm):
+    # the detector tracked the sac from slice 139 down to 30, where it turns back into the sacrum; its CSF, 2.5
+    # times as bright as around it (a fast spin-echo T2 far from the coil), shows it down to slice 8, 22 mm lower,
+    # moving back by up to 35 mm on the way: every slice's box is the sac's, and none is given below it
+    stack, boxes = lordotic_sac(back_per_slice_mm=back_per_slice_mm)
+    followed = follow_sac_down(stack, (30, 139), boxes[30], T2_CSF_CONTRAST)
+    assert sorted(followed) == list(range(8, 30))
+    assert all(followed[k] == boxes[k] for k in followed)
+
+
+def test_the_sac_is_followed_no_further_than_l5_s1_can_lie_below_the_track():
+    stack, boxes = lordotic_sac(n_slices=160, sac_end=0, bend=59)
+    followed = follow_sac_down(stack, (50, 159), boxes[50], T2_CSF_CONTRAST)
+    assert min(followed) == 50 - int(SAC_FOLLOW_MM)
+
+
+def test_following_the_sac_never_jumps_to_something_bright_beside_it():
+    # where the sac ends, CSF-bright tissue 2 mm beside where it was (a root sleeve, a vessel) is not taken
+    stack, boxes = lordotic_sac(back_per_slice_mm=0.0, beside=(56.0, 20.0))
+    followed = follow_sac_down(stack, (30, 139), boxes[30], T2_CSF_CONTRAST)
+    assert sorted(followed) == list(range(8, 30))
+    # and a study whose CSF is too faint to read (CT, a T1) is not followed at all
+    faint_stack, boxes = lordotic_sac(csf=150.0)
+    assert follow_sac_down(faint_stack, (30, 139), boxes[30], T2_CSF_CONTRAST) == {}
+
+
+@pytest.mark.parametrize("remnant_mm, followed_to", [(5.0, 8), (1.0, 0)])
+def test_where_the_sac_ends_a_small_bright_remnant_off_its_course_is_not_followed(remnant_mm, followed_to):
+    # below the end of the sac, CSF 6 mm across lies 5 mm behind where its centre was: the box would move 5 mm
+    # from one 1 mm slice to the next, more than the sac can, so the following stops; 1 mm behind, it goes on
+    stack, boxes = lordotic_sac(back_per_slice_mm=0.0, remnant_mm=remnant_mm)
+    followed = follow_sac_down(stack, (30, 139), boxes[30], T2_CSF_CONTRAST)
+    assert min(followed) == followed_to
+
+
+@pytest.mark.parametrize("track, slice_mm, followed", [((30, 130), 1.0, True), ((30, 129), 1.0, False),
+                                                         ((10, 60), 3.0, False), ((10, 60), 2.0, True)])
+def test_the_sac_is_followed_only_below_a_long_track_on_thin_slices(track, slice_mm, followed):
+    # below a track of 100 mm or more the level rules can tell L5-S1 from a disc remnant in the sacrum; on
+    # slices thicker than 2 mm a sac turning back moves by half its depth from one slice to the next
+    stack, boxes = lordotic_sac(n_slices=140, sac_end=0, back_per_slice_mm=0.0, slice_mm=slice_mm)
+    lowest = track[0]
+    assert bool(follow_sac_down(stack, track, boxes[lowest], T2_CSF_CONTRAST)) == followed

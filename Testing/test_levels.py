@@ -422,6 +422,31 @@ def test_the_sacral_remnant_rule_reads_lumbar_studies_without_alae_only(region, 
     assert len(kept) == 6 and warnings == []
 
 
+@pytest.mark.parametrize("bend, dropped", [(106, None), (115, None), (116, 106), (130, 106), (None, 106)])
+def test_a_lowest_level_at_the_canals_bend_into_the_sacrum_is_l5_s1_however_close_to_the_next(bend, dropped):
+    # VB2 07: in a steep lordosis L5 is a wedge, short at the back, and at the canal L5-S1 (slice 106) lies only
+    # 24 mm below L4-L5, 0.66 of the 36 mm between the levels above, as a remnant in the sacrum would. It lies at
+    # the canal's bend into the sacrum, and the remnant a sacral segment (21 mm or more) below: one less than
+    # 10 mm below the bend stays, one 10 mm or more below it, or with no bend, is dropped
+    slices = [106, 130, 166, 197, 234, 274]
+    kept, warnings = drop_sacral_level(_levels_at(slices), 1.0, "lumbar", sacrum_found=False, bend_slice=bend)
+    assert [lv.slice_index for lv in kept] == [k for k in slices if k != dropped]
+    assert len(warnings) == (dropped is not None)
+
+
+def test_a_disc_on_the_sac_followed_below_the_detectors_track_is_found_from_its_dark_band():
+    # the detector tracked slices 20 up; below, the sac was followed over its CSF (score 0, no disc probability
+    # of its own), and the column in front of it shows a dark band at slice 10: L5-S1
+    canals = synthetic_canals(64, [32, 44, 56])
+    for k in range(5, 20):
+        canals[k] = SliceCanal(k, canals[k].box_ij, 0.0, 0.0)
+    canals[:5] = [None] * 5
+    bands = np.zeros(64)
+    bands[9:12] = 1.0
+    levels = find_discs(canals, 64, 3.0, "lumbar", bands)
+    assert [lv.slice_index for lv in levels] == [10, 32, 44, 56]
+
+
 def test_the_sacral_remnant_is_told_in_mm():
     kept, warnings = drop_sacral_level(_levels_at([8, 29, 56, 99, 136, 175]), 2.0, "lumbar", sacrum_found=False)
     assert len(kept) == 5 and "42 mm below the next" in warnings[0] and "76 mm between" in warnings[0]

@@ -276,6 +276,25 @@ def test_a_healthy_lumbar_t2_with_shallow_disc_bands_gets_its_discs_and_no_level
     assert all(min(abs(k - d) for d in discs) <= 10.0 for k in between)
 
 
+def test_a_steep_lordosis_whose_sac_the_detector_loses_above_the_sacrum_still_gets_l5_s1_and_its_names(package):
+    # VB2 scan 07 (fastcleverseg, never trained on): a sagittal fast spin-echo T2, T10 to the sacrum, in a steep
+    # lordosis. The detector loses the sac 15 mm above L5-S1, where it turns back into the sacrum, so L5-S1 was
+    # missed and L4-L5 up to T11-T12 were each named a level too low. The sac is followed down over its bright
+    # CSF, and L5-S1 is found there: at the back of its wedge-shaped L5, only 24 mm below L4-L5
+    score_vb2 = load_script(DATA / "score_fastcleverseg_vb2.py", "score_vb2")
+    stack, bodies = score_vb2.read_scan(DATA / "fastcleverseg_vb2" / "07.mat")
+    assert len(bodies) == 7  # T11 to L5, the lowest first
+    discs = dict(zip(["L4-L5", "L3-L4", "L2-L3", "L1-L2", "T12-L1", "T11-T12"], score_vb2.gap_middles(bodies)))
+    result = grade_stack(stack, package, modality="MR")
+    assert result.study.region == "lumbar"
+    levels = {level.name: level.slice_index for level in result.levels}
+    # 1 mm slices; this disc slopes down to the front, where L5's body reaches down to its lowest slice (95)
+    assert bodies[0][1] <= levels["L5-S1"] <= discs["L4-L5"] - 15.0
+    assert all(abs(levels[name] - k) <= 8.0 for name, k in discs.items())
+    assert any("followed over its bright CSF" in w for w in result.warnings)
+    assert not any("remnant of a disc inside the sacrum" in w for w in result.warnings)
+
+
 def test_a_patients_lumbar_t2_keeps_no_level_in_the_sacrum_below_where_the_canal_turns_back(package):
     # VB1 scan 07 (fastcleverseg, never trained on): a sagittal T2 of a patient's lumbar spine, T10 to the lower
     # sacrum, graded as its axial reformat. The disc remnants in its sacrum look like discs to the detector, 32

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .inference.contrast import t1_warning
-from .inference.csf_outline import T2_CSF_CONTRAST, grow_over_csf, study_csf_contrast
+from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_csf, study_csf_contrast
 from .inference.landmarks import (band_depth_fraction, dark_bands, endplate_gaps, find_foramen_magnum,
                                   find_lumbosacral_bend, find_sacrum, measure_bone)
 from .inference.levels import (
@@ -128,6 +128,18 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if user_region is None and region != UNKNOWN_REGION:
         # a region read from the anatomy is never a reason to refuse: the user did not choose it
         warnings += package.compatibility_mismatches("", region)
+    if modality == "MR" and region == "lumbar" and detections:
+        # in a steep lordosis the detector loses the sac where it turns back into the sacrum, above L5-S1; its
+        # bright CSF still shows it there
+        lowest = detections[0].slice_index
+        followed = follow_sac_down(stack, (lowest, detections[-1].slice_index), canals[lowest].box_ij, min_contrast)
+        for k, box_ij in followed.items():
+            canals[k] = SliceCanal(k, box_ij, 0.0, 0.0)
+        detections = sorted(detections + [CanalDetection(k, stack.slice_box(k, box_ij), 0.0, 0.0)
+                                          for k, box_ij in followed.items()], key=lambda d: d.slice_index)
+        if followed:
+            warnings.append(f"Below slice {lowest}, where the detector lost the canal, the sac was followed over "
+                            f"its bright CSF down to slice {min(followed)} (detection score 0 there).")
     # the disc seen in the image, whatever the detector thinks of the slice: a gap in the bone on CT, a dark band
     # in the vertebral column on MR
     gaps = (endplate_gaps(stack, canals) if modality == "CT"
@@ -136,11 +148,12 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     discs, cistern_warnings = drop_cisterns(find_discs(canals, stack.n_slices, dz, region, gaps,
                                                        sacrum_top_slice=sacrum_top), stack.spacing, region)
     warnings.extend(cistern_warnings)
-    discs, sacral_warnings = drop_sacral_level(discs, dz, region, sacrum_found=sacrum is not None)
-    warnings.extend(sacral_warnings)
     # MR only: checked on 29 lumbar T2 scans; on a sagittal CT's 3-4 mm reformats (VerSe 014, in lordosis) the
     # bend lay high and dropped the L5-S1 below the labelled discs. On CT the alae are read instead
     bend = find_lumbosacral_bend(stack, canals) if modality == "MR" and region == "lumbar" and sacrum is None else None
+    discs, sacral_warnings = drop_sacral_level(discs, dz, region, sacrum_found=sacrum is not None,
+                                               bend_slice=bend.top_slice if bend else None)
+    warnings.extend(sacral_warnings)
     discs, bend_warnings = drop_below_lumbosacral_bend(discs, dz, region, bend.top_slice if bend else None,
                                                        sacrum_found=sacrum is not None)
     warnings.extend(bend_warnings)

@@ -59,6 +59,26 @@ ROOT_SLEEVE_RADIUS_MM = 2.5
 #: from side to side, a box reaching further than this beyond the CSF's outline is trimmed to this: in the
 #: thoracic spine the detector's box may take in the whole arch on either side of a thin CSF ring
 TRIM_BEYOND_CSF_MM = 3.0
+#: below the lowest slice the detector tracked, a lumbar sac is followed down over its CSF for at most this far.
+#: In a steep lordosis the canal turns back into the sacrum so sharply that the detector, which learnt canals
+#: cut nearly square, loses it up to 20 mm above the middle of L5-S1 (VB2 07, fastcleverseg_ivd_46), where the
+#: sac is still bright; L5-S1 lies no further below than this
+SAC_FOLLOW_MM = 30.0
+#: from one slice to the next the followed sac's box moves by at most this plus SAC_BACK_PER_MM per mm between
+#: the slices: the sac runs back at most about 1.5 mm per mm down (the lumbosacral angle), and its box jitters
+#: by a pixel or two. A box that moves further has left the sac: where the sac ends in the sacrum, the CSF
+#: read shrinks to a third of the box above it, 6 mm off (VB2 07)
+SAC_STEP_MM = 2.5
+SAC_BACK_PER_MM = 1.5
+#: the sac is followed only on slices this thin or thinner: on thicker ones, where it turns back, it moves by
+#: half its depth from one slice to the next, and which bright blob continues it is no longer clear (on the
+#: 3 and 4 mm reformats of the lumbar validation T2, the dark bands in front of the followed sac set levels
+#: in L4's and L5's bodies)
+SAC_FOLLOW_MAX_SLICE_MM = 2.0
+#: and only below a track this long, about three lumbar vertebrae: above a short one the levels cannot tell
+#: L5-S1 from a disc remnant in the sacrum (``levels.drop_sacral_level``, the canal's bend), and on 40 and
+#: 90 mm windows of a lumbar T2 a band in S1's body, in front of the followed sac, became L5-S1
+SAC_FOLLOW_MIN_TRACK_MM = 100.0
 
 
 def box_window(box_ij: Sequence[float], margin_i: int, margin_j: int,
@@ -212,3 +232,45 @@ def grow_over_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, floa
     reach = TRIM_BEYOND_CSF_MM / stack.spacing[0]
     return (max(min(box_ij[0], csf[0]), csf[0] - reach), min(box_ij[1], csf[1]),
             min(max(box_ij[2], csf[2]), csf[2] + reach), max(box_ij[3], csf[3]))
+
+
+def follow_sac_down(stack: AxialStack, track: tuple[int, int], box_ij: Sequence[float],
+                    min_contrast: float) -> dict[int, tuple[float, float, float, float]]:
+    """The lumbar sac below the track's lowest slice, followed slice by slice over its CSF: {slice: box}.
+
+    Each slice's box is ``csf_box`` under the box of the slice above it, so the
+    CSF must lie mostly where the sac was one slice higher: the sac's own
+    course, however steeply it turns back, and never a jump to something bright
+    beside it. The CSF is read from FAINT_T2_CSF_CONTRAST (or ``min_contrast``,
+    the study's, if lower): far from the coil, where the sac runs into the
+    pelvis, a fast spin-echo T2's CSF reads 2-2.7 times the tissue around it.
+    It stops where the CSF can no longer be read (the sac narrows into the
+    sacrum, bright fat joins it), where the box moves more than the sac can
+    between two slices (SAC_STEP_MM, SAC_BACK_PER_MM), after SAC_FOLLOW_MM, or
+    at the first slice. ``track`` is the (lowest, highest) slice the detector
+    tracked, and ``box_ij`` the canal box on the lowest. Empty where that
+    box's CSF cannot be read, on slices thicker than SAC_FOLLOW_MAX_SLICE_MM,
+    or below a track shorter than SAC_FOLLOW_MIN_TRACK_MM.
+    """
+    spacing = (stack.spacing[0], stack.spacing[1])
+    dz = stack.spacing[2]
+    lowest_slice, highest_slice = track
+    followed: dict[int, tuple[float, float, float, float]] = {}
+    if dz > SAC_FOLLOW_MAX_SLICE_MM or (highest_slice - lowest_slice) * dz < SAC_FOLLOW_MIN_TRACK_MM:
+        return followed
+    contrast = min(min_contrast, FAINT_T2_CSF_CONTRAST)
+    above = csf_box(stack.array[lowest_slice], box_ij, spacing, contrast)
+    k = lowest_slice - 1
+    while above is not None and k >= 0 and (lowest_slice - k) * dz <= SAC_FOLLOW_MM:
+        box = csf_box(stack.array[k], above, spacing, contrast)
+        if box is None or _step_mm(above, box, spacing) > SAC_STEP_MM + SAC_BACK_PER_MM * dz:
+            break
+        followed[k] = above = box
+        k -= 1
+    return followed
+
+
+def _step_mm(a: Sequence[float], b: Sequence[float], pixel_spacing: tuple[float, float]) -> float:
+    """How far apart the centres of two boxes (i0, j0, i1, j1) are, in mm."""
+    return float(np.hypot((b[0] + b[2] - a[0] - a[2]) / 2.0 * pixel_spacing[0],
+                          (b[1] + b[3] - a[1] - a[3]) / 2.0 * pixel_spacing[1]))

@@ -79,6 +79,12 @@ NEXT_TWO_SPACING_RATIO = 1.15
 #: two vertebrae); up to SACRAL_SPACINGS_ABOVE spacings above the lowest give the typical one
 SACRAL_MIN_LEVELS = 5
 SACRAL_SPACINGS_ABOVE = 4
+#: a lowest level less than this below the canal's bend into the sacrum is no remnant, however close to the
+#: next: the bend lies at L5-S1 or above it (``BELOW_LUMBOSACRAL_BEND_MM``), and the S1-S2 remnant 21 mm or more
+#: below L5-S1. In a steep lordosis L5 is a wedge, short at the back, so at the canal L5-S1 may lie only 0.66
+#: of the spacing of the levels above it below L4-L5 (VB2 07, where the sac was followed below the detector's
+#: track)
+SACRAL_BELOW_BEND_MM = 10.0
 #: disc-to-disc distance along an adult spine (mm): a vertebral body and a disc; cervical bodies are about
 #: 14 mm tall, lower thoracic 20-25 mm, lumbar 25-30 mm, with 5-10 mm of disc
 TYPICAL_DISC_SPACING_MM = {"lumbar": 33.0, "thoracic": 23.0, "cervical": 16.0}
@@ -166,7 +172,8 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     slice, from 0 to 1, how surely the image itself shows a disc: on CT a gap
     in the bone between two endplates, on MR a dark band in the vertebral
     column; see ``landmarks``) raises it, also on a slice whose canal box is
-    faint (below ``min_score``, let in by the tracking's tube): the detector is
+    faint (below ``min_score``, let in by the tracking's tube, or followed over
+    the CSF below the track): the detector is
     often unsure of the canal right at a disc, so there its probability is not used. A
     peak must rise MIN_PEAK_RISE above the profile's running baseline, so a
     detector that is unsure on an unfamiliar contrast still places the discs
@@ -185,10 +192,10 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
         return []
     by_slice = {c.slice_index: c for c in canals if c is not None}
     gaps = np.zeros(n_slices) if endplate_gaps is None else np.asarray(endplate_gaps, dtype=float)
-    # a faint box the tube let in lies on the canal, so the image's own disc sign there (a gap in the bone, a
-    # dark band) counts; its detector probability does not, and the confident neighbours' stands in for it
+    # a faint box the tube let in, or a sac followed over its CSF below the track (``csf_outline``), lies on the
+    # canal, so the image's own disc sign there (a gap in the bone, a dark band) counts; its detector probability
+    # does not, and the nearest confident one's stands in for it
     tracked = np.array(sorted(by_slice), dtype=int)
-    tracked = tracked[(tracked >= confident[0]) & (tracked <= confident[-1])]
     profile = np.interp(np.arange(n_slices), confident, profile[confident])
     evidence = np.full(n_slices, np.nan)
     evidence[tracked] = np.maximum(profile[tracked],
@@ -339,7 +346,7 @@ def _one_per_vertebra(levels: list[LevelCandidate], slice_spacing_mm: float, sep
 
 
 def drop_sacral_level(levels: Sequence[LevelCandidate], slice_spacing_mm: float, region: str,
-                      sacrum_found: bool) -> tuple[list[LevelCandidate], list[str]]:
+                      sacrum_found: bool, bend_slice: Optional[int] = None) -> tuple[list[LevelCandidate], list[str]]:
     """Drop a lumbar study's lowest level when it lies too close below the next: a disc remnant in the sacrum.
 
     The sacrum's segments are fused, but on MR the remnant of the disc between
@@ -348,11 +355,16 @@ def drop_sacral_level(levels: Sequence[LevelCandidate], slice_spacing_mm: float,
     to place L5-S1 from, a lowest level closer than SACRAL_SPACING_RATIO of the
     spacing of the levels above it to the next is taken for that remnant, unless
     the next is itself too close to the one above it (then one of the two is in
-    a vertebral body, and the spacing does not tell which). Returns the levels
-    kept and a warning for a level dropped.
+    a vertebral body, and the spacing does not tell which), or unless it lies
+    less than SACRAL_BELOW_BEND_MM below where the canal turns back into the
+    sacrum (``bend_slice``, ``landmarks.find_lumbosacral_bend``): the remnant
+    lies a sacral segment below L5-S1, which lies at the bend or below it.
+    Returns the levels kept and a warning for a level dropped.
     """
     levels = list(levels)
     if region != "lumbar" or sacrum_found or len(levels) < SACRAL_MIN_LEVELS:
+        return levels, []
+    if bend_slice is not None and (bend_slice - levels[0].slice_index) * slice_spacing_mm < SACRAL_BELOW_BEND_MM:
         return levels, []
     ks = [lv.slice_index for lv in levels]
     spacings = np.diff(ks) * slice_spacing_mm
