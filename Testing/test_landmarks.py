@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, band_depth_fraction,
                                                       canal_front_wall, dark_bands, disc_back_density,
-                                                      endplate_gaps, find_foramen_magnum, find_lumbosacral_bend)
-from SpineStenosisGraderLib.inference.levels import SliceCanal, find_discs
+                                                      endplate_gaps, find_foramen_magnum, find_lumbosacral_bend,
+                                                      onto_the_discs)
+from SpineStenosisGraderLib.inference.levels import LevelCandidate, SliceCanal, find_discs
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
 CANAL = (40.0, 50.0, 60.0, 66.0)  # i0, j0, i1, j1 in 1 mm pixels; anterior is smaller j
@@ -44,6 +45,23 @@ def test_the_gaps_between_endplates_are_the_discs_not_the_middle_of_a_body():
     stack, canals = spine_ct(vertebrae(discs, 40))
     assert np.nonzero(endplate_gaps(stack, canals))[0].tolist() == discs
 
+
+
+def _level(k, canals):
+    return LevelCandidate(k, canals[k].box_ij, 0.9, 0.6, (k,))
+
+
+@pytest.mark.parametrize("slice_mm, on, expected", [(3.0, 14, 15), (3.0, 16, 15), (3.0, 15, 15), (2.0, 16, 15),
+                                                    (3.0, 20, 20), (3.0, 19, 19), (4.0, 16, 16)])
+def test_a_ct_level_on_an_endplate_moves_onto_its_disc(slice_mm, on, expected):
+    # the disc on slice 15 (80 HU) between endplates (300 HU) on 14 and 16: a level on an endplate moves onto
+    # the disc, 3 mm away; one on the disc, or in a body's soft middle (slice 20, 60 HU) or its cancellous bone
+    # next to it (slice 19, 120 HU), which are no endplate, stays; on 4 mm slices (one slice is nearly half a
+    # disc) too
+    stack, canals = spine_ct(vertebrae([5, 15, 25, 35], 40), slice_mm)
+    moved = onto_the_discs(stack, canals, [_level(5, canals), _level(on, canals)])
+    assert [lv.slice_index for lv in moved] == [5, expected]
+    assert moved[1].box_ij == canals[expected].box_ij
 
 
 def osteoporotic_vertebrae(discs, middles, n):

@@ -13,7 +13,7 @@ from .errors import InputError
 from .inference.contrast import t1_warning
 from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_csf, study_csf_contrast
 from .inference.landmarks import (band_depth_fraction, dark_bands, endplate_gaps, find_foramen_magnum,
-                                  find_lumbosacral_bend, find_sacrum, measure_bone)
+                                  find_lumbosacral_bend, find_sacrum, measure_bone, onto_the_discs)
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -147,6 +147,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     sacrum_top = sacrum.top_slice if sacrum else None
     discs, cistern_warnings = drop_cisterns(find_discs(canals, stack.n_slices, dz, region, gaps,
                                                        sacrum_top_slice=sacrum_top), stack.spacing, region)
+    if modality == "CT":
+        # the detector's disc sign may peak on an endplate next to the disc; the bone tells them apart
+        discs = onto_the_discs(stack, canals, discs)
     warnings.extend(cistern_warnings)
     # MR only: checked on 29 lumbar T2 scans; on a sagittal CT's 3-4 mm reformats (VerSe 014, in lordosis) the
     # bend lay high and dropped the L5-S1 below the labelled discs. On CT the alae are read instead
