@@ -64,6 +64,16 @@ def test_a_ct_level_on_an_endplate_moves_onto_its_disc(slice_mm, on, expected):
     assert moved[1].box_ij == canals[expected].box_ij
 
 
+def test_two_levels_flanking_one_disc_do_not_both_move_onto_it():
+    # a neck's levels may lie 9 mm apart: on 1 mm slices, a disc on slice 15 in dense bone, and a level 4 mm
+    # below it and 5 mm above it. The lower moves onto the disc; the upper would land there too, and stays
+    densities = np.full(30, 300.0)
+    densities[15] = 80.0
+    stack, canals = spine_ct(densities, 1.0)
+    moved = onto_the_discs(stack, canals, [_level(11, canals), _level(20, canals)])
+    assert [lv.slice_index for lv in moved] == [15, 20]
+
+
 def osteoporotic_vertebrae(discs, middles, n):
     # bodies of 120 HU; at each disc (80 HU) endplates of 300 HU; in the middle of each body a soft spot (70 HU)
     # between cancellous bone of 160 HU 3 mm above and below it: as deep a gap as a disc's, bounded by bone,

@@ -325,15 +325,17 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
     just in front of the canal (``disc_back_density``, from the canal's front
     wall) tells them apart: 75-100 HU at a disc, 150 HU (BONE_HU) and more at an
     endplate. Such a level moves to the slice of least density within
-    ON_DISC_HALF_MM, where a canal was tracked. Levels on slices that do not
-    read as bone, and every level of a study with slices thicker than
-    ON_DISC_MAX_SLICE_MM, stay.
+    ON_DISC_HALF_MM, where a canal was tracked, unless another level already
+    lies there (two levels of a neck, 9 mm apart, may flank one disc). Levels on
+    slices that do not read as bone, and every level of a study with slices
+    thicker than ON_DISC_MAX_SLICE_MM, stay.
     """
     dz = stack.spacing[2]
     if dz > ON_DISC_MAX_SLICE_MM:
         return list(levels)
     density = disc_back_density(stack, canals, wall_hu=CANAL_WALL_HU)
     half = int(round(ON_DISC_HALF_MM / dz))
+    taken = {level.slice_index for level in levels}
     moved = []
     for level in levels:
         k = level.slice_index
@@ -341,10 +343,11 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
             near = [j for j in range(max(0, k - half), min(stack.n_slices, k + half + 1)) if not np.isnan(density[j])]
             # the least dense, the nearest of equals
             j = min(near, key=lambda i: (density[i], abs(i - k)))
-            if density[j] < density[k]:
+            if density[j] < density[k] and j not in taken:
+                taken = (taken - {k}) | {j}
                 level = dataclasses.replace(level, slice_index=j, box_ij=canals[j].box_ij)
         moved.append(level)
-    return moved
+    return sorted(moved, key=lambda level: level.slice_index)
 
 
 def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[Landmark]:
