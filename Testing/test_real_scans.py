@@ -278,9 +278,9 @@ def test_a_healthy_lumbar_t2_with_shallow_disc_bands_gets_its_discs_and_no_level
 
 def test_a_steep_lordosis_whose_sac_the_detector_loses_above_the_sacrum_still_gets_l5_s1_and_its_names(package):
     # VB2 scan 07 (fastcleverseg, never trained on): a sagittal fast spin-echo T2, T10 to the sacrum, in a steep
-    # lordosis. The detector loses the sac 15 mm above L5-S1, where it turns back into the sacrum, so L5-S1 was
-    # missed and L4-L5 up to T11-T12 were each named a level too low. The sac is followed down over its bright
-    # CSF, and L5-S1 is found there: at the back of its wedge-shaped L5, only 24 mm below L4-L5
+    # lordosis. The detector loses the sac where it turns back into the sacrum, 20 mm above the middle of L5-S1,
+    # so L5-S1 was missed and L4-L5 up to T11-T12 were each named a level too low. The sac is followed over its
+    # bright CSF, and L5-S1 is found there: at the back of its wedge-shaped L5, only 24 mm below L4-L5
     score_vb2 = load_script(DATA / "score_fastcleverseg_vb2.py", "score_vb2")
     stack, bodies = score_vb2.read_scan(DATA / "fastcleverseg_vb2" / "07.mat")
     assert len(bodies) == 7  # T11 to L5, the lowest first
