@@ -51,6 +51,11 @@ def _level(k, canals):
     return LevelCandidate(k, canals[k].box_ij, 0.9, 0.6, (k,))
 
 
+def bone(stack, canals):
+    """The bone in front of the canal as the pipeline reads it for ``endplate_gaps`` and ``onto_the_discs``."""
+    return disc_back_density(stack, canals, wall_hu=CANAL_WALL_HU)
+
+
 @pytest.mark.parametrize("slice_mm, on, expected", [(3.0, 14, 15), (3.0, 16, 15), (3.0, 15, 15), (2.0, 16, 15),
                                                     (3.0, 20, 20), (3.0, 19, 19), (4.0, 16, 16)])
 def test_a_ct_level_on_an_endplate_moves_onto_its_disc(slice_mm, on, expected):
@@ -59,7 +64,7 @@ def test_a_ct_level_on_an_endplate_moves_onto_its_disc(slice_mm, on, expected):
     # next to it (slice 19, 120 HU), which are no endplate, stays; on 4 mm slices (one slice is nearly half a
     # disc) too
     stack, canals = spine_ct(vertebrae([5, 15, 25, 35], 40), slice_mm)
-    moved = onto_the_discs(stack, canals, [_level(5, canals), _level(on, canals)])
+    moved = onto_the_discs(stack, canals, [_level(5, canals), _level(on, canals)], bone(stack, canals))
     assert [lv.slice_index for lv in moved] == [5, expected]
     assert moved[1].box_ij == canals[expected].box_ij
 
@@ -70,7 +75,7 @@ def test_two_levels_flanking_one_disc_do_not_both_move_onto_it():
     densities = np.full(30, 300.0)
     densities[15] = 80.0
     stack, canals = spine_ct(densities, 1.0)
-    moved = onto_the_discs(stack, canals, [_level(11, canals), _level(20, canals)])
+    moved = onto_the_discs(stack, canals, [_level(11, canals), _level(20, canals)], bone(stack, canals))
     assert [lv.slice_index for lv in moved] == [15, 20]
 
 

@@ -12,8 +12,9 @@ import SimpleITK as sitk
 from .errors import InputError
 from .inference.contrast import t1_warning
 from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_csf, study_csf_contrast
-from .inference.landmarks import (band_depth_fraction, dark_bands, endplate_gaps, find_foramen_magnum,
-                                  find_lumbosacral_bend, find_sacrum, measure_bone, onto_the_discs)
+from .inference.landmarks import (CANAL_WALL_HU, band_depth_fraction, dark_bands, disc_back_density, endplate_gaps,
+                                  find_foramen_magnum, find_lumbosacral_bend, find_sacrum, measure_bone,
+                                  onto_the_discs)
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -142,14 +143,16 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
                             f"its bright CSF down to slice {min(followed)} (detection score 0 there).")
     # the disc seen in the image, whatever the detector thinks of the slice: a gap in the bone on CT, a dark band
     # in the vertebral column on MR
-    gaps = (endplate_gaps(stack, canals) if modality == "CT"
+    # on CT the bone in front of the canal, read once: for the gaps, and for the levels on an endplate below
+    bone = disc_back_density(stack, canals, wall_hu=CANAL_WALL_HU) if modality == "CT" else None
+    gaps = (endplate_gaps(stack, canals, bone) if modality == "CT"
             else dark_bands(stack, canals, DISC_HEIGHT_MM[region], band_depth_fraction(region)))
     sacrum_top = sacrum.top_slice if sacrum else None
     discs, cistern_warnings = drop_cisterns(find_discs(canals, stack.n_slices, dz, region, gaps,
                                                        sacrum_top_slice=sacrum_top), stack.spacing, region)
     if modality == "CT":
         # the detector's disc sign may peak on an endplate next to the disc; the bone tells them apart
-        discs = onto_the_discs(stack, canals, discs)
+        discs = onto_the_discs(stack, canals, discs, bone)
     warnings.extend(cistern_warnings)
     # MR only: checked on 29 lumbar T2 scans; on a sagittal CT's 3-4 mm reformats (VerSe 014, in lordosis) the
     # bend lay high and dropped the L5-S1 below the labelled discs. On CT the alae are read instead

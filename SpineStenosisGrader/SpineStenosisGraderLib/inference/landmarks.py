@@ -288,7 +288,8 @@ def dark_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_h
     return ndimage.maximum_filter1d(bands, 2 * spread + 1) if spread else bands
 
 
-def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:
+def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
+                  density: Optional[np.ndarray] = None) -> np.ndarray:
     """Per slice, how surely the bone in front of the canal (CT) shows a disc: a gap between two endplates.
 
     That is a disc seen in the bone, whatever the detector thinks of the slice.
@@ -296,9 +297,12 @@ def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> 
     gap, its contrast over ENDPLATE_SURE_QUANTILE of the study's gaps' contrast,
     up to 1. The contrast is read against the study's own: a young patient's
     endplates stand out more than an old one's, but in any study the discs
-    stand out more than the soft middle of a body.
+    stand out more than the soft middle of a body. ``density`` is the bone
+    in front of the canal (``disc_back_density`` from the canal's front wall,
+    CANAL_WALL_HU), when the caller already read it for ``onto_the_discs``.
     """
-    density = disc_back_density(stack, canals, wall_hu=CANAL_WALL_HU)
+    if density is None:
+        density = disc_back_density(stack, canals, wall_hu=CANAL_WALL_HU)
     reach = max(1, int(round(ENDPLATE_REACH_MM / stack.spacing[2])))
     contrast = np.zeros(stack.n_slices)
     for k in np.nonzero(~np.isnan(density))[0]:
@@ -317,23 +321,23 @@ def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> 
     return np.minimum(contrast / sure, 1.0)
 
 
-def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
-                   levels: Sequence[LevelCandidate]) -> list[LevelCandidate]:
+def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], levels: Sequence[LevelCandidate],
+                   density: np.ndarray) -> list[LevelCandidate]:
     """CT levels moved off the endplates: a level on a slice that reads as bone in front of the canal goes to the disc.
 
     The detector's disc sign may peak on an endplate next to the disc; the bone
-    just in front of the canal (``disc_back_density``, from the canal's front
-    wall) tells them apart: 75-100 HU at a disc, 150 HU (BONE_HU) and more at an
-    endplate. Such a level moves to the slice of least density within
-    ON_DISC_HALF_MM, where a canal was tracked, unless another level already
-    lies there (two levels of a neck, 9 mm apart, may flank one disc). Levels on
-    slices that do not read as bone, and every level of a study with slices
-    thicker than ON_DISC_MAX_SLICE_MM, stay.
+    just in front of the canal (``density``: ``disc_back_density`` from the
+    canal's front wall, CANAL_WALL_HU, as ``endplate_gaps`` reads it) tells
+    them apart: 75-100 HU at a disc, 150 HU (BONE_HU) and more at an endplate.
+    Such a level moves to the slice of least density within ON_DISC_HALF_MM,
+    where a canal was tracked, unless another level already lies there (two
+    levels of a neck, 9 mm apart, may flank one disc). Levels on slices that do
+    not read as bone, and every level of a study with slices thicker than
+    ON_DISC_MAX_SLICE_MM, stay.
     """
     dz = stack.spacing[2]
     if dz > ON_DISC_MAX_SLICE_MM:
         return list(levels)
-    density = disc_back_density(stack, canals, wall_hu=CANAL_WALL_HU)
     half = int(round(ON_DISC_HALF_MM / dz))
     taken = {level.slice_index for level in levels}
     moved = []
