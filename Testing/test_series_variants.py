@@ -15,6 +15,7 @@ from SpineStenosisGraderLib.training.series_variants import (
     cut,
     disc_slices_in,
     series_variants,
+    short_thick_series,
     short_windows,
     source_slices,
     thicken,
@@ -124,6 +125,28 @@ def test_short_windows_cover_the_discs_and_are_shorter_than_the_scan():
     assert short_windows(100, 3.0, []) == []
 
 
+def test_a_short_thick_series_is_a_40_mm_window_in_5_mm_slices_with_its_discs_in_place():
+    stack = _stack(n=90, spacing=(0.8, 0.8, 1.0))
+    discs = {"L4-L5": 30.0, "L3-L4": 58.0}
+    made = short_thick_series(stack, discs)
+    windows = short_windows(90, 1.0, list(discs.values()), lengths_mm=(40.0,))
+    assert [v.description for v in made] == [f"40 mm from slice {first} in 5.0 mm slices" for first, _ in windows]
+    for variant, (first, stop) in zip(made, windows):
+        assert variant.stack.n_slices == 8 and variant.stack.spacing[2] == pytest.approx(5.0)
+        # slice k is the mean of the window's slices 5 k to 5 k + 4 (slice j holds 10 j)
+        for k in range(8):
+            assert float(variant.stack.array[k, 0, 0]) == pytest.approx(10.0 * (first + 5 * k + 2))
+        # a disc keeps its place in patient space: 2 slices into its run of 5 is the run's centre
+        for name, z in discs.items():
+            assert variant.discs[name] == pytest.approx((z - first - 2) / 5.0)
+            np.testing.assert_allclose(_lps_of_slice(variant.stack, variant.discs[name]), _lps_of_slice(stack, z),
+                                       atol=1e-6)
+    # 3 mm slices are averaged by twos, into 6 mm; 4 mm slices are about 5 mm already, and make none
+    coarse = short_thick_series(_stack(n=40, spacing=(0.8, 0.8, 3.0)), {"L4-L5": 20.0})
+    assert coarse and all(v.stack.spacing[2] == pytest.approx(6.0) and v.stack.n_slices == 6 for v in coarse)
+    assert short_thick_series(_stack(n=40, spacing=(0.8, 0.8, 4.0)), {"L4-L5": 20.0}) == []
+
+
 def test_level_scores_count_discs_inside_found_and_false_levels():
     # 2 mm slices, 30 slices: a disc 1 slice from the end is not inside (3 mm), one at 10 is found (4 mm away),
     # one at 20 is missed, and a level 6 slices (12 mm) from every disc is false
@@ -200,6 +223,25 @@ def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
     assert canal_only["series"] == len(windows) + 5 and canal_only["canal_slices"] > 0
     # with no disc and no C2 labelled, no level can be called false
     assert canal_only["false_levels"] == 0
+
+
+def test_short_thick_series_of_a_real_scan_are_graded_and_counted_apart(tmp_path):
+    from SpineStenosisGraderLib.packages.package import load_package
+    from SpineStenosisGraderLib.training.annotations import load_scans
+
+    one, _ = _one_scan_catalogue("sct_cervical_t2", tmp_path)
+    scan = next(iter(load_scans(one)))
+    made = short_thick_series(scan.stack, scan.discs)
+    report = evaluate_series_variants(lambda name: load_package(None), one, short_thick=True)
+    assert report["data"].startswith("short thick series")
+    (sct,) = report["per_scan"]
+    assert sct["series"] == len(made) == len(short_windows(scan.stack.n_slices, 1.0, list(scan.discs.values()),
+                                                           lengths_mm=(40.0,)))
+    inside = sum(score_levels([], list(v.discs.values()), v.stack.n_slices, v.stack.spacing[2])[0] for v in made)
+    assert sct["discs_inside"] == inside > 0
+    # 8 slices of 5 mm per window, each with the canal reference of the scan slice at its centre
+    assert sct["canal_slices"] == 8 * len(made)
+    assert 0 < sct["canal_hits"] <= sct["canal_slices"]
 
 
 def test_a_neck_cropped_to_its_canal_is_scored_on_its_own_canal_through_patient_space(tmp_path):

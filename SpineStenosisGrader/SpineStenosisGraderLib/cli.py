@@ -212,6 +212,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     }
     if args.series_variants:
         metrics["series_variants"] = evaluate_series_variants(package_for, Path(args.catalogue), use=use)
+        metrics["short_thick_series"] = evaluate_series_variants(package_for, Path(args.catalogue), use=use,
+                                                                 short_thick=True)
     if not args.real_only:
         metrics["levels"] = evaluate_levels(package)
         metrics["grade"] = evaluate_grades(package, n_slices=args.grade_slices)
@@ -220,11 +222,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(json.dumps(metrics, indent=2))
     print(_real_scan_table(scores, summary), file=sys.stderr)
     if args.series_variants:
-        variants = metrics["series_variants"]
-        print("\nShort, thick and cropped series: " + ", ".join(
-            f"{s['scan']} canal {s['canal_hits']}/{s['canal_slices']}, {s['discs_found']}/{s['discs_inside']} discs, "
-            f"{s['false_levels']} false, region {s['region_right']}/{s['series']}"
-            for s in variants["per_scan"]) + f"; pooled {variants['pooled']}", file=sys.stderr)
+        for key, title in (("series_variants", "Short, thick and cropped series"),
+                           ("short_thick_series", "Short thick series (40 mm in 5 mm slices)")):
+            variants = metrics[key]
+            print(f"\n{title}: " + ", ".join(
+                f"{s['scan']} canal {s['canal_hits']}/{s['canal_slices']}, {s['discs_found']}/{s['discs_inside']} "
+                f"discs, {s['false_levels']} false, region {s['region_right']}/{s['series']}"
+                for s in variants["per_scan"]) + f"; pooled {variants['pooled']}", file=sys.stderr)
     if args.write_manifest:
         manifest_path = package.path / "manifest.json"
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -343,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "without it: each scan is scored by its own (leave-one-scan-out)")
     evaluate.add_argument("--real-only", action="store_true", help="only the real scans, not the phantoms")
     evaluate.add_argument("--series-variants", action="store_true",
-                          help="also grade short windows, thick-slice versions and a field of view cropped to the "
-                               "canal of each real scan (a few minutes)")
+                          help="also grade short windows, thick-slice versions, a 3 mm sagittal version and a field "
+                               "of view cropped to the canal of each real scan, and apart from them short thick "
+                               "series (40 mm windows in 5 mm slices) (a few minutes)")
     evaluate.add_argument("--grade-slices", type=int, default=400)
     evaluate.add_argument("--time", nargs="*", help="studies to time end to end (median of 3)")
     _add_backend_option(evaluate)

@@ -388,9 +388,12 @@ def score_levels(result_levels: Sequence[float], discs: Sequence[float], n_slice
 
 
 def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue: Path,
-                             use: Optional[str] = None) -> dict[str, Any]:
+                             use: Optional[str] = None, short_thick: bool = False) -> dict[str, Any]:
     """Canal, levels and region on short, thick and cropped series made from every catalogue scan (``series_variants``).
 
+    With ``short_thick``, on the short thick series instead (``short_thick_series``:
+    40 mm windows in 5 mm slices), reported apart so that the figures of the
+    others stay comparable from one version to the next.
     Each scan's series are graded as a user would, by ``packages(scan name)``:
     for leave-one-scan-out, the package trained without that scan. A scan with
     disc positions is scored on its discs; one with a canal label on the canal
@@ -399,7 +402,8 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
     neither has nothing to score here. Without disc positions, a level above
     the middle of a labelled C2 is false.
     """
-    from .series_variants import FIELD_OF_VIEW_MARGIN_MM, disc_slices_in, series_variants, source_slices
+    from .series_variants import (FIELD_OF_VIEW_MARGIN_MM, SHORT_THICK_SERIES_MM, disc_slices_in, series_variants,
+                                  short_thick_series, source_slices)
 
     per_scan, missed = [], []
     keys = ("series", "discs_inside", "discs_found", "false_levels", "region_right", "canal_slices", "canal_hits")
@@ -408,7 +412,9 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
         counts = dict.fromkeys(keys, 0)
         regions: dict[str, int] = {}
         around = list(scan.discs.values()) or sorted(scan.boxes)
-        for variant in series_variants(scan.stack, scan.discs, around, scan.boxes):
+        made = (short_thick_series(scan.stack, scan.discs, around) if short_thick
+                else series_variants(scan.stack, scan.discs, around, scan.boxes))
+        for variant in made:
             stack = variant.stack
             result = grade_stack(stack, package, modality=scan.modality)
             levels = [float(lv.slice_index) for lv in result.levels]
@@ -447,8 +453,16 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
     total = {key: sum(s[key] for s in per_scan) for key in keys}
     regions_found = {region: sum(s["regions_found"].get(region, 0) for s in per_scan)
                      for region in sorted({r for s in per_scan for r in s["regions_found"]})}
+    length_mm, thickness_mm = SHORT_THICK_SERIES_MM
+    data = (f"short thick series: windows of {length_mm:.0f} mm (every 15 mm) of each real scan with disc positions "
+            f"or a canal label, its slices averaged by twos or more into slices about {thickness_mm:.0f} mm thick "
+            "(6 mm from 3 mm slices; a scan with thicker slices makes none), its labels carried over in patient "
+            "space; a disc "
+            f"counts when its centre is at least {DISC_INSIDE_MM:.0f} mm inside the series; a series slice's canal "
+            "reference is that of the scan slice at its centre")
     return {
-        "data": "short windows (40, 60 and 90 mm, every 15 mm), thick-slice versions (3 and 4.5 mm) and a 3 mm "
+        "data": data if short_thick else
+                "short windows (40, 60 and 90 mm, every 15 mm), thick-slice versions (3 and 4.5 mm) and a 3 mm "
                 "sagittal version (its columns averaged left to right) of each "
                 "real scan with disc positions or a canal label, and the scan cropped to "
                 f"{FIELD_OF_VIEW_MARGIN_MM:.0f} mm around its labelled canal where that cuts at least a quarter of "
