@@ -147,6 +147,17 @@ def test_a_sac_of_nerve_roots_is_lumbar(clump_mm):
     assert any("no cord" in e for e in estimate.evidence)
 
 
+@pytest.mark.parametrize("slices", [5, 8])
+@pytest.mark.parametrize("cord_mm,region", [(13.0, "cervical"), (0.0, "lumbar")])
+def test_a_short_series_of_a_few_thick_slices_is_read(slices, cord_mm, region):
+    # a 40 mm series of 5 mm slices has 8, an angled block through one disc often 5: their canal tells the
+    # region as a long series' does (4 slices say nothing: see below)
+    stack, canals = canal_study(cord_mm, roots=not cord_mm, slices=slices)
+    estimate = infer_region(stack, "MR", canals, [], None)
+    assert estimate.region == region
+    assert any(f"of {slices} slices" in e for e in estimate.evidence)
+
+
 @pytest.mark.parametrize("roots_on,region", [(8, "lumbar"), (7, "unknown")])
 def test_a_sac_of_roots_on_most_slices_and_no_cord_on_any_is_lumbar(roots_on, region):
     # a 4.4 mm sagittal series reformatted to axial blurs the roots on some slices: 8 of 12 slices with a
@@ -212,7 +223,8 @@ def test_where_the_canal_reaches_a_t2_contrast_its_fainter_slices_are_not_read()
     dict(cord_mm=13.0, cord=630.0),  # a T2* cord too bright (0.7 of the CSF) to be seen as one: never lumbar
     dict(cord_mm=13.0, csf=200.0, cord=100.0),  # CSF no brighter than its surroundings: not T2
     dict(cord_mm=0.0, csf=200.0),
-    dict(cord_mm=13.0, slices=6),  # too few slices to say
+    dict(cord_mm=13.0, slices=4),  # too few slices to say
+    dict(cord_mm=0.0, roots=True, slices=4),
 ])
 def test_the_canal_tells_nothing_when_its_contents_are_ambiguous(kwargs):
     stack, canals = canal_study(**kwargs)
