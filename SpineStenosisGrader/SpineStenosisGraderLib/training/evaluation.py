@@ -391,9 +391,6 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
                              use: Optional[str] = None, short_thick: bool = False) -> dict[str, Any]:
     """Canal, levels and region on short, thick and cropped series made from every catalogue scan (``series_variants``).
 
-    With ``short_thick``, on the short thick series instead (``short_thick_series``:
-    40 mm windows in 5 mm slices), reported apart so that the figures of the
-    others stay comparable from one version to the next.
     Each scan's series are graded as a user would, by ``packages(scan name)``:
     for leave-one-scan-out, the package trained without that scan. A scan with
     disc positions is scored on its discs; one with a canal label on the canal
@@ -401,6 +398,10 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
     reference of that slice, as on the whole scan: ``canal_hit``); one with
     neither has nothing to score here. Without disc positions, a level above
     the middle of a labelled C2 is false.
+
+    With ``short_thick``, the short thick series instead (``short_thick_series``:
+    40 mm windows in 5 mm slices), reported apart so that the figures of the
+    others stay comparable from one version to the next.
     """
     from .series_variants import (FIELD_OF_VIEW_MARGIN_MM, SHORT_THICK_SERIES_MM, disc_slices_in, series_variants,
                                   short_thick_series, source_slices)

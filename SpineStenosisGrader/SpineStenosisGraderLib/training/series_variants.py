@@ -136,8 +136,8 @@ def short_thick_series(stack: AxialStack, discs: dict[str, float],
     """The scan's SHORT_THICK_SERIES_MM windows, each averaged into slices about that thick, with its discs.
 
     The windows lie around the slices ``around`` (by default the discs), as in
-    ``series_variants``. None for a scan whose slices are over half that thick
-    already: its short windows are such series.
+    ``series_variants``. None for a scan with slices over 3.3 mm, two of which
+    average to nearer 7 mm than 5: its own short windows are such series.
     """
     length_mm, thickness_mm = SHORT_THICK_SERIES_MM
     if int(round(thickness_mm / stack.spacing[2])) < 2:
