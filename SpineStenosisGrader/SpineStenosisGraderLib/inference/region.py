@@ -282,7 +282,8 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
                               evidence)
     if cord is not None:
         evidence.append(cord[1])
-        if outline_region == "cervical" and cord[0] != "cervical" or outline_region == "trunk" and cord[0] == "cervical":
+        if (outline_region == "cervical" and cord[0] != "cervical"
+                or outline_region == "trunk" and cord[0] == "cervical"):
             return RegionEstimate(UNKNOWN, "none", evidence + ["the body outline and the canal's contents disagree"])
         return RegionEstimate(cord[0], "high" if outline_region else "low", evidence)
     if outline_region == "cervical":

@@ -89,7 +89,8 @@ class RealScanScore:
     def to_dict(self) -> dict[str, Any]:
         return {
             "scan": self.scan, "modality": self.modality, "trained_on": self.trained_on,
-            "region": {"true": self.region_true, "found": self.region_found, "right": self.region_true == self.region_found,
+            "region": {"true": self.region_true, "found": self.region_found,
+                       "right": self.region_true == self.region_found,
                        "evidence": self.region_evidence},
             "canal": {"reference_slices": self.canal_slices, "hits": self.hits,
                       "hit_fraction": round(self.hit_fraction, 4), "mean_iou": round(self.mean_iou, 4),
