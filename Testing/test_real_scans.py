@@ -145,6 +145,20 @@ def test_the_sacral_end_of_a_lumbar_mr_is_never_cervical(package, scans):
     assert not any(level.name.startswith("C") for level in result.levels)
 
 
+def test_a_short_neck_series_whose_cord_touches_the_canals_sides_is_cervical(package, scans):
+    # 40 mm of a validation neck around C5-C6: its CSF is thin, and on all but 2 of its 40 slices the cord
+    # touches the canal's side or back, so no cord is enclosed by CSF; with only the enclosed cord read, the
+    # region was unknown. The thoracolumbar end of a lumbar validation scan (its 40 highest slices), where
+    # clumped roots and the conus read as dark blobs in the CSF's hull, stays no neck
+    from SpineStenosisGraderLib.training.series_variants import cut
+
+    neck = grade_stack(cut(scans["sct_errsm_11_t2"].stack, 105, 145), package, modality="MR")
+    assert neck.study.region == "cervical"
+    assert any("touching the canal's side in its thin CSF" in e for e in neck.study.region_evidence)
+    lumbar = grade_stack(cut(scans["fastcleverseg_ivd_11"].stack, 170, 210), package, modality="MR")
+    assert lumbar.study.region != "cervical"
+
+
 def test_the_evaluation_scores_the_sample_as_measured(package, scans):
     score = score_real_scan(package, scans["totalsegmentator_ct"])
     assert score.trained_on  # the default package learned from the sample: a fit, not a test

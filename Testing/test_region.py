@@ -83,12 +83,14 @@ def test_a_neck_ct_phantom_is_cervical():
 
 
 def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=False, grey_matter=False, clump_mm=0,
-                touching_from=None, hazy_from=None):
+                touching_from=None, hazy_from=None, back_wall_from=None):
     """A T2 MR crop (1 mm pixels, no body outline) whose canal, 20 x 14 mm, holds a cord ``cord_mm`` across, or none.
 
     From slice ``touching_from`` on, the cord spans the canal from side to side, CSF only in front and behind.
     From slice ``hazy_from`` on, a dark smear 5 mm wide (too narrow for a cord) fills the sac's middle, as where a
     thick slice averages the roots: no cord, and no solid sac either.
+    From slice ``back_wall_from`` on, a cord 13 mm across, 8 mm deep, lies against the sac's back wall: the thin
+    CSF behind it is gone over 7 mm, so the dark around the canal joins it there, as on many slices of a neck.
     """
     n = 80
     j, i = np.mgrid[0:n, 0:n]
@@ -109,6 +111,9 @@ def canal_study(cord_mm, csf=900.0, tissue=150.0, cord=250.0, slices=12, roots=F
         volume[touching_from:, ((i - 40) / 10.0) ** 2 + ((j - 40) / 4.0) ** 2 <= 1.0] = cord
     if hazy_from is not None:
         volume[hazy_from:, 34:46, 38:43] = cord
+    if back_wall_from is not None:
+        volume[back_wall_from:, ((i - 40) / 6.5) ** 2 + ((j - 40) / 4.0) ** 2 <= 1.0] = cord
+        volume[back_wall_from:, 40:49, 37:44] = cord
     volume[:, :, 0] = 5.0
     itk = sitk.GetImageFromArray(volume)
     itk.SetSpacing((1.0, 1.0, 3.0))
@@ -137,6 +142,48 @@ def test_a_neck_whose_thin_csf_hides_the_cords_edge_on_most_slices_is_still_cerv
     assert estimate.region == region
     if region == "cervical":
         assert any(f"on {enclosed} of 30 slices" in e for e in estimate.evidence)
+
+
+def test_a_cord_against_the_canals_back_wall_is_read_inside_the_csfs_hull():
+    # thin cervical CSF: the cord touches the back of the canal, so the dark around the canal joins it and it is
+    # not enclosed; inside the convex hull of the CSF that wraps it from the front and the sides it is read
+    stack, canals = canal_study(0.0, back_wall_from=0)
+    contents = canal_contents(stack, canals[0])
+    assert contents.cord_width_mm == 0 and contents.hull_cord_width_mm == 13.0
+    estimate = infer_region(stack, "MR", canals, [], None)
+    assert estimate.region == "cervical" and estimate.confidence == "low"
+    assert any(e.endswith("on 12 of 12 slices, touching the canal's side in its thin CSF on 12 of them")
+               for e in estimate.evidence)
+
+
+@pytest.mark.parametrize("dark", [
+    # lying supine, the roots sink to the back of the sac: a band against its back wall, CSF only in front
+    [(slice(40, 48), slice(33, 47))],
+    # roots fanned across the sac from its left wall: 4 mm deep, shallower than any cord
+    [(slice(38, 42), slice(28, 47))],
+    # a small clump in the middle of a wide sac, joined to its back wall by one root: too little of the sac
+    [(slice(37, 43), slice(37, 44)), (slice(43, 49), slice(40, 41))],
+    # a streak of roots 5 mm wide from the middle of the sac to its back wall: narrower than any cord
+    [(slice(35, 48), slice(38, 43))],
+], ids=["open at the back", "shallow", "small", "narrow"])
+def test_nerve_roots_inside_the_csfs_hull_are_no_cord(dark):
+    stack, canals = canal_study(0.0)
+    volume = stack.array.copy()
+    for rows, columns in dark:
+        volume[:, rows, columns] = 250.0
+    image = sitk.GetImageFromArray(volume.astype(np.float32))
+    image.SetSpacing((1.0, 1.0, 3.0))
+    contents = canal_contents(to_axial_stack(image), canals[0])
+    assert contents.cord_width_mm == 0 and contents.hull_cord_width_mm == 0
+
+
+@pytest.mark.parametrize("crowded,region", [(4, "lumbar"), (12, "cervical")])
+def test_a_cord_read_inside_the_csfs_hull_is_no_neck_where_the_sac_holds_roots_on_other_slices(crowded, region):
+    # a short lumbar series through a stenosed level: on 4 of 12 slices crowded roots fill the sac like a cord
+    # against its back wall (a third of the slices, enough for a cord); on the other 8 the sac is plain with its
+    # roots, which a neck never shows: lumbar. Crowded on all 12, nothing tells it from a neck
+    stack, canals = canal_study(0.0, roots=True, back_wall_from=12 - crowded)
+    assert infer_region(stack, "MR", canals, [], None).region == region
 
 
 @pytest.mark.parametrize("clump_mm", [0, 4])

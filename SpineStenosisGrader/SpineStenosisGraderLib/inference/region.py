@@ -11,7 +11,9 @@ can have the same spacing between the slices that cut discs. What does tell it:
   100-150 mm across, a trunk 250 mm or more;
 - on T2 MR, what the bright CSF of the canal holds: a cervical cord is 11-14 mm
   across (a thoracic cord or the conus 8-10 mm), and below the conus the sac
-  holds only thin nerve roots, so its CSF is one solid bright blob;
+  holds only thin nerve roots, so its CSF is one solid bright blob. The cord is
+  read where the CSF encloses it and, where the thin cervical CSF leaves it
+  touching the canal's side, inside the convex hull of the CSF;
 - on MR, the foramen magnum (see ``landmarks``): where the canal at the top of
   the study opens into the cisterna magna, the study reaches the skull base, so
   it shows the neck. This is what tells a T2* of the neck cropped to the spine,
@@ -29,6 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 from ..study.volume import AxialStack
 from .csf_outline import T2_CSF_CONTRAST, box_window, csf_contrast
@@ -68,6 +71,19 @@ CORD_FRACTION_OF_CSF = 0.6
 CORD_MIN_WIDTH_MM = 6.0
 #: a cord this wide is cervical: thoracic cords and the conus are 8-10 mm across
 CERVICAL_CORD_MIN_WIDTH_MM = 11.0
+#: where the cervical CSF is thin, the cord touches the canal's side on many slices and the dark around the
+#: canal joins it, so it is not enclosed. Inside the convex hull of the CSF it still is: a dark blob there is a
+#: cord when it is at least this deep (front to back; on the slices of the validation necks' series where such
+#: a blob is 11 mm wide or more, 8 mm at the median; on those of the lumbar T2, a band of roots at the back of
+#: the sac, 4 mm), fills at least this share of the hull (0.23 or more on 95% of the necks' slices; no more
+#: than 0.25 on 95% of the lumbar ones), and the CSF lies around it in at least this share of 16 directions
+#: (CSF in front only leaves the back half open)
+HULL_CORD_MIN_DEPTH_MM = 5.0
+HULL_CORD_MIN_HULL_SHARE = 0.25
+HULL_CORD_MIN_ENCLOSURE = 0.75
+#: a cord read so says cervical only where no more than this share of the slices shows a sac of nerve roots:
+#: above and below a stenosed lumbar level, where crowded roots might pass for a cord, the sac is plain
+HULL_CORD_MAX_ROOTS_SHARE = 0.2
 #: below the conus the sac is CSF with thin roots: its bright part (above this fraction of the CSF) is one
 #: solid blob that fills most of its bounding box (an ellipse fills 0.79); a cord, even one as bright as
 #: 0.7 of the CSF on T2*, leaves a hole or a C, and cervical CSF fills about a third of its box
@@ -107,6 +123,8 @@ class CanalContents:
     cord_width_mm: float
     #: the share of its bounding box the brightest CSF blob fills
     sac_fill: float
+    #: the width of a cord read inside the convex hull of the CSF (``_cord_in_csf_hull``; 0 if none)
+    hull_cord_width_mm: float = 0.0
 
 
 def _around_box(image: np.ndarray, box_ij: Sequence[float], margin_i: int, margin_j: int) -> np.ndarray:
@@ -137,7 +155,55 @@ def canal_contents(stack: AxialStack, canal: SliceCanal) -> Optional[CanalConten
         if not (blob[0].any() or blob[-1].any() or blob[:, 0].any() or blob[:, -1].any()):
             width = max(width, float(np.count_nonzero(blob.any(axis=0)) * sx))
     width = width if width >= CORD_MIN_WIDTH_MM else 0.0
-    return CanalContents(canal.slice_index, contrast, width, _sac_fill(window > SAC_BRIGHT_FRACTION * csf))
+    return CanalContents(canal.slice_index, contrast, width, _sac_fill(window > SAC_BRIGHT_FRACTION * csf),
+                         _cord_in_csf_hull(window >= CORD_FRACTION_OF_CSF * csf, (sx, sy)))
+
+
+#: directions in which the CSF is looked for around a cord
+_RAY_ANGLES = np.linspace(0.0, 2.0 * np.pi, 16, endpoint=False)
+
+
+def _cord_in_csf_hull(csf: np.ndarray, spacing: tuple[float, float]) -> float:
+    """Width (mm) of the dark blob reaching the middle third of ``csf`` (a CSF mask) inside the CSF's convex hull.
+
+    0 when there is none, or when it is too shallow, too small a share of the hull or too open to be a cord
+    (HULL_CORD_MIN_DEPTH_MM, HULL_CORD_MIN_HULL_SHARE, HULL_CORD_MIN_ENCLOSURE).
+    """
+    labels, n = ndimage.label(csf)
+    if n == 0:
+        return 0.0
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, range(1, n + 1))
+    points = np.argwhere(labels == int(np.argmax(sizes)) + 1).astype(float)
+    try:
+        hull = ConvexHull(points)
+    except QhullError:  # fewer than three pixels, or all on a line
+        return 0.0
+    h, w = csf.shape
+    grid = np.argwhere(np.ones((h, w), dtype=bool)).astype(float)
+    inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-9).all(axis=1).reshape(h, w)
+    dark, _ = ndimage.label(inside & ~csf)
+    middle = dark[int(h / 3):max(int(h / 3) + 1, int(2 * h / 3)), int(w / 3):max(int(w / 3) + 1, int(2 * w / 3))]
+    candidates = np.unique(middle[middle > 0])
+    if len(candidates) == 0:
+        return 0.0
+    blob = dark == candidates[int(np.argmax([np.count_nonzero(dark == c) for c in candidates]))]
+    rows, columns = np.nonzero(blob)
+    depth_mm = float((rows.max() - rows.min() + 1) * spacing[1])
+    width_mm = float((columns.max() - columns.min() + 1) * spacing[0])
+    hull_share = float(blob.sum()) / float(inside.sum())
+    # walk out from the blob's centre, half a pixel at a time, until the CSF or the window's edge
+    steps = np.arange(1.0, float(h + w), 0.5)
+    ray_rows = np.rint(rows.mean() + np.outer(np.sin(_RAY_ANGLES), steps)).astype(int)
+    ray_columns = np.rint(columns.mean() + np.outer(np.cos(_RAY_ANGLES), steps)).astype(int)
+    within = (ray_rows >= 0) & (ray_rows < h) & (ray_columns >= 0) & (ray_columns < w)
+    on_csf = np.zeros_like(within)
+    on_csf[within] = csf[ray_rows[within], ray_columns[within]]
+    # a ray that leaves the window stays out of it, so any CSF on it lies before its edge
+    enclosure = float(on_csf.any(axis=1).mean())
+    if (depth_mm < HULL_CORD_MIN_DEPTH_MM or hull_share < HULL_CORD_MIN_HULL_SHARE
+            or enclosure < HULL_CORD_MIN_ENCLOSURE or width_mm < CORD_MIN_WIDTH_MM):
+        return 0.0
+    return width_mm
 
 
 def _sac_fill(bright: np.ndarray) -> float:
@@ -167,12 +233,22 @@ def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional
     if not t2:
         return None  # not a T2 contrast (or too few slices): what is dark in the canal says nothing
     cords = [r.cord_width_mm for r in t2 if r.cord_width_mm > 0]
+    # against CSF only twice as bright as its surroundings, a dark blob may be clumped roots or the sacral
+    # canal's fat (16 mm "cords" in a lumbar MR's lowest 40 mm): it says lumbar, never cervical
+    if not fast_spin_echo:
+        if len(cords) >= CERVICAL_CORD_SHARE * len(t2) and np.median(cords) >= CERVICAL_CORD_MIN_WIDTH_MM:
+            return "cervical", (f"a spinal cord {np.median(cords):.0f} mm across in the canal on {len(cords)} of "
+                                f"{len(t2)} slices")
+        # where the thin cervical CSF leaves the cord touching the canal's side, it is read in the CSF's hull
+        widths = [max(r.cord_width_mm, r.hull_cord_width_mm) for r in t2]
+        read = [w for w in widths if w > 0]
+        sacs = [r for r, w in zip(t2, widths) if w == 0 and r.sac_fill >= ROOTS_MIN_SAC_FILL]
+        if (len(read) >= CERVICAL_CORD_SHARE * len(t2) and np.median(read) >= CERVICAL_CORD_MIN_WIDTH_MM
+                and len(sacs) <= HULL_CORD_MAX_ROOTS_SHARE * len(t2)):
+            return "cervical", (f"a spinal cord {np.median(read):.0f} mm across in the canal on {len(read)} of "
+                                f"{len(t2)} slices, touching the canal's side in its thin CSF on "
+                                f"{len(read) - len(cords)} of them")
     if len(cords) >= CERVICAL_CORD_SHARE * len(t2):
-        width = float(np.median(cords))
-        # against CSF only twice as bright as its surroundings, a dark blob may be clumped roots or the
-        # sacral canal's fat (16 mm "cords" in a lumbar MR's lowest 40 mm): it says lumbar, never cervical
-        if width >= CERVICAL_CORD_MIN_WIDTH_MM and not fast_spin_echo:
-            return "cervical", f"a spinal cord {width:.0f} mm across in the canal on {len(cords)} of {len(t2)} slices"
         return None  # a thoracic cord or the conus: the cord alone does not tell which
     roots = [r for r in t2 if r.cord_width_mm == 0 and r.sac_fill >= ROOTS_MIN_SAC_FILL]
     roots_share, cord_share = ((FAST_SPIN_ECHO_ROOTS_SHARE, FAST_SPIN_ECHO_MAX_CORD_SHARE) if fast_spin_echo
