@@ -146,8 +146,8 @@ def test_the_sacral_end_of_a_lumbar_mr_is_never_cervical(package, scans):
 
 
 def test_a_short_neck_series_whose_cord_touches_the_canals_sides_is_cervical(package, scans):
-    # 40 mm of a validation neck around C5-C6: its CSF is thin, and on all but 2 of its 40 slices the cord
-    # touches the canal's side or back, so no cord is enclosed by CSF; with only the enclosed cord read, the
+    # 40 mm of a validation neck around C5-C6: its CSF is thin, and CSF encloses the cord on only 3 of its 40
+    # slices; on most others the cord touches the canal's side or back. With only the enclosed cord read, the
     # region was unknown. The thoracolumbar end of a lumbar validation scan (its 40 highest slices), where
     # clumped roots and the conus read as dark blobs in the CSF's hull, stays no neck
     from SpineStenosisGraderLib.training.series_variants import cut
