@@ -131,3 +131,23 @@ def test_a_missing_study_file_is_refused_before_anything_runs(tmp_path):
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "no such file" in done.stderr
+
+
+REGION_SCRIPT = ROOT / "benchmarks" / "region_reading.py"
+
+
+def test_the_region_reading_benchmark_times_both_readings_of_a_real_neck():
+    done = subprocess.run([sys.executable, str(REGION_SCRIPT), "--runs", "1"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "sct_errsm_11_t2: 216 slices" in done.stdout
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("| infer_region |")]
+    with_hull, without_hull, ratio = (cell.strip() for cell in row.strip("|").split("|")[1:])
+    # the figures are reported, never judged: speed is the benchmark's business
+    assert float(with_hull.split()[0]) > 0 and float(without_hull.split()[0]) > 0 and float(ratio) > 0
+
+
+def test_the_region_reading_benchmark_refuses_a_scan_that_is_not_mr():
+    done = subprocess.run([sys.executable, str(REGION_SCRIPT), "--scan", "totalsegmentator_ct"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2 and "totalsegmentator_ct is not an MR scan" in done.stderr
