@@ -156,6 +156,25 @@ def test_a_cord_against_the_canals_back_wall_is_read_inside_the_csfs_hull():
                for e in estimate.evidence)
 
 
+def test_a_cord_read_inside_the_csfs_hull_does_not_outweigh_a_trunks_outline():
+    # the same canal in the middle of a trunk 320 mm across: a trunk's thoracic cord or conus, blurred, might
+    # read as wide as a neck's against its back wall, so there the hull is not read. The trunk's outline says
+    # lumbar, as it did before the hull was read, rather than the outline and the cord disagreeing
+    crop, canals = canal_study(0.0, back_wall_from=0)
+    n, offset = 400, 160
+    j, i = np.mgrid[0:n, 0:n]
+    trunk = np.where(((i - n / 2) / 160.0) ** 2 + ((j - n / 2) / 107.0) ** 2 <= 1.0, 150.0, 5.0)
+    volume = np.repeat(trunk[None], len(canals), axis=0)
+    volume[:, offset:offset + 80, offset:offset + 80] = crop.array
+    image = sitk.GetImageFromArray(volume.astype(np.float32))
+    image.SetSpacing((1.0, 1.0, 3.0))
+    moved = [SliceCanal(c.slice_index, tuple(v + offset for v in c.box_ij), 0.9, 0.1) for c in canals]
+    estimate = infer_region(to_axial_stack(image), "MR", moved, [], None)
+    assert estimate.region == "lumbar" and estimate.confidence == "low"
+    assert any(e.startswith("trunk: body outline") for e in estimate.evidence)
+    assert not any("spinal cord" in e for e in estimate.evidence)
+
+
 @pytest.mark.parametrize("dark", [
     # lying supine, the roots sink to the back of the sac: a band against its back wall, CSF only in front
     [(slice(40, 48), slice(33, 47))],

@@ -13,7 +13,7 @@ can have the same spacing between the slices that cut discs. What does tell it:
   across (a thoracic cord or the conus 8-10 mm), and below the conus the sac
   holds only thin nerve roots, so its CSF is one solid bright blob. The cord is
   read where the CSF encloses it and, where the thin cervical CSF leaves it
-  touching the canal's side, inside the convex hull of the CSF;
+  touching the canal's side, inside the convex hull of the CSF (not in a trunk);
 - on MR, the foramen magnum (see ``landmarks``): where the canal at the top of
   the study opens into the cisterna magna, the study reaches the skull base, so
   it shows the neck. This is what tells a T2* of the neck cropped to the spine,
@@ -217,8 +217,12 @@ def _sac_fill(bright: np.ndarray) -> float:
     return float(sizes.max()) / float((rows[-1] - rows[0] + 1) * (columns[-1] - columns[0] + 1))
 
 
-def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[tuple[str, str]]:
-    """("cervical", why) for a wide cord in bright CSF, ("lumbar", why) for a sac of roots, None otherwise."""
+def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], trunk: bool = False) -> Optional[tuple[str, str]]:
+    """("cervical", why) for a wide cord in bright CSF, ("lumbar", why) for a sac of roots, None otherwise.
+
+    ``trunk``: the body outline is a trunk's. A cord read inside the CSF's hull is then not read at all
+    (the outline outweighs it), where an enclosed cord still makes the region "unknown" (``infer_region``).
+    """
     readings = [r for c in canals if c is not None for r in [canal_contents(stack, c)] if r is not None]
 
     def bright_enough(contrast: float) -> list[CanalContents]:
@@ -239,8 +243,9 @@ def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional
         if len(cords) >= CERVICAL_CORD_SHARE * len(t2) and np.median(cords) >= CERVICAL_CORD_MIN_WIDTH_MM:
             return "cervical", (f"a spinal cord {np.median(cords):.0f} mm across in the canal on {len(cords)} of "
                                 f"{len(t2)} slices")
-        # where the thin cervical CSF leaves the cord touching the canal's side, it is read in the CSF's hull
-        widths = [max(r.cord_width_mm, r.hull_cord_width_mm) for r in t2]
+        # where the thin cervical CSF leaves the cord touching the canal's side, it is read in the CSF's hull.
+        # A trunk's thoracic cord and conus, blurred, may read 11 mm or more there: a trunk is never read so
+        widths = [max(r.cord_width_mm, 0.0 if trunk else r.hull_cord_width_mm) for r in t2]
         read = [w for w in widths if w > 0]
         sacs = [r for r, w in zip(t2, widths) if w == 0 and r.sac_fill >= ROOTS_MIN_SAC_FILL]
         if (len(read) >= CERVICAL_CORD_SHARE * len(t2) and np.median(read) >= CERVICAL_CORD_MIN_WIDTH_MM
@@ -346,7 +351,7 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
                 outline_region == "trunk" and body_region == "cervical":
             return RegionEstimate(UNKNOWN, "none", evidence + ["the body outline and the vertebrae disagree"])
         return RegionEstimate(body_region, "high" if outline_region else "low", evidence)
-    cord = _cord(stack, canals) if modality == "MR" else None
+    cord = _cord(stack, canals, trunk=outline_region == "trunk") if modality == "MR" else None
     if foramen_magnum is not None:
         evidence.append(foramen_magnum.evidence)
         if cord is not None:
