@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Time the region reading of a real MR with and without the cord read inside the CSF's hull, in one run.
 
-``region._cord_in_csf_hull`` (6 December 2026) reads a cord that touches the canal's side on every T2
-slice. This grades one catalogue scan once, keeps what the pipeline hands ``infer_region``, and then
+``region._cord_in_csf_hull`` (6 December 2026) reads a cord that touches the canal's side, on the T2
+slices of a study whose enclosed cord does not already tell the region (so not on a whole neck such as
+the default scan, whose cost it shows is nil; ``--scan fastcleverseg_ivd_11``, a lumbar T2, reads it on
+every slice). This grades one catalogue scan once, keeps what the pipeline hands ``infer_region``, and then
 times ``infer_region`` on it ``--runs`` times with the hull reading and as many times without it
 (the hull reading replaced by "no cord there"), alternating the two, and the whole grading three
 times. It prints a Markdown table: median (min-max) seconds and the ratio of the medians.

@@ -27,6 +27,7 @@ the user sets the region.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Optional, Sequence
 
 import numpy as np
@@ -123,8 +124,32 @@ class CanalContents:
     cord_width_mm: float
     #: the share of its bounding box the brightest CSF blob fills
     sac_fill: float
-    #: the width of a cord read inside the convex hull of the CSF (``_cord_in_csf_hull``; 0 if none)
-    hull_cord_width_mm: float = 0.0
+    #: the CSF (above CORD_FRACTION_OF_CSF of it) in the window around the box, and the pixel spacing (mm)
+    csf_mask: np.ndarray = field(repr=False, compare=False)
+    pixel_spacing: tuple[float, float] = (1.0, 1.0)
+
+    @cached_property
+    def hull_cord_width_mm(self) -> float:
+        """The width of a cord read inside the convex hull of the CSF (``_cord_in_csf_hull``; 0 if none).
+
+        Read when first asked for: ``_cord`` needs it only where the enclosed cord does not already tell.
+        """
+        return _cord_in_csf_hull(self.csf_mask, self.pixel_spacing)
+
+
+def _largest_blob(mask: np.ndarray) -> Optional[np.ndarray]:
+    """The largest connected blob of ``mask`` (4-connected), or None when the mask is empty."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, range(1, n + 1))
+    return labels == int(np.argmax(sizes)) + 1
+
+
+def _middle_third(labels: np.ndarray) -> np.ndarray:
+    """The middle third of a window each way (at least one pixel), where a cord lies."""
+    h, w = labels.shape
+    return labels[int(h / 3):max(int(h / 3) + 1, int(2 * h / 3)), int(w / 3):max(int(w / 3) + 1, int(2 * w / 3))]
 
 
 def _around_box(image: np.ndarray, box_ij: Sequence[float], margin_i: int, margin_j: int) -> np.ndarray:
@@ -146,8 +171,7 @@ def canal_contents(stack: AxialStack, canal: SliceCanal) -> Optional[CanalConten
     labels, _ = ndimage.label(window < CORD_FRACTION_OF_CSF * csf)
     # the cord is the dark blob reaching the box's middle third; on T2* its grey matter may be brighter
     # than its white matter, so the blob need not cover the very centre
-    h, w = window.shape
-    middle = labels[int(h / 3):max(int(h / 3) + 1, int(2 * h / 3)), int(w / 3):max(int(w / 3) + 1, int(2 * w / 3))]
+    middle = _middle_third(labels)
     width = 0.0
     for label in np.unique(middle[middle > 0]):
         blob = labels == label
@@ -156,7 +180,7 @@ def canal_contents(stack: AxialStack, canal: SliceCanal) -> Optional[CanalConten
             width = max(width, float(np.count_nonzero(blob.any(axis=0)) * sx))
     width = width if width >= CORD_MIN_WIDTH_MM else 0.0
     return CanalContents(canal.slice_index, contrast, width, _sac_fill(window > SAC_BRIGHT_FRACTION * csf),
-                         _cord_in_csf_hull(window >= CORD_FRACTION_OF_CSF * csf, (sx, sy)))
+                         window >= CORD_FRACTION_OF_CSF * csf, (sx, sy))
 
 
 #: directions in which the CSF is looked for around a cord
@@ -169,11 +193,10 @@ def _cord_in_csf_hull(csf: np.ndarray, spacing: tuple[float, float]) -> float:
     0 when there is none, or when it is too shallow, too small a share of the hull or too open to be a cord
     (HULL_CORD_MIN_DEPTH_MM, HULL_CORD_MIN_HULL_SHARE, HULL_CORD_MIN_ENCLOSURE).
     """
-    labels, n = ndimage.label(csf)
-    if n == 0:
+    largest = _largest_blob(csf)
+    if largest is None:
         return 0.0
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, range(1, n + 1))
-    points = np.argwhere(labels == int(np.argmax(sizes)) + 1).astype(float)
+    points = np.argwhere(largest).astype(float)
     try:
         hull = ConvexHull(points)
     except QhullError:  # fewer than three pixels, or all on a line
@@ -182,7 +205,7 @@ def _cord_in_csf_hull(csf: np.ndarray, spacing: tuple[float, float]) -> float:
     grid = np.argwhere(np.ones((h, w), dtype=bool)).astype(float)
     inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 1e-9).all(axis=1).reshape(h, w)
     dark, _ = ndimage.label(inside & ~csf)
-    middle = dark[int(h / 3):max(int(h / 3) + 1, int(2 * h / 3)), int(w / 3):max(int(w / 3) + 1, int(2 * w / 3))]
+    middle = _middle_third(dark)
     candidates = np.unique(middle[middle > 0])
     if len(candidates) == 0:
         return 0.0
@@ -208,13 +231,11 @@ def _cord_in_csf_hull(csf: np.ndarray, spacing: tuple[float, float]) -> float:
 
 def _sac_fill(bright: np.ndarray) -> float:
     """The share of its bounding box that the largest bright blob fills (0 when there is none)."""
-    labels, n = ndimage.label(bright)
-    if n == 0:
+    blob = _largest_blob(bright)
+    if blob is None:
         return 0.0
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, range(1, n + 1))
-    blob = labels == int(np.argmax(sizes)) + 1
     rows, columns = np.nonzero(blob.any(axis=1))[0], np.nonzero(blob.any(axis=0))[0]
-    return float(sizes.max()) / float((rows[-1] - rows[0] + 1) * (columns[-1] - columns[0] + 1))
+    return float(np.count_nonzero(blob)) / float((rows[-1] - rows[0] + 1) * (columns[-1] - columns[0] + 1))
 
 
 def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], trunk: bool = False) -> Optional[tuple[str, str]]:
@@ -280,11 +301,9 @@ def outline_width_mm(stack: AxialStack, k: int, modality: str) -> tuple[float, b
     else:
         smooth = ndimage.uniform_filter(image, 3)
         inside = smooth > MR_BODY_FRACTION * float(np.percentile(smooth, 99))
-    labels, n = ndimage.label(inside)
-    if n == 0:
+    body = _largest_blob(inside)
+    if body is None:
         return 0.0, True
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, range(1, n + 1))
-    body = labels == (int(np.argmax(sizes)) + 1)
     columns = np.nonzero(body.any(axis=0))[0]
     clipped = bool(columns.min() == 0 or columns.max() == image.shape[1] - 1)
     return float((columns.max() - columns.min() + 1) * stack.spacing[0]), clipped
