@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, band_depth_fraction,
-                                                      canal_front_wall, dark_bands, disc_back_density,
+                                                      band_darkness, canal_front_wall, dark_bands, disc_back_density,
                                                       endplate_gaps, find_foramen_magnum, find_lumbosacral_bend,
                                                       onto_the_discs)
 from SpineStenosisGraderLib.inference.levels import LevelCandidate, SliceCanal, find_discs
@@ -274,6 +274,23 @@ def test_a_healthy_lumbar_disc_shows_a_shallower_band_than_the_neck_needs():
         assert not dark_bands(stack, canals, 0.0, band_depth_fraction(region)).any()
     stack, canals = spine_mr(lumbar_column(0.2)[0])
     assert not dark_bands(stack, canals, 0.0, band_depth_fraction("lumbar")).any()
+
+
+def test_the_band_darkness_is_how_much_darker_than_the_marrow_the_column_is():
+    # marrow 200: a disc at 30% darkness reads 0.3, the slices beside it 0.15, a body's middle (160) 0.2 and
+    # the rest of the marrow 0, on every slice including the study's ends
+    column, discs = lumbar_column(0.3)
+    stack, canals = spine_mr(column)
+    darkness = band_darkness(stack, canals)
+    assert darkness[discs] == pytest.approx(0.3)
+    assert darkness[[d + 1 for d in discs]] == pytest.approx(0.15)
+    assert darkness[[d + 17 for d in discs if d + 17 < 80]] == pytest.approx(0.2)
+    assert darkness[[0, 12, 79]] == pytest.approx(0.0)
+    # a slice without a canal reads as its neighbours (a disc missed is no band); fewer than three slices with a
+    # canal cannot be read
+    canals[discs[1]] = None
+    assert band_darkness(stack, canals)[discs[1]] == pytest.approx(0.15)
+    assert np.isnan(band_darkness(stack, canals[:2] + [None] * 78)).all()
 
 
 def test_a_slice_without_a_canal_is_no_band_and_makes_none_in_a_body():

@@ -10,6 +10,7 @@ from SpineStenosisGraderLib.inference.levels import (
     SPINE_DISCS,
     LevelCandidate,
     SliceCanal,
+    drop_bandless_end_levels,
     drop_below_lumbosacral_bend,
     drop_cisterns,
     drop_sacral_level,
@@ -470,6 +471,61 @@ def test_the_lumbosacral_bend_drops_nothing_without_a_bend_with_the_alae_or_outs
     kept, warnings = drop_below_lumbosacral_bend(_levels_at([10, 30, 59]), 1.0, region, bend,
                                                  sacrum_found=sacrum_found)
     assert len(kept) == 3 and warnings == []
+
+
+def _darkness(n, bands):
+    """A column's darkness per slice: 0.05 in the bodies, and each (slice, depth) of ``bands``."""
+    darkness = np.full(n, 0.05)
+    for k, depth in bands:
+        darkness[k] = depth
+    return darkness
+
+
+@pytest.mark.parametrize("levels, bands, kept", [
+    # 60 slices of 1 mm, a disc at 26 with its band; the detector's peak at 51 lies 8 mm inside the top end, in
+    # a body: no band within 3 mm, so it goes (fastcleverseg_ivd_20, 60 mm from slice 30)
+    ([26, 51], [(26, 0.4)], [26]),
+    ([26, 51], [(26, 0.4), (54, 0.25)], [26, 51]),  # its band 3 mm away: a disc
+    ([26, 51], [(26, 0.4), (55, 0.25)], [26]),  # 4 mm away: not its disc
+    ([26, 51], [(26, 0.4), (51, 0.19)], [26]),  # a dip under a fifth: no disc
+    ([2, 33], [(33, 0.3)], [33]),  # 2 mm inside the bottom end, bandless
+    ([11, 48], [], [11, 48]),  # both 11 mm inside an end: away from the ends a bandless level stays (L5-S1,
+    # cut obliquely, and the thin thoracolumbar discs show the weakest bands)
+    ([10, 49], [], []),  # 10 mm inside an end, bandless, at either end
+])
+def test_a_lumbar_mr_level_near_an_end_of_the_study_without_a_dark_band_is_dropped(levels, bands, kept):
+    result, warnings = drop_bandless_end_levels(_levels_at(levels), _darkness(60, bands), 1.0, "lumbar")
+    assert [lv.slice_index for lv in result] == kept
+    dropped = [k for k in levels if k not in kept]
+    assert len(warnings) == len(dropped)
+    for k, warning in zip(dropped, warnings):
+        assert f"slice {k}:" in warning and f"{min(k, 59 - k)} mm inside an end" in warning
+        assert "no dark band" in warning and "Add it back" in warning
+
+
+def test_the_end_of_the_study_and_the_bands_reach_are_told_in_mm():
+    # 2 mm slices: slice 25 of 30 lies 8 mm inside the top end, a band 2 slices (4 mm) away is not its own,
+    # one slice (2 mm) away is
+    levels = _levels_at([10, 25])
+    result, warnings = drop_bandless_end_levels(levels, _darkness(30, [(10, 0.4), (27, 0.4)]), 2.0, "lumbar")
+    assert [lv.slice_index for lv in result] == [10] and "8 mm inside an end" in warnings[0]
+    result, _ = drop_bandless_end_levels(levels, _darkness(30, [(10, 0.4), (26, 0.4)]), 2.0, "lumbar")
+    assert [lv.slice_index for lv in result] == [10, 25]
+    # slice 4 (of 2 mm) lies 8 mm inside the bottom end, slice 5 10 mm, slice 6 12 mm
+    result, _ = drop_bandless_end_levels(_levels_at([4, 5, 6]), _darkness(30, []), 2.0, "lumbar")
+    assert [lv.slice_index for lv in result] == [6]
+
+
+@pytest.mark.parametrize("region, slice_mm, darkness", [
+    ("cervical", 1.0, None),  # a neck's disc bands are often shallow
+    ("unknown", 1.0, None),  # it may be a neck
+    ("lumbar", 4.0, None),  # on thick slices a disc's band is averaged with the bodies beside it
+    ("lumbar", 1.0, np.full(60, np.nan)),  # the column could not be read
+])
+def test_the_end_rule_keeps_every_level_where_a_missing_band_says_nothing(region, slice_mm, darkness):
+    darkness = _darkness(60, []) if darkness is None else darkness
+    result, warnings = drop_bandless_end_levels(_levels_at([2, 30, 57]), darkness, slice_mm, region)
+    assert [lv.slice_index for lv in result] == [2, 30, 57] and warnings == []
 
 
 def test_a_levels_box_is_the_canal_over_the_slices_its_roi_spans_not_one_slice_reaching_into_a_foramen():

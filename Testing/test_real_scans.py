@@ -145,6 +145,19 @@ def test_the_sacral_end_of_a_lumbar_mr_is_never_cervical(package, scans):
     assert not any(level.name.startswith("C") for level in result.levels)
 
 
+def test_a_short_lumbar_mr_series_keeps_no_level_in_a_body_near_its_end(package, scans):
+    # 60 mm of a lumbar MR validation scan (slices 30-89): its L4-L5 disc lies 29.4 mm from the series' lower end,
+    # the next discs 9.5 mm below it and 10.2 mm above it. The detector's disc sign peaked again 8 mm inside the
+    # upper end, in L4's body, 18.6 mm from L3-L4: a second level, until a lumbar MR level that near an end
+    # needs a dark band in the column in front of the canal
+    from SpineStenosisGraderLib.training.series_variants import cut
+
+    result = grade_stack(cut(scans["fastcleverseg_ivd_20"].stack, 30, 90), package, modality="MR")
+    assert result.study.region == "lumbar"
+    assert [abs(level.slice_index - 29.4) <= 8.0 for level in result.levels] == [True]
+    assert any("inside an end of the study" in w and "no dark band" in w for w in result.warnings)
+
+
 def test_a_short_neck_series_whose_cord_touches_the_canals_sides_is_cervical(package, scans):
     # 40 mm of a validation neck around C5-C6: its CSF is thin, and CSF encloses the cord on only 3 of its 40
     # slices; on most others the cord touches the canal's side or back. With only the enclosed cord read, the

@@ -12,9 +12,9 @@ import SimpleITK as sitk
 from .errors import InputError
 from .inference.contrast import t1_warning
 from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_csf, study_csf_contrast
-from .inference.landmarks import (CANAL_WALL_HU, band_depth_fraction, dark_bands, disc_back_density, endplate_gaps,
-                                  find_foramen_magnum, find_lumbosacral_bend, find_sacrum, measure_bone,
-                                  onto_the_discs)
+from .inference.landmarks import (CANAL_WALL_HU, band_darkness, band_depth_fraction, dark_bands, disc_back_density,
+                                  endplate_gaps, find_foramen_magnum, find_lumbosacral_bend, find_sacrum,
+                                  measure_bone, onto_the_discs)
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -22,6 +22,7 @@ from .inference.levels import (
     SliceCanal,
     box_depth_mm,
     check_level_name,
+    drop_bandless_end_levels,
     drop_below_lumbosacral_bend,
     drop_cisterns,
     drop_sacral_level,
@@ -163,6 +164,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     discs, bend_warnings = drop_below_lumbosacral_bend(discs, dz, region, bend.top_slice if bend else None,
                                                        sacrum_found=sacrum is not None)
     warnings.extend(bend_warnings)
+    if modality == "MR" and region == "lumbar":
+        # near an end of the study a peak of the detector's one-sided evidence may lie in a body
+        discs, end_warnings = drop_bandless_end_levels(discs, band_darkness(stack, canals), dz, region)
+        warnings.extend(end_warnings)
     naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
                                foramen_magnum_slice=foramen.bottom_slice if foramen else None)
     warnings.extend(naming.warnings)

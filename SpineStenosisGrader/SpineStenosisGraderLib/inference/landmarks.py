@@ -255,6 +255,36 @@ def band_depth_fraction(region: str) -> float:
     return LUMBAR_BAND_DEPTH_FRACTION if region == "lumbar" else BAND_DEPTH_FRACTION
 
 
+def _band_column(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The slices where the column in front of the canal (MR) was read, and its darkness on every slice.
+
+    The darkness is 1 - the column's intensity over the marrow's (BAND_MARROW_QUANTILE of the column within
+    BAND_MARROW_HALF_LENGTH_MM of the slice); NaN where there is no marrow to compare with. Untracked slices
+    take their neighbours' column, so a missed slice does not look like a band. None with fewer than three
+    slices read.
+    """
+    column = disc_back_density(stack, canals, BAND_DEPTH_MM, BAND_HALF_WIDTH_MM)
+    tracked = np.nonzero(~np.isnan(column))[0]
+    if len(tracked) < 3:
+        return None
+    filled = np.interp(np.arange(stack.n_slices), tracked, column[tracked])
+    half = max(1, int(round(BAND_MARROW_HALF_LENGTH_MM / stack.spacing[2])))
+    marrow = _running_percentile(filled, half, BAND_MARROW_QUANTILE)
+    darkness = np.full(stack.n_slices, np.nan)
+    np.divide(filled, marrow, out=darkness, where=marrow > 0)
+    return tracked, 1.0 - darkness
+
+
+def band_darkness(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:
+    """Per slice, how much darker the vertebral column in front of the canal (MR) is than the marrow around it.
+
+    About 0.25-0.7 at a disc, near 0 or below in a vertebral body (see ``dark_bands``). NaN where it cannot be
+    read: everywhere when fewer than three slices have a canal.
+    """
+    read = _band_column(stack, canals)
+    return np.full(stack.n_slices, np.nan) if read is None else read[1]
+
+
 def dark_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_height_mm: float = 0.0,
                depth_fraction: float = BAND_DEPTH_FRACTION) -> np.ndarray:
     """Per slice, 1 where the vertebral column in front of the canal (MR) has a dark band: a disc.
@@ -262,26 +292,22 @@ def dark_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_h
     On T2 MR the marrow of a vertebral body is brighter than a disc's endplates
     and annulus, so the column just in front of the canal darkens at every disc
     (on T1 the fatty marrow is brighter still; no T1 scan has been checked). A band is a slice
-    darker than the marrow around it by ``depth_fraction`` (``band_depth_fraction`` of the
-    region: shallower in the lumbar spine), and at least as
+    darker than the marrow around it (``band_darkness``) by ``depth_fraction`` (``band_depth_fraction`` of
+    the region: shallower in the lumbar spine), and at least as
     dark as its neighbours. The intensity is compared within the study only,
     so the MR's arbitrary scale does not matter. Each band also marks the slices
     within a quarter of ``disc_height_mm`` (the region's disc height) on either
     side of it; with 0, its own slice alone.
     """
     bands = np.zeros(stack.n_slices)
-    column = disc_back_density(stack, canals, BAND_DEPTH_MM, BAND_HALF_WIDTH_MM)
-    tracked = np.nonzero(~np.isnan(column))[0]
-    if len(tracked) < 3:
+    read = _band_column(stack, canals)
+    if read is None:
         return bands
-    # untracked slices take their neighbours' value, so a missed slice does not look like a band
-    filled = np.interp(np.arange(stack.n_slices), tracked, column[tracked])
-    half = max(1, int(round(BAND_MARROW_HALF_LENGTH_MM / stack.spacing[2])))
-    marrow = _running_percentile(filled, half, BAND_MARROW_QUANTILE)
-    darkness = 1.0 - filled / np.maximum(marrow, np.finfo(float).tiny)
+    tracked, darkness = read
     for k in tracked:
-        neighbours = darkness[max(0, k - 1)], darkness[min(stack.n_slices - 1, k + 1)]
-        bands[k] = float(marrow[k] > 0 and darkness[k] >= depth_fraction and darkness[k] >= max(neighbours))
+        # a neighbour without marrow to compare with does not count; a slice without it is no band (NaN)
+        neighbours = [darkness[j] for j in (max(0, k - 1), min(stack.n_slices - 1, k + 1)) if not np.isnan(darkness[j])]
+        bands[k] = float(darkness[k] >= depth_fraction and darkness[k] >= max(neighbours, default=-np.inf))
     # a band is the one darkest slice of a disc, whose evidence a smoothing over a slice or two would erase:
     # it marks the slices within a quarter of the disc's height either side
     spread = int(disc_height_mm / 4.0 // stack.spacing[2])

@@ -108,6 +108,20 @@ L4_L5_ABOVE_SACRUM_MM = 65.0
 #: graded by eleven detectors, every level dropped with 25 mm lay 31 mm or more below L5-S1 (an L5-S1 found 5 mm
 #: above its disc stays, 21 mm below its bend); 20 mm dropped that L5-S1, and 30 or 35 mm left remnants in
 BELOW_LUMBOSACRAL_BEND_MM = 25.0
+#: near an end of a study the detector's disc evidence is one-sided (its running baseline and smoothing see one
+#: side only), and on the lumbar MR validation series cut into 40-90 mm windows it peaked 2-8 mm inside a
+#: window's end, in a vertebral body, 12-19 mm from the nearest disc. There the vertebral column in front of the
+#: canal (``landmarks.band_darkness``) shows no disc: a lumbar MR level within END_LEVEL_MM of either end of the
+#: study is kept only if the column darkens by END_LEVEL_MIN_DARKNESS within END_LEVEL_BAND_REACH_MM of it. Of
+#: the 356 levels within 8 mm of a disc on those series 4 stay under 0.2 (a healthy lumbar disc's band is 25-40%
+#: deep), of the 44 more than 10 mm from every disc 17. Away from the ends the rule is not applied: the lowest
+#: (L5-S1, cut obliquely where the spine bends into the sacrum) and the thoracolumbar discs show the weakest bands,
+#: and dropping every bandless level there lost discs and shifted names on VB1 and VB2
+END_LEVEL_MM = 10.0
+END_LEVEL_MIN_DARKNESS = 0.2
+END_LEVEL_BAND_REACH_MM = 3.0
+#: on thicker slices a band is averaged with the bodies on either side, and a true disc's reads under 0.2
+END_LEVEL_MAX_SLICE_MM = 3.0
 
 
 @dataclass
@@ -395,6 +409,43 @@ def drop_below_lumbosacral_bend(levels: Sequence[LevelCandidate], slice_spacing_
         f"than {BELOW_LUMBOSACRAL_BEND_MM:.0f} mm below where the canal turns back into the sacrum (slice "
         f"{bend_slice}), so {'remnants of discs' if len(below) > 1 else 'the remnant of a disc'} inside the sacrum "
         "rather than L5-S1. Add one back if it is a disc."]
+
+
+def drop_bandless_end_levels(levels: Sequence[LevelCandidate], darkness: np.ndarray, slice_spacing_mm: float,
+                              region: str) -> tuple[list[LevelCandidate], list[str]]:
+    """Drop a lumbar MR study's levels near either end of the study where the column in front shows no disc.
+
+    ``darkness`` is ``landmarks.band_darkness`` of the study, one value per
+    slice. A level within END_LEVEL_MM of the first or last slice goes when the
+    darkness stays under END_LEVEL_MIN_DARKNESS within END_LEVEL_BAND_REACH_MM
+    of it; where the darkness cannot be read (NaN) it stays. Only lumbar studies
+    (a cervical disc's band is often shallow: 63 of 896 neck levels below C2
+    read under 0.1) with slices up to END_LEVEL_MAX_SLICE_MM. Returns the levels
+    kept and a warning naming those dropped.
+    """
+    levels = list(levels)
+    if region != "lumbar" or slice_spacing_mm > END_LEVEL_MAX_SLICE_MM:
+        return levels, []
+    n = len(darkness)
+    # the slices no further from the level than the reach, and at least its neighbours
+    reach = max(1, int(END_LEVEL_BAND_REACH_MM // slice_spacing_mm))
+    dropped = []
+    for level in levels:
+        k = level.slice_index
+        if min(k, n - 1 - k) * slice_spacing_mm > END_LEVEL_MM:
+            continue
+        near = darkness[max(0, k - reach):k + reach + 1]
+        if np.isnan(near).all() or np.nanmax(near) >= END_LEVEL_MIN_DARKNESS:
+            continue
+        dropped.append(level)
+    if not dropped:
+        return levels, []
+    inside_mm = {lv.slice_index: min(lv.slice_index, n - 1 - lv.slice_index) * slice_spacing_mm for lv in dropped}
+    return [lv for lv in levels if lv not in dropped], [
+        f"No level at slice {lv.slice_index}: it lies {inside_mm[lv.slice_index]:.0f} mm inside an end of the "
+        "study, where the detector's disc sign is read from one side only, and the vertebral column in front of "
+        "the canal shows no disc there (no dark band). Add it back if it is a disc."
+        for lv in dropped]
 
 
 def drop_cisterns(levels: Sequence[LevelCandidate], pixel_spacing_mm: Sequence[float],
