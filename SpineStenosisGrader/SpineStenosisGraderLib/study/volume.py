@@ -38,7 +38,8 @@ MAX_TILT_DEG = 40.0
 #: slices, against 88-95% as acquired) and their lumbar discs (21 of 25), a
 #: neck's region turning "unknown", never wrong; a real 3 x 1 mm sagittal CT
 #: (VerSe sub-verse012) had its canal found on 52 of 54 slices. At 4 mm two
-#: of five necks were called lumbar.
+#: of five necks were called lumbar (three with the region reading of 6 December
+#: 2026: the cord, 3 pixels wide, is no longer enclosed by the CSF beside it).
 MAX_INPLANE_ANISOTROPY = 2.5
 COARSE_PIXEL_MM = 3.0
 
