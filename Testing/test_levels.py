@@ -516,6 +516,22 @@ def test_the_end_of_the_study_and_the_bands_reach_are_told_in_mm():
     assert [lv.slice_index for lv in result] == [6]
 
 
+@given(st.lists(st.integers(0, 59), min_size=1, max_size=6, unique=True),
+       st.lists(st.floats(-0.2, 0.8), min_size=60, max_size=60), st.sampled_from([1.0, 2.0, 3.0]))
+def test_the_end_rule_reads_both_ends_alike_whichever_way_the_slices_run(slices, darkness, slice_mm):
+    # a study stored feet first or head first keeps the same levels: the rule mirrored is the mirrored rule
+    darkness = np.array(darkness)
+    kept, _ = drop_bandless_end_levels(_levels_at(sorted(slices)), darkness, slice_mm, "lumbar")
+    mirrored, _ = drop_bandless_end_levels(_levels_at(sorted(59 - k for k in slices)), darkness[::-1], slice_mm,
+                                           "lumbar")
+    assert sorted(59 - lv.slice_index for lv in mirrored) == [lv.slice_index for lv in kept]
+    # and only levels within 10 mm of an end, with no band within 3 mm, are ever dropped
+    reach = int(3.0 // slice_mm)
+    for k in set(slices) - {lv.slice_index for lv in kept}:
+        assert min(k, 59 - k) * slice_mm <= 10.0
+        assert darkness[max(0, k - reach):k + reach + 1].max() < 0.2
+
+
 @pytest.mark.parametrize("region, slice_mm, darkness", [
     ("cervical", 1.0, None),  # a neck's disc bands are often shallow
     ("unknown", 1.0, None),  # it may be a neck
