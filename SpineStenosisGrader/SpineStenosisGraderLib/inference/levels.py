@@ -429,23 +429,18 @@ def drop_bandless_end_levels(levels: Sequence[LevelCandidate], darkness: np.ndar
     n = len(darkness)
     # the slices no further from the level than the reach, and at least its neighbours
     reach = max(1, int(END_LEVEL_BAND_REACH_MM // slice_spacing_mm))
-    dropped = []
+    kept, warnings = [], []
     for level in levels:
         k = level.slice_index
-        if min(k, n - 1 - k) * slice_spacing_mm > END_LEVEL_MM:
-            continue
+        inside_mm = min(k, n - 1 - k) * slice_spacing_mm
         near = darkness[max(0, k - reach):k + reach + 1]
-        if np.isnan(near).all() or np.nanmax(near) >= END_LEVEL_MIN_DARKNESS:
+        if inside_mm > END_LEVEL_MM or np.isnan(near).all() or np.nanmax(near) >= END_LEVEL_MIN_DARKNESS:
+            kept.append(level)
             continue
-        dropped.append(level)
-    if not dropped:
-        return levels, []
-    inside_mm = {lv.slice_index: min(lv.slice_index, n - 1 - lv.slice_index) * slice_spacing_mm for lv in dropped}
-    return [lv for lv in levels if lv not in dropped], [
-        f"No level at slice {lv.slice_index}: it lies {inside_mm[lv.slice_index]:.0f} mm inside an end of the "
-        "study, where the detector's disc sign is read from one side only, and the vertebral column in front of "
-        "the canal shows no disc there (no dark band). Add it back if it is a disc."
-        for lv in dropped]
+        warnings.append(f"No level at slice {k}: it lies {inside_mm:.0f} mm inside an end of the study, where the "
+                        "detector's disc sign is read from one side only, and the vertebral column in front of the "
+                        "canal shows no disc there (no dark band). Add it back if it is a disc.")
+    return kept, warnings
 
 
 def drop_cisterns(levels: Sequence[LevelCandidate], pixel_spacing_mm: Sequence[float],
