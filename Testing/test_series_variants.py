@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from SpineStenosisGraderLib.study.volume import AxialStack
-from SpineStenosisGraderLib.training.evaluation import evaluate_series_variants, score_levels
+from SpineStenosisGraderLib.training.evaluation import evaluate_series_variants, score_levels, score_series_names
 from SpineStenosisGraderLib.training.series_variants import (
     FIELD_OF_VIEW_MARGIN_MM,
     as_sagittal_slices,
@@ -162,6 +162,31 @@ def test_a_level_above_labels_that_stop_short_of_the_top_disc_is_not_false():
     assert score_levels([3.0], discs, 40, 2.0, more_discs_above=True) == (2, 0, 1)
 
 
+def test_a_series_names_are_checked_where_its_labels_tell_them():
+    # 2 mm slices, 40 slices: L4-L5 at 10 (L5-S1 lies 1 slice from the end, not inside), L3-L4 at 25
+    discs = {"L5-S1": 1.0, "L4-L5": 10.0, "L3-L4": 25.0}
+    # a level 3 slices (6 mm) from L4-L5 named right, one 2 slices from L3-L4 named wrong, one between them and
+    # one on L5-S1, which is not inside the series, unchecked
+    assert score_series_names(["L5-S1", "L4-L5", "L3-L4", "L2-L3"], [1.0, 13.0, 18.0, 27.0], discs, 40, 2.0) == (2, 1)
+    # matched closest first: the level on L3-L4 is checked, not the one 5 slices away
+    assert score_series_names(["L3-L4", "L2-L3"], [25.0, 30.0], discs, 40, 2.0) == (1, 1)
+    assert score_series_names(["L2-L3", "L3-L4"], [25.0, 30.0], discs, 40, 2.0) == (1, 0)
+    # discs whose labels only count them say nothing of names
+    assert score_series_names(["L4-L5"], [10.0], discs, 40, 2.0, disc_names_known=False) == (0, 0)
+
+
+def test_a_neck_series_names_are_counted_from_c2_only_where_it_holds_c2():
+    # C2's body at slice 50 and T2's at -20 (below the series): the levels below C2 are C2-C3, C3-C4, ...
+    landmarks = {"C2": 50.0, "T2": -20.0}
+    names = ["C4-C5", "C3-C4", "C2-C3", "C1-C2"]
+    assert score_series_names(names, [10.0, 25.0, 40.0, 55.0], {}, 60, 1.0, landmarks=landmarks) == (3, 3)
+    # a level missed below C2 shifts every name counted after it, as for a reader
+    assert score_series_names(["C4-C5", "C3-C4"], [10.0, 25.0], {}, 60, 1.0, landmarks=landmarks) == (2, 0)
+    # a series that ends below C2 holds nothing to count from
+    assert score_series_names(names[:2], [10.0, 25.0], {}, 45, 1.0, landmarks={"C2": 50.0, "T2": -20.0}) == (0, 0)
+    assert score_series_names(names[:2], [10.0, 25.0], {}, 60, 1.0, landmarks={"C2": 50.0}) == (0, 0)
+
+
 def _one_scan_catalogue(name, folder):
     """A catalogue of the one scan, its paths made absolute: (its path, its entry)."""
     import json
@@ -203,6 +228,9 @@ def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
     assert sct["trained_on"] and "sct_cervical_t2" in report["pooled"]["scans_trained_on"]
     inside = sum(score_levels([], list(v.discs.values()), v.stack.n_slices, v.stack.spacing[2])[0] for v in made)
     assert sct["discs_inside"] == inside > 0
+    # a name is checked on each disc found, whose label names it
+    assert sct["names_checked"] == sct["discs_found"] and 0 <= sct["names_right"] <= sct["names_checked"]
+    assert report["pooled"]["names_right"] == f"{sct['names_right']}/{sct['names_checked']}"
     # every slice of the crop is labelled, so every series slice has a reference; the package learned this scan
     labelled = sum(int(k) in scan.boxes for v in made for k in source_slices(scan.stack, v.stack))
     assert sct["canal_slices"] == labelled == sum(v.stack.n_slices for v in made)
@@ -221,8 +249,8 @@ def test_series_variants_of_a_real_scan_are_graded_and_counted(tmp_path):
     assert canal_only["discs_inside"] == canal_only["discs_found"] == 0
     windows = short_windows(scan.stack.n_slices, 1.0, sorted(scan.boxes))
     assert canal_only["series"] == len(windows) + 5 and canal_only["canal_slices"] > 0
-    # with no disc and no C2 labelled, no level can be called false
-    assert canal_only["false_levels"] == 0
+    # with no disc and no C2 labelled, no level can be called false, nor its name checked
+    assert canal_only["false_levels"] == 0 and canal_only["names_checked"] == 0
 
 
 def test_short_thick_series_of_a_real_scan_are_graded_and_counted_apart(tmp_path):

@@ -227,7 +227,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             variants = metrics[key]
             print(f"\n{title}: " + ", ".join(
                 f"{s['scan']} canal {s['canal_hits']}/{s['canal_slices']}, {s['discs_found']}/{s['discs_inside']} "
-                f"discs, {s['false_levels']} false, region {s['region_right']}/{s['series']}"
+                f"discs, {s['false_levels']} false, names {s['names_right']}/{s['names_checked']}, "
+                f"region {s['region_right']}/{s['series']}"
                 for s in variants["per_scan"]) + f"; pooled {variants['pooled']}", file=sys.stderr)
     if args.write_manifest:
         manifest_path = package.path / "manifest.json"

@@ -388,6 +388,32 @@ def score_levels(result_levels: Sequence[float], discs: Sequence[float], n_slice
     return len(inside), found, false
 
 
+def score_series_names(level_names: Sequence[str], level_slices: Sequence[float], discs: dict[str, float],
+                       n_slices: int, slice_spacing_mm: float, disc_names_known: bool = True,
+                       landmarks: Optional[dict[str, float]] = None) -> tuple[int, int]:
+    """(levels whose true name the labels tell, of those named right) on one series.
+
+    With disc positions, a level within DISC_FOUND_MM of a disc inside the series
+    has that disc's name (where the labels name the discs). Without, where the
+    labels mark two vertebral bodies and the series holds the upper one (C2 on a
+    neck), the levels below it are named by their count from it, as on a whole
+    scan (``names_by_count``): a series that ends below it shows nothing to count
+    from, so none of its names is checked.
+    """
+    if discs:
+        if not disc_names_known:
+            return 0, 0
+        inside = {name: k for name, k in discs.items() if disc_inside(k, n_slices, slice_spacing_mm)}
+        names = list(inside)
+        matches = match_levels(list(level_slices), [inside[n] for n in names], DISC_FOUND_MM / slice_spacing_mm)
+        return len(matches), sum(level_names[a] == names[b] for a, b in matches)
+    span = landmark_span(landmarks or {})
+    if span is None or not 0.0 <= landmarks[span[0]] <= n_slices - 1:
+        return 0, 0
+    expected = names_by_count(list(level_slices), landmarks)
+    return len(expected), sum(level_names[a] == name for a, name in expected.items())
+
+
 def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue: Path,
                              use: Optional[str] = None, short_thick: bool = False) -> dict[str, Any]:
     """Canal, levels and region on short, thick and cropped series made from every catalogue scan (``series_variants``).
@@ -398,7 +424,8 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
     of each series slice whose centre lies on a labelled scan slice (the
     reference of that slice, as on the whole scan: ``canal_hit``); one with
     neither has nothing to score here. Without disc positions, a level above
-    the middle of a labelled C2 is false.
+    the middle of a labelled C2 is false. Names are checked where the labels
+    tell them (``score_series_names``).
 
     With ``short_thick``, the short thick series instead (``short_thick_series``:
     40 mm windows in 5 mm slices), reported apart so that the figures of the
@@ -407,8 +434,9 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
     from .series_variants import (FIELD_OF_VIEW_MARGIN_MM, SHORT_THICK_SERIES_MM, disc_slices_in, series_variants,
                                   short_thick_series, source_slices)
 
-    per_scan, missed = [], []
-    keys = ("series", "discs_inside", "discs_found", "false_levels", "region_right", "canal_slices", "canal_hits")
+    per_scan, missed, wrong_names = [], [], []
+    keys = ("series", "discs_inside", "discs_found", "false_levels", "names_checked", "names_right", "region_right",
+            "canal_slices", "canal_hits")
     for scan in (s for s in load_scans(catalogue, use=use) if s.discs or s.boxes):
         package = packages(scan.name)
         counts = dict.fromkeys(keys, 0)
@@ -420,11 +448,14 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
             stack = variant.stack
             result = grade_stack(stack, package, modality=scan.modality)
             levels = [float(lv.slice_index) for lv in result.levels]
+            landmarks = disc_slices_in(scan.stack, stack, scan.landmarks)
+            names_checked, names_right = score_series_names([lv.name for lv in result.levels], levels,
+                                                            variant.discs, stack.n_slices, stack.spacing[2],
+                                                            scan.disc_names_known, landmarks)
             if scan.discs:
                 inside, found, false = score_levels(levels, list(variant.discs.values()), stack.n_slices,
                                                     stack.spacing[2], scan.more_discs_above, scan.more_discs_below)
             else:
-                landmarks = disc_slices_in(scan.stack, stack, scan.landmarks)
                 inside, found = 0, 0
                 false = sum(level_is_false(k, [], landmarks, stack.spacing[2])[1] for k in levels)
             # each box carried onto the scan's own slice grid through patient space, where its reference lies: the
@@ -442,6 +473,8 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
             counts["discs_inside"] += inside
             counts["discs_found"] += found
             counts["false_levels"] += false
+            counts["names_checked"] += names_checked
+            counts["names_right"] += names_right
             counts["region_right"] += int(result.study.region == scan.region)
             regions[result.study.region] = regions.get(result.study.region, 0) + 1
             counts["canal_slices"] += canal_slices
@@ -450,6 +483,11 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
                 missed.append(f"{scan.name}, {variant.description}: {found}/{inside} discs, {false} false "
                               f"(levels at {', '.join(f'{k:.0f}' for k in levels) or 'none'}; discs at "
                               f"{', '.join(f'{k:.1f}' for k in sorted(variant.discs.values())) or 'none labelled'})")
+            if names_right < names_checked:
+                named = ", ".join(f"{lv.name} at {k:.0f}" for lv, k in zip(result.levels, levels))
+                wrong_names.append(f"{scan.name}, {variant.description}: {names_right}/{names_checked} names right "
+                                   f"(levels {named}; {_labels_in(variant.discs or landmarks)}; "
+                                   f"{result.study.numbering.split(':')[0]})")
         per_scan.append({"scan": scan.name, "trained_on": trained_on(package, scan.name), **counts,
                          "regions_found": regions})
     total = {key: sum(s[key] for s in per_scan) for key in keys}
@@ -475,12 +513,20 @@ def evaluate_series_variants(packages: Callable[[str], ModelPackage], catalogue:
                    "canal_found": f"{total['canal_hits']}/{total['canal_slices']}",
                    "discs_found_within_8mm": f"{total['discs_found']}/{total['discs_inside']}",
                    "false_levels": total["false_levels"],
+                   "names_right": f"{total['names_right']}/{total['names_checked']}",
                    "region_right": f"{total['region_right']}/{total['series']}",
                    "regions_found": regions_found,
                    "scans_trained_on": [s["scan"] for s in per_scan if s["trained_on"]]},
         "per_scan": per_scan,
         "series_with_a_missed_disc_or_a_false_level": missed,
+        "series_with_a_wrong_name": wrong_names,
     }
+
+
+def _labels_in(places: dict[str, float]) -> str:
+    """The labels' places on a series' slices, for a person reading why a name was wrong."""
+    return "labels " + (", ".join(f"{name} at {k:.1f}" for name, k in sorted(places.items(), key=lambda p: p[1]))
+                        or "none")
 
 
 def match_levels(found: Sequence[float], true: Sequence[float], tolerance: float) -> list[tuple[int, int]]:
