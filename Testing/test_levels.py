@@ -98,11 +98,26 @@ def test_on_thick_slices_the_foramen_magnum_is_measured_in_mm():
 
 
 def test_a_highest_disc_a_vertebra_too_far_below_the_foramen_magnum_is_not_taken_for_c2_c3():
-    # C2-C3 missed: the highest disc found, 48 mm below the opening, is C3-C4, so nothing anchors the count
+    # C2-C3 missed: the highest disc found, 48 mm below the opening, is C3-C4, named so, and unsure
     levels = _cervical_levels_below(200, [48, 64, 80])
     naming = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=200)
-    assert not naming.anchored and naming.confidence == ["none"] * 3
-    assert any("48 mm below the foramen magnum" in w and "C2-C3 was not found" in w for w in naming.warnings)
+    assert naming.names == ["C5-C6", "C4-C5", "C3-C4"]
+    assert naming.anchored and naming.landmark == "foramen magnum" and naming.confidence == ["low"] * 3
+    assert "48 mm below" in naming.note and "is C3-C4" in naming.note
+    assert any("C2-C3 was not found" in w and "taken as C3-C4" in w for w in naming.warnings)
+    # 42 mm is still C2-C3's place, and 60 mm C3-C4's
+    assert name_from_anatomy(_cervical_levels_below(200, [42, 58]), "cervical", 1.0,
+                             foramen_magnum_slice=200).names == ["C3-C4", "C2-C3"]
+    assert name_from_anatomy(_cervical_levels_below(200, [60, 76]), "cervical", 1.0,
+                             foramen_magnum_slice=200).names == ["C4-C5", "C3-C4"]
+
+
+def test_a_highest_disc_two_vertebrae_below_the_foramen_magnum_is_not_named_from_it():
+    # 66 mm below the opening lies C4-C5 or lower: too far to count from the skull base
+    levels = _cervical_levels_below(200, [66, 82])
+    naming = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=200)
+    assert not naming.anchored and naming.confidence == ["none"] * 2
+    assert any("66 mm below the foramen magnum" in w and "C2-C3 was not found" in w for w in naming.warnings)
 
 
 def test_the_foramen_magnum_names_cervical_studies_only_and_the_users_anchor_wins():

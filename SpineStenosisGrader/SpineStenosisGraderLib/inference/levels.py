@@ -67,6 +67,9 @@ C1_C2_BELOW_FORAMEN_MM = 25.0
 #: the highest disc no further than this below the opening is C2-C3; C3-C4 lies a cervical vertebra lower
 #: (49-53 mm on those scans), and a highest disc that far down says C2-C3 was missed
 C2_C3_BELOW_FORAMEN_MM = 42.0
+#: a highest disc below C2-C3's reach and no further than this is C3-C4 (C2-C3 missed), as the lowest disc
+#: above the sacrum's L5-S1 window is L4-L5: C4-C5 lies another cervical vertebra (15-19 mm on those scans) lower
+C3_C4_BELOW_FORAMEN_MM = 60.0
 #: a lowest lumbar level closer to the next than this share of the median spacing between the levels above
 #: is a remnant disc in the sacrum: on the 22 lumbar MR scans checked (``fastcleverseg``), the S1-S2 remnant
 #: lay 0.55-0.66 of that spacing below L5-S1 (21-23 mm), while L5-S1 lay 0.78 or more below L4-L5
@@ -618,7 +621,15 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
                 f"Named from the foramen magnum: the highest disc, {below_mm:.0f} mm below where the canal opens "
                 "into the cisterna magna, is C2-C3 (C1 and C2 lie between them). Check C2-C3 on a sagittal "
                 "view."), warnings)
-        warnings.append(f"The highest disc found lies {below_mm:.0f} mm below the foramen magnum, where C3-C4 or a "
+        if below_mm <= C3_C4_BELOW_FORAMEN_MM:
+            names = name_levels(n, "cervical", (-1, "C3-C4"))
+            return LevelNaming(kept, names, True, "foramen magnum", ["low"] * n, (
+                f"Named from the foramen magnum: no disc was found where C2-C3 lies, and the highest disc found, "
+                f"{below_mm:.0f} mm below where the canal opens into the cisterna magna, is C3-C4. Check C2-C3 on "
+                "a sagittal view."), warnings + [
+                    f"C2-C3 was not found: the highest disc found lies {below_mm:.0f} mm below the foramen magnum, "
+                    "where C3-C4 is expected, and is taken as C3-C4."])
+        warnings.append(f"The highest disc found lies {below_mm:.0f} mm below the foramen magnum, where C4-C5 or a "
                         "lower disc is expected, so C2-C3 was not found and the names are not anchored to it.")
     if region in REGIONS:
         names = name_levels(n, region)
