@@ -363,6 +363,15 @@ def test_no_foramen_magnum_without_a_cistern_reaching_the_top_of_the_track():
     assert find_foramen_magnum(stack, canals) is None
 
 
+def test_the_canal_of_c2_deeper_than_the_neck_below_it_is_no_cistern():
+    # the top of a crop from C2 down: C2's canal 17 mm deep against 12 mm below, well over the cistern's ratio,
+    # but no deeper than a canal is; the cistern behind the medulla is 20 mm deep and more
+    stack, canals = neck([12.0] * 50 + [16.5, 17.0, 17.0, 17.2])
+    assert find_foramen_magnum(stack, canals) is None
+    stack, canals = neck([12.0] * 50 + [16.5, 17.0, 19.0, 20.0])
+    assert find_foramen_magnum(stack, canals).bottom_slice == 50
+
+
 @settings(max_examples=25, deadline=None)
 @given(pixel_mm=st.sampled_from([0.3, 0.5, 0.8, 1.0]), slice_mm=st.sampled_from([0.8, 1.0, 2.0, 3.0]))
 def test_the_foramen_magnum_does_not_depend_on_the_pixel_or_slice_spacing(pixel_mm, slice_mm):

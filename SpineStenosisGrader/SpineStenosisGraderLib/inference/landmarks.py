@@ -90,6 +90,12 @@ SACRUM_BELOW_ALAE_MM = 100.0
 FORAMEN_MIN_TRACK_MM = 50.0
 #: the cisterna magna is seen over at least this much at the top of the study: one wide box is no cistern
 FORAMEN_MIN_RUN_MM = 3.0
+#: and its deepest box is at least this deep: behind the medulla the cistern makes the CSF space 22-28 mm deep
+#: at the top of the validation necks (20.5 mm at the opening of the T2*'s crop), while C2's canal, deeper than
+#: the canal below it, stays under 18 mm. Read against the median alone, the top of a C2-C5 crop in 3 mm sagittal
+#: slices (`sct_cervical_t2`, graded by the seed-1 fold that did not train on it) was taken for the cistern, 17 mm
+#: deep against 12 mm, and the true C3-C4 below it was dropped as C2
+CISTERN_MIN_DEPTH_MM = 20.0
 #: followed downwards, the lumbar canal turns backwards into the sacrum (the lumbosacral angle; the sacrum slopes
 #: back 30-60 degrees), so in the lower half of a lumbar track its steepest backward slope, this steep or steeper
 #: (mm backwards per mm downwards), marks the lumbosacral junction. On the six lumbar T2 scans of VB1 whose L5-S1
@@ -387,7 +393,8 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
     through the foramen magnum its CSF opens into the cisterna magna behind the
     medulla, and the canal's box grows to CISTERN_DEPTH_RATIO times the canal's
     median depth and more. The cistern is the run of such slices that reaches the
-    most superior slice where a canal was tracked; the landmark's ``bottom_slice``
+    most superior slice where a canal was tracked, and at least CISTERN_MIN_DEPTH_MM
+    deep somewhere; the landmark's ``bottom_slice``
     is where the canal opens. No such run, no landmark: a study that ends below
     the skull base, or whose canal was not tracked up to it. The run must reach
     the very top: allowing it to start 2 mm below (a cropped neck's top box may
@@ -404,7 +411,7 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
         if depth[k] <= CISTERN_DEPTH_RATIO * median:
             break
         run.append(k)
-    if len(run) * dz < FORAMEN_MIN_RUN_MM:
+    if len(run) * dz < FORAMEN_MIN_RUN_MM or max(depth[k] for k in run) < CISTERN_MIN_DEPTH_MM:
         return None
     return Landmark(
         name="foramen magnum", slices=tuple(sorted(run)), top_slice=max(run),
