@@ -6,10 +6,10 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, band_depth_fraction,
-                                                      band_darkness, canal_front_wall, dark_bands, disc_back_density,
-                                                      endplate_gaps, find_foramen_magnum, find_lumbosacral_bend,
-                                                      onto_the_discs)
+from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, NECK_CISTERN_DEPTH_RATIO,
+                                                      band_depth_fraction, band_darkness, canal_front_wall, dark_bands,
+                                                      disc_back_density, endplate_gaps, find_foramen_magnum,
+                                                      find_lumbosacral_bend, onto_the_discs)
 from SpineStenosisGraderLib.inference.levels import LevelCandidate, SliceCanal, find_discs
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -370,6 +370,20 @@ def test_the_canal_of_c2_deeper_than_the_neck_below_it_is_no_cistern():
     assert find_foramen_magnum(stack, canals) is None
     stack, canals = neck([12.0] * 50 + [16.5, 17.0, 19.0, 20.0])
     assert find_foramen_magnum(stack, canals).bottom_slice == 50
+
+
+def test_in_a_study_known_to_show_the_neck_a_shallower_opening_is_the_foramen_magnum():
+    # 3 mm slices: the top two lie partly in the cistern and read 1.3 times the canal's 16 mm
+    depths = [16.0] * 30 + [20.5, 21.0]
+    stack, canals = neck(depths, slice_mm=3.0)
+    assert find_foramen_magnum(stack, canals) is None
+    foramen = find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO)
+    assert (foramen.bottom_slice, foramen.top_slice) == (30, 31)
+    # the cistern's 20 mm still holds, and 1.2 times the median is still the canal
+    stack, canals = neck([15.0] * 30 + [19.0, 19.5], slice_mm=3.0)
+    assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO) is None
+    stack, canals = neck([17.0] * 30 + [20.3, 20.4], slice_mm=3.0)
+    assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO) is None
 
 
 @settings(max_examples=25, deadline=None)

@@ -94,7 +94,7 @@ def test_the_foramen_magnum_is_looked_for_on_cervical_mr_only(package, monkeypat
     from SpineStenosisGraderLib.training.phantom import make_study
 
     calls = []
-    monkeypatch.setattr(pipeline, "find_foramen_magnum", lambda stack, canals: calls.append(stack) or None)
+    monkeypatch.setattr(pipeline, "find_foramen_magnum", lambda stack, canals, *ratio: calls.append(stack) or None)
     study = make_study(7, modality=modality, region="cervical")
     result, _ = grade_image(study.image, package, modality=modality, region="cervical",
                             allow_model_mismatch=True)

@@ -172,6 +172,27 @@ def test_a_short_neck_series_whose_cord_touches_the_canals_sides_is_cervical(pac
     assert lumbar.study.region != "cervical"
 
 
+def test_a_neck_in_4_mm_slices_whose_top_slice_lies_half_in_the_cistern_is_named_from_its_foramen_magnum(package,
+                                                                                                       scans):
+    # a validation neck averaged into 4 mm slices: its top tracked slice lies half in the cisterna magna and reads
+    # 20.3 mm deep against the canal's 15.9, under the 1.35 times that says skull base in any study, so the
+    # levels at C1 and the dens stayed and shifted every name. Its cord says neck, and in a neck 1.25 times is
+    # enough. A lumbar window whose top reaches it too (22 mm against 17) stays lumbar, not named from a skull base
+    from SpineStenosisGraderLib.training.evaluation import names_by_count
+    from SpineStenosisGraderLib.training.series_variants import cut, disc_slices_in, thicken
+
+    scan = scans["sct_errsm_11_t2"]
+    stack = thicken(scan.stack, 4.0)
+    neck = grade_stack(stack, package, modality="MR")
+    landmarks = disc_slices_in(scan.stack, stack, scan.landmarks)
+    assert neck.study.region == "cervical" and neck.study.names_anchored_by == "foramen magnum"
+    assert all(level.slice_index < landmarks["C2"] for level in neck.levels)
+    expected = names_by_count([float(level.slice_index) for level in neck.levels], landmarks)
+    assert len(expected) == 6 and all(neck.levels[a].name == name for a, name in expected.items())
+    lumbar = grade_stack(cut(scans["fastcleverseg_ivd_46"].stack, 45, 135), package, modality="MR")
+    assert lumbar.study.region == "lumbar" and lumbar.study.names_anchored_by != "foramen magnum"
+
+
 def test_the_evaluation_scores_the_sample_as_measured(package, scans):
     score = score_real_scan(package, scans["totalsegmentator_ct"])
     assert score.trained_on  # the default package learned from the sample: a fit, not a test

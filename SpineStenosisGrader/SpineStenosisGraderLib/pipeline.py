@@ -12,9 +12,9 @@ import SimpleITK as sitk
 from .errors import InputError
 from .inference.contrast import t1_warning
 from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_csf, study_csf_contrast
-from .inference.landmarks import (CANAL_WALL_HU, band_darkness, band_depth_fraction, dark_bands, disc_back_density,
-                                  endplate_gaps, find_foramen_magnum, find_lumbosacral_bend, find_sacrum,
-                                  measure_bone, onto_the_discs)
+from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_darkness, band_depth_fraction,
+                                  dark_bands, disc_back_density, endplate_gaps, find_foramen_magnum,
+                                  find_lumbosacral_bend, find_sacrum, measure_bone, onto_the_discs)
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -130,6 +130,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if user_region is None and region != UNKNOWN_REGION:
         # a region read from the anatomy is never a reason to refuse: the user did not choose it
         warnings += package.compatibility_mismatches("", region)
+    if foramen is None and modality == "MR" and region == "cervical":
+        # a neck's top slice may lie partly in the cistern: where the cord or the outline already says neck, a
+        # shallower opening is the skull base too (it names the levels; the region is read already)
+        foramen = find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO)
     if modality == "MR" and region == "lumbar" and detections:
         # in a steep lordosis the detector loses the sac where it turns back into the sacrum, above L5-S1; its
         # bright CSF still shows it there

@@ -96,6 +96,11 @@ FORAMEN_MIN_RUN_MM = 3.0
 #: slices (`sct_cervical_t2`, graded by the seed-1 fold that did not train on it) was taken for the cistern, 17 mm
 #: deep against 12 mm, and the true C3-C4 below it was dropped as C2
 CISTERN_MIN_DEPTH_MM = 20.0
+#: in a study whose cord or outline already says neck, the opening is read from this many times the canal's
+#: median depth (1.35 elsewhere, ``levels.CISTERN_DEPTH_RATIO``): on 3 and 4 mm slices the top slice lies partly
+#: in the cistern and partly in the canal below it, and reads 1.25-1.35 times the median. Lumbar series reach
+#: that ratio too (a window of a lumbar T2 at 1.25), but they are not read as necks
+NECK_CISTERN_DEPTH_RATIO = 1.25
 #: followed downwards, the lumbar canal turns backwards into the sacrum (the lumbosacral angle; the sacrum slopes
 #: back 30-60 degrees), so in the lower half of a lumbar track its steepest backward slope, this steep or steeper
 #: (mm backwards per mm downwards), marks the lumbosacral junction. On the six lumbar T2 scans of VB1 whose L5-S1
@@ -386,13 +391,15 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], le
     return sorted(moved, key=lambda level: level.slice_index)
 
 
-def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[Landmark]:
+def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
+                        depth_ratio: float = CISTERN_DEPTH_RATIO) -> Optional[Landmark]:
     """The foramen magnum: where the canal at the superior end of the study opens into the cisterna magna.
 
     The spinal canal keeps its depth (front to back) from level to level, while
     through the foramen magnum its CSF opens into the cisterna magna behind the
-    medulla, and the canal's box grows to CISTERN_DEPTH_RATIO times the canal's
-    median depth and more. The cistern is the run of such slices that reaches the
+    medulla, and the canal's box grows to ``depth_ratio`` times the canal's
+    median depth and more (NECK_CISTERN_DEPTH_RATIO where the study is known to
+    show the neck). The cistern is the run of such slices that reaches the
     most superior slice where a canal was tracked, and at least CISTERN_MIN_DEPTH_MM
     deep somewhere; the landmark's ``bottom_slice``
     is where the canal opens. No such run, no landmark: a study that ends below
@@ -408,7 +415,7 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
     median = float(np.median(list(depth.values())))
     run = []
     for k in sorted(depth, reverse=True):
-        if depth[k] <= CISTERN_DEPTH_RATIO * median:
+        if depth[k] <= depth_ratio * median:
             break
         run.append(k)
     if len(run) * dz < FORAMEN_MIN_RUN_MM or max(depth[k] for k in run) < CISTERN_MIN_DEPTH_MM:
