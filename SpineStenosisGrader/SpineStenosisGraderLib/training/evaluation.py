@@ -139,6 +139,17 @@ def disc_inside(k: float, n_slices: int, slice_spacing_mm: float) -> bool:
     return min(k + 0.5, n_slices - 0.5 - k) * slice_spacing_mm >= DISC_INSIDE_MM
 
 
+def match_inside_discs(level_slices: Sequence[float], discs: dict[str, float], n_slices: int,
+                       slice_spacing_mm: float) -> tuple[list[str], list[float], list[tuple[int, int]]]:
+    """The discs inside the study (``disc_inside``), their names and slices, and the levels matched to them.
+
+    The matches are (level index, inside-disc index) pairs within DISC_FOUND_MM, one to one (``match_levels``).
+    """
+    names = [name for name, k in discs.items() if disc_inside(k, n_slices, slice_spacing_mm)]
+    slices = [discs[name] for name in names]
+    return names, slices, match_levels(list(level_slices), slices, DISC_FOUND_MM / slice_spacing_mm)
+
+
 def trained_on(package: ModelPackage, scan_name: str) -> bool:
     training = package.manifest.get("training_data", {})
     return scan_name in training.get("detector_real_scans", [])
@@ -242,11 +253,9 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         ious.append(box_iou(found, ref) if found else 0.0)
         hits += int(found is not None and canal_hit(found, ref, scan.canal[k] > 0, spacing))
     # levels: on the canal, near a disc, named right
-    inside = {name: k for name, k in scan.discs.items() if disc_inside(k, stack.n_slices, dz)}
     level_places = [stack.box_to_slice(lv.box) for lv in result.levels]
     level_slices = [float(k) for k, _ in level_places]
-    true_names, true_slices = list(inside), [inside[n] for n in inside]
-    matches = match_levels(level_slices, true_slices, DISC_FOUND_MM / dz)
+    true_names, true_slices, matches = match_inside_discs(level_slices, scan.discs, stack.n_slices, dz)
     matched = {a: b for a, b in matches}
     all_discs = list(scan.discs.values())
     # without disc positions, only a level above a labelled C2 is known to be false
@@ -292,7 +301,7 @@ def score_real_scan(package: ModelPackage, scan: AnnotatedScan) -> RealScanScore
         canal_slices=len(ious), hits=hits, mean_iou=float(np.mean(ious)) if ious else float("nan"),
         detections_off_reference=sum(1 for k in by_slice if k not in scan.boxes),
         levels=len(result.levels), levels_checked=levels_checked, levels_on_canal=on_canal,
-        discs_inside=len(inside), discs_found=len(matches),
+        discs_inside=len(true_names), discs_found=len(matches),
         disc_errors_mm=errors, false_levels=false_levels, names_checked=names_checked, names_right=names_right,
         names_anchored_by=result.study.names_anchored_by, rows=rows, disc_reference=bool(scan.discs),
         c2_reference=c2_only, landmark_span=span,
@@ -403,9 +412,7 @@ def score_series_names(level_names: Sequence[str], level_slices: Sequence[float]
     if discs:
         if not disc_names_known:
             return 0, 0
-        inside = {name: k for name, k in discs.items() if disc_inside(k, n_slices, slice_spacing_mm)}
-        names = list(inside)
-        matches = match_levels(list(level_slices), [inside[n] for n in names], DISC_FOUND_MM / slice_spacing_mm)
+        names, _, matches = match_inside_discs(level_slices, discs, n_slices, slice_spacing_mm)
         return len(matches), sum(level_names[a] == names[b] for a, b in matches)
     span = landmark_span(landmarks or {})
     if span is None or not 0.0 <= landmarks[span[0]] <= n_slices - 1:
