@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, NECK_CISTERN_DEPTH_RATIO,
                                                       band_depth_fraction, band_darkness, canal_front_wall, dark_bands,
                                                       disc_back_density, endplate_gaps, find_foramen_magnum,
-                                                      find_lumbosacral_bend, onto_the_discs)
+                                                      find_lowest_rib, find_lumbosacral_bend, onto_the_discs)
 from SpineStenosisGraderLib.inference.levels import LevelCandidate, SliceCanal, find_discs
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -446,3 +446,124 @@ def test_no_bend_where_the_canal_only_drifts_back_with_the_lordosis():
 def test_a_canal_that_turns_forwards_below_is_no_lumbosacral_bend():
     stack, canals = canal_track(steep=-1.5)
     assert find_lumbosacral_bend(stack, canals) is None
+
+
+def chest_and_lumbar_ct(heads, slice_mm=3.0, pixel_mm=1.0, n=None, skip=()):
+    """A CT of the lower spine with a pair of ribs whose heads lie on the given slices (mm above the first slice).
+
+    The vertebra is a block of bone in front of the canal; each rib runs from its head, 45 mm beside the canal,
+    outwards 1.5 mm per mm downwards, 20 mm behind the canal's front edge. ``skip``: slices the tracking missed.
+    """
+    n = n or int(round(150.0 / slice_mm))
+    size = int(round(240.0 / pixel_mm))
+    volume = np.full((n, size, size), 40.0, dtype=np.float32)
+    centre, front = size / 2.0, 100.0 / pixel_mm
+    volume[:, int(front - 30 / pixel_mm):int(front - 2 / pixel_mm),
+           int(centre - 20 / pixel_mm):int(centre + 20 / pixel_mm)] = 300.0
+    jj, ii = np.mgrid[0:size, 0:size]
+    for head_mm in heads:
+        for k in range(n):
+            below_mm = head_mm - k * slice_mm
+            if not 0 <= below_mm <= 35.0:
+                continue
+            lateral = 45.0 + 1.5 * below_mm
+            for side in (-1, 1):
+                rib = np.hypot((ii - centre - side * lateral / pixel_mm) * pixel_mm,
+                               (jj - front - 20.0 / pixel_mm) * pixel_mm) <= 3.5
+                volume[k][rib] = 500.0
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((pixel_mm, pixel_mm, slice_mm))
+    stack = to_axial_stack(image)
+    box = (centre - 10 / pixel_mm, front, centre + 10 / pixel_mm, front + 16 / pixel_mm)
+    return stack, [None if k in skip else SliceCanal(k, box, 0.9, 0.1) for k in range(n)]
+
+
+@pytest.mark.parametrize("slice_mm, pixel_mm", [(3.0, 1.0), (1.0, 0.8), (2.0, 1.5)])
+def test_the_lowest_rib_is_read_where_it_runs_down_and_out_from_its_head(slice_mm, pixel_mm):
+    # the 12th rib's head 90 mm up the study, the 11th's 115 mm up, whose rib runs on down beside the 12th's
+    stack, canals = chest_and_lumbar_ct([90.0, 115.0], slice_mm, pixel_mm)
+    rib = find_lowest_rib(stack, canals)
+    assert rib is not None and rib.name == "lowest rib"
+    assert abs(rib.top_slice * slice_mm - 90.0) <= slice_mm
+    assert "a pair of ribs" in rib.evidence and "no rib below them" in rib.evidence
+
+
+def test_a_rib_is_followed_across_slices_the_tracking_missed():
+    # the canal untracked on three slices the rib crosses: it lies between the boxes around them
+    stack, canals = chest_and_lumbar_ct([90.0], skip=(26, 27, 28))
+    rib = find_lowest_rib(stack, canals)
+    assert rib is not None and rib.top_slice == 30
+
+
+def test_bone_level_beside_the_vertebra_is_no_rib():
+    # transverse processes and an iliac crest: bone beside the vertebra that comes no closer going up
+    stack, canals = chest_and_lumbar_ct([])
+    volume = sitk.GetArrayFromImage(stack.image)
+    volume[10:14, 115:121, 60:75] = 500.0   # processes 45-60 mm beside the canal, level over 12 mm
+    volume[10:14, 115:121, 165:180] = 500.0
+    volume[0:12, 90:140, 20:40] = 500.0     # a wide blade of bone far out: too big for a rib
+    image = sitk.GetImageFromArray(volume)
+    image.CopyInformation(stack.image)
+    assert find_lowest_rib(to_axial_stack(image), canals) is None
+
+
+def test_a_rib_cut_by_the_top_of_the_study_shows_no_head():
+    stack, canals = chest_and_lumbar_ct([90.0])
+    cut = to_axial_stack(stack.image[:, :, :29])  # ends 6 mm below the head, 54 mm beside the canal
+    assert find_lowest_rib(cut, canals[:29]) is None
+    assert find_lowest_rib(to_axial_stack(stack.image[:, :, :32]), canals[:32]) is not None
+
+
+def test_a_rib_with_less_than_a_vertebra_of_canal_below_its_head_is_no_landmark():
+    # a study of the chest shows ribs on every vertebra: its lowest pair need not be the 12th
+    stack, canals = chest_and_lumbar_ct([90.0])
+    assert find_lowest_rib(stack, [None] * 21 + canals[21:]) is None    # canal from 63 mm: 27 mm below the head
+    assert find_lowest_rib(stack, [None] * 19 + canals[19:]) is not None  # from 57 mm: 33 mm below it
+
+
+def with_sections(stack, sections, sides=(-1, 1)):
+    """The stack with a bone section of 7 mm across drawn on each (slice, mm beside the canal) on ``sides``."""
+    volume = sitk.GetArrayFromImage(stack.image)
+    size = volume.shape[1]
+    jj, ii = np.mgrid[0:size, 0:size]
+    for k, lateral in sections:
+        for side in sides:
+            volume[k][np.hypot(ii - size / 2.0 - side * lateral, jj - 120.0) <= 3.5] = 500.0
+    image = sitk.GetImageFromArray(volume)
+    image.CopyInformation(stack.image)
+    return to_axial_stack(image)
+
+
+def test_bone_that_wanders_in_and_out_or_stays_near_the_vertebra_is_no_rib():
+    stack, canals = chest_and_lumbar_ct([])
+    # steadily in from 62 to 46 mm over 12 mm: a rib
+    assert find_lowest_rib(with_sections(stack, [(10, 62), (11, 58), (12, 54), (13, 50), (14, 46)]), canals)
+    # the same ends, but out again by 6 mm on the way: processes and facets on thick slices
+    assert find_lowest_rib(with_sections(stack, [(10, 62), (11, 54), (12, 60), (13, 50), (14, 46)]), canals) is None
+    # steadily in, but from 41 mm only: no further out than the tips of the transverse processes
+    assert find_lowest_rib(with_sections(stack, [(10, 41), (11, 37), (12, 33), (13, 29), (14, 25)]), canals) is None
+
+
+def test_a_rib_cut_by_the_field_of_view_is_followed_in_from_its_edge():
+    stack, canals = chest_and_lumbar_ct([])
+    ribbed = with_sections(stack, [(10, 53), (11, 49), (12, 45), (13, 41), (14, 38)])
+    # in a wide field of view a section that never lies further out than 53 mm is no rib
+    assert find_lowest_rib(ribbed, canals) is None
+    # a field of view 110 mm across, cut 55 mm either side of the canal, as VerSe 012's: the rib is cut by its edge
+    narrow = to_axial_stack(ribbed.image[65:175, :, :])
+    shifted = [SliceCanal(c.slice_index, (c.box_ij[0] - 65, c.box_ij[1], c.box_ij[2] - 65, c.box_ij[3]), 0.9, 0.1)
+               for c in canals]
+    rib = find_lowest_rib(narrow, shifted)
+    assert rib is not None and rib.top_slice == 14
+
+
+def test_ribs_come_in_pairs_and_a_lowest_rib_without_its_partner_is_no_landmark():
+    # the 12th rib's head on slice 30, 90 mm up: a pair
+    stack, canals = chest_and_lumbar_ct([90.0])
+    assert find_lowest_rib(stack, canals).top_slice == 30
+    # below it, on one side only, another steady rib: its partner may be missed, and the pair above it is the 11th
+    lower = with_sections(stack, [(20, 66), (21, 62), (22, 58), (23, 54), (24, 50)], sides=(1,))
+    assert find_lowest_rib(lower, canals) is None
+    # with its partner the lower pair is the lowest
+    assert find_lowest_rib(with_sections(lower, [(20, 66), (21, 62), (22, 58), (23, 54), (24, 50)], sides=(-1,)),
+                           canals).top_slice == 24

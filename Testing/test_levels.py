@@ -129,6 +129,45 @@ def test_the_foramen_magnum_names_cervical_studies_only_and_the_users_anchor_win
     assert user.landmark == "user" and user.names == ["C5-C6", "C4-C5", "C3-C4"]
 
 
+def test_a_lumbar_study_without_the_sacrum_is_named_from_the_lowest_rib():
+    # 3 mm slices; the 12th rib's head on slice 46, 6 mm above the disc on slice 44, which is T12-L1
+    naming = name_from_anatomy(_levels_at([8, 20, 32, 44, 54]), "lumbar", 3.0, lowest_rib_slice=46)
+    assert naming.names == ["L3-L4", "L2-L3", "L1-L2", "T12-L1", "T11-T12"]
+    assert naming.anchored and naming.landmark == "lowest rib" and naming.confidence == ["low"] * 5
+    assert "taken as the 12th" in naming.note and "11 or 13 pairs of ribs" in naming.note
+    # a level found a slice above the head is still T12-L1; T11-T12, a vertebra up, is not
+    assert name_from_anatomy(_levels_at([20, 32, 47]), "lumbar", 3.0, lowest_rib_slice=46).names[-1] == "T12-L1"
+    # the highest of two discs below the head is T12-L1; one 30 mm below it, a vertebra's height, is T12-L1 too
+    assert name_from_anatomy(_levels_at([20, 36, 44]), "lumbar", 3.0, lowest_rib_slice=46).names[-2:] == [
+        "L1-L2", "T12-L1"]
+    assert name_from_anatomy(_levels_at([20, 32, 36]), "lumbar", 3.0, lowest_rib_slice=46).names[-1] == "T12-L1"
+
+
+def test_no_name_from_the_rib_without_a_disc_just_below_its_head_or_in_a_neck():
+    for levels, region in (([8, 20, 32], "lumbar"), ([8, 20, 48], "lumbar"), ([36, 42], "cervical")):
+        naming = name_from_anatomy(_levels_at(levels), region, 3.0, lowest_rib_slice=46 if region == "lumbar" else 45)
+        assert not naming.anchored and naming.landmark == "", (levels, region)
+    # 3 mm above the head on 3 mm slices is the limit; 6 mm is T11-T12's place
+    assert name_from_anatomy(_levels_at([20, 47]), "lumbar", 3.0, lowest_rib_slice=46).anchored
+    assert not name_from_anatomy(_levels_at([48]), "lumbar", 3.0, lowest_rib_slice=46).anchored
+
+
+def test_the_sacrum_outranks_the_rib_and_a_rib_that_disagrees_is_a_transitional_warning():
+    levels = _levels_at([8, 20, 32, 44, 56, 68])
+    agree = name_from_anatomy(levels, "lumbar", 3.0, sacrum_top_slice=6, lowest_rib_slice=70)
+    assert agree.landmark == "sacrum" and agree.names[-1] == "T12-L1"
+    assert not any("rib" in w for w in agree.warnings)
+    # six lumbar-type levels below the rib-free vertebra: an L6 or a 13th pair of ribs
+    levels = _levels_at([8, 20, 32, 44, 56, 68, 80])
+    six = name_from_anatomy(levels, "lumbar", 3.0, sacrum_top_slice=6, lowest_rib_slice=82)
+    assert six.landmark == "sacrum" and six.names[-1] == "T11-T12"
+    assert any("makes the level on slice 80 T12-L1, where the count from the sacrum makes it T11-T12" in w
+               and "transitional vertebra" in w for w in six.warnings)
+    # the user's anchor outranks both
+    user = name_from_anatomy(levels, "lumbar", 3.0, anchor=(0, "L4-L5"), sacrum_top_slice=6, lowest_rib_slice=82)
+    assert user.landmark == "user"
+
+
 def test_an_unknown_region_claims_no_level_name():
     levels = find_discs(synthetic_canals(40, [10, 30]), 40, 3.0)
     naming = name_from_anatomy(levels, "unknown", 3.0)

@@ -109,6 +109,24 @@ def test_a_lumbar_crop_without_the_sacrum_is_lumbar_but_its_names_are_not_anchor
     assert result.study.numbering.startswith("Not anchored")
 
 
+def test_a_lumbar_ct_above_the_sacrum_is_named_from_its_lowest_rib(package, scans, sample_result):
+    # slices 60-111 of the sample, L3 to T11: no sacrum, but the 12th ribs run up to their heads on T12's body.
+    # The embedded package trained on the sample; both seeds' leave-one-out folds name this window so too
+    from SpineStenosisGraderLib.training.series_variants import disc_slices_in
+
+    scan = scans["totalsegmentator_ct"]
+    result, stack = grade_image(sitk.DICOMOrient(sitk.ReadImage(str(SAMPLE)), "LPS")[:, :, 60:112], package)
+    assert result.study.region == "lumbar" and result.study.names_anchored_by == "lowest rib"
+    assert [lv.name for lv in result.levels] == ["L3-L4", "L2-L3", "L1-L2", "T12-L1"]
+    assert all(lv.name_anchored and lv.name_confidence == "low" for lv in result.levels)
+    discs = disc_slices_in(scan.stack, stack, scan.discs)
+    for level in result.levels:
+        assert abs(level.slice_index - discs[level.name]) * stack.spacing[2] <= 9.0, level.name
+    # on the whole sample the sacrum names the levels, and the rib agrees with it: no transitional warning
+    assert sample_result.study.names_anchored_by == "sacrum"
+    assert not any("pair of ribs" in w or "transitional" in w for w in sample_result.warnings)
+
+
 def test_the_sample_as_a_dicom_series_grades_as_the_nifti(package, sample_result, tmp_path):
     # a scanner's export: one CT file per slice, listed head first, the geometry only in each file's tags
     from SpineStenosisGraderLib.pipeline import grade_file

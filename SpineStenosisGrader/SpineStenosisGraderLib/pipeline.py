@@ -14,7 +14,7 @@ from .inference.contrast import t1_warning
 from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_csf, study_csf_contrast
 from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_darkness, band_depth_fraction,
                                   dark_bands, disc_back_density, endplate_gaps, find_foramen_magnum,
-                                  find_lumbosacral_bend, find_sacrum, measure_bone, onto_the_discs)
+                                  find_lowest_rib, find_lumbosacral_bend, find_sacrum, measure_bone, onto_the_discs)
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -172,8 +172,12 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         # near an end of the study a peak of the detector's one-sided evidence may lie in a body
         discs, end_warnings = drop_bandless_end_levels(discs, band_darkness(stack, canals), dz, region)
         warnings.extend(end_warnings)
+    # CT only, and only where the vertebrae read lumbar: in a study of the chest every vertebra bears ribs, and the
+    # lowest one it shows need not be T12
+    lowest_rib = find_lowest_rib(stack, canals) if modality == "CT" and region == "lumbar" else None
     naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
-                               foramen_magnum_slice=foramen.bottom_slice if foramen else None)
+                               foramen_magnum_slice=foramen.bottom_slice if foramen else None,
+                               lowest_rib_slice=lowest_rib.top_slice if lowest_rib else None)
     warnings.extend(naming.warnings)
     if not naming.kept:
         warnings.append("No disc level was found. Check that the study is an axial spine CT or T2 MRI.")

@@ -5,7 +5,12 @@ ends where the count assumes. A landmark the study contains does not depend on
 that. The landmark found here is the sacrum on CT: below L5-S1 the bone in front
 of the canal spreads sideways into the sacral alae and on to the sacroiliac
 joints, more than 100 mm across, while a lumbar vertebra's body and transverse
-processes span 50-90 mm.
+processes span 50-90 mm. Above the lumbar spine, the lowest pair of ribs on
+CT: a rib runs from its head, beside the body of the vertebra that bears it,
+downwards and outwards, so followed slice by slice its section moves away from
+the canal as the slices go down, while a transverse process lies level beside
+it; the lowest pair whose heads the study shows, with lumbar vertebrae below
+them, is the 12th, on T12.
 
 The discs themselves are also read from the image here, beside the
 detector's evidence: on CT as gaps between endplates, on MR as dark bands in
@@ -85,6 +90,47 @@ LUMBAR_BAND_DEPTH_FRACTION = 0.25
 #: below the alae the sacral canal runs at most the sacrum's length: bone as wide higher up the canal
 #: (a rib-bearing vertebra with its ribs, say) is not the sacrum
 SACRUM_BELOW_ALAE_MM = 100.0
+#: on CT a rib's section is bone beside the vertebra and not joined to it (the joints between a rib and its
+#: vertebra part them): this big (mm2, a rib cut across or obliquely; the iliac wings and the sacrum's parts are
+#: larger), this far to the side of the canal's centre and this far behind the canal's front edge (mm; the lower
+#: ribs run backwards from their heads before they turn forwards round the trunk, beyond RIB_LATERAL_MM[1])
+RIB_AREA_MM2 = (15.0, 400.0)
+#: the ribs are read on pixels of about this size (mm) or finer, every second or third pixel of a fine slice: a
+#: rib is 6-10 mm thick
+RIB_PIXEL_MM = 1.5
+RIB_LATERAL_MM = (15.0, 100.0)
+RIB_BEHIND_FRONT_MM = (-20.0, 40.0)
+#: a section on the next slice (or one more, past a missed one) continues the same rib when it lies within this
+#: of it, side to side and front to back, plus this much per mm between the slices: a lower rib runs about 1.5 mm
+#: outwards per mm downwards near its head
+RIB_STEP_MM = 4.0
+RIB_LATERAL_PER_MM = 2.0
+RIB_AP_PER_MM = 1.0
+RIB_MAX_SKIPPED_SLICES = 1
+#: a rib is followed over at least this much of the spine, comes at least this much closer to the canal from its
+#: lowest section to its highest, and its highest section, its head's end, lies within this of the canal's centre.
+#: On the README's sample (3 mm slices) the 12th ribs run from 84-90 mm beside the canal up to 43-50 mm over
+#: 39-45 mm; the 11th, cut by the top of the study, reach no closer than 69 mm; its iliac crests and transverse
+#: processes come no closer going up, by 10 mm at most
+RIB_MIN_SPAN_MM = 9.0
+RIB_MIN_APPROACH_MM = 12.0
+RIB_HEAD_MAX_LATERAL_MM = 55.0
+#: and it is followed in from at least this far beside the canal, beyond the tips of the transverse processes
+#: (35-45 mm) and the sacroiliac joints, or from where the edge of the field of view cuts it (``RibSection.edge_mm``,
+#: less this margin), and going up it never moves more than this away from the canal from one section to the
+#: next. On the sample, the sacrum's parts beside its joints came in from 56 mm to 43 mm over 12 mm, and
+#: resampled to 5.6 mm slices (``benchmarks/``) the facets and processes of L3 and L4 ran from 42 mm in to 16 mm
+#: and back out to 28 mm; VerSe 012's 105 mm field of view cuts its 12th rib 52 mm out, from where, on its 3 and
+#: 4 mm versions, it comes in steadily to 34-40 mm
+RIB_MIN_REACH_MM = 60.0
+RIB_EDGE_MARGIN_MM = 3.0
+RIB_MAX_OUTWARD_STEP_MM = 3.0
+#: the study must show this much of the canal below the lowest rib's head, a vertebra's height and more: then the
+#: vertebra below it, which bears no rib, is in the study, and the rib is the lowest one of the spine, not the
+#: lowest one the study happens to show
+RIB_FREE_BELOW_MM = 30.0
+#: the two ribs of a pair have their heads within this of each other (mm; 1 mm apart on the sample)
+RIB_PAIR_MM = 10.0
 #: the canal's depth is read against its median over at least this much of the spine (about three cervical
 #: vertebrae), so that the median is the canal's and not a cistern's
 FORAMEN_MIN_TRACK_MM = 50.0
@@ -487,4 +533,139 @@ def find_sacrum(stack: AxialStack, bones: Sequence[VertebralBone],
         name="sacrum", slices=tuple(run), top_slice=run[-1],
         evidence=(f"sacral alae: bone {min(widths):.0f}-{max(widths):.0f} mm across on slices "
                   f"{run[0]}-{run[-1]}, near the lower end of the canal"),
+    )
+
+
+@dataclass
+class RibSection:
+    """Bone beside the vertebra, not joined to it, on one CT slice: where a rib is cut."""
+
+    slice_index: int
+    #: +1 on the side of larger column indices, -1 on the other
+    side: int
+    #: from the canal's centre, side to side, and behind the canal's front edge, in mm
+    lateral_mm: float
+    behind_front_mm: float
+    #: from the canal's centre to where a section cut by the edge of the field of view on its side lies: two of the
+    #: pixels it is read on inside the edge, in mm
+    edge_mm: float = np.inf
+
+
+def rib_sections(stack: AxialStack, canal: SliceCanal) -> list[RibSection]:
+    """The sections of ribs beside the canal on a CT slice: bone near it that is not the vertebra's (RIB_AREA_MM2)."""
+    # every second or third pixel of a fine slice: that keeps the labelling of a 512-pixel slice cheap
+    step = (max(1, int(RIB_PIXEL_MM / stack.spacing[0])), max(1, int(RIB_PIXEL_MM / stack.spacing[1])))
+    sx, sy = stack.spacing[0] * step[0], stack.spacing[1] * step[1]
+    i0, j0, i1, _ = canal.box_ij
+    i0, i1, j0 = i0 / step[0], i1 / step[0], j0 / step[1]
+    height, width = (-(-n // s) for n, s in zip(stack.array.shape[1:], step[::-1]))
+    centre = (i0 + i1) / 2.0
+    top = max(0, int(np.floor(j0 + RIB_BEHIND_FRONT_MM[0] / sy)) - int(round(BODY_SEARCH_MM / sy)))
+    bottom = min(height, int(np.ceil(j0 + RIB_BEHIND_FRONT_MM[1] / sy)) + int(round(CROP_MARGIN_MM / sy)))
+    left = max(0, int(np.floor(centre - CROP_HALF_WIDTH_MM / sx)))
+    right = min(width, int(np.ceil(centre + CROP_HALF_WIDTH_MM / sx)))
+    rows, columns = slice(top * step[1], bottom * step[1], step[1]), slice(left * step[0], right * step[0], step[0])
+    image = stack.array[canal.slice_index, rows, columns]
+    bone = ndimage.binary_fill_holes(ndimage.binary_closing(image > BONE_HU, iterations=1))
+    labels, n = ndimage.label(bone)
+    if n == 0:
+        return []
+    # the vertebra is the bone just in front of the canal, as ``vertebral_bone`` reads it; a rib's head joined to
+    # it at its joint is part of it there, and the rib is read below its head
+    ci = int(np.clip(round(centre) - left, 0, labels.shape[1] - 1))
+    front = int(np.floor(j0)) - top
+    column = labels[max(0, front - int(round(BODY_SEARCH_MM / sy))):max(0, front - int(round(3.0 / sy))), ci]
+    vertebra = set(int(v) for v in np.unique(column[column > 0]))
+    index = np.arange(1, n + 1)
+    areas = ndimage.sum_labels(np.ones_like(labels), labels, index) * sx * sy
+    centres = ndimage.center_of_mass(np.ones_like(labels), labels, index)
+    sections = []
+    for label, area, (j, i) in zip(index, areas, centres):
+        if int(label) in vertebra or not RIB_AREA_MM2[0] <= area <= RIB_AREA_MM2[1]:
+            continue
+        # a pixel's centre lies half a pixel past its index, in the box's edge coordinates
+        lateral = (i + 0.5 + left - centre) * sx
+        behind = (j + 0.5 + top - j0) * sy
+        if (RIB_LATERAL_MM[0] <= abs(lateral) <= RIB_LATERAL_MM[1]
+                and RIB_BEHIND_FRONT_MM[0] <= behind <= RIB_BEHIND_FRONT_MM[1]):
+            edge = ((stack.array.shape[2] * stack.spacing[0] - centre * sx) if lateral > 0 else centre * sx) - 2 * sx
+            sections.append(RibSection(canal.slice_index, 1 if lateral > 0 else -1, abs(lateral), behind, edge))
+    return sections
+
+
+def _follow_ribs(sections: Sequence[RibSection], slice_spacing_mm: float) -> list[list[RibSection]]:
+    """The sections joined into ribs, each inferior first: a section continues the nearest rib it lies close to."""
+    ribs: list[list[RibSection]] = []
+    for k in sorted({s.slice_index for s in sections}):
+        here = [s for s in sections if s.slice_index == k]
+        taken: set[int] = set()
+        for rib in ribs:
+            last = rib[-1]
+            gap_mm = (k - last.slice_index) * slice_spacing_mm
+            if k - last.slice_index > RIB_MAX_SKIPPED_SLICES + 1:
+                continue
+            near = [(abs(s.lateral_mm - last.lateral_mm) + abs(s.behind_front_mm - last.behind_front_mm), m)
+                    for m, s in enumerate(here)
+                    if m not in taken and s.side == last.side
+                    and abs(s.lateral_mm - last.lateral_mm) <= RIB_STEP_MM + RIB_LATERAL_PER_MM * gap_mm
+                    and abs(s.behind_front_mm - last.behind_front_mm) <= RIB_STEP_MM + RIB_AP_PER_MM * gap_mm]
+            if near:
+                m = min(near)[1]
+                taken.add(m)
+                rib.append(here[m])
+        ribs.extend([s] for m, s in enumerate(here) if m not in taken)
+    return ribs
+
+
+def find_lowest_rib(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[Landmark]:
+    """The heads of the lowest pair of ribs on CT, where the study shows the rib-free vertebra below; None otherwise.
+
+    Each rib is followed from section to section (``rib_sections``). It counts
+    when it runs over RIB_MIN_SPAN_MM in from RIB_MIN_REACH_MM beside the canal
+    (or from the edge of the field of view), comes RIB_MIN_APPROACH_MM closer
+    to it going up (never more than RIB_MAX_OUTWARD_STEP_MM away from it
+    between two sections), and ends within RIB_HEAD_MAX_LATERAL_MM of it below
+    the study's top slice (a rib cut by the top of the study shows no head).
+    Ribs come in pairs: the lowest head counts only with a head on the other
+    side within RIB_PAIR_MM of it (a 12th rib seen on one side only may have
+    its partner missed, and the pair above it is then the 11th), and the
+    landmark's ``top_slice`` is the lower of the two. It is no landmark unless
+    the canal was tracked RIB_FREE_BELOW_MM below it: a study of the chest
+    shows ribs on every vertebra, and its lowest pair is not T12's.
+    """
+    tracked = sorted(c.slice_index for c in canals if c is not None)
+    if not tracked:
+        return None
+    dz = stack.spacing[2]
+    # the canal is one tube: on a slice the tracking left out between two tracked ones it lies between their boxes,
+    # and a rib crossing that slice is read there too, so that the rib is not cut in two
+    boxes = np.array([canals[k].box_ij for k in tracked], dtype=float)
+    span = range(tracked[0], tracked[-1] + 1)
+    between = [canals[k] or SliceCanal(k, tuple(float(np.interp(k, tracked, boxes[:, m])) for m in range(4)), 0.0, 0.0)
+               for k in span]
+    sections = [s for c in between for s in rib_sections(stack, c)]
+    ribs = []
+    for rib in _follow_ribs(sections, dz):
+        low, head = rib[0], rib[-1]
+        if ((head.slice_index - low.slice_index) * dz >= RIB_MIN_SPAN_MM
+                and low.lateral_mm - head.lateral_mm >= RIB_MIN_APPROACH_MM
+                and low.lateral_mm >= min(RIB_MIN_REACH_MM, low.edge_mm - RIB_EDGE_MARGIN_MM)
+                and all(b.lateral_mm - a.lateral_mm <= RIB_MAX_OUTWARD_STEP_MM for a, b in zip(rib, rib[1:]))
+                and head.lateral_mm <= RIB_HEAD_MAX_LATERAL_MM and head.slice_index < tracked[-1]):
+            ribs.append(rib)
+    if not ribs:
+        return None
+    lowest = min(ribs, key=lambda rib: rib[-1].slice_index)
+    k = lowest[-1].slice_index
+    partners = [rib for rib in ribs
+                if rib[-1].side != lowest[-1].side and abs(rib[-1].slice_index - k) * dz <= RIB_PAIR_MM]
+    if not partners or (k - tracked[0]) * dz < RIB_FREE_BELOW_MM:
+        return None
+    partner = min(partners, key=lambda rib: rib[-1].slice_index)
+    slices = tuple(sorted({k, partner[-1].slice_index}))
+    return Landmark(
+        name="lowest rib", slices=slices, top_slice=k,
+        evidence=(f"a pair of ribs runs in from {lowest[0].lateral_mm:.0f} and {partner[0].lateral_mm:.0f} mm beside "
+                  f"the canal to their heads, {lowest[-1].lateral_mm:.0f} and {partner[-1].lateral_mm:.0f} mm beside "
+                  f"it on slice {' and '.join(str(j) for j in slices)}, with no rib below them"),
     )

@@ -105,6 +105,11 @@ L5_S1_ABOVE_SACRUM_MM = 10.0
 INSIDE_SACRUM_MM = 4.0
 #: a lumbar disc spacing: a lowest disc this far above the sacrum is L4-L5, and L5-S1 was missed
 L4_L5_ABOVE_SACRUM_MM = 65.0
+#: T12-L1 lies this far below the head of the lowest rib (``landmarks.find_lowest_rib``; mm, negative above): the
+#: 12th rib's head lies on T12's body, at its pedicle, and T12-L1 below that body (6 mm below on the README's
+#: sample, 3 mm slices); a level found up to a few mm above its disc may lie level with the head, while T11-T12
+#: lies above T12's pedicle
+T12_L1_BELOW_RIB_MM = (-3.0, 30.0)
 #: disc-like places this far below where the canal turns back into the sacrum (``landmarks.find_lumbosacral_bend``)
 #: lie in the sacrum: the bend lies at L5-S1 or up to 26 mm above it, in L5's body, and the sacral disc remnants
 #: a sacral vertebra (25-35 mm) or more below L5-S1. Over the 29 lumbar T2 scans of VB1, VB2 and fastcleverseg_ivd
@@ -545,7 +550,8 @@ def unanchored_names(n_levels: int) -> list[str]:
 def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_spacing_mm: float,
                       sacrum_top_slice: Optional[int] = None,
                       anchor: Optional[tuple[int, str]] = None,
-                      foramen_magnum_slice: Optional[int] = None) -> LevelNaming:
+                      foramen_magnum_slice: Optional[int] = None,
+                      lowest_rib_slice: Optional[int] = None) -> LevelNaming:
     """Name the discs (inferior first) from the user's anchor, else a landmark, else count them unanchored.
 
     ``sacrum_top_slice`` is the most superior slice showing the sacral alae, where
@@ -554,11 +560,18 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
     ``foramen_magnum_slice`` is where the canal opens into the cisterna magna,
     where a cervical study reaches the skull base. Discs found within
     C1_C2_BELOW_FORAMEN_MM below it (or above it) are dropped with a warning: they are
-    C1 and C2, which have no disc. A disc placed from the spacing of its neighbours,
-    or above the sacrum, is named with the rest, with a warning.
+    C1 and C2, which have no disc. ``lowest_rib_slice`` is where the heads of the
+    lowest pair of ribs lie (``landmarks.find_lowest_rib``), taken as the 12th:
+    the highest disc within T12_L1_BELOW_RIB_MM below it is T12-L1, in a lumbar
+    or thoracic study without the sacrum. Where the sacrum names the levels,
+    ribs that disagree with it are a warning: a transitional vertebra, or 11 or
+    13 pairs of ribs. A
+    disc placed from the spacing of its neighbours, or above the sacrum, is named
+    with the rest, with a warning.
     """
     naming = _name_from_anatomy(candidates, region, slice_spacing_mm, sacrum_top_slice, anchor,
-                                foramen_magnum_slice if region == "cervical" else None)
+                                foramen_magnum_slice if region == "cervical" else None,
+                                lowest_rib_slice if region in ("lumbar", "thoracic") else None)
     why = {"spacing": "where the spacing of the discs around it says one was missed",
            "sacrum": "just above the sacrum, where L5-S1 lies"}
     naming.warnings.extend(
@@ -570,9 +583,27 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
 
 def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_spacing_mm: float,
                        sacrum_top_slice: Optional[int], anchor: Optional[tuple[int, str]],
-                       foramen_magnum_slice: Optional[int]) -> LevelNaming:
+                       foramen_magnum_slice: Optional[int], lowest_rib_slice: Optional[int] = None) -> LevelNaming:
     kept = list(candidates)
     warnings: list[str] = []
+
+    def below_rib(levels: Sequence[LevelCandidate]) -> Optional[int]:
+        """The position of the level the lowest ribs make T12-L1: the highest one near below their heads."""
+        if lowest_rib_slice is None:
+            return None
+        low, high = T12_L1_BELOW_RIB_MM
+        fits = [i for i, c in enumerate(levels) if low <= (lowest_rib_slice - c.slice_index) * slice_spacing_mm <= high]
+        return fits[-1] if fits else None
+
+    def rib_disagrees(names: Sequence[str], levels: Sequence[LevelCandidate]) -> list[str]:
+        """A warning where the lowest ribs put T12-L1 elsewhere than the names from the sacrum do."""
+        i = below_rib(levels)
+        if i is None or names[i] == "T12-L1":
+            return []
+        return [f"The lowest pair of ribs, taken as the 12th (their heads on slice {lowest_rib_slice}), makes the "
+                f"level on slice {levels[i].slice_index} T12-L1, where the count from the sacrum makes it {names[i]}: a "
+                "transitional vertebra (L6, or a sacralised L5) or 11 or 13 pairs of ribs. Check the count on a "
+                "sagittal view and re-anchor if needed."]
 
     def below_foramen_mm(c: LevelCandidate) -> float:
         return (foramen_magnum_slice - c.slice_index) * slice_spacing_mm
@@ -605,13 +636,23 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
             return LevelNaming(kept, names, True, "sacrum", ["high"] * n, (
                 "Named from the sacrum: the lowest disc above the sacral alae is L5-S1. The count assumes five "
                 "lumbar vertebrae; with a transitional vertebra (L6, or a sacralised L5) re-anchor the levels."),
-                warnings)
+                warnings + rib_disagrees(names, kept))
         if gap_mm <= L4_L5_ABOVE_SACRUM_MM:
             names = name_levels(n, "lumbar", (0, "L4-L5"))
             return LevelNaming(kept, names, True, "sacrum", ["low"] * n, (
                 f"Named from the sacrum: no disc was found just above it, and the lowest disc found lies "
                 f"{gap_mm:.0f} mm above the sacral alae, where L4-L5 is expected. Check L5-S1 on a sagittal "
-                "view."), warnings + ["L5-S1 was not found above the sacrum; the lowest level is taken as L4-L5."])
+                "view."), warnings + ["L5-S1 was not found above the sacrum; the lowest level is taken as L4-L5."]
+                + rib_disagrees(names, kept))
+    rib_level = below_rib(kept)
+    if rib_level is not None:
+        names = name_levels(n, "lumbar", (rib_level, "T12-L1"))
+        # low: the 12th ribs may be missing or short, and a 13th pair (on L1) is not told from them
+        return LevelNaming(kept, names, True, "lowest rib", ["low"] * n, (
+            f"Named from the lowest pair of ribs, taken as the 12th: their heads lie on slice {lowest_rib_slice}, on "
+            f"T12, so the highest disc just below them (slice {kept[rib_level].slice_index}) is T12-L1. With 11 or 13 "
+            "pairs of ribs the names shift: check them against a sagittal view that shows the sacrum or C2."),
+            warnings)
     if foramen_magnum_slice is not None:
         below_mm = below_foramen_mm(kept[-1])
         if below_mm <= C2_C3_BELOW_FORAMEN_MM:
@@ -636,9 +677,9 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
         start = names[0] if DEFAULT_ANCHORS[region][0] == 0 else names[-1]
         end = "lowest" if DEFAULT_ANCHORS[region][0] == 0 else "highest"
         return LevelNaming(kept, names, False, "", ["none"] * n, (
-            f"Not anchored: the study shows no landmark (the sacrum, or the foramen magnum above C2) to name the "
-            f"levels from, so they are counted from the {end} disc found, taken as {start}. Check them against a "
-            "sagittal view and re-anchor (\"This level is...\")."), warnings)
+            "Not anchored: the study shows no landmark (the sacrum, the lowest ribs on CT, or the foramen magnum "
+            f"above C2) to name the levels from, so they are counted from the {end} disc found, taken as {start}. "
+            "Check them against a sagittal view and re-anchor (\"This level is...\")."), warnings)
     return LevelNaming(kept, unanchored_names(n), False, "", ["none"] * n, (
         "Not anchored: the spine region could not be told from the slices, so the levels are numbered disc 1, "
         "disc 2, ... from the bottom. Set the region, or re-anchor one level (\"This level is...\")."), warnings)
