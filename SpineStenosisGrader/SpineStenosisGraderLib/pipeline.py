@@ -173,8 +173,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         discs, end_warnings = drop_bandless_end_levels(discs, band_darkness(stack, canals), dz, region)
         warnings.extend(end_warnings)
     # CT only, and only where the vertebrae read lumbar: in a study of the chest every vertebra bears ribs, and the
-    # lowest one it shows need not be T12
-    lowest_rib = find_lowest_rib(stack, canals) if modality == "CT" and region == "lumbar" else None
+    # lowest pair it shows need not be T12's. The user's anchor outranks every landmark, so then they are not read
+    lowest_rib = (find_lowest_rib(stack, canals) if modality == "CT" and region == "lumbar" and anchor is None
+                  else None)
     naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
                                foramen_magnum_slice=foramen.bottom_slice if foramen else None,
                                lowest_rib_slice=lowest_rib.top_slice if lowest_rib else None)
