@@ -95,11 +95,11 @@ SACRUM_BELOW_ALAE_MM = 100.0
 #: larger), this far to the side of the canal's centre and this far behind the canal's front edge (mm; the lower
 #: ribs run backwards from their heads before they turn forwards round the trunk, beyond RIB_LATERAL_MM[1])
 RIB_AREA_MM2 = (15.0, 400.0)
+RIB_LATERAL_MM = (15.0, 100.0)
+RIB_BEHIND_FRONT_MM = (-20.0, 40.0)
 #: the ribs are read on pixels of about this size (mm) or finer, every second or third pixel of a fine slice: a
 #: rib is 6-10 mm thick
 RIB_PIXEL_MM = 1.5
-RIB_LATERAL_MM = (15.0, 100.0)
-RIB_BEHIND_FRONT_MM = (-20.0, 40.0)
 #: a section on the next slice (or one more, past a missed one) continues the same rib when it lies within this
 #: of it, side to side and front to back, plus this much per mm between the slices: a lower rib runs about 1.5 mm
 #: outwards per mm downwards near its head
