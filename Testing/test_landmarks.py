@@ -448,6 +448,18 @@ def test_a_canal_that_turns_forwards_below_is_no_lumbosacral_bend():
     assert find_lumbosacral_bend(stack, canals) is None
 
 
+def draw_rib_sections(volume, sections, pixel_mm, sides=(-1, 1)):
+    """A bone section 7 mm across on each (slice, mm beside the canal) on ``sides``, 20 mm behind the canal's front.
+
+    The geometry of ``chest_and_lumbar_ct``: the canal's centre mid-slice, its front edge 100 mm from the top row.
+    """
+    size = volume.shape[1]
+    jj, ii = np.mgrid[0:size, 0:size] * pixel_mm
+    for k, lateral in sections:
+        for side in sides:
+            volume[k][np.hypot(ii - size * pixel_mm / 2.0 - side * lateral, jj - 120.0) <= 3.5] = 500.0
+
+
 def chest_and_lumbar_ct(heads, slice_mm=3.0, pixel_mm=1.0, n=None, skip=()):
     """A CT of the lower spine with a pair of ribs whose heads lie on the given slices (mm above the first slice).
 
@@ -460,17 +472,8 @@ def chest_and_lumbar_ct(heads, slice_mm=3.0, pixel_mm=1.0, n=None, skip=()):
     centre, front = size / 2.0, 100.0 / pixel_mm
     volume[:, int(front - 30 / pixel_mm):int(front - 2 / pixel_mm),
            int(centre - 20 / pixel_mm):int(centre + 20 / pixel_mm)] = 300.0
-    jj, ii = np.mgrid[0:size, 0:size]
-    for head_mm in heads:
-        for k in range(n):
-            below_mm = head_mm - k * slice_mm
-            if not 0 <= below_mm <= 35.0:
-                continue
-            lateral = 45.0 + 1.5 * below_mm
-            for side in (-1, 1):
-                rib = np.hypot((ii - centre - side * lateral / pixel_mm) * pixel_mm,
-                               (jj - front - 20.0 / pixel_mm) * pixel_mm) <= 3.5
-                volume[k][rib] = 500.0
+    draw_rib_sections(volume, [(k, 45.0 + 1.5 * (head_mm - k * slice_mm)) for head_mm in heads for k in range(n)
+                               if 0 <= head_mm - k * slice_mm <= 35.0], pixel_mm)
     image = sitk.GetImageFromArray(volume)
     image.SetSpacing((pixel_mm, pixel_mm, slice_mm))
     stack = to_axial_stack(image)
@@ -522,13 +525,9 @@ def test_a_rib_with_less_than_a_vertebra_of_canal_below_its_head_is_no_landmark(
 
 
 def with_sections(stack, sections, sides=(-1, 1)):
-    """The stack with a bone section of 7 mm across drawn on each (slice, mm beside the canal) on ``sides``."""
+    """``chest_and_lumbar_ct``'s stack with rib sections drawn on it (``draw_rib_sections``)."""
     volume = sitk.GetArrayFromImage(stack.image)
-    size = volume.shape[1]
-    jj, ii = np.mgrid[0:size, 0:size]
-    for k, lateral in sections:
-        for side in sides:
-            volume[k][np.hypot(ii - size / 2.0 - side * lateral, jj - 120.0) <= 3.5] = 500.0
+    draw_rib_sections(volume, sections, stack.spacing[0], sides)
     image = sitk.GetImageFromArray(volume)
     image.CopyInformation(stack.image)
     return to_axial_stack(image)
