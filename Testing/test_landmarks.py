@@ -539,8 +539,17 @@ def test_bone_that_wanders_in_and_out_or_stays_near_the_vertebra_is_no_rib():
     assert find_lowest_rib(with_sections(stack, [(10, 62), (11, 58), (12, 54), (13, 50), (14, 46)]), canals)
     # the same ends, but out again by 6 mm on the way: processes and facets on thick slices
     assert find_lowest_rib(with_sections(stack, [(10, 62), (11, 54), (12, 60), (13, 50), (14, 46)]), canals) is None
+    # steadily in from 62 mm, but by 10 mm only: too little to be a rib running in to its head
+    assert find_lowest_rib(with_sections(stack, [(10, 62), (11, 60), (12, 57), (13, 54), (14, 52)]), canals) is None
     # steadily in, but from 41 mm only: no further out than the tips of the transverse processes
     assert find_lowest_rib(with_sections(stack, [(10, 41), (11, 37), (12, 33), (13, 29), (14, 25)]), canals) is None
+
+
+def test_bone_followed_over_less_than_9_mm_is_no_rib():
+    # on 1 mm slices: in from 62 to 50 mm over 2 mm is a short piece of bone, over 12 mm a rib
+    stack, canals = chest_and_lumbar_ct([], slice_mm=1.0)
+    assert find_lowest_rib(with_sections(stack, [(40, 62), (41, 56), (42, 50)]), canals) is None
+    assert find_lowest_rib(with_sections(stack, [(40 + m, 62 - m) for m in range(13)]), canals).top_slice == 52
 
 
 def test_a_rib_cut_by_the_field_of_view_is_followed_in_from_its_edge():
