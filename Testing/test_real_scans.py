@@ -151,6 +151,23 @@ def test_a_short_series_still_gets_its_level(package):
     assert not level.name_anchored  # no sacrum in 42 mm: the name is a count, and says so
 
 
+def test_a_disc_where_the_detector_loses_the_canal_still_gets_its_level(package, scans):
+    # 40 mm of a lumbar MR validation scan (slices 75-114) around its L3-L4 disc (25.8 mm above the series' lower
+    # end): the detector loses the canal on the three slices at the disc (26-28), where its dark band and the
+    # detector's disc sign peak. No level was found until a level may lie on the tube bridged across such a gap
+    from SpineStenosisGraderLib.training.series_variants import cut
+
+    result = grade_stack(cut(scans["fastcleverseg_ivd_46"].stack, 75, 115), package, modality="MR")
+    assert {d.slice_index for d in result.detections}.isdisjoint({26, 27, 28})
+    assert [abs(level.slice_index - 25.8) <= 3.0 for level in result.levels] == [True]
+    (level,) = result.levels
+    assert any(f"(slice {level.slice_index}) lies where the detector lost the canal" in w for w in result.warnings)
+    # its box lies on the tube between the boxes around the gap
+    boxes = {d.slice_index: d.box.center for d in result.detections}
+    below, above = np.array(boxes[25]), np.array(boxes[29])
+    assert np.linalg.norm(np.array(level.box.center[:2]) - (below[:2] + above[:2]) / 2) <= 3.0
+
+
 def test_the_sacral_end_of_a_lumbar_mr_is_never_cervical(package, scans):
     # the lowest 40 mm of a lumbar MR validation scan (L5-S1 and the sacrum): its CSF is faint, so the canal
     # is read at the fast spin-echo contrast, where the sacral canal looked like a "cord" 16 mm across on 8

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from SpineStenosisGraderLib.inference.detector import SliceDetection, canal_candidates
-from SpineStenosisGraderLib.inference.tracking import track_canal
+from SpineStenosisGraderLib.inference.levels import SliceCanal
+from SpineStenosisGraderLib.inference.tracking import BRIDGE_MAX_GAP_MM, bridge_gaps, track_canal
 
 
 def box_at(u, v, score, size=14.0, disc=0.0):
@@ -77,6 +78,60 @@ def test_a_gap_without_candidates_is_bridged_when_short():
         candidates[k] = []
     chosen = track_canal(candidates, pixel_mm=1.25, slice_mm=3.0)
     assert sum(d is not None for d in chosen) == 26
+
+
+def canal_with_gaps(n, missing):
+    """A canal drifting 1 px right and 0.5 px back per slice, with no canal on the slices ``missing``."""
+    return [None if k in missing else SliceCanal(k, (100.0 + k, 80.0 + 0.5 * k, 110.0 + k, 92.0 + 0.5 * k), 0.8, 0.4)
+            for k in range(n)]
+
+
+def test_a_gap_inside_the_track_is_bridged_on_the_tube_between_its_ends():
+    # a disc narrowing the canal so that the detector loses it on slices 10-13 (12 mm of 3 mm slices)
+    canals = canal_with_gaps(30, missing=set(range(10, 14)))
+    bridged = bridge_gaps(canals, slice_mm=3.0)
+    for k in range(10, 14):
+        assert bridged[k].bridged and bridged[k].score == 0.0 and bridged[k].disc_probability == 0.0
+        # the drift is linear, so the interpolated box is exactly where the canal lies
+        assert np.allclose(bridged[k].box_ij, (100.0 + k, 80.0 + 0.5 * k, 110.0 + k, 92.0 + 0.5 * k), atol=1e-9)
+        assert bridged[k].slice_index == k
+    # the tracked slices stay as they were, and are not marked
+    assert all(bridged[k] is canals[k] and not canals[k].bridged for k in range(30) if not 10 <= k < 14)
+
+
+def test_a_long_gap_and_the_slices_beyond_the_tracks_ends_stay_without_a_canal():
+    # no canal seen below slice 3, above slice 26, nor over 18 mm (slices 10-15, 3 mm apart) in between
+    missing = {0, 1, 2, 27, 28, 29} | set(range(10, 16))
+    bridged = bridge_gaps(canal_with_gaps(30, missing), slice_mm=3.0)
+    assert [k for k, c in enumerate(bridged) if c is None] == sorted(missing)
+    # a gap just within the limit is bridged, one slice longer is not (1 mm slices)
+    n_within = int(BRIDGE_MAX_GAP_MM)
+    within = bridge_gaps(canal_with_gaps(40, set(range(5, 5 + n_within))), slice_mm=1.0)
+    assert all(within[k] is not None for k in range(40))
+    beyond = bridge_gaps(canal_with_gaps(40, set(range(5, 6 + n_within))), slice_mm=1.0)
+    assert sum(c is None for c in beyond) == n_within + 1
+    # without a limit every gap inside the track is bridged, and still nothing beyond its ends
+    unlimited = bridge_gaps(canal_with_gaps(30, missing), slice_mm=3.0, max_gap_mm=None)
+    assert [k for k, c in enumerate(unlimited) if c is None] == [0, 1, 2, 27, 28, 29]
+
+
+def test_a_gap_between_faint_boxes_is_not_bridged():
+    # where the sac tapers into the sacrum the detector loses it between faint boxes (the tube let them in): no level
+    # belongs in that gap. 1 mm slices; the gap is slices 30-35
+    canals = canal_with_gaps(80, missing=set(range(30, 36)))
+    faint = lambda k: SliceCanal(k, canals[k].box_ij, 0.2, 0.4)  # noqa: E731
+    # faint on the 15 slices below the gap; the sure ones further down do not count
+    below_faint = [faint(k) if 15 <= k < 30 else c for k, c in enumerate(canals)]
+    # 4 sure slices (26-29) within 15 mm below the gap: not enough
+    below_short = [faint(k) if 15 <= k < 26 else c for k, c in enumerate(canals)]
+    # 5 sure slices (25-29): enough
+    below_enough = [faint(k) if 15 <= k < 25 else c for k, c in enumerate(canals)]
+    above_faint = [faint(k) if 36 <= k < 51 else c for k, c in enumerate(canals)]
+    assert all(c is not None for c in below_faint[:15]) and all(c.score == 0.8 for c in above_faint[51:])
+    assert bridge_gaps(below_faint, slice_mm=1.0)[32] is None
+    assert bridge_gaps(below_short, slice_mm=1.0)[32] is None
+    assert bridge_gaps(below_enough, slice_mm=1.0)[32].bridged
+    assert bridge_gaps(above_faint, slice_mm=1.0)[32] is None
 
 
 @settings(max_examples=40, deadline=None)

@@ -32,7 +32,7 @@ from .inference.levels import (
     region_of_disc,
 )
 from .inference.region import infer_region
-from .inference.tracking import MIN_CANAL_SCORE, track_canal
+from .inference.tracking import MIN_CANAL_SCORE, bridge_gaps, track_canal
 from .packages.package import ModelPackage, load_default_package
 from .result import CanalDetection, DiscLevel, StudyInfo, StudyResult
 from .study.normalise import detect_modality, normalised_canvas
@@ -153,7 +153,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     gaps = (endplate_gaps(stack, canals, bone) if modality == "CT"
             else dark_bands(stack, canals, DISC_HEIGHT_MM[region], band_depth_fraction(region)))
     sacrum_top = sacrum.top_slice if sacrum else None
-    discs, cistern_warnings = drop_cisterns(find_discs(canals, stack.n_slices, dz, region, gaps,
+    # where a disc narrows the canal most the detector may lose it for a few slices: a level may lie there, on the
+    # tube between the slices around them
+    bridged = bridge_gaps(canals, dz)
+    discs, cistern_warnings = drop_cisterns(find_discs(bridged, stack.n_slices, dz, region, gaps,
                                                        sacrum_top_slice=sacrum_top), stack.spacing, region)
     if modality == "CT":
         # the detector's disc sign may peak on an endplate next to the disc; the bone tells them apart
@@ -180,12 +183,18 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
                                foramen_magnum_slice=foramen.bottom_slice if foramen else None,
                                lowest_rib_slice=lowest_rib.top_slice if lowest_rib else None)
     warnings.extend(naming.warnings)
+    warnings.extend(
+        f"{name} (slice {c.slice_index}) lies where the detector lost the canal: its box is the canal interpolated "
+        "from the slices above and below. The CSF may be effaced there by a severe stenosis: check this level on "
+        "the images." for name, c in zip(naming.names, naming.kept) if bridged[c.slice_index].bridged)
     if not naming.kept:
         warnings.append("No disc level was found. Check that the study is an axial spine CT or T2 MRI.")
     thickness = max(1.0, DISC_HEIGHT_MM[region] / dz)
     # each level's box is the canal over the slices its ROI spans, not the one slice's box: a box that reaches
     # into a foramen on the level's slice alone (the thoracic CSF ring opening sideways) does not become the ROI
-    candidates = [dataclasses.replace(c, box_ij=level_box(canals, c.slice_index, dz, DISC_HEIGHT_MM[region] / 2.0))
+    # (a level where the canal was not seen takes the tube's boxes too)
+    candidates = [dataclasses.replace(c, box_ij=level_box(canals if canals[c.slice_index] else bridged, c.slice_index,
+                                                          dz, DISC_HEIGHT_MM[region] / 2.0))
                   for c in naming.kept]
     levels = [
         DiscLevel(

@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from ..study.volume import AxialStack
 from .levels import CISTERN_DEPTH_RATIO, LevelCandidate, SliceCanal, box_depth_mm
+from .tracking import bridge_gaps
 
 #: cancellous bone and denser, in HU: well above muscle and disc (40-100 HU)
 BONE_HU = 150.0
@@ -645,10 +646,7 @@ def find_lowest_rib(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -
     dz = stack.spacing[2]
     # the canal is one tube: on a slice the tracking left out between two tracked ones it lies between their boxes,
     # and a rib crossing that slice is read there too, so that the rib is not cut in two
-    boxes = np.array([canals[k].box_ij for k in tracked], dtype=float)
-    span = range(tracked[0], tracked[-1] + 1)
-    between = [canals[k] or SliceCanal(k, tuple(float(np.interp(k, tracked, boxes[:, m])) for m in range(4)), 0.0, 0.0)
-               for k in span]
+    between = bridge_gaps(canals, dz, max_gap_mm=None)[tracked[0]:tracked[-1] + 1]
     sections = [s for c in between for s in rib_sections(stack, c)]
     ribs = []
     for rib in _follow_ribs(sections, dz):

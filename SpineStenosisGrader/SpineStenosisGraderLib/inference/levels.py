@@ -140,6 +140,8 @@ class SliceCanal:
     box_ij: tuple[float, float, float, float]
     score: float
     disc_probability: float
+    #: True where no canal was seen and the box is the tube between the slices around it (``tracking.bridge_gaps``)
+    bridged: bool = False
 
 
 @dataclass
@@ -197,6 +199,8 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     faint (below ``min_score``, let in by the tracking's tube, or followed over
     the CSF below the track): the detector is
     often unsure of the canal right at a disc, so there its probability is not used. A
+    slice bridged by the tracking (``tracking.bridge_gaps``), where the detector
+    lost the canal, takes its neighbours' evidence, and a level may lie there. A
     peak must rise MIN_PEAK_RISE above the profile's running baseline, so a
     detector that is unsure on an unfamiliar contrast still places the discs
     where its probability rises, and a profile that is high everywhere yields
@@ -217,13 +221,18 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     # a faint box the tube let in, or a sac followed over its CSF below the track (``csf_outline``), lies on the
     # canal, so the image's own disc sign there (a gap in the bone, a dark band) counts; its detector probability
     # does not, and the nearest confident one's stands in for it
+    seen = np.array(sorted(k for k, c in by_slice.items() if not c.bridged), dtype=int)
+    # a bridged slice (``tracking.bridge_gaps``) is a place for a level, not evidence: the image's disc sign is not
+    # read there, where the canal itself was not seen (in the sacrum that would find its fused discs' remnants)
     tracked = np.array(sorted(by_slice), dtype=int)
+    if len(seen) == 0:
+        return []
     profile = np.interp(np.arange(n_slices), confident, profile[confident])
     evidence = np.full(n_slices, np.nan)
-    evidence[tracked] = np.maximum(profile[tracked],
-                                   (1.0 - ENDPLATE_WEIGHT) * profile[tracked] + ENDPLATE_WEIGHT * gaps[tracked])
+    evidence[seen] = np.maximum(profile[seen], (1.0 - ENDPLATE_WEIGHT) * profile[seen] + ENDPLATE_WEIGHT * gaps[seen])
     # untracked slices between tracked ones take their neighbours' value, so the filters see a continuous spine
-    filled = np.interp(np.arange(n_slices), tracked, evidence[tracked])
+    filled = np.interp(np.arange(n_slices), seen, evidence[seen])
+    evidence[tracked] = filled[tracked]
     half = max(1, int(round(BASELINE_HALF_LENGTH_MM / slice_spacing_mm)))
     baseline = ndimage.percentile_filter(filled, BASELINE_QUANTILE, size=2 * half + 1, mode="nearest")
     sigma = SMOOTHING_MM / slice_spacing_mm
