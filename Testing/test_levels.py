@@ -285,6 +285,27 @@ def test_a_gap_on_a_faint_slice_of_the_tube_is_a_disc_but_its_detector_probabili
     assert [lv.slice_index for lv in find_discs(canals, 40, 3.0, "unknown", gaps)] == [8, 20, 32]
 
 
+def test_a_disc_where_the_canal_was_not_seen_lies_on_the_bridged_tube_but_only_where_no_seen_slice_is_near():
+    # 1 mm slices; the detector lost the canal on slices 19-23 at a disc whose dark band covers 18-24: the tube
+    # bridges them (tracking.bridge_gaps), and the level lies in the gap, on a bridged slice
+    from SpineStenosisGraderLib.inference.tracking import bridge_gaps
+
+    probabilities = np.full(60, 0.3)
+    gaps = np.zeros(60)
+    gaps[18:25] = 1.0
+    canals = [None if 19 <= k <= 23 else c for k, c in enumerate(profile_canals(probabilities))]
+    assert find_discs(canals, 60, 1.0, "lumbar", gaps) == []  # no slice with a canal near the peak: no level
+    (level,) = find_discs(bridge_gaps(canals, 1.0), 60, 1.0, "lumbar", gaps)
+    assert 20 <= level.slice_index <= 22
+    # a seen slice within reach of the peak takes the level, though the bridged slices between read as much and lie
+    # nearer the peak (their evidence is their neighbours'): on a seen slice the disc sign was read in the image
+    canals = [None if k in (20, 21) else c for k, c in enumerate(profile_canals(probabilities))]
+    gaps[18:25] = 0.0
+    gaps[[19, 22]] = 1.0
+    (level,) = find_discs(bridge_gaps(canals, 1.0), 60, 1.0, "lumbar", gaps)
+    assert level.slice_index in (19, 22)
+
+
 def test_of_two_discs_too_close_the_surer_disc_stays_however_sure_its_canal():
     probabilities = np.full(40, 0.1)
     probabilities[[10, 14, 30]] = [0.9, 0.6, 0.9]

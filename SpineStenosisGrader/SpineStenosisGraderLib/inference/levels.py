@@ -244,7 +244,11 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     levels: list[LevelCandidate] = []
     at_end: list[LevelCandidate] = []
     for peak in peaks:
-        near = tracked[np.abs(tracked - peak) * slice_spacing_mm <= max(SMOOTHING_MM, slice_spacing_mm / 2.0)]
+        reach = max(SMOOTHING_MM, slice_spacing_mm / 2.0)
+        # a slice where the canal was seen, if any is that near: a bridged one only where none is
+        near = seen[np.abs(seen - peak) * slice_spacing_mm <= reach]
+        if len(near) == 0:
+            near = tracked[np.abs(tracked - peak) * slice_spacing_mm <= reach]
         if len(near) == 0:
             continue
         k = int(max(near, key=lambda j: (evidence[j], -abs(j - peak))))
