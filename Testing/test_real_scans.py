@@ -151,7 +151,7 @@ def test_a_short_series_still_gets_its_level(package):
     assert not level.name_anchored  # no sacrum in 42 mm: the name is a count, and says so
 
 
-def test_a_disc_where_the_detector_loses_the_canal_still_gets_its_level(package, scans):
+def test_a_disc_where_the_detector_loses_the_canal_still_gets_its_level(package, scans, monkeypatch):
     # 40 mm of a lumbar MR validation scan (slices 75-114) around its L3-L4 disc (25.8 mm above the series' lower
     # end): the detector loses the canal on the three slices at the disc (26-28), where its dark band and the
     # detector's disc sign peak. No level was found until a level may lie on the tube bridged across such a gap
@@ -162,6 +162,22 @@ def test_a_disc_where_the_detector_loses_the_canal_still_gets_its_level(package,
     assert [abs(level.slice_index - 25.8) <= 3.0 for level in result.levels] == [True]
     (level,) = result.levels
     assert any(f"(slice {level.slice_index}) lies where the detector lost the canal" in w for w in result.warnings)
+    # the model's grade of a box where the canal was not seen is no finding: it is marked uncertain, however sure
+    # the model is
+    from SpineStenosisGraderLib.result import GradePrediction
+
+    class SureClassifier:
+        def grade_places(self, stack, places, modality):
+            return [GradePrediction("central", "schizas", "A", {"A": 0.99, "D": 0.01}) for _ in places]
+
+    monkeypatch.setattr(package, "classifier", SureClassifier)
+    sure = grade_stack(cut(scans["fastcleverseg_ivd_46"].stack, 75, 115), package, modality="MR")
+    assert [lv.grade.uncertain for lv in sure.levels] == [True]
+    # a level on a slice where the canal was seen keeps the model's certainty
+    longer = grade_stack(cut(scans["fastcleverseg_ivd_46"].stack, 90, 180), package, modality="MR")
+    warned = " ".join(longer.warnings)
+    seen = [lv for lv in longer.levels if f"(slice {lv.slice_index}) lies where the detector lost" not in warned]
+    assert len(seen) >= 2 and not any(lv.grade.uncertain for lv in seen)
     # its box lies on the tube between the boxes around the gap
     boxes = {d.slice_index: d.box.center for d in result.detections}
     below, above = np.array(boxes[25]), np.array(boxes[29])

@@ -186,7 +186,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     warnings.extend(
         f"{name} (slice {c.slice_index}) lies where the detector lost the canal: its box is the canal interpolated "
         "from the slices above and below. The CSF may be effaced there by a severe stenosis: check this level on "
-        "the images." for name, c in zip(naming.names, naming.kept) if bridged[c.slice_index].bridged)
+        "the images; a grade there is marked uncertain." for name, c in zip(naming.names, naming.kept)
+        if bridged[c.slice_index].bridged)
     if not naming.kept:
         warnings.append("No disc level was found. Check that the study is an axial spine CT or T2 MRI.")
     thickness = max(1.0, DISC_HEIGHT_MM[region] / dz)
@@ -224,7 +225,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if gradable and (not (not_t2 or out_of_scope) or allow_model_mismatch):
         places = [(c.slice_index, c.box_ij) for c in candidates]
         for level, grade in zip(levels, package.classifier().grade_places(stack, places, modality)):
-            level.grade = grade
+            # where the canal was not seen the model reads a box that may miss it: its grade is no more than a hint
+            level.grade = (dataclasses.replace(grade, uncertain=True) if grade is not None
+                           and bridged[level.slice_index].bridged else grade)
     elif levels and region != UNKNOWN_REGION and not gradable:
         warnings.append(
             f"The model package grades {', '.join(graded_regions)} levels only; the {region} levels "
