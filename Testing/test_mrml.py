@@ -336,6 +336,8 @@ def _save_scene(scene, directory: Path) -> Path:
 
 
 def test_save_and_reload_keeps_boxes_and_attributes(scene, volume, result, tmp_path):
+    # L4-L5 lies where the detector lost the canal
+    result.levels[1] = dataclasses.replace(result.levels[1], canal_seen=False)
     mrml.add_result_to_scene(scene, result, volume)
     path = _save_scene(scene, tmp_path)
     assert len(list(tmp_path.glob("*.mrk.json"))) == 3
@@ -362,6 +364,8 @@ def test_save_and_reload_keeps_boxes_and_attributes(scene, volume, result, tmp_p
         assert roi.GetAttribute(mrml.ATTRIBUTE_PREFIX + "description").startswith(level.name)
         np.testing.assert_allclose(roi.GetDisplayNode().GetSelectedColor(), mrml.grade_color(level), atol=1e-6)
         assert roi.GetNodeReference(mrml.VOLUME_REFERENCE_ROLE).GetName() == "T2 axial"
+        assert mrml.roi_model_level(roi).canal_seen is level.canal_seen
+    assert [level.canal_seen for level in result.levels] == [True, False, True]
 
     table = rois[0].GetNodeReference(mrml.TABLE_REFERENCE_ROLE)
     assert table.GetName() == "T2 axial stenosis grades"

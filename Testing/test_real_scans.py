@@ -162,6 +162,7 @@ def test_a_disc_where_the_detector_loses_the_canal_still_gets_its_level(package,
     assert [abs(level.slice_index - 25.8) <= 3.0 for level in result.levels] == [True]
     (level,) = result.levels
     assert any(f"(slice {level.slice_index}) lies where the detector lost the canal" in w for w in result.warnings)
+    assert not level.canal_seen
     # the model's grade of a box where the canal was not seen is no finding: it is marked uncertain, however sure
     # the model is
     from SpineStenosisGraderLib.result import GradePrediction
@@ -177,7 +178,7 @@ def test_a_disc_where_the_detector_loses_the_canal_still_gets_its_level(package,
     longer = grade_stack(cut(scans["fastcleverseg_ivd_46"].stack, 90, 180), package, modality="MR")
     warned = " ".join(longer.warnings)
     seen = [lv for lv in longer.levels if f"(slice {lv.slice_index}) lies where the detector lost" not in warned]
-    assert len(seen) >= 2 and not any(lv.grade.uncertain for lv in seen)
+    assert len(seen) >= 2 and not any(lv.grade.uncertain for lv in seen) and all(lv.canal_seen for lv in seen)
     # its box lies on the tube between the boxes around the gap
     boxes = {d.slice_index: d.box.center for d in result.detections}
     below, above = np.array(boxes[25]), np.array(boxes[29])

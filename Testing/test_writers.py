@@ -88,7 +88,7 @@ def make_result(source: str = "phantom_lumbar_T2.nii.gz", modality: str = "MR") 
                   {"dural_sac_area_mm2": 142.3, "ap_diameter_mm": 12.1}),
         DiscLevel("L4-L5", 6, OrientedBox(_point(study, 50, 40, 6), (18.0, 12.0, 4.0), tuple(oblique.ravel())),
                   0.91, _grade("B", {"A": 0.21, "B": 0.52, "C": 0.22, "D": 0.05}, uncertain=True),
-                  {"dural_sac_area_mm2": 88.0}),
+                  {"dural_sac_area_mm2": 88.0}, canal_seen=False),
         DiscLevel("L5-S1", 10, OrientedBox(_point(study, 46, 46, 10), (17.0, 12.5, 4.0), tuple(stack_axes.ravel())),
                   0.88, _grade("C", {"A": 0.02, "B": 0.18, "C": 0.70, "D": 0.10}),
                   correction=ClinicianCorrection(grade="D", author="Dr. O'Neil", note="=no posterior fat")),
@@ -132,6 +132,7 @@ def test_result_json_round_trips(tmp_path):
     write_study_outputs(result, tmp_path / "out", make_images(result))
     again = StudyResult.from_json((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
     assert again.to_dict() == result.to_dict()
+    assert [lv.canal_seen for lv in again.levels] == [True, False, True]
 
 
 def test_levels_csv_has_one_row_per_level(tmp_path):
@@ -155,6 +156,8 @@ def test_levels_csv_has_one_row_per_level(tmp_path):
     assert float(second["size_1_mm"]) == pytest.approx(18.0)
     assert first["grade"] == "A" and float(first["prob_A"]) == pytest.approx(0.88)
     assert second["uncertain"] == "true" and first["uncertain"] == "false"
+    # the detector lost the canal at L4-L5: its box is the tube between the slices around it
+    assert [r["canal_seen"] for r in rows] == ["true", "false", "true"]
     assert float(first["dural_sac_area_mm2"]) == pytest.approx(142.3) and second["ap_diameter_mm"] == ""
     assert first["clinician_grade"] == "" and first["clinician_name"] == "" and first["final_grade"] == "A"
     assert third["clinician_grade"] == "D" and third["final_grade"] == "D" and third["grade"] == "C"
@@ -786,6 +789,10 @@ def test_report_is_self_contained(tmp_path):
     assert "2 slices had no canal detection" in text
     assert "canal-grader" in text and "0.3.1" in text
     assert "uncertain" in text
+    # one level's card says the canal was not seen there (L4-L5's), the others' do not
+    assert text.count(">canal not seen</span>") == 1
+    cards = [text.index(f'<span class="lvl">{name}</span>') for name in ("L3-L4", "L4-L5", "L5-S1")]
+    assert cards[1] < text.index(">canal not seen</span>") < cards[2]
     assert "Dr. O&#x27;Neil" in text
 
 

@@ -208,6 +208,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
             region=region_of_disc(name) if naming.anchored else region,
             name_anchored=naming.anchored,
             name_confidence=confidence,
+            canal_seen=not bridged[c.slice_index].bridged,
         )
         for name, c, confidence in zip(naming.names, candidates, naming.confidence)
     ]

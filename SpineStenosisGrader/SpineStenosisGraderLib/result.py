@@ -14,8 +14,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-SCHEMA_VERSION = "1.2"  # 1.1: corrections say when and whether the clinician added the level; removed_levels
+SCHEMA_VERSION = "1.3"  # 1.1: corrections say when and whether the clinician added the level; removed_levels
 # 1.2: the region is read from the anatomy (study and level, with evidence); names say whether a landmark anchors them
+# 1.3: a level says whether the canal was seen on its slice (canal_seen)
 SCHEMA_ID = "spine-stenosis-grader/result"
 
 
@@ -184,6 +185,9 @@ class DiscLevel:
     name_anchored: bool = False
     #: how sure the name is: "high", "low" or "none"
     name_confidence: str = "none"
+    #: False where the detector lost the canal at this level (``tracking.bridge_gaps``): its box is the canal
+    #: interpolated from the slices above and below, and the CSF there may be effaced
+    canal_seen: bool = True
 
     @property
     def edited(self) -> bool:
@@ -203,6 +207,7 @@ class DiscLevel:
             "region": self.region,
             "name_anchored": bool(self.name_anchored),
             "name_confidence": self.name_confidence,
+            "canal_seen": bool(self.canal_seen),
         }
 
     @classmethod
@@ -219,6 +224,8 @@ class DiscLevel:
             # results before 1.2 counted names from the end of the study: never anchored
             name_anchored=bool(data.get("name_anchored", False)),
             name_confidence=data.get("name_confidence", "none"),
+            # results before 1.3 placed levels only where the canal was seen
+            canal_seen=bool(data.get("canal_seen", True)),
         )
 
 

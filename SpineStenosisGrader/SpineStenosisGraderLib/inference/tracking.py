@@ -39,7 +39,8 @@ JUMP_PENALTY_PER_MM = 0.15
 MAX_GAP_MM = 30.0
 #: an untracked stretch inside the track no longer than this is bridged for the disc levels (``bridge_gaps``): a disc
 #: is 5-12 mm tall, and where it compresses the canal the detector may lose the canal over the whole disc and a slice
-#: or two around it (13 mm at the L4-L5 of fastcleverseg_ivd_46, 3 mm at its L3-L4 in a 40 mm window)
+#: or two around it (3 mm at the L3-L4 of fastcleverseg_ivd_46 in a 40 mm window; 13 mm at its L4-L5, a gap that
+#: BRIDGE_SURE_MM leaves open, as the boxes below it are faint)
 BRIDGE_MAX_GAP_MM = 15.0
 #: and only where the detector was sure of the canal (MIN_CANAL_SCORE) on this much of the BRIDGE_MAX_GAP_MM on
 #: either side: where the sac tapers into the sacrum the detector loses it too, between faint boxes, and there the

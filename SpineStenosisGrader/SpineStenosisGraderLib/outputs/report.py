@@ -525,6 +525,9 @@ def _card_html(level: DiscLevel, result: StudyResult, picture: str) -> str:
     head = [f'<span class="lvl">{_esc(name)}</span>', _grade_chip(level, pred.grade if pred else None)]
     if name_status(level):
         head.append(f'<span class="flag" title="{_esc(result.study.numbering)}">{_esc(name_status(level))}</span>')
+    if not level.canal_seen:
+        head.append('<span class="flag" title="The detector lost the canal here: the box is interpolated from the '
+                    'slices above and below, and the CSF may be effaced by a severe stenosis.">canal not seen</span>')
     if pred is not None:
         head.append(f"<span>{_percent(pred.probability)}</span>")
         if pred.uncertain:

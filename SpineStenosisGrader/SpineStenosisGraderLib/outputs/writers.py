@@ -298,7 +298,7 @@ def _num(value: Optional[float], digits: int) -> str:
 
 
 _CSV_HEAD = ["level", "name_anchored", "name_confidence", "region", "slice_index", "center_L_mm", "center_P_mm", "center_S_mm",
-             "size_1_mm", "size_2_mm", "size_3_mm", "detection_score",
+             "size_1_mm", "size_2_mm", "size_3_mm", "detection_score", "canal_seen",
              "task", "scale", "grade", "grade_label", "probability"]
 _CSV_TAIL = ["clinician_grade", "clinician_name", "clinician_author", "clinician_note",
              "clinician_box_edited", "final_grade", "model_name", "model_version"]
@@ -358,6 +358,7 @@ def write_levels_csv(result: StudyResult, path: Path) -> None:
                 "size_2_mm": _num(level.box.size[1], 3),
                 "size_3_mm": _num(level.box.size[2], 3),
                 "detection_score": _num(level.detection_score, 4),
+                "canal_seen": "true" if level.canal_seen else "false",
                 "final_grade": _text_cell(effective_grade(level)),
                 "model_name": _text_cell(result.model.name),
                 "model_version": _text_cell(result.model.version),

@@ -179,6 +179,7 @@ def set_level_attributes(roi, level: DiscLevel, model: ModelInfo) -> None:
     roi.SetAttribute(_attr("sliceIndex"), str(int(level.slice_index)))
     roi.SetAttribute(_attr("detectionScore"), repr(float(level.detection_score)))
     set_name_anchoring(roi, level.name_anchored, level.name_confidence, level.region)
+    roi.SetAttribute(_attr("canalSeen"), "true" if level.canal_seen else "false")
     roi.SetAttribute(AI_BOX_ATTRIBUTE, json.dumps(level.box.to_dict()))
     roi.RemoveAttribute(GRADED_BOX_ATTRIBUTE)
     if level.grade is not None:
@@ -291,6 +292,8 @@ def roi_model_level(roi) -> DiscLevel:
         region=roi.GetAttribute(_attr("region")) or "",
         name_anchored=roi.GetAttribute(_attr("nameAnchored")) == "true",
         name_confidence=roi.GetAttribute(_attr("nameConfidence")) or "none",
+        # an ROI stored before the attribute had its level where the canal was seen
+        canal_seen=roi.GetAttribute(_attr("canalSeen")) != "false",
     )
 
 
