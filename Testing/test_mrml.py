@@ -372,6 +372,7 @@ def test_save_and_reload_keeps_boxes_and_attributes(scene, volume, result, tmp_p
     rows = [dict(zip(mrml.TABLE_COLUMNS, row)) for row in _table_rows(table)]
     assert [[row["level"], row["ai_level"], row["ai_grade"]] for row in rows] == [
         ["L3-L4", "L3-L4", "A"], ["L4-L5", "L4-L5", "C"], ["L5-S1", "L5-S1", ""]]
+    assert [row["canal_seen"] for row in rows] == ["1", "0", "1"]
 
     shnode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(reloaded)
     folder = shnode.GetItemParent(shnode.GetItemByDataNode(rois[0]))

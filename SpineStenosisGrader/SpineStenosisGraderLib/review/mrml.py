@@ -49,8 +49,8 @@ ATTRIBUTE_PREFIX = "SpineStenosisGrader."
 VOLUME_REFERENCE_ROLE = "spineStenosisGraderVolume"
 TABLE_REFERENCE_ROLE = "spineStenosisGraderTable"
 
-TABLE_COLUMNS = ("level", "ai_level", "name_status", "ai_grade", "probability", "uncertain", "clinician_grade", "final_grade",
-                 "edited", "model")
+TABLE_COLUMNS = ("level", "ai_level", "name_status", "canal_seen", "ai_grade", "probability", "uncertain",
+                 "clinician_grade", "final_grade", "edited", "model")
 
 #: attributes of the results table: the run as last recorded (StudyResult JSON), the levelId of each of
 #: its levels, the levels the clinician removed, the grading scale, when the run was made, its re-runs
@@ -371,6 +371,8 @@ _COLUMN_DESCRIPTIONS = {
     "name_status": "Empty when a landmark in the study (or the clinician) fixed the name; 'not anchored' when "
                    "the levels were only counted from the end of the study; 'name unsure' when the landmark was "
                    "far from the level",
+    "canal_seen": "0 where the detector lost the canal at the level: its box is interpolated from the slices above "
+                  "and below, and the CSF may be effaced by a severe stenosis",
     "final_grade": "The grade that counts: the clinician's if given, else the model's",
     "edited": "1 if a clinician changed the level: grade, name or box, or added it",
     "model": "Model package name and version",
@@ -381,7 +383,8 @@ def write_result_table(table_node, result: StudyResult) -> None:
     """(Re)write the table's rows from ``result``: one per level, model and clinician values side by side."""
     was_modifying = table_node.StartModify()
     table_node.RemoveAllColumns()
-    kinds = {"probability": vtk.vtkDoubleArray, "uncertain": vtk.vtkIntArray, "edited": vtk.vtkIntArray}
+    kinds = {"probability": vtk.vtkDoubleArray, "uncertain": vtk.vtkIntArray, "edited": vtk.vtkIntArray,
+             "canal_seen": vtk.vtkIntArray}
     columns = {name: kinds.get(name, vtk.vtkStringArray)() for name in TABLE_COLUMNS}
     model_text = f"{result.model.name} {result.model.version}"
     for level in result.levels:
@@ -389,6 +392,7 @@ def write_result_table(table_node, result: StudyResult) -> None:
         columns["level"].InsertNextValue(effective_name(level))
         columns["ai_level"].InsertNextValue("" if correction is not None and correction.added else level.name)
         columns["name_status"].InsertNextValue(name_status(level))
+        columns["canal_seen"].InsertNextValue(int(level.canal_seen))
         columns["ai_grade"].InsertNextValue(grade.grade if grade else "")
         columns["probability"].InsertNextValue(grade.probability if grade else float("nan"))
         columns["uncertain"].InsertNextValue(int(bool(grade and grade.uncertain)))
