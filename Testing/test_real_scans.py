@@ -185,6 +185,17 @@ def test_a_disc_where_the_detector_loses_the_canal_still_gets_its_level(package,
     assert np.linalg.norm(np.array(level.box.center[:2]) - (below[:2] + above[:2]) / 2) <= 3.0
 
 
+def test_the_command_line_flags_a_level_where_the_canal_was_not_seen(scans, tmp_path, capsys):
+    from SpineStenosisGraderLib.cli import main
+    from SpineStenosisGraderLib.training.series_variants import cut
+
+    path = tmp_path / "window.nii.gz"
+    sitk.WriteImage(cut(scans["fastcleverseg_ivd_46"].stack, 75, 115).image, str(path))
+    assert main(["grade", str(path), "-o", str(tmp_path / "out")]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if " slice " in line]
+    assert line.endswith("[canal not seen]")
+
+
 def test_the_sacral_end_of_a_lumbar_mr_is_never_cervical(package, scans):
     # the lowest 40 mm of a lumbar MR validation scan (L5-S1 and the sacrum): its CSF is faint, so the canal
     # is read at the fast spin-echo contrast, where the sacral canal looked like a "cord" 16 mm across on 8

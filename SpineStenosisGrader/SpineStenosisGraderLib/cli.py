@@ -108,8 +108,8 @@ def _grade(args: argparse.Namespace) -> int:
                 grade = f"{level.grade.grade} (p={level.grade.probability:.2f}{flag})"
             else:
                 grade = "not graded"
-            status = name_status(level)
-            print(f"{level.name:>8}  slice {level.slice_index:>4}  {grade}" + (f"  [{status}]" if status else ""))
+            flags = [flag for flag in (name_status(level), "" if level.canal_seen else "canal not seen") if flag]
+            print(f"{level.name:>8}  slice {level.slice_index:>4}  {grade}" + "".join(f"  [{f}]" for f in flags))
         print(f"{len(written)} files written to {args.output}")
     return 0
 
