@@ -50,7 +50,7 @@ def _grade(args: argparse.Namespace) -> int:
     from .packages.package import load_package
     from .pipeline import grade_file, representative_slices
     from .outputs.writers import write_study_outputs
-    from .outputs.report import name_status
+    from .outputs.report import canal_status, name_status
 
     output = Path(args.output)
     _check_output_folder(output)
@@ -108,7 +108,7 @@ def _grade(args: argparse.Namespace) -> int:
                 grade = f"{level.grade.grade} (p={level.grade.probability:.2f}{flag})"
             else:
                 grade = "not graded"
-            flags = [flag for flag in (name_status(level), "" if level.canal_seen else "canal not seen") if flag]
+            flags = [flag for flag in (name_status(level), canal_status(level)) if flag]
             print(f"{level.name:>8}  slice {level.slice_index:>4}  {grade}" + "".join(f"  [{f}]" for f in flags))
         print(f"{len(written)} files written to {args.output}")
     return 0

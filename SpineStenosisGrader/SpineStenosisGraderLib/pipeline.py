@@ -227,8 +227,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         places = [(c.slice_index, c.box_ij) for c in candidates]
         for level, grade in zip(levels, package.classifier().grade_places(stack, places, modality)):
             # where the canal was not seen the model reads a box that may miss it: its grade is no more than a hint
-            level.grade = (dataclasses.replace(grade, uncertain=True) if grade is not None
-                           and bridged[level.slice_index].bridged else grade)
+            level.grade = grade if grade is None or level.canal_seen else dataclasses.replace(grade, uncertain=True)
     elif levels and region != UNKNOWN_REGION and not gradable:
         warnings.append(
             f"The model package grades {', '.join(graded_regions)} levels only; the {region} levels "

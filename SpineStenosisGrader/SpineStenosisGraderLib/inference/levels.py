@@ -225,8 +225,6 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     # a bridged slice (``tracking.bridge_gaps``) is a place for a level, not evidence: the image's disc sign is not
     # read there, where the canal itself was not seen (in the sacrum that would find its fused discs' remnants)
     tracked = np.array(sorted(by_slice), dtype=int)
-    if len(seen) == 0:
-        return []
     profile = np.interp(np.arange(n_slices), confident, profile[confident])
     evidence = np.full(n_slices, np.nan)
     evidence[seen] = np.maximum(profile[seen], (1.0 - ENDPLATE_WEIGHT) * profile[seen] + ENDPLATE_WEIGHT * gaps[seen])

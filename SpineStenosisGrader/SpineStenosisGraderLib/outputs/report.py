@@ -80,6 +80,11 @@ def name_status(level: DiscLevel) -> str:
     return "" if level.name_confidence == "high" else "name unsure"
 
 
+def canal_status(level: DiscLevel) -> str:
+    """"canal not seen" where the detector lost the canal at the level (its box is interpolated); else empty."""
+    return "" if level.canal_seen else "canal not seen"
+
+
 def effective_box(level: DiscLevel) -> OrientedBox:
     """The level's box, as the clinician edited it if they did."""
     if level.correction is not None and level.correction.box is not None:
@@ -525,9 +530,10 @@ def _card_html(level: DiscLevel, result: StudyResult, picture: str) -> str:
     head = [f'<span class="lvl">{_esc(name)}</span>', _grade_chip(level, pred.grade if pred else None)]
     if name_status(level):
         head.append(f'<span class="flag" title="{_esc(result.study.numbering)}">{_esc(name_status(level))}</span>')
-    if not level.canal_seen:
+    if canal_status(level):
         head.append('<span class="flag" title="The detector lost the canal here: the box is interpolated from the '
-                    'slices above and below, and the CSF may be effaced by a severe stenosis.">canal not seen</span>')
+                    f'slices above and below, and the CSF may be effaced by a severe stenosis.">{canal_status(level)}'
+                    '</span>')
     if pred is not None:
         head.append(f"<span>{_percent(pred.probability)}</span>")
         if pred.uncertain:
