@@ -119,11 +119,13 @@ def test_the_default_package_learns_from_every_scan_with_a_canal_and_disc_refere
     assert {name for name, use in uses.items() if use == "train"} == {
         "totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"}
     assert set(uses.values()) == {"train", "holdout"}
-    # a held-out scan lacks disc positions (a cord mask) or a canal label (disc labels alone), or came after the
-    # embedded package was trained: the two VerSe CTs (5 December 2026), to be trained on at its next retrain
+    # a held-out scan lacks disc positions (a cord mask) or a canal label (disc labels alone), or its canal label
+    # is the cord alone (the T2*, whose discs were read by eye), or came after the embedded package was trained:
+    # the two VerSe CTs (5 December 2026), to be trained on at its next retrain
     added_later = ["verse012_ct", "verse014_ct"]
-    assert all("discs" not in e or e["canal"] is None or e["name"] in added_later
+    assert all("discs" not in e or e["canal"] is None or e["canal"].get("cord_only") or e["name"] in added_later
                for e in entries if e["use"] == "holdout")
+    assert next(e for e in entries if e["name"] == "sct_errsm_18_gre")["canal"]["cord_only"]
     trained = ["totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"]
     assert training_scans(DATA / "scans.json") == trained
     # not even --all-scans trains on a scan with no disc positions (it would teach that no slice cuts a disc)
@@ -241,3 +243,18 @@ def test_label_maps_are_not_scans_that_could_be_graded_or_scored():
     scan_names = {e["name"] for e in catalogue["scans"]}
     assert not scan_names & {e["name"] for e in catalogue["label_maps"]}
     assert not any(s.labels_only for s in load_scans(DATA / "scans.json"))
+
+
+def test_discs_read_off_the_images_as_points_land_on_their_slices(scans):
+    # the T2*'s discs were read by eye on slices 12, 10, 7, 5, 3 and 0 and stored as points in patient space
+    # (LPS mm); the file's own geometry, read by SimpleITK apart from the loader, puts them back on those slices
+    # (its slices run feet to head, as the loader's do; its rows run the other way, which moves no slice)
+    import SimpleITK as sitk
+
+    entry = next(e for e in json.loads((DATA / "scans.json").read_text())["scans"] if e["name"] == "sct_errsm_18_gre")
+    image = sitk.ReadImage(str(DATA / entry["image"]))
+    points = entry["discs"]["points_lps_mm"]
+    from_file = {name: image.TransformPhysicalPointToContinuousIndex(point)[2] for name, point in points.items()}
+    assert scans["sct_errsm_18_gre"].discs == pytest.approx(from_file, abs=1e-6)
+    assert scans["sct_errsm_18_gre"].discs == pytest.approx(
+        {"C2-C3": 12, "C3-C4": 10, "C4-C5": 7, "C5-C6": 5, "C6-C7": 3, "C7-T1": 0}, abs=0.05)

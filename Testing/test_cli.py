@@ -212,7 +212,9 @@ def test_leave_one_out_scores_a_scan_no_package_trains_on_with_the_package_itsel
     (score,) = metrics["per_scan"]
     assert score["scan"] == "sct_errsm_18_gre" and not score["trained_on"]
     assert score["canal"]["reference_slices"] == 15
-    assert score["discs"]["reference"] is False and score["levels"]["false_means"] == "not scored"
+    # its discs were read by eye (scans.json): they are scored, and a level far from all of them is false
+    assert score["discs"]["reference"] is True and score["discs"]["inside_study"] == 5
+    assert score["levels"]["false_means"] == "farther than 10 mm from every disc"
     # a scan the packages train on still needs its fold: the package itself saw it
     catalogue = _one_scan_catalogue(tmp_path, "train")
     assert main(["evaluate", "--real-only", "--catalogue", str(catalogue), "--fold-packages", str(folds)]) == 2

@@ -7,9 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, NECK_CISTERN_DEPTH_RATIO,
-                                                      band_depth_fraction, band_darkness, canal_front_wall, dark_bands,
-                                                      disc_back_density, endplate_gaps, find_foramen_magnum,
-                                                      find_lowest_rib, find_lumbosacral_bend, onto_the_discs)
+                                                      band_contrast, band_depth_fraction, canal_front_wall,
+                                                      disc_back_density, disc_bands, endplate_gaps, find_foramen_magnum,
+                                                      find_lowest_rib, find_lumbosacral_bend, marrow_is_dark,
+                                                      onto_the_discs)
 from SpineStenosisGraderLib.inference.levels import LevelCandidate, SliceCanal, find_discs
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -215,15 +216,22 @@ def spine_mr(column, slice_mm=1.0, scale=1.0):
     return to_axial_stack(image), [SliceCanal(k, CANAL, 0.9, 0.3) for k in range(n)]
 
 
+def disc_column(discs, n, marrow, disc, beside):
+    """The column's signal per slice: ``marrow``, and at each disc ``disc``, with ``beside`` on the slices next to it."""
+    column = np.full(n, marrow)
+    for d in discs:
+        column[d] = disc
+        for side in (d - 1, d + 1):
+            if 0 <= side < n:
+                column[side] = beside
+    return column
+
+
 def cervical_column(discs, n):
     # marrow 200; each disc a dark band (endplates and annulus, 90) that also darkens the slices next to it
     # (1 mm slices), and each body's middle 20% darker (its veins), which is no disc
-    column = np.full(n, 200.0)
+    column = disc_column(discs, n, 200.0, 90.0, 120.0)
     for d in discs:
-        column[d] = 90.0
-        for side in (d - 1, d + 1):
-            if 0 <= side < n:
-                column[side] = 120.0
         if d + 8 < n:
             column[d + 8] = 160.0
     return column
@@ -232,7 +240,7 @@ def cervical_column(discs, n):
 def test_on_mr_the_dark_bands_in_the_vertebral_column_are_the_discs_not_the_middle_of_a_body():
     discs = [1, 16, 31, 46, 61, 78]
     stack, canals = spine_mr(cervical_column(discs, 80))
-    assert np.nonzero(dark_bands(stack, canals))[0].tolist() == discs
+    assert np.nonzero(disc_bands(stack, canals))[0].tolist() == discs
 
 
 @pytest.mark.parametrize("slice_mm,disc_mm,spread", [(1.0, 10.0, 2), (1.0, 6.0, 1), (3.0, 10.0, 0), (1.0, 0.0, 0)])
@@ -240,7 +248,7 @@ def test_a_band_marks_the_slices_within_a_quarter_of_a_disc_either_side(slice_mm
     # one darkest slice per disc, which a smoothing over the evidence would all but erase on thin slices
     discs = [1, 16, 31, 46, 61, 78]
     stack, canals = spine_mr(cervical_column(discs, 80), slice_mm=slice_mm)
-    marked = np.nonzero(dark_bands(stack, canals, disc_mm))[0].tolist()
+    marked = np.nonzero(disc_bands(stack, canals, disc_mm))[0].tolist()
     assert marked == sorted({k for d in discs for k in range(d - spread, d + spread + 1) if 0 <= k < 80})
 
 
@@ -248,7 +256,7 @@ def test_a_column_without_marrow_contrast_has_no_band():
     # a uniform column (a T2 where bone and disc look alike), and a darkening of 20% only
     for column in (np.full(40, 120.0), np.where(np.arange(40) % 15 == 7, 160.0, 200.0)):
         stack, canals = spine_mr(column)
-        assert not dark_bands(stack, canals).any()
+        assert not disc_bands(stack, canals).any()
 
 
 def lumbar_column(disc_darkness, n=80, spacing=35):
@@ -269,11 +277,11 @@ def test_a_healthy_lumbar_disc_shows_a_shallower_band_than_the_neck_needs():
     # in the neck; a body's middle, 20% darker, is a band in neither
     column, discs = lumbar_column(0.3)
     stack, canals = spine_mr(column)
-    assert np.nonzero(dark_bands(stack, canals, 0.0, band_depth_fraction("lumbar")))[0].tolist() == discs
+    assert np.nonzero(disc_bands(stack, canals, 0.0, band_depth_fraction("lumbar")))[0].tolist() == discs
     for region in ("cervical", "thoracic", "unknown"):
-        assert not dark_bands(stack, canals, 0.0, band_depth_fraction(region)).any()
+        assert not disc_bands(stack, canals, 0.0, band_depth_fraction(region)).any()
     stack, canals = spine_mr(lumbar_column(0.2)[0])
-    assert not dark_bands(stack, canals, 0.0, band_depth_fraction("lumbar")).any()
+    assert not disc_bands(stack, canals, 0.0, band_depth_fraction("lumbar")).any()
 
 
 def test_the_band_darkness_is_how_much_darker_than_the_marrow_the_column_is():
@@ -281,7 +289,7 @@ def test_the_band_darkness_is_how_much_darker_than_the_marrow_the_column_is():
     # the rest of the marrow 0, on every slice including the study's ends
     column, discs = lumbar_column(0.3)
     stack, canals = spine_mr(column)
-    darkness = band_darkness(stack, canals)
+    darkness = band_contrast(stack, canals)
     assert darkness[discs] == pytest.approx(0.3)
     assert darkness[[d + 1 for d in discs]] == pytest.approx(0.15)
     assert darkness[[d + 17 for d in discs if d + 17 < 80]] == pytest.approx(0.2)
@@ -289,8 +297,8 @@ def test_the_band_darkness_is_how_much_darker_than_the_marrow_the_column_is():
     # a slice without a canal reads as its neighbours (a disc missed is no band); fewer than three slices with a
     # canal cannot be read
     canals[discs[1]] = None
-    assert band_darkness(stack, canals)[discs[1]] == pytest.approx(0.15)
-    assert np.isnan(band_darkness(stack, canals[:2] + [None] * 78)).all()
+    assert band_contrast(stack, canals)[discs[1]] == pytest.approx(0.15)
+    assert np.isnan(band_contrast(stack, canals[:2] + [None] * 78)).all()
 
 
 def test_a_slice_without_a_canal_is_no_band_and_makes_none_in_a_body():
@@ -298,7 +306,7 @@ def test_a_slice_without_a_canal_is_no_band_and_makes_none_in_a_body():
     stack, canals = spine_mr(cervical_column(discs, 40))
     canals[10] = None  # the disc's own slice: its darkened neighbours carry the band
     canals[18] = None  # in a body: the slices around it are marrow, so no band appears there
-    assert np.nonzero(dark_bands(stack, canals))[0].tolist() == [9, 11, 25]
+    assert np.nonzero(disc_bands(stack, canals))[0].tolist() == [9, 11, 25]
 
 
 def test_a_bright_end_slice_does_not_set_the_marrow_level_near_it():
@@ -308,7 +316,7 @@ def test_a_bright_end_slice_does_not_set_the_marrow_level_near_it():
     column[-1] = 400.0
     column[-4] = 150.0
     stack, canals = spine_mr(column)
-    assert np.nonzero(dark_bands(stack, canals))[0].tolist() == [10, 25]
+    assert np.nonzero(disc_bands(stack, canals))[0].tolist() == [10, 25]
 
 
 @settings(max_examples=20, deadline=None)
@@ -317,7 +325,50 @@ def test_the_bands_do_not_depend_on_the_mr_scale(scale, slice_mm):
     # MR intensities have no unit: the bands are read against the study's own marrow
     discs = [5, 20, 35]
     stack, canals = spine_mr(cervical_column(discs, 45), slice_mm, scale)
-    assert np.nonzero(dark_bands(stack, canals))[0].tolist() == discs
+    assert np.nonzero(disc_bands(stack, canals))[0].tolist() == discs
+
+
+def gradient_echo_mr(discs, n, muscle=300.0, scale=1.0, slice_mm=1.0):
+    """A T2* gradient echo of the neck: dark marrow (100), each disc bright (250, its neighbours 170), the CSF
+    brighter still and the muscle behind the canal brighter than the marrow (``muscle``; 0: a crop's blank)."""
+    stack, canals = spine_mr(disc_column(discs, n, 100.0, 250.0, 170.0), slice_mm, scale)
+    volume = sitk.GetArrayFromImage(stack.image)
+    volume[:, 75:, :] = muscle * scale  # 9 mm and more behind the canal's box: the back's muscles
+    image = sitk.GetImageFromArray(volume)
+    image.CopyInformation(stack.image)
+    return to_axial_stack(image), canals
+
+
+def test_where_the_marrow_is_darker_than_the_muscle_the_discs_are_bright_bands():
+    # on a T2* the trabecular bone darkens the marrow and the disc's water is bright: the spin echo's dark bands
+    # would lie in the vertebral bodies, between the discs, and the bright ones lie on the discs
+    discs = [5, 20, 35, 50]
+    stack, canals = gradient_echo_mr(discs, 60)
+    assert marrow_is_dark(stack, canals)
+    assert np.nonzero(disc_bands(stack, canals, bright=True))[0].tolist() == discs
+    assert not set(np.nonzero(disc_bands(stack, canals))[0]) & set(discs)
+    # how much brighter: 1 - the marrow (the column's low quantile around it) over the column
+    assert band_contrast(stack, canals, bright=True)[discs] == pytest.approx(0.6)
+    assert band_contrast(stack, canals, bright=True)[12] == pytest.approx(0.0)
+
+
+def test_a_spin_echo_marrow_brighter_than_muscle_or_muscle_not_in_the_study_keeps_the_dark_bands():
+    stack, canals = spine_mr(cervical_column([10, 25], 40))  # marrow 200, muscle 30
+    assert not marrow_is_dark(stack, canals)
+    # marrow darker than muscle, but not by half (a young spine's red marrow on a spin echo reads 0.83 of it)
+    assert not marrow_is_dark(*gradient_echo_mr([10, 25], 40, muscle=150.0))
+    assert marrow_is_dark(*gradient_echo_mr([10, 25], 40, muscle=250.0))
+    # a crop blank behind the canal: nothing to compare the marrow with
+    assert not marrow_is_dark(*gradient_echo_mr([10, 25], 40, muscle=0.0))
+
+
+@settings(max_examples=20, deadline=None)
+@given(scale=st.floats(0.01, 50.0), slice_mm=st.sampled_from([0.8, 1.0, 1.5]))
+def test_the_bright_bands_do_not_depend_on_the_mr_scale(scale, slice_mm):
+    discs = [5, 20, 35]
+    stack, canals = gradient_echo_mr(discs, 45, scale=scale, slice_mm=slice_mm)
+    assert marrow_is_dark(stack, canals)
+    assert np.nonzero(disc_bands(stack, canals, bright=True))[0].tolist() == discs
 
 
 def neck(depths_mm, slice_mm=1.0, pixel_mm=0.5):

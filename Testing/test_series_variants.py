@@ -288,5 +288,6 @@ def test_a_neck_cropped_to_its_canal_is_scored_on_its_own_canal_through_patient_
     # crop's pixels, the crop's 15 slices would all miss (85 of 101)
     assert report["canal_slices"] == sum(v.stack.n_slices for v in made)
     assert report["canal_hits"] >= 0.95 * report["canal_slices"]
-    # the crop reaches the foramen magnum, which tells the neck where its outline is cut
+    # the canal at the crop's top, through C2, reads as deep as the cisterna magna, which tells the neck where
+    # its outline is cut
     assert report["regions_found"].get("lumbar", 0) == 0

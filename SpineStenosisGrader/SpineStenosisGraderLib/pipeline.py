@@ -12,9 +12,10 @@ import SimpleITK as sitk
 from .errors import InputError
 from .inference.contrast import t1_warning
 from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_csf, study_csf_contrast
-from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_darkness, band_depth_fraction,
-                                  dark_bands, disc_back_density, endplate_gaps, find_foramen_magnum,
-                                  find_lowest_rib, find_lumbosacral_bend, find_sacrum, measure_bone, onto_the_discs)
+from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_contrast, band_depth_fraction,
+                                  disc_back_density, disc_bands, endplate_gaps, find_foramen_magnum,
+                                  find_lowest_rib, find_lumbosacral_bend, find_sacrum, marrow_is_dark, measure_bone,
+                                  onto_the_discs)
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -146,12 +147,13 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         if followed:
             warnings.append(f"Below slice {lowest}, where the detector lost the canal, the sac was followed over "
                             f"its bright CSF down to slice {min(followed)} (detection score 0 there).")
-    # the disc seen in the image, whatever the detector thinks of the slice: a gap in the bone on CT, a dark band
-    # in the vertebral column on MR
+    # the disc seen in the image, whatever the detector thinks of the slice: a gap in the bone on CT, a band in the
+    # vertebral column on MR (dark on a T2 spin echo; bright where the marrow is darker than muscle, on a T2*)
     # on CT the bone in front of the canal, read once: for the gaps, and for the levels on an endplate below
     bone = disc_back_density(stack, canals, wall_hu=CANAL_WALL_HU) if modality == "CT" else None
+    bright_bands = modality == "MR" and marrow_is_dark(stack, canals)
     gaps = (endplate_gaps(stack, canals, bone) if modality == "CT"
-            else dark_bands(stack, canals, DISC_HEIGHT_MM[region], band_depth_fraction(region)))
+            else disc_bands(stack, canals, DISC_HEIGHT_MM[region], band_depth_fraction(region), bright_bands))
     sacrum_top = sacrum.top_slice if sacrum else None
     # where a disc narrows the canal most the detector may lose it for a few slices: a level may lie there, on the
     # tube between the slices around them
@@ -173,7 +175,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     warnings.extend(bend_warnings)
     if modality == "MR" and region == "lumbar":
         # near an end of the study a peak of the detector's one-sided evidence may lie in a body
-        discs, end_warnings = drop_bandless_end_levels(discs, band_darkness(stack, canals), dz, region)
+        discs, end_warnings = drop_bandless_end_levels(discs, band_contrast(stack, canals, bright_bands), dz,
+                                                               region)
         warnings.extend(end_warnings)
     # CT only, and only where the vertebrae read lumbar: in a study of the chest every vertebra bears ribs, and the
     # lowest pair it shows need not be T12's. The user's anchor outranks every landmark, so then they are not read

@@ -13,8 +13,10 @@ it; the lowest pair whose heads the study shows, with lumbar vertebrae below
 them, is the 12th, on T12.
 
 The discs themselves are also read from the image here, beside the
-detector's evidence: on CT as gaps between endplates, on MR as dark bands in
-the vertebral column in front of the canal.
+detector's evidence: on CT as gaps between endplates, on MR as bands in the
+vertebral column in front of the canal: dark on a T2 spin echo, whose fatty
+marrow is bright, and bright where the marrow is dark (a T2* gradient echo, a
+fat-suppressed T2).
 
 Everything is measured in millimetres on the raw slices, so the spacing and the
 field of view do not matter.
@@ -88,6 +90,20 @@ BAND_DEPTH_FRACTION = 0.35
 #: (mostly under 20%) at its other local dips between T11 and L5: with 0.35, 67 of their 102 discs showed
 #: no band. A body's darker middle (its veins) stays under it
 LUMBAR_BAND_DEPTH_FRACTION = 0.25
+#: where the marrow is dark (``marrow_is_dark``) a band is bright, and the marrow is read as this low a quantile
+#: of the column around a slice, the mirror of BAND_MARROW_QUANTILE
+BRIGHT_BAND_MARROW_QUANTILE = 25.0
+#: the deep muscles of the back and neck (multifidus, semispinalis), which the marrow is compared with: beside the
+#: spinous processes, this far to either side of the canal's centre and this far behind it (mm)
+MUSCLE_LATERAL_MM = (8.0, 20.0)
+MUSCLE_BEHIND_MM = (25.0, 40.0)
+#: the marrow darker than this share of the muscle is dark: on the T2* gradient echo of the neck checked
+#: (``sct_errsm_18_gre``) the column in front of the canal reads 0.31 of the muscle, on 36 T2 spin-echo scans
+#: 0.83-5.9 times it (12 necks and lumbar spines of the catalogue, VB2's 17 and VB1's 7 lumbar spines; a young
+#: spine's red marrow is the darkest). No fat-suppressed T2 has been checked
+DARK_MARROW_RATIO = 0.5
+#: samples of muscle needed to read it: fewer, and the marrow is taken as a spin echo's
+MIN_MUSCLE_SAMPLES = 20
 #: below the alae the sacral canal runs at most the sacrum's length: bone as wide higher up the canal
 #: (a rib-bearing vertebra with its ribs, say) is not the sacrum
 SACRUM_BELOW_ALAE_MM = 100.0
@@ -309,17 +325,60 @@ def _running_percentile(values: np.ndarray, half: int, quantile: float) -> np.nd
 
 
 def band_depth_fraction(region: str) -> float:
-    """How much darker than the marrow around it a disc's band is in ``region`` (see ``dark_bands``)."""
+    """How much darker (or brighter) than the marrow around it a disc's band is in ``region`` (see ``disc_bands``)."""
     return LUMBAR_BAND_DEPTH_FRACTION if region == "lumbar" else BAND_DEPTH_FRACTION
 
 
-def _band_column(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """The slices where the column in front of the canal (MR) was read, and its darkness on every slice.
+def _muscle_level(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[float]:
+    """The median intensity of the deep back muscles (MUSCLE_LATERAL_MM, MUSCLE_BEHIND_MM) over the slices with a
+    canal; None with fewer than MIN_MUSCLE_SAMPLES inside the image and not blank (a crop's blank margin is 0).
+    """
+    sx, sy = stack.spacing[0], stack.spacing[1]
+    lateral = np.arange(MUSCLE_LATERAL_MM[0], MUSCLE_LATERAL_MM[1] + 1e-6, 4.0)
+    behind = np.arange(MUSCLE_BEHIND_MM[0], MUSCLE_BEHIND_MM[1] + 1e-6, 5.0)
+    size_j, size_i = stack.array.shape[1:]
+    samples = []
+    for canal in canals:
+        if canal is None:
+            continue
+        i0, j0, i1, j1 = canal.box_ij
+        ci, cj = (i0 + i1) / 2.0, (j0 + j1) / 2.0
+        # the stack is LPS: its rows run from front to back
+        ii = np.round(ci + np.concatenate([-lateral, lateral]) / sx).astype(int)
+        jj = np.round(cj + behind / sy).astype(int)
+        ii, jj = ii[(ii >= 0) & (ii < size_i)], jj[(jj >= 0) & (jj < size_j)]
+        samples.extend(stack.array[canal.slice_index][np.ix_(jj, ii)].ravel())
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[samples > 0]
+    return float(np.median(samples)) if len(samples) >= MIN_MUSCLE_SAMPLES else None
 
-    The darkness is 1 - the column's intensity over the marrow's (BAND_MARROW_QUANTILE of the column within
-    BAND_MARROW_HALF_LENGTH_MM of the slice); NaN where there is no marrow to compare with. Untracked slices
-    take their neighbours' column, so a missed slice does not look like a band. None with fewer than three
-    slices read.
+
+def marrow_is_dark(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> bool:
+    """Whether the vertebral marrow is darker than the back's muscle (MR): then a disc is a bright band.
+
+    On a T2 spin echo the fatty marrow is brighter than muscle, and a disc's
+    endplates and annulus darken the column in front of the canal. On a T2*
+    gradient echo the trabecular bone darkens the marrow (and a fat-suppressed
+    T2 takes the fat's signal out of it): it is darker than muscle, and the
+    disc's water makes a bright band. The marrow is the median of that column
+    over the slices with a canal (DARK_MARROW_RATIO). False where the muscle
+    cannot be read: the spin echo's dark bands, as before this was read.
+    """
+    column = disc_back_density(stack, canals, BAND_DEPTH_MM, BAND_HALF_WIDTH_MM)
+    muscle = _muscle_level(stack, canals)
+    if muscle is None or np.isnan(column).all():
+        return False
+    return bool(np.nanmedian(column) < DARK_MARROW_RATIO * muscle)
+
+
+def _band_column(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
+                 bright: bool) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The slices where the column in front of the canal (MR) was read, and its band contrast on every slice.
+
+    The contrast is 1 - the column's intensity over the marrow's (BAND_MARROW_QUANTILE of the column within
+    BAND_MARROW_HALF_LENGTH_MM of the slice); with ``bright``, 1 - the marrow's (BRIGHT_BAND_MARROW_QUANTILE) over
+    the column's. NaN where there is nothing to compare with. Untracked slices take their neighbours' column, so a
+    missed slice does not look like a band. None with fewer than three slices read.
     """
     column = disc_back_density(stack, canals, BAND_DEPTH_MM, BAND_HALF_WIDTH_MM)
     tracked = np.nonzero(~np.isnan(column))[0]
@@ -327,45 +386,50 @@ def _band_column(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> O
         return None
     filled = np.interp(np.arange(stack.n_slices), tracked, column[tracked])
     half = max(1, int(round(BAND_MARROW_HALF_LENGTH_MM / stack.spacing[2])))
-    marrow = _running_percentile(filled, half, BAND_MARROW_QUANTILE)
-    darkness = np.full(stack.n_slices, np.nan)
-    np.divide(filled, marrow, out=darkness, where=marrow > 0)
-    return tracked, 1.0 - darkness
+    marrow = _running_percentile(filled, half, BRIGHT_BAND_MARROW_QUANTILE if bright else BAND_MARROW_QUANTILE)
+    numerator, denominator = (marrow, filled) if bright else (filled, marrow)
+    ratio = np.full(stack.n_slices, np.nan)
+    np.divide(numerator, denominator, out=ratio, where=denominator > 0)
+    return tracked, 1.0 - ratio
 
 
-def band_darkness(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:
-    """Per slice, how much darker the vertebral column in front of the canal (MR) is than the marrow around it.
+def band_contrast(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], bright: bool = False) -> np.ndarray:
+    """Per slice, how much darker (``bright``: brighter) the vertebral column in front of the canal (MR) is than the
+    marrow around it.
 
-    About 0.25-0.7 at a disc, near 0 or below in a vertebral body (see ``dark_bands``). NaN where it cannot be
+    About 0.25-0.7 at a disc, near 0 or below in a vertebral body (see ``disc_bands``). NaN where it cannot be
     read: everywhere when fewer than three slices have a canal.
     """
-    read = _band_column(stack, canals)
+    read = _band_column(stack, canals, bright)
     return np.full(stack.n_slices, np.nan) if read is None else read[1]
 
 
-def dark_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_height_mm: float = 0.0,
-               depth_fraction: float = BAND_DEPTH_FRACTION) -> np.ndarray:
-    """Per slice, 1 where the vertebral column in front of the canal (MR) has a dark band: a disc.
+def disc_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_height_mm: float = 0.0,
+               depth_fraction: float = BAND_DEPTH_FRACTION, bright: bool = False) -> np.ndarray:
+    """Per slice, 1 where the vertebral column in front of the canal (MR) has a disc's band.
 
     On T2 MR the marrow of a vertebral body is brighter than a disc's endplates
     and annulus, so the column just in front of the canal darkens at every disc
-    (on T1 the fatty marrow is brighter still; no T1 scan has been checked). A band is a slice
-    darker than the marrow around it (``band_darkness``) by ``depth_fraction`` (``band_depth_fraction`` of
-    the region: shallower in the lumbar spine), and at least as
-    dark as its neighbours. The intensity is compared within the study only,
+    (on T1 the fatty marrow is brighter still; no T1 scan has been checked).
+    Where the marrow is dark (``marrow_is_dark``: a T2* gradient echo), the
+    disc is brighter than it: ``bright`` reads those bands. A band is a slice
+    that much darker (brighter) than the marrow around it (``band_contrast``) by
+    ``depth_fraction`` (``band_depth_fraction`` of the region: shallower in the
+    lumbar spine), and at least as
+    dark (bright) as its neighbours. The intensity is compared within the study only,
     so the MR's arbitrary scale does not matter. Each band also marks the slices
     within a quarter of ``disc_height_mm`` (the region's disc height) on either
     side of it; with 0, its own slice alone.
     """
     bands = np.zeros(stack.n_slices)
-    read = _band_column(stack, canals)
+    read = _band_column(stack, canals, bright)
     if read is None:
         return bands
-    tracked, darkness = read
+    tracked, contrast = read
     for k in tracked:
         # a neighbour without marrow to compare with does not count; a slice without it is no band (NaN)
-        neighbours = [darkness[j] for j in (max(0, k - 1), min(stack.n_slices - 1, k + 1)) if not np.isnan(darkness[j])]
-        bands[k] = float(darkness[k] >= depth_fraction and darkness[k] >= max(neighbours, default=-np.inf))
+        neighbours = [contrast[j] for j in (max(0, k - 1), min(stack.n_slices - 1, k + 1)) if not np.isnan(contrast[j])]
+        bands[k] = float(contrast[k] >= depth_fraction and contrast[k] >= max(neighbours, default=-np.inf))
     # a band is the one darkest slice of a disc, whose evidence a smoothing over a slice or two would erase:
     # it marks the slices within a quarter of the disc's height either side
     spread = int(disc_height_mm / 4.0 // stack.spacing[2])

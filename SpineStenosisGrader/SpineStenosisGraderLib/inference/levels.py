@@ -93,7 +93,7 @@ SACRAL_BELOW_BEND_MM = 10.0
 TYPICAL_DISC_SPACING_MM = {"lumbar": 33.0, "thoracic": 23.0, "cervical": 16.0}
 #: two discs found this many typical spacings apart have a disc between them that the evidence missed
 MISSED_DISC_GAP = 1.5
-#: how much a disc seen in the image (``landmarks.endplate_gaps`` on CT, ``landmarks.dark_bands`` on MR) weighs
+#: how much a disc seen in the image (``landmarks.endplate_gaps`` on CT, ``landmarks.disc_bands`` on MR) weighs
 #: against the detector
 ENDPLATE_WEIGHT = 0.7
 #: the L5-S1 disc lies just above the top of the sacral alae: within this of it, plus half a slice (the alae's
@@ -119,7 +119,7 @@ BELOW_LUMBOSACRAL_BEND_MM = 25.0
 #: near an end of a study the detector's disc evidence is one-sided (its running baseline and smoothing see one
 #: side only), and on the lumbar MR validation series cut into 40-90 mm windows it peaked 2-8 mm inside a
 #: window's end, in a vertebral body, 12-19 mm from the nearest disc. There the vertebral column in front of the
-#: canal (``landmarks.band_darkness``) shows no disc: a lumbar MR level within END_LEVEL_MM of either end of the
+#: canal (``landmarks.band_contrast``) shows no disc: a lumbar MR level within END_LEVEL_MM of either end of the
 #: study is kept only if the column darkens by END_LEVEL_MIN_DARKNESS within END_LEVEL_BAND_REACH_MM of it. Of
 #: the 356 levels within 8 mm of a disc on those series 4 stay under 0.2 (a healthy lumbar disc's band is 25-40%
 #: deep), of the 44 more than 10 mm from every disc 17. Away from the ends the rule is not applied: the lowest
@@ -434,7 +434,7 @@ def drop_bandless_end_levels(levels: Sequence[LevelCandidate], darkness: np.ndar
                               region: str) -> tuple[list[LevelCandidate], list[str]]:
     """Drop a lumbar MR study's levels near either end of the study where the column in front shows no disc.
 
-    ``darkness`` is ``landmarks.band_darkness`` of the study, one value per
+    ``darkness`` is ``landmarks.band_contrast`` of the study, one value per
     slice. A level within END_LEVEL_MM of the first or last slice goes when the
     darkness stays under END_LEVEL_MIN_DARKNESS within END_LEVEL_BAND_REACH_MM
     of it; where the darkness cannot be read (NaN) it stays. Only lumbar studies

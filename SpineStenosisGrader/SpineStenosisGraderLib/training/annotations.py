@@ -165,6 +165,10 @@ def _in_front_of_canal(canal: np.ndarray) -> Optional[np.ndarray]:
 
 def _discs_from_spec(root: Path, spec: dict[str, Any], stack: AxialStack,
                      canal: Optional[np.ndarray] = None, geometry: Optional[dict[str, Any]] = None) -> dict[str, float]:
+    if spec.get("method") == "points":
+        # discs read off the images, each a point in patient space (LPS mm): no label file
+        return {name: float(stack.lps_to_index(np.asarray(point, dtype=float))[0, 2])
+                for name, point in spec["points_lps_mm"].items()}
     array = label_array(root, spec, stack, geometry)
     names = {int(k): v for k, v in spec["labels"].items()}
     method = spec.get("method", "centroid_midpoint")

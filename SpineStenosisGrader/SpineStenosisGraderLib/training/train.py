@@ -399,7 +399,8 @@ def training_scans(catalogue: Path, all_scans: bool = False, exclude_scans: Sequ
 
     A scan without disc positions (a cord mask alone) never trains it, not even with ``all_scans``: every
     one of its slices would be taught as one that cuts no disc. Nor does one without a canal label (disc
-    labels alone): every slice would be taught as one without a canal.
+    labels alone): every slice would be taught as one without a canal. Nor does one whose canal label is the cord
+    alone (``canal.cord_only``): the detector boxes the dural sac around it.
     """
     entries = load_catalogue(catalogue)
     names = [e["name"] for e in entries]
@@ -411,7 +412,7 @@ def training_scans(catalogue: Path, all_scans: bool = False, exclude_scans: Sequ
         raise SpineStenosisGraderError(f"Not in {catalogue.name}: {', '.join(unknown)} (it has {', '.join(names)}).")
     return [e["name"] for e in entries
             if (all_scans or e.get("use") == "train") and e.get("discs") and e.get("canal")
-            and e["name"] not in set(exclude_scans)]
+            and not e["canal"].get("cord_only") and e["name"] not in set(exclude_scans)]
 
 
 def build_detector_data(catalogue: Path, n_phantoms: int, per_study: int, seed: int, *,
