@@ -15,8 +15,7 @@ them, is the 12th, on T12.
 The discs themselves are also read from the image here, beside the
 detector's evidence: on CT as gaps between endplates, on MR as bands in the
 vertebral column in front of the canal: dark on a T2 spin echo, whose fatty
-marrow is bright, and bright where the marrow is dark (a T2* gradient echo, a
-fat-suppressed T2).
+marrow is bright, and bright where the marrow is dark (a T2* gradient echo).
 
 Everything is measured in millimetres on the raw slices, so the spacing and the
 field of view do not matter.
@@ -99,8 +98,10 @@ MUSCLE_LATERAL_MM = (8.0, 20.0)
 MUSCLE_BEHIND_MM = (25.0, 40.0)
 #: the marrow darker than this share of the muscle is dark: on the T2* gradient echo of the neck checked
 #: (``sct_errsm_18_gre``) the column in front of the canal reads 0.31 of the muscle, on 36 T2 spin-echo scans
-#: 0.83-5.9 times it (12 necks and lumbar spines of the catalogue, VB2's 17 and VB1's 7 lumbar spines; a young
-#: spine's red marrow is the darkest). No fat-suppressed T2 has been checked
+#: 0.83-5.9 times it (12 necks and lumbar spines of the catalogue, VB2's 17 and VB1's 7 lumbar spines). The
+#: darkest are VB1's 07 and 03 (0.83, 0.93), whose fat looks suppressed (the dataset lists TIRM scans; these may be
+#: two), and whose discs the dark bands find (8/8, 7/8): a fat-suppressed T2's disc is bright in its nucleus, but
+#: its posterior annulus is still dark in front of the canal
 DARK_MARROW_RATIO = 0.5
 #: samples of muscle needed to read it: fewer, and the marrow is taken as a spin echo's
 MIN_MUSCLE_SAMPLES = 20
@@ -358,9 +359,8 @@ def marrow_is_dark(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) ->
 
     On a T2 spin echo the fatty marrow is brighter than muscle, and a disc's
     endplates and annulus darken the column in front of the canal. On a T2*
-    gradient echo the trabecular bone darkens the marrow (and a fat-suppressed
-    T2 takes the fat's signal out of it): it is darker than muscle, and the
-    disc's water makes a bright band. The marrow is the median of that column
+    gradient echo the trabecular bone darkens the marrow: it is darker than
+    muscle, and the disc's water makes a bright band. The marrow is the median of that column
     over the slices with a canal (DARK_MARROW_RATIO). False where the muscle
     cannot be read: the spin echo's dark bands, as before this was read.
     """
