@@ -155,10 +155,12 @@ FORAMEN_MIN_TRACK_MM = 50.0
 #: the cisterna magna is seen over at least this much at the top of the study: one wide box is no cistern
 FORAMEN_MIN_RUN_MM = 3.0
 #: and its deepest box is at least this deep: behind the medulla the cistern makes the CSF space 22-28 mm deep
-#: at the top of the validation necks (20.5 mm at the opening of the T2*'s crop), while C2's canal, deeper than
-#: the canal below it, reads up to 19 mm on them (the median over 5 mm). Read against the median alone, the top
-#: of a C2-C5 crop in 3 mm sagittal slices (`sct_cervical_t2`, graded by the seed-1 fold that did not train on
-#: it) was taken for the cistern, 17 mm deep against 12 mm, and the true C3-C4 below it was dropped as C2
+#: at the top of the validation necks, while C2's canal, deeper than the canal below it, reads up to 19 mm on
+#: them (the median over 5 mm). Not on the T2* of the neck: its top 7.5 mm slice lies in C2 (by the same subject's
+#: sagittal T2) and reads 23.5 mm (20.5 in its crop), so it passes for the cistern (README). Read against the
+#: median alone, the top of a C2-C5 crop in 3 mm sagittal slices (`sct_cervical_t2`, graded by the seed-1 fold
+#: that did not train on it) was taken for the cistern, 17 mm deep against 12 mm, and the true C3-C4 below it was
+#: dropped as C2
 CISTERN_MIN_DEPTH_MM = 20.0
 #: in a study whose cord or outline already says neck, the opening is read from this many times the canal's
 #: median depth (1.35 elsewhere, ``levels.CISTERN_DEPTH_RATIO``): on 3 and 4 mm slices the top slice lies partly
