@@ -437,6 +437,22 @@ def test_in_a_study_known_to_show_the_neck_a_shallower_opening_is_the_foramen_ma
     assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO) is None
 
 
+def test_one_thick_top_slice_as_deep_as_the_cistern_is_no_foramen_magnum():
+    # the T2* of the neck, 7.5 mm slices: its canal deepens towards C1 and its top slice, in C2, reads 23.5 mm
+    # against a median of 16 (the cistern's 1.35 times is 21.6): by either ratio, no opening
+    depths = [16.0] * 10 + [16.6, 18.9, 21.1, 21.2, 23.5]
+    stack, canals = neck(depths, slice_mm=7.5)
+    assert find_foramen_magnum(stack, canals) is None
+    assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO) is None
+    # two top slices beyond 1.35 times the median are the cistern, read by either ratio
+    stack, canals = neck([16.0] * 10 + [16.6, 18.9, 21.1, 22.0, 23.5], slice_mm=7.5)
+    assert find_foramen_magnum(stack, canals).bottom_slice == 13
+    assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO).bottom_slice == 12
+    # on 4 mm slices one top slice that deep is the opening, as on the necks' 4 mm versions
+    stack, canals = neck([16.0] * 20 + [23.5], slice_mm=4.0)
+    assert find_foramen_magnum(stack, canals).bottom_slice == 20
+
+
 @settings(max_examples=25, deadline=None)
 @given(pixel_mm=st.sampled_from([0.3, 0.5, 0.8, 1.0]), slice_mm=st.sampled_from([0.8, 1.0, 2.0, 3.0]))
 def test_the_foramen_magnum_does_not_depend_on_the_pixel_or_slice_spacing(pixel_mm, slice_mm):

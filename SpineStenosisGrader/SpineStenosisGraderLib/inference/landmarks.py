@@ -162,6 +162,12 @@ FORAMEN_MIN_RUN_MM = 3.0
 #: that did not train on it) was taken for the cistern, 17 mm deep against 12 mm, and the true C3-C4 below it was
 #: dropped as C2
 CISTERN_MIN_DEPTH_MM = 20.0
+#: on slices this thick or thicker one slice cannot show the opening: it averages 5 mm or more of a canal that
+#: deepens towards C1, and on the T2* of the neck (7.5 mm) the top slice, in C2, read 23.5 mm against the
+#: slices' median of 16 while the next one down read 21.2 (1.33 times). There two slices must lie beyond the
+#: cistern's ratio (1.35 times the median, also where the neck's own ratio is read). On the necks' 3 and 4 mm
+#: versions one top slice, half in the cistern, is the opening, and names them right
+THICK_OPENING_SLICE_MM = 5.0
 #: in a study whose cord or outline already says neck, the opening is read from this many times the canal's
 #: median depth (1.35 elsewhere, ``levels.CISTERN_DEPTH_RATIO``): on 3 and 4 mm slices the top slice lies partly
 #: in the cistern and partly in the canal below it, and reads 1.25-1.35 times the median. Lumbar series reach
@@ -519,7 +525,9 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
     the skull base, or whose canal was not tracked up to it. The run must reach
     the very top: allowing it to start 2 mm below (a cropped neck's top box may
     stop short of the cistern's back) found a "cistern" in 3 of 1061 lumbar
-    series, at the top of windows ending in the lumbar sac.
+    series, at the top of windows ending in the lumbar sac. On slices
+    THICK_OPENING_SLICE_MM or thicker, two slices must be that deep: one thick
+    slice in C1 or C2 reads as deep as the cistern.
     """
     depth = {c.slice_index: box_depth_mm(c.box_ij, stack.spacing) for c in canals if c is not None}
     dz = stack.spacing[2]
@@ -532,6 +540,8 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
             break
         run.append(k)
     if len(run) * dz < FORAMEN_MIN_RUN_MM or max(depth[k] for k in run) < CISTERN_MIN_DEPTH_MM:
+        return None
+    if dz >= THICK_OPENING_SLICE_MM and sum(depth[k] > CISTERN_DEPTH_RATIO * median for k in run) < 2:
         return None
     return Landmark(
         name="foramen magnum", slices=tuple(sorted(run)), top_slice=max(run),
