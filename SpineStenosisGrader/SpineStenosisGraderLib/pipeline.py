@@ -175,8 +175,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     warnings.extend(bend_warnings)
     if modality == "MR" and region == "lumbar":
         # near an end of the study a peak of the detector's one-sided evidence may lie in a body
-        discs, end_warnings = drop_bandless_end_levels(discs, band_contrast(stack, canals, bright_bands), dz,
-                                                               region)
+        contrast = band_contrast(stack, canals, bright_bands)
+        discs, end_warnings = drop_bandless_end_levels(discs, contrast, dz, region)
         warnings.extend(end_warnings)
     # CT only, and only where the vertebrae read lumbar: in a study of the chest every vertebra bears ribs, and the
     # lowest pair it shows need not be T12's. The user's anchor outranks every landmark, so then they are not read

@@ -421,10 +421,10 @@ def disc_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_h
     (on T1 the fatty marrow is brighter still; no T1 scan has been checked).
     Where the marrow is dark (``marrow_is_dark``: a T2* gradient echo), the
     disc is brighter than it: ``bright`` reads those bands. A band is a slice
-    that much darker (brighter) than the marrow around it (``band_contrast``) by
-    ``depth_fraction`` (``band_depth_fraction`` of the region: shallower in the
-    lumbar spine), and at least as
-    dark (bright) as its neighbours. The intensity is compared within the study only,
+    darker (``bright``: brighter) than the marrow around it (``band_contrast``)
+    by ``depth_fraction`` (``band_depth_fraction`` of the region: shallower in
+    the lumbar spine), and at least as dark (bright) as its neighbours. The
+    intensity is compared within the study only,
     so the MR's arbitrary scale does not matter. Each band also marks the slices
     within a quarter of ``disc_height_mm`` (the region's disc height) on either
     side of it; with 0, its own slice alone.
@@ -438,7 +438,7 @@ def disc_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_h
         # a neighbour without marrow to compare with does not count; a slice without it is no band (NaN)
         neighbours = [contrast[j] for j in (max(0, k - 1), min(stack.n_slices - 1, k + 1)) if not np.isnan(contrast[j])]
         bands[k] = float(contrast[k] >= depth_fraction and contrast[k] >= max(neighbours, default=-np.inf))
-    # a band is the one darkest slice of a disc, whose evidence a smoothing over a slice or two would erase:
+    # a band is the one darkest (brightest) slice of a disc, whose evidence a smoothing over a slice or two would erase:
     # it marks the slices within a quarter of the disc's height either side
     spread = int(disc_height_mm / 4.0 // stack.spacing[2])
     return ndimage.maximum_filter1d(bands, 2 * spread + 1) if spread else bands
