@@ -12,10 +12,10 @@ import SimpleITK as sitk
 from .errors import InputError
 from .inference.contrast import t1_warning
 from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_csf, study_csf_contrast
-from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_contrast, band_depth_fraction,
-                                  disc_back_density, disc_bands, endplate_gaps, find_foramen_magnum,
-                                  find_lowest_rib, find_lumbosacral_bend, find_sacrum, marrow_is_dark, measure_bone,
-                                  onto_the_discs)
+from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_column, band_contrast,
+                                  band_depth_fraction, disc_back_density, disc_bands, endplate_gaps,
+                                  find_foramen_magnum, find_lowest_rib, find_lumbosacral_bend, find_sacrum,
+                                  marrow_is_dark, measure_bone, onto_the_discs)
 from .inference.levels import (
     DISC_HEIGHT_MM,
     REGIONS,
@@ -151,9 +151,12 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     # vertebral column on MR (dark on a T2 spin echo; bright where the marrow is darker than muscle, on a T2*)
     # on CT the bone in front of the canal, read once: for the gaps, and for the levels on an endplate below
     bone = disc_back_density(stack, canals, wall_hu=CANAL_WALL_HU) if modality == "CT" else None
-    bright_bands = modality == "MR" and marrow_is_dark(stack, canals)
+    # on MR the column in front of the canal, read once: for the marrow's darkness, the bands, and the end levels
+    column = band_column(stack, canals) if modality == "MR" else None
+    bright_bands = modality == "MR" and marrow_is_dark(stack, canals, column)
     gaps = (endplate_gaps(stack, canals, bone) if modality == "CT"
-            else disc_bands(stack, canals, DISC_HEIGHT_MM[region], band_depth_fraction(region), bright_bands))
+            else disc_bands(stack, canals, DISC_HEIGHT_MM[region], band_depth_fraction(region), bright_bands,
+                            column))
     sacrum_top = sacrum.top_slice if sacrum else None
     # where a disc narrows the canal most the detector may lose it for a few slices: a level may lie there, on the
     # tube between the slices around them
@@ -175,7 +178,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     warnings.extend(bend_warnings)
     if modality == "MR" and region == "lumbar":
         # near an end of the study a peak of the detector's one-sided evidence may lie in a body
-        contrast = band_contrast(stack, canals, bright_bands)
+        contrast = band_contrast(stack, canals, bright_bands, column)
         discs, end_warnings = drop_bandless_end_levels(discs, contrast, dz, region)
         warnings.extend(end_warnings)
     # CT only, and only where the vertebrae read lumbar: in a study of the chest every vertebra bears ribs, and the

@@ -362,7 +362,15 @@ def _muscle_level(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> 
     return float(np.median(samples)) if len(samples) >= MIN_MUSCLE_SAMPLES else None
 
 
-def marrow_is_dark(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> bool:
+def band_column(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> np.ndarray:
+    """The vertebral column in front of the canal (MR) on each slice with a canal, NaN elsewhere: BAND_DEPTH_MM in
+    front of the box, BAND_HALF_WIDTH_MM either side of its centre. The disc bands and the marrow are read from it.
+    """
+    return disc_back_density(stack, canals, BAND_DEPTH_MM, BAND_HALF_WIDTH_MM)
+
+
+def marrow_is_dark(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
+                   column: Optional[np.ndarray] = None) -> bool:
     """Whether the vertebral marrow is darker than the back's muscle (MR): then a disc is a bright band.
 
     On a T2 spin echo the fatty marrow is brighter than muscle, and a disc's
@@ -371,24 +379,28 @@ def marrow_is_dark(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) ->
     muscle, and the disc's water makes a bright band. The marrow is the median of that column
     over the slices with a canal (DARK_MARROW_RATIO). False where the muscle
     cannot be read: the spin echo's dark bands, as before this was read.
+    ``column`` is ``band_column``, when the caller already read it.
     """
-    column = disc_back_density(stack, canals, BAND_DEPTH_MM, BAND_HALF_WIDTH_MM)
+    if column is None:
+        column = band_column(stack, canals)
     muscle = _muscle_level(stack, canals)
     if muscle is None or np.isnan(column).all():
         return False
     return bool(np.nanmedian(column) < DARK_MARROW_RATIO * muscle)
 
 
-def _band_column(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
-                 bright: bool) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def _band_column(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], bright: bool,
+                 column: Optional[np.ndarray] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """The slices where the column in front of the canal (MR) was read, and its band contrast on every slice.
 
     The contrast is 1 - the column's intensity over the marrow's (BAND_MARROW_QUANTILE of the column within
     BAND_MARROW_HALF_LENGTH_MM of the slice); with ``bright``, 1 - the marrow's (BRIGHT_BAND_MARROW_QUANTILE) over
     the column's. NaN where there is nothing to compare with. Untracked slices take their neighbours' column, so a
-    missed slice does not look like a band. None with fewer than three slices read.
+    missed slice does not look like a band. None with fewer than three slices read. ``column`` is
+    ``band_column``, when the caller already read it.
     """
-    column = disc_back_density(stack, canals, BAND_DEPTH_MM, BAND_HALF_WIDTH_MM)
+    if column is None:
+        column = band_column(stack, canals)
     tracked = np.nonzero(~np.isnan(column))[0]
     if len(tracked) < 3:
         return None
@@ -401,19 +413,22 @@ def _band_column(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
     return tracked, 1.0 - ratio
 
 
-def band_contrast(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], bright: bool = False) -> np.ndarray:
+def band_contrast(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], bright: bool = False,
+                  column: Optional[np.ndarray] = None) -> np.ndarray:
     """Per slice, how much darker (``bright``: brighter) the vertebral column in front of the canal (MR) is than the
     marrow around it.
 
     About 0.25-0.7 at a disc, near 0 or below in a vertebral body (see ``disc_bands``). NaN where it cannot be
-    read: everywhere when fewer than three slices have a canal.
+    read: everywhere when fewer than three slices have a canal. ``column`` is ``band_column``, when the caller
+    already read it.
     """
-    read = _band_column(stack, canals, bright)
+    read = _band_column(stack, canals, bright, column)
     return np.full(stack.n_slices, np.nan) if read is None else read[1]
 
 
 def disc_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_height_mm: float = 0.0,
-               depth_fraction: float = BAND_DEPTH_FRACTION, bright: bool = False) -> np.ndarray:
+               depth_fraction: float = BAND_DEPTH_FRACTION, bright: bool = False,
+               column: Optional[np.ndarray] = None) -> np.ndarray:
     """Per slice, 1 where the vertebral column in front of the canal (MR) has a disc's band.
 
     On T2 MR the marrow of a vertebral body is brighter than a disc's endplates
@@ -427,10 +442,11 @@ def disc_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_h
     intensity is compared within the study only,
     so the MR's arbitrary scale does not matter. Each band also marks the slices
     within a quarter of ``disc_height_mm`` (the region's disc height) on either
-    side of it; with 0, its own slice alone.
+    side of it; with 0, its own slice alone. ``column`` is ``band_column``, when
+    the caller already read it.
     """
     bands = np.zeros(stack.n_slices)
-    read = _band_column(stack, canals, bright)
+    read = _band_column(stack, canals, bright, column)
     if read is None:
         return bands
     tracked, contrast = read
