@@ -32,6 +32,7 @@ from .inference.levels import (
     name_from_anatomy,
     region_of_disc,
 )
+from .inference.on_spine import boxes_off_the_spine, off_spine_warning
 from .inference.region import infer_region
 from .inference.tracking import MIN_CANAL_SCORE, bridge_gaps, track_canal
 from .packages.package import ModelPackage, load_default_package
@@ -112,6 +113,13 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     t0 = time.perf_counter()
     progress("levels", 0.75)
     dz = stack.spacing[2]
+    # CT only: a tube the tracking followed in a hip bone is no canal, and no level, region or landmark is read from it
+    off_spine = boxes_off_the_spine(stack, canals) if modality == "CT" else {}
+    if off_spine:
+        for k in off_spine:
+            canals[k] = detected[k] = None
+        detections = [d for d in detections if d.slice_index not in off_spine]
+        warnings.append(off_spine_warning(off_spine))
     bones = measure_bone(stack, canals) if modality == "CT" else []
     sacrum = find_sacrum(stack, bones, canals)
     # MR only: there the box holds the CSF, which opens into the cisterna magna; on CT it holds the bony canal,
