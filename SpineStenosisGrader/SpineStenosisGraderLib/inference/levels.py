@@ -120,13 +120,13 @@ BELOW_LUMBOSACRAL_BEND_MM = 25.0
 #: side only), and on the lumbar MR validation series cut into 40-90 mm windows it peaked 2-8 mm inside a
 #: window's end, in a vertebral body, 12-19 mm from the nearest disc. There the vertebral column in front of the
 #: canal (``landmarks.band_contrast``) shows no disc: a lumbar MR level within END_LEVEL_MM of either end of the
-#: study is kept only if the column darkens by END_LEVEL_MIN_DARKNESS within END_LEVEL_BAND_REACH_MM of it. Of
-#: the 356 levels within 8 mm of a disc on those series 4 stay under 0.2 (a healthy lumbar disc's band is 25-40%
-#: deep), of the 44 more than 10 mm from every disc 17. Away from the ends the rule is not applied: the lowest
+#: study is kept only if the column's band contrast reaches END_LEVEL_MIN_CONTRAST within END_LEVEL_BAND_REACH_MM
+#: of it. Of the 356 levels within 8 mm of a disc on those series 4 stay under 0.2 (a healthy lumbar disc's band is
+#: 25-40% deep), of the 44 more than 10 mm from every disc 17. Away from the ends the rule is not applied: the lowest
 #: (L5-S1, cut obliquely where the spine bends into the sacrum) and the thoracolumbar discs show the weakest bands,
 #: and dropping every bandless level there lost discs and shifted names on VB1 and VB2
 END_LEVEL_MM = 10.0
-END_LEVEL_MIN_DARKNESS = 0.2
+END_LEVEL_MIN_CONTRAST = 0.2
 END_LEVEL_BAND_REACH_MM = 3.0
 #: on thicker slices a band is averaged with the bodies on either side, and a true disc's reads under 0.2
 END_LEVEL_MAX_SLICE_MM = 3.0
@@ -430,14 +430,14 @@ def drop_below_lumbosacral_bend(levels: Sequence[LevelCandidate], slice_spacing_
         "rather than L5-S1. Add one back if it is a disc."]
 
 
-def drop_bandless_end_levels(levels: Sequence[LevelCandidate], darkness: np.ndarray, slice_spacing_mm: float,
+def drop_bandless_end_levels(levels: Sequence[LevelCandidate], contrast: np.ndarray, slice_spacing_mm: float,
                               region: str) -> tuple[list[LevelCandidate], list[str]]:
     """Drop a lumbar MR study's levels near either end of the study where the column in front shows no disc.
 
-    ``darkness`` is ``landmarks.band_contrast`` of the study, one value per
+    ``contrast`` is ``landmarks.band_contrast`` of the study, one value per
     slice. A level within END_LEVEL_MM of the first or last slice goes when the
-    darkness stays under END_LEVEL_MIN_DARKNESS within END_LEVEL_BAND_REACH_MM
-    of it; where the darkness cannot be read (NaN) it stays. Only lumbar studies
+    contrast stays under END_LEVEL_MIN_CONTRAST within END_LEVEL_BAND_REACH_MM
+    of it; where the contrast cannot be read (NaN) it stays. Only lumbar studies
     (a cervical disc's band is often shallow: 63 of 896 neck levels below C2
     read under 0.1) with slices up to END_LEVEL_MAX_SLICE_MM. Returns the levels
     kept and a warning naming those dropped.
@@ -445,15 +445,15 @@ def drop_bandless_end_levels(levels: Sequence[LevelCandidate], darkness: np.ndar
     levels = list(levels)
     if region != "lumbar" or slice_spacing_mm > END_LEVEL_MAX_SLICE_MM:
         return levels, []
-    n = len(darkness)
+    n = len(contrast)
     # the slices no further from the level than the reach, and at least its neighbours
     reach = max(1, int(END_LEVEL_BAND_REACH_MM // slice_spacing_mm))
     kept, warnings = [], []
     for level in levels:
         k = level.slice_index
         inside_mm = min(k, n - 1 - k) * slice_spacing_mm
-        near = darkness[max(0, k - reach):k + reach + 1]
-        if inside_mm > END_LEVEL_MM or np.isnan(near).all() or np.nanmax(near) >= END_LEVEL_MIN_DARKNESS:
+        near = contrast[max(0, k - reach):k + reach + 1]
+        if inside_mm > END_LEVEL_MM or np.isnan(near).all() or np.nanmax(near) >= END_LEVEL_MIN_CONTRAST:
             kept.append(level)
             continue
         warnings.append(f"No level at slice {k}: it lies {inside_mm:.0f} mm inside an end of the study, where the "
