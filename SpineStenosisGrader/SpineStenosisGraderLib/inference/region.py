@@ -293,11 +293,8 @@ class RegionEstimate:
     evidence: list[str] = field(default_factory=list)
 
 
-def outline_columns(stack: AxialStack, k: int, modality: str) -> Optional[tuple[int, int, bool]]:
-    """The first and last image column of the body outline on slice ``k``, and whether the field of view cuts it.
-
-    None where the slice shows no body.
-    """
+def outline_width_mm(stack: AxialStack, k: int, modality: str) -> tuple[float, bool]:
+    """Left-right width of the body outline on slice ``k``, and whether the field of view cuts it."""
     image = np.asarray(stack.array[k], dtype=np.float32)
     if modality == "CT":
         inside = image > CT_BODY_HU
@@ -306,18 +303,10 @@ def outline_columns(stack: AxialStack, k: int, modality: str) -> Optional[tuple[
         inside = smooth > MR_BODY_FRACTION * float(np.percentile(smooth, 99))
     body = _largest_blob(inside)
     if body is None:
-        return None
-    columns = np.nonzero(body.any(axis=0))[0]
-    return int(columns.min()), int(columns.max()), bool(columns.min() == 0 or columns.max() == image.shape[1] - 1)
-
-
-def outline_width_mm(stack: AxialStack, k: int, modality: str) -> tuple[float, bool]:
-    """Left-right width of the body outline on slice ``k``, and whether the field of view cuts it."""
-    columns = outline_columns(stack, k, modality)
-    if columns is None:
         return 0.0, True
-    first, last, clipped = columns
-    return float((last - first + 1) * stack.spacing[0]), clipped
+    columns = np.nonzero(body.any(axis=0))[0]
+    clipped = bool(columns.min() == 0 or columns.max() == image.shape[1] - 1)
+    return float((columns.max() - columns.min() + 1) * stack.spacing[0]), clipped
 
 
 def _outline(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
