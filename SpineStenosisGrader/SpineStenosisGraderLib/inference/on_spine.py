@@ -72,6 +72,8 @@ def slice_middle(stack: AxialStack, k: int) -> Optional[float]:
     inside = (mirrored >= 0) & (mirrored < n)
     shared = np.where(inside, np.minimum(bins[None, :], bins[np.clip(mirrored, 0, n - 1)]), 0.0).sum(axis=1)
     return (int(np.argmax(shared)) + 1) / 2.0 * width
+
+
 def body_middle(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[float]:
     """The middle of the CT body, left to right, in image columns: the median over MIDLINE_PICKS tracked slices.
 
@@ -88,7 +90,7 @@ def body_middle(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Op
 def boxes_off_the_spine(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> dict[int, float]:
     """The CT slices whose canal box lies more than MAX_OFF_MIDLINE_MM beside the middle of the body, and how far (mm).
 
-    None are where no slice tells the body's middle (``body_middle``).
+    Empty where no picked slice shows bone, so the middle is not known (``body_middle``).
     """
     middle = body_middle(stack, canals)
     if middle is None:
