@@ -22,7 +22,7 @@ def trunk_ct(middle, fov=400, slices=6, cut_left_mm=0, bone=True, one_sided=()):
 
     A vertebral body in the middle and a hip bone 90-120 mm to either side, in soft tissue 300 mm across; the field
     of view's first ``cut_left_mm`` columns are cut away, so the soft tissue may run out of the field on one side.
-    On the slices ``one_sided`` a large bone lies 60-140 mm to the right alone.
+    On the slices ``one_sided`` a large bone lies 60-140 mm to one side alone.
     """
     j, i = np.mgrid[0:fov, 0:fov]
     x = i + 0.5 - middle
@@ -93,8 +93,8 @@ def test_the_warning_names_the_slices_as_runs_and_how_far_aside():
 
 @pytest.mark.parametrize("first", [15, 18, 20])
 def test_a_short_ct_series_of_the_pelvis_gets_no_level_in_a_hip_bone(first):
-    # 39 mm of the README's sample 80-130 mm below its L5-S1: the embedded model follows a tube in the left iliac
-    # bone, 77-80 mm beside the middle of the body, and put its "L5-S1" there. No canal is reported on those slices,
+    # 39 mm of the README's sample 40-90 mm below its L5-S1: the embedded model follows a tube in the left iliac
+    # bone, 77-80 mm beside the middle of the body, and put its "L5-S1" there before. No canal is reported there now,
     # and every box left lies near the middle of the field, which the sample's pelvis fills
     image = sitk.DICOMOrient(sitk.ReadImage(str(SAMPLE)), "LPS")[:, :, first:first + 13]
     result, stack = grade_image(image, load_default_package())
