@@ -30,6 +30,7 @@ import numpy as np
 
 from ..study.volume import AxialStack
 from .levels import SliceCanal
+from .tracking import spread_along_track
 
 #: the spinal canal lies within this of the middle of the body (``body_middle``), left to right. On the four CT
 #: scans of the catalogue it lies within 9 mm of it; the tubes the models followed in the sample's hip bones lay
@@ -79,11 +80,7 @@ def body_middle(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Op
 
     None where no picked slice shows bone.
     """
-    tracked = [c.slice_index for c in canals if c is not None]
-    if not tracked:
-        return None
-    picks = sorted(set(int(v) for v in np.linspace(min(tracked), max(tracked), num=min(MIDLINE_PICKS, len(tracked)))))
-    middles = [m for k in picks for m in [slice_middle(stack, k)] if m is not None]
+    middles = [m for k in spread_along_track(canals, MIDLINE_PICKS) for m in [slice_middle(stack, k)] if m is not None]
     return float(np.median(middles)) if middles else None
 
 

@@ -38,6 +38,7 @@ from ..study.volume import AxialStack
 from .csf_outline import T2_CSF_CONTRAST, box_window, csf_contrast
 from .landmarks import Landmark, VertebralBone
 from .levels import SliceCanal
+from .tracking import spread_along_track
 
 UNKNOWN = "unknown"
 #: vertebral body width thresholds on CT, mm (cervical bodies reach about 22 mm at C7,
@@ -60,6 +61,8 @@ NECK_BODY_PERCENTILE = 25.0
 #: CT air and MR background lie below these: HU, and a fraction of the slice's 99th percentile
 CT_BODY_HU = -400.0
 MR_BODY_FRACTION = 0.08
+#: the body outline is read on this many slices spread along the track
+OUTLINE_PICKS = 7
 
 
 #: a T2 study whose canal never reaches T2_CSF_CONTRAST (a fast spin-echo T2, whose fat is bright too: its
@@ -312,11 +315,9 @@ def outline_width_mm(stack: AxialStack, k: int, modality: str) -> tuple[float, b
 def _outline(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
              modality: str) -> Optional[tuple[str, str]]:
     """("cervical", why) for a neck's outline, ("trunk", why) for a trunk's, None when the slices do not tell."""
-    tracked = [c.slice_index for c in canals if c is not None]
-    if not tracked:
+    picks = spread_along_track(canals, OUTLINE_PICKS)
+    if not picks:
         return None
-    # a handful of slices spread along the track is enough, and keeps this cheap on long studies
-    picks = sorted(set(int(v) for v in np.linspace(min(tracked), max(tracked), num=min(7, len(tracked)))))
     widths = [outline_width_mm(stack, k, modality) for k in picks]
     whole = [w for w, clipped in widths if not clipped]
     if len(whole) * 2 > len(widths):

@@ -159,3 +159,15 @@ def bridge_gaps(canals: Sequence[Optional[SliceCanal]], slice_mm: float,
             box = tuple(float(v) for v in (1 - t) * lo + t * hi)
             bridged[k] = SliceCanal(k, box, 0.0, 0.0, bridged=True)
     return bridged
+
+
+def spread_along_track(canals: Sequence[Optional[SliceCanal]], count: int) -> list[int]:
+    """Up to ``count`` slice indices spread evenly from the lowest to the highest slice with a canal, sorted.
+
+    A handful of such slices is enough to read what changes slowly along the study (the body's outline, its
+    middle), and keeps that cheap on long studies. Empty where no slice has a canal.
+    """
+    tracked = [c.slice_index for c in canals if c is not None]
+    if not tracked:
+        return []
+    return sorted(set(int(v) for v in np.linspace(min(tracked), max(tracked), num=min(count, len(tracked)))))
