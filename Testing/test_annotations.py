@@ -202,6 +202,36 @@ def test_the_detector_learns_from_the_training_positions_where_the_catalogue_giv
     assert scans["sct_cervical_t2"].disc_weight(1.0)[17] == 1.0  # C4-C5 at 17.5
 
 
+def test_open_rings_between_two_closed_ones_get_the_straight_line_between_their_boxes():
+    from SpineStenosisGraderLib.training.annotations import bridge_open_rings
+
+    boxes = {2: (10, 20, 30, 40), 6: (14, 28, 30, 44), 30: (0, 0, 4, 4)}
+    filled = bridge_open_rings(boxes, slice_spacing_mm=2.0, max_gap_mm=6.0)
+    # three open slices (6 mm) between 2 and 6 are filled edge by edge; the 23 between 6 and 30 (46 mm) are not
+    assert filled == {2: (10, 20, 30, 40), 3: (11, 22, 30, 41), 4: (12, 24, 30, 42), 5: (13, 26, 30, 43),
+                      6: (14, 28, 30, 44), 30: (0, 0, 4, 4)}
+    assert list(filled) == sorted(filled)
+    assert bridge_open_rings(boxes, slice_spacing_mm=2.5, max_gap_mm=6.0) == boxes  # 7.5 mm is too long
+    assert bridge_open_rings({}, 1.0) == {}
+
+
+def test_a_canal_read_from_the_bony_ring_trains_across_the_discs_and_is_scored_on_closed_rings_only(scans):
+    from SpineStenosisGraderLib.training.train import slices_from_scan
+
+    ct = scans["tptbox_ct"]
+    # the reference: the ring closes on slices 3-8 and 25-28 only, not at L2-L3 (slice 37.5) nor L3-L4 (13.5)
+    assert sorted(ct.boxes) == [3, 4, 5, 6, 7, 8, 25, 26, 27, 28]
+    # the detector learns the canal across the 24 mm between them, L3-L4's slices 13-18 among them
+    assert sorted(ct.training_boxes) == list(range(3, 29))
+    assert all(ct.training_boxes[k] == ct.boxes[k] for k in ct.boxes)
+    assert ct.disc_weight(4.0)[14] == 1.0
+    slices = slices_from_scan(ct)
+    assert len(slices) == 26 and sum(d.label == 2 for d in slices) >= 4
+    # a canal label of its own (the sac) is learned where it is
+    assert scans["totalsegmentator_ct"].training_boxes is None
+    assert len(slices_from_scan(scans["totalsegmentator_ct"])) == len(scans["totalsegmentator_ct"].boxes)
+
+
 @pytest.fixture(scope="module")
 def label_maps():
     from SpineStenosisGraderLib.training.annotations import load_label_maps

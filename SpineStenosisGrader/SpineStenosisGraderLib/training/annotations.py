@@ -48,6 +48,9 @@ class AnnotatedScan:
     #: the disc positions the detector learns from, where the catalogue gives a ``training_method`` of its own
     #: (None: the reference ``discs``); see ``Testing/Data/README.md`` for why they may differ
     training_discs: Optional[dict[str, float]] = None
+    #: the canal boxes the detector learns from, where they go beyond the reference ``boxes`` (None: those):
+    #: a canal read as the bony ring's hole is carried across the open rings at the discs (``bridge_open_rings``)
+    training_boxes: Optional[dict[int, tuple[int, int, int, int]]] = None
     #: vertebra name -> continuous slice index of a point the labels put at its body's level (e.g. "C2")
     landmarks: dict[str, float] = field(default_factory=dict)
     #: True for a label map without its image (the catalogue's ``label_maps``): its ``stack`` holds the labels,
@@ -83,6 +86,33 @@ def canal_boxes(canal: np.ndarray, min_pixels: int = 4) -> dict[int, tuple[int, 
         jj, ii = np.nonzero(sl)
         boxes[k] = (int(ii.min()), int(jj.min()), int(ii.max()) + 1, int(jj.max()) + 1)
     return boxes
+
+
+#: the longest run of open rings a canal read as the bony ring's hole is carried across: a disc with the
+#: foramina beside it (11-24 mm on the CT scans with such labels); a longer run is a vertebra left unlabelled
+OPEN_RING_MAX_GAP_MM = 25.0
+
+
+def bridge_open_rings(boxes: dict[int, tuple[int, int, int, int]], slice_spacing_mm: float,
+                      max_gap_mm: float = OPEN_RING_MAX_GAP_MM) -> dict[int, tuple[int, int, int, int]]:
+    """The canal boxes with each run of slices between two boxed ones, at most ``max_gap_mm`` long, filled.
+
+    A canal read as the hole the bony ring encloses (``bone_holes``) has no box
+    where the ring is open: at every disc, where the foramina open it at the
+    sides. The canal runs on there, as one tube, so its box is the straight
+    line between the closed rings above and below, pixel edge by pixel edge.
+    Without these the detector would learn a real CT's canal only on the
+    slices through a vertebra's ring, and never what a disc looks like there.
+    """
+    filled = dict(boxes)
+    ks = sorted(boxes)
+    for a, b in zip(ks, ks[1:]):
+        if b - a < 2 or (b - a - 1) * slice_spacing_mm > max_gap_mm:
+            continue
+        for k in range(a + 1, b):
+            t = (k - a) / (b - a)
+            filled[k] = tuple(int(round((1.0 - t) * u + t * v)) for u, v in zip(boxes[a], boxes[b]))
+    return dict(sorted(filled.items()))
 
 
 def read_catalogue_image(root: Path, spec: dict[str, Any], geometry: Optional[dict[str, Any]] = None) -> sitk.Image:
@@ -276,6 +306,9 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
     training_method = entry.get("discs", {}).get("training_method")
     training_discs = (_discs_from_spec(root, dict(entry["discs"], method=training_method), stack, canal, geometry)
                       if training_method else None)
+    # the reference stays the closed rings: only there does the label show where the canal is
+    boxes = canal_boxes(canal)
+    bridged = bridge_open_rings(boxes, stack.spacing[2]) if (entry.get("canal") or {}).get("bone_holes") else None
     landmarks = {}
     if entry.get("landmarks"):
         array = label_array(root, entry["landmarks"], stack, geometry)
@@ -297,7 +330,9 @@ def load_annotated_scan(entry: dict[str, Any], root: Path) -> AnnotatedScan:
         notes=entry.get("notes", ""),
         tissues=list(entry.get("tissues", [])),
         root=root,
+        boxes=boxes,
         training_discs=training_discs,
+        training_boxes=bridged,
         landmarks=landmarks,
         labels_only=labels_only,
     )

@@ -73,7 +73,7 @@ def slices_from_scan(scan: AnnotatedScan) -> list[DetectorSlice]:
     weight = scan.disc_weight(DISC_HEIGHT_MM[scan.region] / 2.5)
     spacing = (scan.stack.spacing[0], scan.stack.spacing[1])
     out = []
-    for k, box in scan.boxes.items():
+    for k, box in (scan.boxes if scan.training_boxes is None else scan.training_boxes).items():
         out.append(DetectorSlice(window.apply(scan.stack.array[k]).astype(np.float16), spacing,
                                  tuple(float(v) for v in box), 2 if weight[k] >= 0.5 else 1, scan.name))
     return out
