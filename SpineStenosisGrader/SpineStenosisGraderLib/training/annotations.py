@@ -17,6 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..inference.levels import SliceCanal
+from ..inference.tracking import bridge_gaps
 from ..study.volume import AxialStack, load_stack, resample_like, to_axial_stack
 from .matlab_volume import is_matlab_file, read_matlab_volume
 
@@ -99,20 +101,17 @@ def bridge_open_rings(boxes: dict[int, tuple[int, int, int, int]], slice_spacing
 
     A canal read as the hole the bony ring encloses (``bone_holes``) has no box
     where the ring is open: at every disc, where the foramina open it at the
-    sides. The canal runs on there, as one tube, so its box is the straight
-    line between the closed rings above and below, pixel edge by pixel edge.
-    Without these the detector would learn a real CT's canal only on the
-    slices through a vertebra's ring, and never what a disc looks like there.
+    sides. The canal runs on there, as one tube, so its box is the tube between
+    the closed rings above and below, as the tracking bridges a canal the
+    detector lost (``tracking.bridge_gaps``; every labelled ring is sure), to
+    whole pixels. Without these the detector would learn a real CT's canal only
+    on the slices through a vertebra's ring, and never what a disc looks like there.
     """
-    filled = dict(boxes)
-    ks = sorted(boxes)
-    for a, b in zip(ks, ks[1:]):
-        if b - a < 2 or (b - a - 1) * slice_spacing_mm > max_gap_mm:
-            continue
-        for k in range(a + 1, b):
-            t = (k - a) / (b - a)
-            filled[k] = tuple(int(round((1.0 - t) * u + t * v)) for u, v in zip(boxes[a], boxes[b]))
-    return dict(sorted(filled.items()))
+    if not boxes:
+        return {}
+    rings = [SliceCanal(k, boxes[k], 1.0, 0.0) if k in boxes else None for k in range(max(boxes) + 1)]
+    return {c.slice_index: tuple(int(round(v)) for v in c.box_ij)
+            for c in bridge_gaps(rings, slice_spacing_mm, max_gap_mm, sure_mm=0.0) if c is not None}
 
 
 def read_catalogue_image(root: Path, spec: dict[str, Any], geometry: Optional[dict[str, Any]] = None) -> sitk.Image:
