@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, NECK_CISTERN_DEPTH_RATIO,
-                                                      band_contrast, band_depth_fraction, canal_front_wall,
+                                                      band_contrast, band_depth_fraction, band_depths, canal_front_wall,
                                                       disc_back_density, disc_bands, endplate_gaps, find_foramen_magnum,
                                                       find_lowest_rib, find_lumbosacral_bend, marrow_is_dark,
                                                       onto_the_discs)
@@ -299,6 +299,20 @@ def test_the_band_darkness_is_how_much_darker_than_the_marrow_the_column_is():
     canals[discs[1]] = None
     assert band_contrast(stack, canals)[discs[1]] == pytest.approx(0.15)
     assert np.isnan(band_contrast(stack, canals[:2] + [None] * 78)).all()
+
+
+def test_a_bands_depth_is_the_deepest_contrast_within_a_quarter_of_a_disc():
+    contrast = np.full(30, 0.0)
+    contrast[10], contrast[11], contrast[20] = 0.6, 0.3, 0.25
+    contrast[25:] = np.nan
+    # 8 mm discs at 1 mm slices: 2 slices either side
+    depths = band_depths(contrast, 1.0, 8.0)
+    assert depths[8:14].tolist() == [0.6] * 5 + [0.3]
+    assert depths[7] == 0.0 and depths[14] == 0.0
+    assert depths[18:23].tolist() == [0.25] * 5
+    assert depths[25:27].tolist() == [0.0, 0.0] and np.isneginf(depths[27:]).all()  # nothing read near 27-29
+    # at 3 mm slices a quarter of the disc reaches no neighbour
+    assert band_depths(contrast, 3.0, 8.0)[9] == 0.0
 
 
 def test_a_slice_without_a_canal_is_no_band_and_makes_none_in_a_body():

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from SpineStenosisGraderLib.errors import InputError
 from SpineStenosisGraderLib.inference.levels import (
+    BAND_DEPTH_MARGIN,
     SPINE_DISCS,
     LevelCandidate,
     SliceCanal,
@@ -270,6 +271,29 @@ def test_a_gap_between_endplates_outweighs_the_detector():
     gaps = np.zeros(40)
     gaps[[8, 20, 32]] = 1.0
     assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 40, 3.0, "lumbar", gaps)] == [8, 20, 32]
+
+
+def test_of_two_peaks_on_bands_in_one_lumbar_vertebra_the_deeper_band_is_the_disc():
+    # a lumbar T2 at 1 mm (VB1 03): the disc's endplates darken the column at 133, and a vein entering the middle
+    # of the body below the next disc darkens it a little at 150; both pass as bands, and the detector leans
+    # to 150. The deeper band is the disc, whatever the detector says
+    probabilities = np.full(100, 0.3)
+    probabilities[[30, 47, 80]] = [0.6, 0.63, 0.6]
+    gaps = np.zeros(100)
+    gaps[[28, 29, 30, 31, 32, 46, 47, 48, 78, 79, 80, 81, 82]] = 1.0
+    depths = np.full(100, 0.05)
+    depths[28:33], depths[46:49], depths[78:83] = 0.58, 0.25, 0.5
+    canals = profile_canals(probabilities)
+    assert [lv.slice_index for lv in find_discs(canals, 100, 1.0, "lumbar", gaps)] == [47, 80]
+    assert [lv.slice_index for lv in find_discs(canals, 100, 1.0, "lumbar", gaps, band_depths=depths)] == [30, 80]
+    # the two endplates of one disc darken the column alike: a band hardly deeper does not outrank the detector
+    depths[28:33] = 0.25 + BAND_DEPTH_MARGIN * 0.9
+    assert [lv.slice_index for lv in find_discs(canals, 100, 1.0, "lumbar", gaps, band_depths=depths)] == [47, 80]
+    depths[28:33] = 0.25 + BAND_DEPTH_MARGIN * 1.1
+    assert [lv.slice_index for lv in find_discs(canals, 100, 1.0, "lumbar", gaps, band_depths=depths)] == [30, 80]
+    # a band outranks its depth: a deep dip with no band mark loses to a band
+    gaps[28:33] = 0.0
+    assert [lv.slice_index for lv in find_discs(canals, 100, 1.0, "lumbar", gaps, band_depths=depths)] == [47, 80]
 
 
 def test_a_gap_on_a_faint_slice_of_the_tube_is_a_disc_but_its_detector_probability_is_not():

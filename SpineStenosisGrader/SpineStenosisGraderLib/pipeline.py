@@ -13,7 +13,7 @@ from .errors import InputError
 from .inference.contrast import t1_warning
 from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_csf, study_csf_contrast
 from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_column, band_contrast,
-                                  band_depth_fraction, disc_back_density, disc_bands, endplate_gaps,
+                                  band_depth_fraction, band_depths, disc_back_density, disc_bands, endplate_gaps,
                                   find_foramen_magnum, find_lowest_rib, find_lumbosacral_bend, find_sacrum,
                                   marrow_is_dark, measure_bone, onto_the_discs)
 from .inference.levels import (
@@ -165,12 +165,19 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     gaps = (endplate_gaps(stack, canals, bone) if modality == "CT"
             else disc_bands(stack, canals, DISC_HEIGHT_MM[region], band_depth_fraction(region), bright_bands,
                             column))
+    # how deep each band is, in a lumbar MR: of two peaks in one tall body on bands, the disc's endplates darken
+    # the column more than the vein entering its middle. Not in the neck: on the six validation necks it changed
+    # one series only, a cropped one that got one more level above C2 (sct_errsm_21_t2)
+    lumbar_mr = modality == "MR" and region == "lumbar"
+    contrast = band_contrast(stack, canals, bright_bands, column) if lumbar_mr else None
+    depths = band_depths(contrast, dz, DISC_HEIGHT_MM[region]) if lumbar_mr else None
     sacrum_top = sacrum.top_slice if sacrum else None
     # where a disc narrows the canal most the detector may lose it for a few slices: a level may lie there, on the
     # tube between the slices around them
     bridged = bridge_gaps(canals, dz)
     discs, cistern_warnings = drop_cisterns(find_discs(bridged, stack.n_slices, dz, region, gaps,
-                                                       sacrum_top_slice=sacrum_top), stack.spacing, region)
+                                                       sacrum_top_slice=sacrum_top, band_depths=depths),
+                                            stack.spacing, region)
     if modality == "CT":
         # the detector's disc sign may peak on an endplate next to the disc; the bone tells them apart
         discs = onto_the_discs(stack, canals, discs, bone)
@@ -184,9 +191,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     discs, bend_warnings = drop_below_lumbosacral_bend(discs, dz, region, bend.top_slice if bend else None,
                                                        sacrum_found=sacrum is not None)
     warnings.extend(bend_warnings)
-    if modality == "MR" and region == "lumbar":
+    if lumbar_mr:
         # near an end of the study a peak of the detector's one-sided evidence may lie in a body
-        contrast = band_contrast(stack, canals, bright_bands, column)
         discs, end_warnings = drop_bandless_end_levels(discs, contrast, dz, region)
         warnings.extend(end_warnings)
     # CT only, and only where the vertebrae read lumbar: in a study of the chest every vertebra bears ribs, and the

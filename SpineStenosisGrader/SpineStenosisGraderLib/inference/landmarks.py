@@ -460,6 +460,18 @@ def disc_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_h
     return ndimage.maximum_filter1d(bands, 2 * spread + 1) if spread else bands
 
 
+def band_depths(contrast: np.ndarray, slice_spacing_mm: float, disc_height_mm: float) -> np.ndarray:
+    """Per slice, the deepest band contrast (``band_contrast``) within a quarter of ``disc_height_mm`` either side.
+
+    How deep the band a level sits on is, counted over the same reach as ``disc_bands``' marks: two peaks in one
+    vertebra may both lie on a band, and the disc's endplates darken the column more than a vein entering the
+    middle of a body does (-inf where nothing near was read).
+    """
+    depths = np.where(np.isnan(contrast), -np.inf, contrast)
+    spread = int(disc_height_mm / 4.0 // slice_spacing_mm)
+    return ndimage.maximum_filter1d(depths, 2 * spread + 1) if spread else depths
+
+
 def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
                   density: Optional[np.ndarray] = None) -> np.ndarray:
     """Per slice, how surely the bone in front of the canal (CT) shows a disc: a gap between two endplates.

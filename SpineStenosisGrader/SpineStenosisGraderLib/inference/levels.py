@@ -96,6 +96,11 @@ MISSED_DISC_GAP = 1.5
 #: how much a disc seen in the image (``landmarks.endplate_gaps`` on CT, ``landmarks.disc_bands`` on MR) weighs
 #: against the detector
 ENDPLATE_WEIGHT = 0.7
+#: of two peaks in one vertebra, both on a band, the one whose band is deeper by this much (``band_contrast``) is
+#: the disc: a vein entering the middle of a lumbar body darkens the column by about 0.25, a disc's endplates by
+#: 0.45-0.7 (VB1 03). The two endplates of one disc darken it alike (within 0.01 on fastcleverseg_ivd_42), and
+#: there the detector still decides
+BAND_DEPTH_MARGIN = 0.1
 #: the L5-S1 disc lies just above the top of the sacral alae: within this of it, plus half a slice (the alae's
 #: top slice may lie up to a slice below their top). The alae are first seen where S1's body joins them, at or
 #: just below its upper endplate, and the disc's middle at the canal is half a disc (4-6 mm) above that endplate;
@@ -189,7 +194,8 @@ def disc_profile(canals: Sequence[Optional[SliceCanal]], n_slices: int, min_scor
 
 def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spacing_mm: float,
                region: str = UNKNOWN_REGION, endplate_gaps: Optional[np.ndarray] = None,
-               min_score: float = 0.3, sacrum_top_slice: Optional[int] = None) -> list[LevelCandidate]:
+               min_score: float = 0.3, sacrum_top_slice: Optional[int] = None,
+               band_depths: Optional[np.ndarray] = None) -> list[LevelCandidate]:
     """Disc levels, inferior first: the peaks of the disc evidence along the tracked canal.
 
     The evidence is the detector's disc probability. ``endplate_gaps`` (per
@@ -210,7 +216,9 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     whole vertebra too far apart, the one between is placed from their spacing.
     In a lumbar study that shows the sacrum (``sacrum_top_slice``, the most
     superior slice of the alae), L5-S1 is placed just above it when no disc was
-    found there.
+    found there. ``band_depths`` (MR, ``landmarks.band_depths``: how deep the band
+    about each slice is) tells two peaks in one vertebra apart where both lie on a
+    band: the deeper band is the disc's.
     """
     profile = disc_profile(canals, n_slices, min_score)
     confident = np.nonzero(~np.isnan(profile))[0]
@@ -266,7 +274,8 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
                                          disc_probability=float(evidence[end]), slices=(int(end),)))
     levels = sorted(levels + [end for end in at_end if all(lv.slice_index != end.slice_index for lv in levels)],
                     key=lambda lv: lv.slice_index)
-    levels = _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps)
+    levels = _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps,
+                               band_depths)
     levels = [level for level in levels if not any(level is end for end in at_end)]
     # where a disc too faint for a peak of its own is placed: a local peak of the rise on a tracked slice
     local = set(int(k) for k in signal.find_peaks(np.concatenate(([-np.inf], rise, [-np.inf])))[0] - 1)
@@ -362,11 +371,20 @@ def _fill_missed_discs(levels: list[LevelCandidate], rise: np.ndarray, faint_pea
 
 
 def _one_per_vertebra(levels: list[LevelCandidate], slice_spacing_mm: float, separation_mm: float,
-                      endplate_gaps: np.ndarray) -> list[LevelCandidate]:
-    """Drop the weaker of two discs closer than ``separation_mm`` until none are; bone evidence outranks the detector."""
-    def strength(level: LevelCandidate) -> tuple[float, float]:
-        # the disc evidence alone: how sure the canal is says nothing about which of the two is the disc
-        return (float(endplate_gaps[level.slice_index]), level.disc_probability)
+                      endplate_gaps: np.ndarray, band_depths: Optional[np.ndarray] = None) -> list[LevelCandidate]:
+    """Drop the weaker of two discs closer than ``separation_mm`` until none are; the image's evidence (a gap in
+    the bone, a band, then the band's depth) outranks the detector."""
+    def weaker(lower: LevelCandidate, upper: LevelCandidate) -> bool:
+        """Whether ``lower`` is the weaker of the two (the disc evidence alone: how sure the canal is says nothing
+        about which of the two is the disc)."""
+        gaps = float(endplate_gaps[lower.slice_index]), float(endplate_gaps[upper.slice_index])
+        if gaps[0] != gaps[1]:
+            return gaps[0] < gaps[1]
+        if band_depths is not None:
+            depths = float(band_depths[lower.slice_index]), float(band_depths[upper.slice_index])
+            if abs(depths[0] - depths[1]) >= BAND_DEPTH_MARGIN:
+                return depths[0] < depths[1]
+        return lower.disc_probability < upper.disc_probability
 
     levels = list(levels)
     while len(levels) > 1:
@@ -374,7 +392,7 @@ def _one_per_vertebra(levels: list[LevelCandidate], slice_spacing_mm: float, sep
         i = int(np.argmin(distances))
         if distances[i] >= separation_mm:
             break
-        levels.pop(i if strength(levels[i]) < strength(levels[i + 1]) else i + 1)
+        levels.pop(i if weaker(levels[i], levels[i + 1]) else i + 1)
     return levels
 
 
