@@ -274,9 +274,9 @@ def test_a_gap_between_endplates_outweighs_the_detector():
 
 
 def test_of_two_peaks_on_bands_in_one_lumbar_vertebra_the_deeper_band_is_the_disc():
-    # a lumbar T2 at 1 mm (VB1 03): the disc's endplates darken the column at 133, and a vein entering the middle
-    # of the body below the next disc darkens it a little at 150; both pass as bands, and the detector leans
-    # to 150. The deeper band is the disc, whatever the detector says
+    # as on a lumbar T2 at 1 mm (VB1 03, its slices 133 and 151): the disc's endplates darken the column at 30, and
+    # a vein entering the middle of the body above darkens it a little at 47, 17 mm higher; both pass as bands,
+    # and the detector leans to 47. The deeper band is the disc, whatever the detector says
     probabilities = np.full(100, 0.3)
     probabilities[[30, 47, 80]] = [0.6, 0.63, 0.6]
     gaps = np.zeros(100)

@@ -98,8 +98,9 @@ MISSED_DISC_GAP = 1.5
 ENDPLATE_WEIGHT = 0.7
 #: of two peaks in one vertebra, both on a band, the one whose band is deeper by this much (``band_contrast``) is
 #: the disc: a vein entering the middle of a lumbar body darkens the column by about 0.25, a disc's endplates by
-#: 0.45-0.7 (VB1 03). The two endplates of one disc darken it alike (within 0.01 on fastcleverseg_ivd_42), and
-#: there the detector still decides
+#: 0.45-0.7 (VB1 03). The two endplates of one disc often darken it alike (within 0.01 on fastcleverseg_ivd_42's
+#: L5-S1), and there the detector still decides; where they differ more (0.45 and 0.58, fastcleverseg_ivd_20's
+#: L4-L5), the deeper is kept, on the disc either way
 BAND_DEPTH_MARGIN = 0.1
 #: the L5-S1 disc lies just above the top of the sacral alae: within this of it, plus half a slice (the alae's
 #: top slice may lie up to a slice below their top). The alae are first seen where S1's body joins them, at or
