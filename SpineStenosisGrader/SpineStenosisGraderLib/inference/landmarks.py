@@ -456,8 +456,7 @@ def disc_bands(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], disc_h
         bands[k] = float(contrast[k] >= depth_fraction and contrast[k] >= max(neighbours, default=-np.inf))
     # a band is the one darkest (brightest) slice of a disc, whose evidence a smoothing over a slice or two would erase:
     # it marks the slices within a quarter of the disc's height either side
-    spread = int(disc_height_mm / 4.0 // stack.spacing[2])
-    return ndimage.maximum_filter1d(bands, 2 * spread + 1) if spread else bands
+    return _over_a_quarter_disc(bands, stack.spacing[2], disc_height_mm)
 
 
 def band_depths(contrast: np.ndarray, slice_spacing_mm: float, disc_height_mm: float) -> np.ndarray:
@@ -467,9 +466,13 @@ def band_depths(contrast: np.ndarray, slice_spacing_mm: float, disc_height_mm: f
     vertebra may both lie on a band, and the disc's endplates darken the column more than a vein entering the
     middle of a body does (-inf where nothing near was read).
     """
-    depths = np.where(np.isnan(contrast), -np.inf, contrast)
+    return _over_a_quarter_disc(np.where(np.isnan(contrast), -np.inf, contrast), slice_spacing_mm, disc_height_mm)
+
+
+def _over_a_quarter_disc(values: np.ndarray, slice_spacing_mm: float, disc_height_mm: float) -> np.ndarray:
+    """Each slice's value raised to the largest within a quarter of ``disc_height_mm`` either side (whole slices)."""
     spread = int(disc_height_mm / 4.0 // slice_spacing_mm)
-    return ndimage.maximum_filter1d(depths, 2 * spread + 1) if spread else depths
+    return ndimage.maximum_filter1d(values, 2 * spread + 1) if spread else values
 
 
 def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
