@@ -502,6 +502,14 @@ def read_image(path: Union[str, os.PathLike], series_uid: Optional[str] = None,
                 f"Cannot grade {p.name}: its header gives a voxel spacing that is zero or negative "
                 f"({_last_line(exc)}). The file was written wrongly; export the study again."
             ) from None
+        if "orthonormal" in _last_line(exc).lower():
+            # ITK refuses a NIfTI whose sform is sheared (as some resampling programs leave it) rather than read
+            # positions that are not the file's; neither do we, as the boxes would not lie on the anatomy
+            raise InputError(
+                f"Cannot grade {p.name}: its axes are not perpendicular (the NIfTI header's sform is sheared), so "
+                "positions in it cannot be mapped to patient space as boxes. Resample it to a regular grid in Slicer "
+                "(Resample Scalar/Vector/DWI Volume) or export the study again."
+            ) from None
         raise InputError(
             f"Cannot read {p.name}: the file is truncated, damaged or not an image SimpleITK knows "
             f"({_last_line(exc)}). Export the study again as NIfTI, NRRD, MHA or a DICOM folder."
