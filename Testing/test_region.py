@@ -326,3 +326,42 @@ def test_the_skull_base_is_sure_where_the_neck_or_its_cord_agrees_and_unknown_wh
     stack, canals = canal_study(0.0, roots=True)  # a sac of nerve roots: lumbar
     assert infer_region(stack, "MR", canals, [], None).region == "lumbar"
     assert infer_region(stack, "MR", canals, [], None, FORAMEN).region == "unknown"
+
+
+def neck_below_shoulders(fov_mm=200.0, neck_slices=4, slices=10, modality="CT"):
+    """A field of view ``fov_mm`` across: the lowest slices cut by it (shoulders 320 mm across), the rest a neck."""
+    stack, canals = body_study(320.0, fov_mm=fov_mm, modality=modality, slices=slices)
+    neck, _ = body_study(130.0, fov_mm=fov_mm, modality=modality, slices=slices)
+    array = stack.array.copy()
+    array[slices - neck_slices:] = neck.array[slices - neck_slices:]
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(stack.spacing)
+    return to_axial_stack(image), canals
+
+
+def test_a_neck_ct_whose_field_cuts_the_shoulders_below_it_is_cervical():
+    # a neck CT of the real kind (TotalSegmentator s0003: 190 mm across, the shoulders cut on the lower half): the
+    # slices that show the whole outline are a neck's
+    stack, canals = neck_below_shoulders()
+    estimate = infer_region(stack, "CT", canals, [], None)
+    assert estimate.region == "cervical" and estimate.confidence == "low"
+    assert estimate.evidence[0].startswith("neck: body outline ")
+    assert abs(float(estimate.evidence[0].split()[3]) - 130.0) <= 4.0
+    assert estimate.evidence[0].endswith("of 7 slices, the field of view cutting the rest")
+    # one whole slice is not enough, and a wider whole outline is no neck's
+    stack, canals = neck_below_shoulders(neck_slices=1)
+    assert infer_region(stack, "CT", canals, [], None).region == "unknown"
+    # on MR the outline is read from a threshold that a lumbar MR's dark fat may cut: not read so there
+    stack, canals = neck_below_shoulders(modality="MR")
+    assert infer_region(stack, "MR", canals, [], None).region == "unknown"
+
+
+@pytest.mark.parametrize("widths, region", [([30, 31, 0, 29, 34], "cervical"), ([48, 47, 0, 50, 49], "unknown"),
+                                            ([17, 18, 0, 19, 18], "cervical")])
+def test_a_neck_outline_over_vertebrae_as_wide_as_the_upper_chest_is_a_neck_study(widths, region):
+    # a neck CT reaching T1-T3: the bone in front of the canal reads 21-28 mm through the bodies alone and 33-57 mm
+    # where the transverse processes or the first ribs join them, so its median reads thoracic. Lumbar bodies under
+    # a neck's outline still disagree with it
+    stack, canals = body_study(130.0, modality="CT")
+    bones = [VertebralBone(k, 20.0, 20.0, float(width)) for k, width in enumerate(widths)]
+    assert infer_region(stack, "CT", canals, bones, None).region == region

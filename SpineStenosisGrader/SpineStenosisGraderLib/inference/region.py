@@ -48,6 +48,9 @@ LUMBAR_MIN_BODY_MM = 38.0
 #: a body outline narrower than this is a neck; a trunk is wider than TRUNK_MIN_WIDTH_MM
 NECK_MAX_WIDTH_MM = 180.0
 TRUNK_MIN_WIDTH_MM = 200.0
+#: on CT, this many slices with a whole outline, all of them a neck's, tell a neck where the field of view cuts
+#: the outline on the rest (the shoulders)
+NECK_MIN_WHOLE_SLICES = 2
 #: slices with a body measurement needed before their widths are read
 MIN_MEASURED_SLICES = 3
 #: a neck's bodies are read as this percentile of the slices' widths, not their median. In the neck the
@@ -327,6 +330,14 @@ def _outline(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
         if width > TRUNK_MIN_WIDTH_MM:
             return "trunk", f"trunk: body outline {width:.0f} mm across"
         return None
+    # a CT of the neck whose field holds the neck whole but cuts the shoulders below it (and perhaps the head
+    # above): the slices that show the whole outline are a neck's. A trunk is never that narrow, and on CT the
+    # air around the body leaves no doubt where the outline is (an MR's outline is read from a threshold, and
+    # a lumbar MR's dark fat may cut it)
+    neck = [w for w in whole if w < NECK_MAX_WIDTH_MM]
+    if modality == "CT" and len(neck) >= NECK_MIN_WHOLE_SLICES and len(neck) == len(whole):
+        return "cervical", (f"neck: body outline {float(np.median(neck)):.0f} mm across on {len(neck)} of "
+                            f"{len(widths)} slices, the field of view cutting the rest")
     cut = float(np.median([w for w, _ in widths]))
     if cut > TRUNK_MIN_WIDTH_MM:
         # even cut by the field of view, the outline is wider than any neck
@@ -367,6 +378,12 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
                            else "lumbar" if width >= LUMBAR_MIN_BODY_MM else "thoracic")
             evidence.append(f"vertebral bodies {width:.0f} mm wide (median of {len(bodies)} slices)")
     if body_region is not None:
+        if outline_region == "cervical" and body_region == "thoracic":
+            # a neck reaching the upper thoracic spine: on real neck CTs the bone in front of the canal reads
+            # 21-28 mm across through the bodies alone from C3 to T3, and 33-57 mm where the transverse processes
+            # (and below C7 the ribs' heads) join them, so the median reads thoracic
+            return RegionEstimate("cervical", "low", evidence + [
+                "a neck's outline with vertebrae as wide as the upper thoracic spine's: a neck study"])
         if outline_region == "cervical" and body_region != "cervical" or \
                 outline_region == "trunk" and body_region == "cervical":
             return RegionEstimate(UNKNOWN, "none", evidence + ["the body outline and the vertebrae disagree"])
