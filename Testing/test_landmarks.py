@@ -7,10 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, NECK_CISTERN_DEPTH_RATIO,
-                                                      band_contrast, band_depth_fraction, band_depths, canal_front_wall,
-                                                      disc_back_density, disc_bands, endplate_gaps, find_foramen_magnum,
-                                                      find_lowest_rib, find_lumbosacral_bend, marrow_is_dark,
-                                                      onto_the_discs)
+                                                      VertebralBone, band_contrast, band_depth_fraction, band_depths,
+                                                      canal_front_wall, disc_back_density, disc_bands, endplate_gaps,
+                                                      find_foramen_magnum, find_lowest_rib, find_lumbosacral_bend,
+                                                      find_sacrum, marrow_is_dark, onto_the_discs)
 from SpineStenosisGraderLib.inference.levels import LevelCandidate, SliceCanal, find_discs
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -656,3 +656,18 @@ def test_ribs_come_in_pairs_and_a_lowest_rib_without_its_partner_is_no_landmark(
     # with its partner the lower pair is the lowest
     assert find_lowest_rib(with_sections(lower, [(20, 66), (21, 62), (22, 58), (23, 54), (24, 50)], sides=(-1,)),
                            canals).top_slice == 24
+
+
+@pytest.mark.parametrize("body_above_mm, found", [(48.0, True), (39.0, False), (30.0, False)])
+def test_bone_as_wide_as_the_alae_is_the_sacrum_only_below_lumbar_bodies(body_above_mm, found):
+    # bone 160 mm across joined to the vertebra on the three lowest 3 mm slices: the alae below L5 (bodies of
+    # 45-55 mm), or in a neck CT's thick slices the first ribs joined to T1 below bodies of 30-39 mm
+    stack, canals = spine_ct([120.0] * 14)
+    alae = [VertebralBone(k, 80.0, 80.0, 0.0) for k in range(3)]
+    bodies = [VertebralBone(k, 20.0, 20.0, body_above_mm) for k in range(3, 14)]
+    sacrum = find_sacrum(stack, alae + bodies, canals)
+    assert (sacrum is not None) == found
+    if found:
+        assert sacrum.slices == (0, 1, 2) and sacrum.top_slice == 2
+    # with too few bodies measured above to know their width, the alae alone tell
+    assert find_sacrum(stack, alae + bodies[:2], canals) is not None

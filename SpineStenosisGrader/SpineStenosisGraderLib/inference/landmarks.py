@@ -108,6 +108,10 @@ MIN_MUSCLE_SAMPLES = 20
 #: below the alae the sacral canal runs at most the sacrum's length: bone as wide higher up the canal
 #: (a rib-bearing vertebra with its ribs, say) is not the sacrum
 SACRUM_BELOW_ALAE_MM = 100.0
+#: the vertebral bodies above the alae (mm, the median of ``VertebralBone.body_width_mm``) are lumbar, L5 the
+#: widest (45-55 mm): on the README's sample they read 48-51 mm in every series that shows the alae, while in
+#: the neck CTs' short and thick series bone as wide at the cervicothoracic junction had bodies of 30-39 mm above
+SACRUM_MIN_BODY_ABOVE_MM = 42.0
 #: on CT a rib's section is bone beside the vertebra and not joined to it (the joints between a rib and its
 #: vertebra part them): this big (mm2, a rib cut across or obliquely; the iliac wings and the sacrum's parts are
 #: larger), this far to the side of the canal's centre and this far behind the canal's front edge (mm; the lower
@@ -635,6 +639,11 @@ def find_sacrum(stack: AxialStack, bones: Sequence[VertebralBone],
             break
         run.append(k)
     if (run[0] - min(tracked)) * dz > SACRUM_BELOW_ALAE_MM or len(run) * dz < 4.0:
+        return None
+    # the alae lie below L5, the widest vertebral body: above bone as wide, bodies a neck's or a chest's width
+    # are the first ribs' (or the shoulders') bone joined to T1 or T2 in thick slices
+    above = [b.body_width_mm for b in bones if b.slice_index > run[-1] and b.body_width_mm > 0]
+    if len(above) >= 3 and float(np.median(above)) < SACRUM_MIN_BODY_ABOVE_MM:
         return None
     widths = [b.width_mm for b in bones if b.slice_index in run]
     return Landmark(
