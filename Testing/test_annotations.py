@@ -121,16 +121,19 @@ def test_the_default_package_learns_from_every_scan_with_a_canal_and_disc_refere
     assert set(uses.values()) == {"train", "holdout"}
     # a held-out scan lacks disc positions (a cord mask) or a canal label (disc labels alone), or its canal label
     # is the cord alone (the T2*, whose discs were read by eye), or came after the embedded package was trained:
-    # the two VerSe CTs (5 December 2026), to be trained on at its next retrain
-    added_later = ["verse012_ct", "verse014_ct"]
+    # the two VerSe CTs (5 December 2026) and the two TotalSegmentator neck CTs (7 December 2026), to be trained on
+    # at its next retrain
+    added_later = ["verse012_ct", "verse014_ct", "totalseg_s0002_ct", "totalseg_s0003_ct"]
     assert all("discs" not in e or e["canal"] is None or e["canal"].get("cord_only") or e["name"] in added_later
                for e in entries if e["use"] == "holdout")
     assert next(e for e in entries if e["name"] == "sct_errsm_18_gre")["canal"]["cord_only"]
     trained = ["totalsegmentator_ct", "tptbox_mri", "tptbox_ct", "sct_cervical_t2"]
     assert training_scans(DATA / "scans.json") == trained
     # not even --all-scans trains on a scan with no disc positions (it would teach that no slice cuts a disc)
-    # or one with no canal label (that no slice has a canal)
-    assert training_scans(DATA / "scans.json", all_scans=True) == trained + added_later
+    # or one with no canal label (that no slice has a canal), nor on a cord alone (s0002's spinal cord label), which
+    # is no canal box
+    assert training_scans(DATA / "scans.json", all_scans=True) == trained + [
+        name for name in added_later if name != "totalseg_s0002_ct"]
 
 
 def _body_gap_on_ras_grid(scan, label_file, names):
