@@ -10,7 +10,7 @@ from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WAL
                                                       VertebralBone, band_contrast, band_depth_fraction, band_depths,
                                                       canal_front_wall, disc_back_density, disc_bands, endplate_gaps,
                                                       find_foramen_magnum, find_lowest_rib, find_lumbosacral_bend,
-                                                      find_sacrum, marrow_is_dark, onto_the_discs)
+                                                      find_sacrum, find_skull_base_ct, marrow_is_dark, onto_the_discs)
 from SpineStenosisGraderLib.inference.levels import LevelCandidate, SliceCanal, find_discs
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -671,3 +671,36 @@ def test_bone_as_wide_as_the_alae_is_the_sacrum_only_below_lumbar_bodies(body_ab
         assert sacrum.slices == (0, 1, 2) and sacrum.top_slice == 2
     # with too few bodies measured above to know their width, the alae alone tell
     assert find_sacrum(stack, alae + bodies[:2], canals) is not None
+
+
+
+def neck_ct_behind(bone_slices, n=60, slice_mm=1.5, canal_top=None):
+    """A neck CT of ``n`` slices with bone 30-40 mm behind the canal (its occipital bone, or a spinous process) on
+    ``bone_slices``; the canal tracked up to ``canal_top`` (the top slice by default)."""
+    stack, canals = spine_ct([300.0] * n, slice_mm)
+    volume = stack.array.copy()
+    for k in bone_slices:
+        volume[k, 96:100, 38:62] = 1000.0  # 30-34 mm behind the box's back edge (row 66), 24 mm across
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((1.0, 1.0, slice_mm))
+    top = n - 1 if canal_top is None else canal_top
+    return to_axial_stack(image), [c if c.slice_index <= top else None for c in canals]
+
+
+def test_the_skull_base_on_ct_is_where_bone_behind_the_canal_begins_and_runs_to_the_top():
+    # the occipital bone from slice 40 to the top (30 mm of 1.5 mm slices), over a spinous process on 20-27; the
+    # canal tracked to slice 45 only, its last box standing in above it
+    stack, canals = neck_ct_behind(list(range(20, 28)) + list(range(40, 60)), canal_top=45)
+    skull = find_skull_base_ct(stack, canals)
+    assert skull is not None and skull.bottom_slice == 40 and skull.top_slice == 59
+    # a slice of thin bone inside the run does not break it; the top slice may read empty (s0002's does)
+    stack, canals = neck_ct_behind([k for k in range(40, 59) if k != 50])
+    assert find_skull_base_ct(stack, canals).bottom_slice == 40
+
+
+@pytest.mark.parametrize("bone_slices", [list(range(40, 54)),  # stops 9 mm below the top: no skull above
+                                         list(range(52, 60)),  # 12 mm: a spinous process at the top
+                                         list(range(20, 40))])  # a long run in the middle only
+def test_bone_behind_the_canal_that_does_not_run_to_the_top_or_is_short_is_no_skull_base(bone_slices):
+    stack, canals = neck_ct_behind(bone_slices)
+    assert find_skull_base_ct(stack, canals) is None

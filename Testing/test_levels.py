@@ -8,6 +8,10 @@ from hypothesis import strategies as st
 from SpineStenosisGraderLib.errors import InputError
 from SpineStenosisGraderLib.inference.levels import (
     BAND_DEPTH_MARGIN,
+    C2_C3_BELOW_FORAMEN_MM,
+    C3_C4_BELOW_FORAMEN_MM,
+    CT_C2_C3_BELOW_FORAMEN_MM,
+    CT_C3_C4_BELOW_FORAMEN_MM,
     SPINE_DISCS,
     LevelCandidate,
     SliceCanal,
@@ -352,6 +356,23 @@ def test_a_disc_missed_between_two_is_placed_from_their_spacing_at_its_weak_peak
     levels = find_discs(_three_cervical_discs(0.02), 50, 1.0, "cervical")
     assert [lv.slice_index for lv in levels] == [8, 24, 40]
     assert [lv.placed_from for lv in levels] == ["", "spacing", ""]
+
+
+def test_no_disc_is_placed_in_c2_between_c2_c3_and_a_peak_on_c1_below_the_skull_base():
+    # the same spine with the skull base 37 mm above the lowest disc: the peak on slice 40 lies 5 mm below it, on
+    # C1 or the dens, so the gap below it says nothing of a missed disc. The peak stays for the naming to drop
+    levels = find_discs(_three_cervical_discs(0.02), 50, 1.0, "cervical", foramen_magnum_slice=45)
+    assert [(lv.slice_index, lv.placed_from) for lv in levels] == [(8, ""), (40, "")]
+    naming = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=45)
+    assert [c.slice_index for c in naming.kept] == [8] and naming.names == ["C2-C3"] and naming.anchored
+    # read on CT, at the back rim of the foramen magnum, the opening lies lower: C2-C3 reaches 50 mm below it
+    for reach, name in (((C2_C3_BELOW_FORAMEN_MM, C3_C4_BELOW_FORAMEN_MM), "C3-C4"),
+                        ((CT_C2_C3_BELOW_FORAMEN_MM, CT_C3_C4_BELOW_FORAMEN_MM), "C2-C3")):
+        naming = name_from_anatomy(levels[:1], "cervical", 1.0, foramen_magnum_slice=53, foramen_reach_mm=reach)
+        assert naming.names == [name] and naming.anchored
+    # with the skull base 25 mm or more above it, the peak is a disc, and the one between is placed
+    levels = find_discs(_three_cervical_discs(0.02), 50, 1.0, "cervical", foramen_magnum_slice=65)
+    assert [lv.slice_index for lv in levels] == [8, 24, 40]
 
 
 @pytest.mark.parametrize("bump,region", [(0.0, "cervical"), (0.02, "unknown"), (0.02, "lumbar")])

@@ -355,13 +355,15 @@ def test_an_osteoporotic_ct_never_trained_on_has_its_discs_found_where_its_bone_
     assert score.discs_found >= 4
     assert max(score.disc_errors_mm) <= 2.0
 
+@pytest.mark.parametrize("name", ["sct_errsm_11_t2", "totalseg_s0002_ct"])
 @pytest.mark.parametrize("order, flips", [((0, 1, 2), (False, False, True)), ((2, 0, 1), (True, False, True))])
 def test_a_neck_stored_head_first_or_sideways_is_named_from_its_foramen_magnum_the_same(package, scans, order,
-                                                                                          flips):
-    # the foramen magnum is read at the superior end of the canal whatever the file's slice order and axes
+                                                                                          flips, name):
+    # the foramen magnum is read at the superior end of the canal whatever the file's slice order and axes: on MR
+    # where the canal opens into the cisterna magna, on CT where the occipital bone begins behind it
     from test_volume import reindex
 
-    image = scans["sct_errsm_11_t2"].stack.image
+    image = scans[name].stack.image
     reference = grade_image(image, package)[0]
     moved = grade_image(reindex(image, order, flips), package)[0]
     assert reference.study.names_anchored_by == moved.study.names_anchored_by == "foramen magnum"
@@ -503,3 +505,21 @@ def test_a_3_mm_sagittal_ct_is_read_as_axial_slices_and_its_canal_found(package,
     assert score.hits >= 0.9 * score.canal_slices and score.canal_slices >= 50
     assert score.levels_on_canal == score.levels_checked >= 3
     assert all(row["grade"] is None for row in score.rows)
+
+
+def test_neck_cts_never_trained_on_are_cervical_with_no_level_on_c1_and_names_from_the_skull_base(package, scans):
+    # two TotalSegmentator neck CTs, skull base to T2-T4. Their vertebrae read 31-35 mm across at the median (the
+    # transverse processes and the first ribs join the bodies), a chest's width: s0002 was "unknown", its neck
+    # outline against its vertebrae, and s0003, whose field of view cuts the shoulders, "thoracic". The dens and
+    # C1's ring gave 3 levels above C2-C3; the occipital bone behind the canal, from the foramen magnum's back rim
+    # up, drops them and names C2-C3 (a disc placed from the spacing between C2-C3 and a peak on C1 lay in C2)
+    scores = {name: score_real_scan(package, scans[name]) for name in ("totalseg_s0002_ct", "totalseg_s0003_ct")}
+    assert not any(s.trained_on for s in scores.values())
+    assert [s.region_found for s in scores.values()] == ["cervical", "cervical"]
+    assert [s.false_levels for s in scores.values()] == [0, 0]
+    assert [s.names_anchored_by for s in scores.values()] == ["foramen magnum", "foramen magnum"]
+    s0002 = scores["totalseg_s0002_ct"]
+    assert s0002.names_right == s0002.names_checked == 5
+    highest = max(s0002.rows, key=lambda row: row["slice"])
+    assert highest["name"] == highest["true_name"] == "C2-C3"
+

@@ -15,8 +15,12 @@ from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_c
 from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_column, band_contrast,
                                   band_depth_fraction, band_depths, disc_back_density, disc_bands, endplate_gaps,
                                   find_foramen_magnum, find_lowest_rib, find_lumbosacral_bend, find_sacrum,
-                                  marrow_is_dark, measure_bone, onto_the_discs)
+                                  find_skull_base_ct, marrow_is_dark, measure_bone, onto_the_discs)
 from .inference.levels import (
+    C2_C3_BELOW_FORAMEN_MM,
+    C3_C4_BELOW_FORAMEN_MM,
+    CT_C2_C3_BELOW_FORAMEN_MM,
+    CT_C3_C4_BELOW_FORAMEN_MM,
     DISC_HEIGHT_MM,
     REGIONS,
     UNKNOWN_REGION,
@@ -122,8 +126,8 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         warnings.append(off_spine_warning(off_spine))
     bones = measure_bone(stack, canals) if modality == "CT" else []
     sacrum = find_sacrum(stack, bones, canals)
-    # MR only: there the box holds the CSF, which opens into the cisterna magna; on CT it holds the bony canal,
-    # whose ring at C1 is already wide, and no CT reaching the skull base has been checked
+    # MR here: there the box holds the CSF, which opens into the cisterna magna; on CT it holds the bony canal, whose
+    # ring at C1 is already wide, so the skull base is read from the bone once the region is known (below)
     foramen = find_foramen_magnum(stack, canals) if modality == "MR" else None
     estimate = infer_region(stack, modality, detected, bones, sacrum, foramen)
     user_region = region
@@ -143,6 +147,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         # a neck's top slice may lie partly in the cistern: where the cord or the outline already says neck, a
         # shallower opening is the skull base too (it names the levels; the region is read already)
         foramen = find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO)
+    if modality == "CT" and region == "cervical":
+        # on CT the skull base is read from the bone behind the canal, once the study is known to show the neck: in
+        # the chest the spinous processes may overlap behind the canal as far as the study's top
+        foramen = find_skull_base_ct(stack, canals)
     if modality == "MR" and region == "lumbar" and detections:
         # in a steep lordosis the detector loses the sac where it turns back into the sacrum, above L5-S1; its
         # bright CSF still shows it there
@@ -172,11 +180,16 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     contrast = band_contrast(stack, canals, bright_bands, column) if lumbar_mr else None
     depths = band_depths(contrast, dz, DISC_HEIGHT_MM[region]) if lumbar_mr else None
     sacrum_top = sacrum.top_slice if sacrum else None
+    skull_base = foramen.bottom_slice if foramen and region == "cervical" else None
+    # no disc is placed from the spacing between a peak on C1 or the dens, just below the skull base, and the disc
+    # below it: on a neck CT the disc so placed lay in C2's body. On MR, where the opening is read higher above
+    # C2-C3, a gap of 96 mm below such a peak (a neck in 3 mm slices) held four discs the spacing placed right
     # where a disc narrows the canal most the detector may lose it for a few slices: a level may lie there, on the
     # tube between the slices around them
     bridged = bridge_gaps(canals, dz)
     discs, cistern_warnings = drop_cisterns(find_discs(bridged, stack.n_slices, dz, region, gaps,
-                                                       sacrum_top_slice=sacrum_top, band_depths=depths),
+                                                       sacrum_top_slice=sacrum_top, band_depths=depths,
+                                                       foramen_magnum_slice=skull_base if modality == "CT" else None),
                                             stack.spacing, region)
     if modality == "CT":
         # the detector's disc sign may peak on an endplate next to the disc; the bone tells them apart
@@ -200,7 +213,10 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     lowest_rib = (find_lowest_rib(stack, canals) if modality == "CT" and region == "lumbar" and anchor is None
                   else None)
     naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
-                               foramen_magnum_slice=foramen.bottom_slice if foramen else None,
+                               foramen_magnum_slice=skull_base,
+                               foramen_reach_mm=((CT_C2_C3_BELOW_FORAMEN_MM, CT_C3_C4_BELOW_FORAMEN_MM)
+                                                 if modality == "CT" else (C2_C3_BELOW_FORAMEN_MM,
+                                                                           C3_C4_BELOW_FORAMEN_MM)),
                                lowest_rib_slice=lowest_rib.top_slice if lowest_rib else None)
     warnings.extend(naming.warnings)
     warnings.extend(

@@ -172,6 +172,23 @@ CISTERN_MIN_DEPTH_MM = 20.0
 #: cistern's ratio (1.35 times the median, also where the neck's own ratio is read). On the necks' 3 and 4 mm
 #: versions one top slice, half in the cistern, is the opening, and names them right
 THICK_OPENING_SLICE_MM = 5.0
+#: on CT the skull base shows as bone behind the canal: the occipital bone round the back of the foramen magnum
+#: and the skull above it. It is read behind the canal's box (SKULL_BEHIND_HALF_WIDTH_MM either side of its
+#: centre, SKULL_BEHIND_DEPTH_MM back from its back edge) as the share of pixels above SKULL_BONE_HU, its median
+#: over SKULL_MEDIAN_MM of slices: on two neck CTs (TotalSegmentator s0002, s0003) it read 0.07-0.28 from the back
+#: rim of the foramen magnum to the top of the study, and 0.00-0.04 over C1's thin posterior arch, below it, and
+#: between the spinous processes further down
+SKULL_BONE_HU = 300.0
+SKULL_BEHIND_HALF_WIDTH_MM = 15.0
+SKULL_BEHIND_DEPTH_MM = 60.0
+SKULL_BEHIND_MIN_SHARE = 0.06
+SKULL_MEDIAN_MM = 4.5
+#: that bone runs unbroken over at least this much, up to the top of the study (within SKULL_TOP_GAP_MM): a
+#: spinous process behind the canal, however long, is followed by the gap to the next, and the top of a study of
+#: the chest or the neck that stops below the skull shows no such run (the skull reaches above the foramen
+#: magnum by 30 mm and more)
+SKULL_MIN_RUN_MM = 15.0
+SKULL_TOP_GAP_MM = 3.0
 #: in a study whose cord or outline already says neck, the opening is read from this many times the canal's
 #: median depth (1.35 elsewhere, ``levels.CISTERN_DEPTH_RATIO``): on 3 and 4 mm slices the top slice lies partly
 #: in the cistern and partly in the canal below it, and reads 1.25-1.35 times the median. Lumbar series reach
@@ -582,6 +599,60 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
         name="foramen magnum", slices=tuple(sorted(run)), top_slice=max(run),
         evidence=(f"the canal opens into the cisterna magna on slice {min(run)}: {depth[min(run)]:.0f} mm deep "
                   f"and more above it, against a median of {median:.0f} mm"),
+    )
+
+
+def find_skull_base_ct(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[Landmark]:
+    """The foramen magnum on CT: where the occipital bone begins behind the canal, in a study that reaches the skull.
+
+    ``find_foramen_magnum`` reads the opening of the canal's CSF into the
+    cisterna magna on MR; on CT the box holds the bony canal, whose ring at C1 is
+    wide already, so the bone is read instead: the midline behind the canal holds
+    bone (SKULL_BEHIND_MIN_SHARE) on every slice from the back rim of the foramen
+    magnum to the top of the study, over at least SKULL_MIN_RUN_MM. Above the
+    highest tracked canal the canal's last box stands in for it. The landmark's
+    ``bottom_slice`` is where that bone begins. For a study of the neck only (the
+    pipeline reads it where the region is cervical): in the chest the long,
+    overlapping spinous processes may lie behind the canal over many slices.
+    """
+    tracked = sorted((c for c in canals if c is not None and not c.bridged), key=lambda c: c.slice_index)
+    if not tracked:
+        return None
+    sx, sy, dz = stack.spacing
+    by_slice = {c.slice_index: c for c in tracked}
+    height, width = stack.array.shape[1:]
+    shares = {}
+    box = None
+    for k in range(tracked[0].slice_index, stack.n_slices):
+        box = by_slice[k].box_ij if k in by_slice else box
+        i0, _, i1, j1 = box
+        centre = (i0 + i1) / 2.0
+        rows = slice(min(height, int(np.ceil(j1))), min(height, int(np.ceil(j1 + SKULL_BEHIND_DEPTH_MM / sy))))
+        columns = slice(max(0, int(round(centre - SKULL_BEHIND_HALF_WIDTH_MM / sx))),
+                        min(width, int(round(centre + SKULL_BEHIND_HALF_WIDTH_MM / sx))))
+        patch = stack.array[k, rows, columns]
+        shares[k] = float(np.mean(patch > SKULL_BONE_HU)) if patch.size else 0.0
+    # a slice or two of thin occipital bone does not break the run, nor one of a spinous process make one
+    first = tracked[0].slice_index
+    smoothed = ndimage.median_filter(np.array([shares[k] for k in range(first, stack.n_slices)]),
+                                     max(1, int(round(SKULL_MEDIAN_MM / dz))), mode="nearest")
+    shares = {first + i: float(v) for i, v in enumerate(smoothed)}
+    # the run of bone down from the top of the study, which may end a slice or so below it
+    top = stack.n_slices - 1
+    start = next((k for k in range(top, top - int(SKULL_TOP_GAP_MM / dz) - 1, -1)
+                  if k in shares and shares[k] >= SKULL_BEHIND_MIN_SHARE), None)
+    if start is None:
+        return None
+    bottom = start
+    while shares.get(bottom - 1, 0.0) >= SKULL_BEHIND_MIN_SHARE:
+        bottom -= 1
+    if (start - bottom + 1) * dz < SKULL_MIN_RUN_MM:
+        return None
+    slices = tuple(range(bottom, start + 1))
+    return Landmark(
+        name="foramen magnum", slices=slices, top_slice=start,
+        evidence=(f"the skull base: bone behind the canal from slice {bottom} to the top of the study "
+                  f"({(start - bottom + 1) * dz:.0f} mm), the occipital bone round the foramen magnum"),
     )
 
 

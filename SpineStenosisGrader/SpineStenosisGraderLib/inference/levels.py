@@ -70,6 +70,11 @@ C2_C3_BELOW_FORAMEN_MM = 42.0
 #: a highest disc below C2-C3's reach and no further than this is C3-C4 (C2-C3 missed), as the lowest disc
 #: above the sacrum's L5-S1 window is L4-L5: C4-C5 lies another cervical vertebra (15-19 mm on those scans) lower
 C3_C4_BELOW_FORAMEN_MM = 60.0
+#: on CT the foramen magnum is read where the occipital bone begins behind the canal (``landmarks.find_skull_base_ct``),
+#: the back rim of the opening, which lies lower than where the MR's CSF opens into the cisterna magna: on the two
+#: neck CTs C2-C3 lay 37.5 and 42 mm below it, C3-C4 54 and 56 mm, and the dens and C1's ring 6-15 mm
+CT_C2_C3_BELOW_FORAMEN_MM = 50.0
+CT_C3_C4_BELOW_FORAMEN_MM = 68.0
 #: a lowest lumbar level closer to the next than this share of the median spacing between the levels above
 #: is a remnant disc in the sacrum: on the 22 lumbar MR scans checked (``fastcleverseg``), the S1-S2 remnant
 #: lay 0.55-0.66 of that spacing below L5-S1 (21-23 mm), while L5-S1 lay 0.78 or more below L4-L5
@@ -196,7 +201,8 @@ def disc_profile(canals: Sequence[Optional[SliceCanal]], n_slices: int, min_scor
 def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spacing_mm: float,
                region: str = UNKNOWN_REGION, endplate_gaps: Optional[np.ndarray] = None,
                min_score: float = 0.3, sacrum_top_slice: Optional[int] = None,
-               band_depths: Optional[np.ndarray] = None) -> list[LevelCandidate]:
+               band_depths: Optional[np.ndarray] = None,
+               foramen_magnum_slice: Optional[int] = None) -> list[LevelCandidate]:
     """Disc levels, inferior first: the peaks of the disc evidence along the tracked canal.
 
     The evidence is the detector's disc probability. ``endplate_gaps`` (per
@@ -219,7 +225,10 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     superior slice of the alae), L5-S1 is placed just above it when no disc was
     found there. ``band_depths`` (MR, ``landmarks.band_depths``: how deep the band
     about each slice is) tells two peaks in one vertebra apart where both lie on a
-    band: the deeper band is the disc's.
+    band: the deeper band is the disc's. Below ``foramen_magnum_slice`` (a neck
+    that reaches the skull base) lie C1 and C2, with no disc: a peak within
+    C1_C2_BELOW_FORAMEN_MM of it stays for ``name_from_anatomy`` to drop, but no
+    disc is placed between it and the disc below, inside C2.
     """
     profile = disc_profile(canals, n_slices, min_score)
     confident = np.nonzero(~np.isnan(profile))[0]
@@ -284,7 +293,12 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     if sacrum_top_slice is not None and region == "lumbar":
         # first, so that a disc missed above L5-S1 is looked for from where L5-S1 really is
         levels = _place_disc_above_sacrum(levels, rise, faint_peaks, by_slice, slice_spacing_mm, sacrum_top_slice)
-    return _fill_missed_discs(levels, rise, faint_peaks, by_slice, slice_spacing_mm, region)
+    if foramen_magnum_slice is None:
+        return _fill_missed_discs(levels, rise, faint_peaks, by_slice, slice_spacing_mm, region)
+    below_c2 = [lv for lv in levels
+                if (foramen_magnum_slice - lv.slice_index) * slice_spacing_mm >= C1_C2_BELOW_FORAMEN_MM]
+    return (_fill_missed_discs(below_c2, rise, faint_peaks, by_slice, slice_spacing_mm, region)
+            + [lv for lv in levels if lv not in below_c2])
 
 
 def _disc_at_best_peak(window: Sequence[int], rise: np.ndarray, by_slice: dict[int, SliceCanal],
@@ -581,7 +595,9 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
                       sacrum_top_slice: Optional[int] = None,
                       anchor: Optional[tuple[int, str]] = None,
                       foramen_magnum_slice: Optional[int] = None,
-                      lowest_rib_slice: Optional[int] = None) -> LevelNaming:
+                      lowest_rib_slice: Optional[int] = None,
+                      foramen_reach_mm: tuple[float, float] = (C2_C3_BELOW_FORAMEN_MM,
+                                                               C3_C4_BELOW_FORAMEN_MM)) -> LevelNaming:
     """Name the discs (inferior first) from the user's anchor, else a landmark, else count them unanchored.
 
     ``sacrum_top_slice`` is the most superior slice showing the sacral alae, where
@@ -590,7 +606,9 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
     ``foramen_magnum_slice`` is where the canal opens into the cisterna magna,
     where a cervical study reaches the skull base. Discs found within
     C1_C2_BELOW_FORAMEN_MM below it (or above it) are dropped with a warning: they are
-    C1 and C2, which have no disc. ``lowest_rib_slice`` is where the heads of the
+    C1 and C2, which have no disc; ``foramen_reach_mm`` is how far below it the
+    highest disc is C2-C3, and C3-C4 (CT_C2_C3_BELOW_FORAMEN_MM and
+    CT_C3_C4_BELOW_FORAMEN_MM where it is read on CT). ``lowest_rib_slice`` is where the heads of the
     lowest pair of ribs lie (``landmarks.find_lowest_rib``), taken as the 12th:
     the highest disc within T12_L1_BELOW_RIB_MM below it is T12-L1, in a lumbar
     or thoracic study without the sacrum. Where the sacrum names the levels,
@@ -601,7 +619,7 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
     """
     naming = _name_from_anatomy(candidates, region, slice_spacing_mm, sacrum_top_slice, anchor,
                                 foramen_magnum_slice if region == "cervical" else None,
-                                lowest_rib_slice if region in ("lumbar", "thoracic") else None)
+                                lowest_rib_slice if region in ("lumbar", "thoracic") else None, foramen_reach_mm)
     why = {"spacing": "where the spacing of the discs around it says one was missed",
            "sacrum": "just above the sacrum, where L5-S1 lies"}
     naming.warnings.extend(
@@ -613,7 +631,9 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
 
 def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_spacing_mm: float,
                        sacrum_top_slice: Optional[int], anchor: Optional[tuple[int, str]],
-                       foramen_magnum_slice: Optional[int], lowest_rib_slice: Optional[int] = None) -> LevelNaming:
+                       foramen_magnum_slice: Optional[int], lowest_rib_slice: Optional[int] = None,
+                       foramen_reach_mm: tuple[float, float] = (C2_C3_BELOW_FORAMEN_MM,
+                                                                C3_C4_BELOW_FORAMEN_MM)) -> LevelNaming:
     kept = list(candidates)
     warnings: list[str] = []
 
@@ -685,19 +705,17 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
             warnings)
     if foramen_magnum_slice is not None:
         below_mm = below_foramen_mm(kept[-1])
-        if below_mm <= C2_C3_BELOW_FORAMEN_MM:
+        if below_mm <= foramen_reach_mm[0]:
             names = name_levels(n, "cervical", (-1, "C2-C3"))
-            # low: the opening is read off the canal's depth, checked on four MR studies of the neck only
+            # low: the opening is read off the canal's depth (MR) or the bone behind it (CT), checked on a few necks
             return LevelNaming(kept, names, True, "foramen magnum", ["low"] * n, (
-                f"Named from the foramen magnum: the highest disc, {below_mm:.0f} mm below where the canal opens "
-                "into the cisterna magna, is C2-C3 (C1 and C2 lie between them). Check C2-C3 on a sagittal "
-                "view."), warnings)
-        if below_mm <= C3_C4_BELOW_FORAMEN_MM:
+                f"Named from the foramen magnum: the highest disc, {below_mm:.0f} mm below it, is C2-C3 (C1 and C2 "
+                "lie between them). Check C2-C3 on a sagittal view."), warnings)
+        if below_mm <= foramen_reach_mm[1]:
             names = name_levels(n, "cervical", (-1, "C3-C4"))
             return LevelNaming(kept, names, True, "foramen magnum", ["low"] * n, (
                 f"Named from the foramen magnum: no disc was found where C2-C3 lies, and the highest disc found, "
-                f"{below_mm:.0f} mm below where the canal opens into the cisterna magna, is C3-C4. Check C2-C3 on "
-                "a sagittal view."), warnings + [
+                f"{below_mm:.0f} mm below it, is C3-C4. Check C2-C3 on a sagittal view."), warnings + [
                     f"C2-C3 was not found: the highest disc found lies {below_mm:.0f} mm below the foramen magnum, "
                     "where C3-C4 is expected, and is taken as C3-C4."])
         warnings.append(f"The highest disc found lies {below_mm:.0f} mm below the foramen magnum, where C4-C5 or a "
