@@ -251,6 +251,23 @@ def test_discs_are_where_an_unsure_detector_rises_not_where_it_passes_one_half()
     assert [lv.slice_index for lv in levels] == discs
 
 
+@pytest.mark.parametrize("lost, expected", [((20, 24), 21), ((21, 22), 22)])
+def test_a_disc_where_the_detector_lost_the_canal_lies_in_the_middle_of_the_lost_run(lost, expected):
+    # 1.5 mm slices: the canal lost on slices lost[0]..lost[1]-1 (bridged by the tracking), the detector's disc
+    # evidence up on the slices seen either side, more above (0.6) than below (0.45), so that it peaks at the
+    # run's upper end. Over four lost slices (6 mm, past the smoothing's reach) the disc that narrowed the canal
+    # lies in their middle, not on the slice seen next to them (a neck CT's C3-C4, where the level on the seen
+    # slice lay 4.5 mm above its disc, within a vertebra of C2-C3, and was dropped); over one, the slice seen
+    # next to it stands
+    probabilities = np.full(60, 0.25)
+    probabilities[[lost[0] - 1, lost[1]]] = [0.45, 0.6]
+    probabilities[44:47] = [0.4, 0.5, 0.4]
+    canals = [SliceCanal(c.slice_index, c.box_ij, 0.0, 0.0, bridged=True) if lost[0] <= k < lost[1] else c
+              for k, c in enumerate(profile_canals(probabilities))]
+    levels = find_discs(canals, 60, 1.5, "cervical")
+    assert [lv.slice_index for lv in levels] == [expected, 45]
+
+
 def test_a_detector_sure_of_a_disc_everywhere_finds_none():
     assert find_discs(profile_canals(np.full(60, 0.8)), 60, 2.0) == []
 

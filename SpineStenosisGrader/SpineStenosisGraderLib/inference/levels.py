@@ -263,6 +263,18 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
         reach = max(SMOOTHING_MM, slice_spacing_mm / 2.0)
         # a slice where the canal was seen, if any is that near: a bridged one only where none is
         near = seen[np.abs(seen - peak) * slice_spacing_mm <= reach]
+        if peak in by_slice and by_slice[peak].bridged:
+            # a peak where the detector lost the canal for longer than the smoothing's reach: the evidence there
+            # is its neighbours', drawn straight across, so where it peaks says little, and the slice seen
+            # nearest lies at the run's end; the disc that narrowed the canal lies in the run's middle
+            low = high = int(peak)
+            while by_slice.get(low - 1) is not None and by_slice[low - 1].bridged:
+                low -= 1
+            while by_slice.get(high + 1) is not None and by_slice[high + 1].bridged:
+                high += 1
+            middle = (low + high) // 2
+            if np.min(np.abs(seen - middle)) * slice_spacing_mm > reach:
+                near = np.array([middle])
         if len(near) == 0:
             near = tracked[np.abs(tracked - peak) * slice_spacing_mm <= reach]
         if len(near) == 0:
