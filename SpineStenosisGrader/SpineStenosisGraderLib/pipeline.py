@@ -180,17 +180,16 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     contrast = band_contrast(stack, canals, bright_bands, column) if lumbar_mr else None
     depths = band_depths(contrast, dz, DISC_HEIGHT_MM[region]) if lumbar_mr else None
     sacrum_top = sacrum.top_slice if sacrum else None
-    skull_base = foramen.bottom_slice if foramen and region == "cervical" else None
-    # no disc is placed from the spacing between a peak on C1 or the dens, just below the skull base, and the disc
-    # below it: on a neck CT the disc so placed lay in C2's body. On MR, where the opening is read higher above
-    # C2-C3, a gap of 96 mm below such a peak (a neck in 3 mm slices) held four discs the spacing placed right
+    foramen_slice = foramen.bottom_slice if foramen and region == "cervical" else None
     # where a disc narrows the canal most the detector may lose it for a few slices: a level may lie there, on the
     # tube between the slices around them
     bridged = bridge_gaps(canals, dz)
-    discs, cistern_warnings = drop_cisterns(find_discs(bridged, stack.n_slices, dz, region, gaps,
-                                                       sacrum_top_slice=sacrum_top, band_depths=depths,
-                                                       foramen_magnum_slice=skull_base if modality == "CT" else None),
-                                            stack.spacing, region)
+    # no disc is placed from the spacing between a peak on C1 or the dens, just below the skull base, and the disc
+    # below it: on a neck CT the disc so placed lay in C2's body. On MR, where the opening is read higher above
+    # C2-C3, a gap of 96 mm below such a peak (a neck in 3 mm slices) held four discs the spacing placed right
+    disc_peaks = find_discs(bridged, stack.n_slices, dz, region, gaps, sacrum_top_slice=sacrum_top,
+                            band_depths=depths, foramen_magnum_slice=foramen_slice if modality == "CT" else None)
+    discs, cistern_warnings = drop_cisterns(disc_peaks, stack.spacing, region)
     if modality == "CT":
         # the detector's disc sign may peak on an endplate next to the disc; the bone tells them apart
         discs = onto_the_discs(stack, canals, discs, bone)
@@ -213,7 +212,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     lowest_rib = (find_lowest_rib(stack, canals) if modality == "CT" and region == "lumbar" and anchor is None
                   else None)
     naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
-                               foramen_magnum_slice=skull_base,
+                               foramen_magnum_slice=foramen_slice,
                                foramen_reach_mm=((CT_C2_C3_BELOW_FORAMEN_MM, CT_C3_C4_BELOW_FORAMEN_MM)
                                                  if modality == "CT" else (C2_C3_BELOW_FORAMEN_MM,
                                                                            C3_C4_BELOW_FORAMEN_MM)),
