@@ -621,9 +621,10 @@ def find_skull_base_ct(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]
     sx, sy, dz = stack.spacing
     by_slice = {c.slice_index: c for c in tracked}
     height, width = stack.array.shape[1:]
-    shares = {}
+    first = tracked[0].slice_index
+    shares = np.zeros(stack.n_slices - first)
     box = None
-    for k in range(tracked[0].slice_index, stack.n_slices):
+    for i, k in enumerate(range(first, stack.n_slices)):
         box = by_slice[k].box_ij if k in by_slice else box
         i0, _, i1, j1 = box
         centre = (i0 + i1) / 2.0
@@ -631,23 +632,21 @@ def find_skull_base_ct(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]
         columns = slice(max(0, int(round(centre - SKULL_BEHIND_HALF_WIDTH_MM / sx))),
                         min(width, int(round(centre + SKULL_BEHIND_HALF_WIDTH_MM / sx))))
         patch = stack.array[k, rows, columns]
-        shares[k] = float(np.mean(patch > SKULL_BONE_HU)) if patch.size else 0.0
+        shares[i] = float(np.mean(patch > SKULL_BONE_HU)) if patch.size else 0.0
     # a slice or two of thin occipital bone does not break the run, nor one of a spinous process make one
-    first = tracked[0].slice_index
-    smoothed = ndimage.median_filter(np.array([shares[k] for k in range(first, stack.n_slices)]),
-                                     max(1, int(round(SKULL_MEDIAN_MM / dz))), mode="nearest")
-    shares = {first + i: float(v) for i, v in enumerate(smoothed)}
-    # the run of bone down from the top of the study, which may end a slice or so below it
-    top = stack.n_slices - 1
-    start = next((k for k in range(top, top - int(SKULL_TOP_GAP_MM / dz) - 1, -1)
-                  if k in shares and shares[k] >= SKULL_BEHIND_MIN_SHARE), None)
+    shares = ndimage.median_filter(shares, max(1, int(round(SKULL_MEDIAN_MM / dz))), mode="nearest")
+    # the run of bone down from the top of the study, which may end a slice or so below it (indices from ``first``)
+    top = len(shares) - 1
+    start = next((i for i in range(top, max(-1, top - int(SKULL_TOP_GAP_MM / dz) - 1), -1)
+                  if shares[i] >= SKULL_BEHIND_MIN_SHARE), None)
     if start is None:
         return None
     bottom = start
-    while shares.get(bottom - 1, 0.0) >= SKULL_BEHIND_MIN_SHARE:
+    while bottom > 0 and shares[bottom - 1] >= SKULL_BEHIND_MIN_SHARE:
         bottom -= 1
     if (start - bottom + 1) * dz < SKULL_MIN_RUN_MM:
         return None
+    bottom, start = first + bottom, first + start
     slices = tuple(range(bottom, start + 1))
     return Landmark(
         name="foramen magnum", slices=slices, top_slice=start,

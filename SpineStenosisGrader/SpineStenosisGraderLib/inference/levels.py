@@ -307,10 +307,11 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
         levels = _place_disc_above_sacrum(levels, rise, faint_peaks, by_slice, slice_spacing_mm, sacrum_top_slice)
     if foramen_magnum_slice is None:
         return _fill_missed_discs(levels, rise, faint_peaks, by_slice, slice_spacing_mm, region)
-    below_c2 = [lv for lv in levels
-                if (foramen_magnum_slice - lv.slice_index) * slice_spacing_mm >= C1_C2_BELOW_FORAMEN_MM]
-    return (_fill_missed_discs(below_c2, rise, faint_peaks, by_slice, slice_spacing_mm, region)
-            + [lv for lv in levels if lv not in below_c2])
+    # the levels are sorted, so those on C1 and the dens are the highest ones
+    n_below_c2 = sum((foramen_magnum_slice - lv.slice_index) * slice_spacing_mm >= C1_C2_BELOW_FORAMEN_MM
+                     for lv in levels)
+    return (_fill_missed_discs(levels[:n_below_c2], rise, faint_peaks, by_slice, slice_spacing_mm, region)
+            + levels[n_below_c2:])
 
 
 def _disc_at_best_peak(window: Sequence[int], rise: np.ndarray, by_slice: dict[int, SliceCanal],
