@@ -61,6 +61,11 @@ MIN_MEASURED_SLICES = 3
 #: slices may cut an endplate's rim, 24-32 mm across (this percentile is 36 mm or more on the four lumbar CT
 #: scans and their 100 short, thick and cropped series, `evaluate --series-variants`)
 NECK_BODY_PERCENTILE = 25.0
+#: under a neck's outline on CT, vertebrae whose NECK_BODY_PERCENTILE reads this or less are a neck's whatever their
+#: median: on the two real neck CTs (TotalSegmentator s0002 and s0003) it read 25.5-28.5 mm with three detectors,
+#: while the transverse processes and the first ribs, joined to the bodies on most slices, put the median at
+#: 30-39 mm, as wide as a lumbar body with one of them. On the lumbar CT scans and their series it reads 36 mm or more
+NECK_OUTLINE_MAX_BODY_MM = 32.0
 #: CT air and MR background lie below these: HU, and a fraction of the slice's 99th percentile
 CT_BODY_HU = -400.0
 MR_BODY_FRACTION = 0.08
@@ -378,12 +383,14 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
                            else "lumbar" if width >= LUMBAR_MIN_BODY_MM else "thoracic")
             evidence.append(f"vertebral bodies {width:.0f} mm wide (median of {len(bodies)} slices)")
     if body_region is not None:
-        if outline_region == "cervical" and body_region == "thoracic":
+        if outline_region == "cervical" and (body_region == "thoracic" or body_region == "lumbar"
+                                             and neck_width <= NECK_OUTLINE_MAX_BODY_MM):
             # a neck reaching the upper thoracic spine: on real neck CTs the bone in front of the canal reads
             # 21-28 mm across through the bodies alone from C3 to T3, and 33-57 mm where the transverse processes
-            # (and below C7 the ribs' heads) join them, so the median reads thoracic
+            # (and below C7 the ribs' heads) join them, so the median reads thoracic, or even lumbar
             return RegionEstimate("cervical", "low", evidence + [
-                "a neck's outline with vertebrae as wide as the upper thoracic spine's: a neck study"])
+                f"a neck's outline over vertebrae {neck_width:.0f} mm wide on a quarter of the slices (wider where the "
+                "transverse processes or the first ribs join them): a neck study"])
         if outline_region == "cervical" and body_region != "cervical" or \
                 outline_region == "trunk" and body_region == "cervical":
             return RegionEstimate(UNKNOWN, "none", evidence + ["the body outline and the vertebrae disagree"])
