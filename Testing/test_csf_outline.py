@@ -6,9 +6,9 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from SpineStenosisGraderLib.inference.csf_outline import (FAINT_T2_CSF_CONTRAST, SAC_FOLLOW_MM, T2_CSF_CONTRAST, csf_box,
-                                                           csf_contrast, follow_sac_down, grow_over_csf,
-                                                           study_csf_contrast)
+from SpineStenosisGraderLib.inference.csf_outline import (FAINT_T2_CSF_CONTRAST, SAC_FOLLOW_MM, T2_CSF_CONTRAST,
+                                                           cistern_depth_mm, csf_box, csf_contrast, follow_sac_down,
+                                                           grow_over_csf, study_csf_contrast)
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
 
@@ -330,3 +330,50 @@ def test_the_sac_is_followed_only_below_a_long_track_on_thin_slices(track, slice
     stack, boxes = lordotic_sac(n_slices=140, sac_end=0, back_per_slice_mm=0.0, slice_mm=slice_mm)
     lowest = track[0]
     assert bool(follow_sac_down(stack, track, boxes[lowest], T2_CSF_CONTRAST)) == followed
+
+
+def medulla_slice(spacing=0.5, pool_mm=10.0, pool_width_mm=20.0, size_mm=80.0):
+    """A T2 slice at the foramen magnum: tissue 100, the canal's CSF (600) 20 mm wide and 15 mm deep round a dark
+    medulla (150), and behind it the cisterna magna's CSF, ``pool_mm`` deep and ``pool_width_mm`` wide.
+
+    Returns the slice [j, i] (rows run to the back) and the box a detector drew round the canal alone.
+    """
+    n = int(round(size_mm / spacing))
+    image = np.full((n, n), 100.0, np.float32)
+    px = lambda mm: int(round(mm / spacing))  # noqa: E731
+    i0, i1, j0, j1 = px(30.0), px(50.0), px(20.0), px(35.0)
+    image[j0:j1, i0:i1] = 600.0
+    image[j0 + px(3.0):j1 - px(3.0), i0 + px(5.0):i1 - px(5.0)] = 150.0
+    centre = (i0 + i1) // 2
+    image[j1:j1 + px(pool_mm), centre - px(pool_width_mm / 2):centre + px(pool_width_mm / 2)] = 600.0
+    return image, (float(i0), float(j0), float(i1), float(j1))
+
+
+@pytest.mark.parametrize("spacing", [0.5, 1.0])
+def test_the_cisterna_magna_behind_a_box_round_the_canal_is_read_to_its_back(spacing):
+    image, box = medulla_slice(spacing)
+    # the box holds 15 mm; the CSF runs on 10 mm behind it, as wide as the canal
+    assert cistern_depth_mm(image, box, (spacing, spacing)) == pytest.approx(25.0)
+    # no pool behind: the CSF's own 15 mm, the medulla's rows counted with the box's
+    image, box = medulla_slice(spacing, pool_mm=0.0)
+    assert cistern_depth_mm(image, box, (spacing, spacing)) == pytest.approx(15.0)
+    # a strip of bright fat or a vein joined to the sac's back is too narrow to be a cistern
+    image, box = medulla_slice(spacing, pool_width_mm=6.0)
+    assert cistern_depth_mm(image, box, (spacing, spacing)) == pytest.approx(15.0)
+    # bright tissue behind the canal but apart from its CSF is no cistern
+    image, box = medulla_slice(spacing, pool_mm=0.0)
+    back = int(box[3])
+    image[back + int(round(4.0 / spacing)):back + int(round(12.0 / spacing)), int(box[0]):int(box[2])] = 600.0
+    assert cistern_depth_mm(image, box, (spacing, spacing)) == pytest.approx(15.0)
+    # no deeper than the search reaches behind the box
+    image, box = medulla_slice(spacing, pool_mm=30.0)
+    assert cistern_depth_mm(image, box, (spacing, spacing)) == pytest.approx(35.0)
+
+
+def test_the_cistern_is_not_read_where_the_slice_ends_behind_the_box_or_the_csf_is_not_bright():
+    image, box = medulla_slice(size_mm=45.0, pool_mm=5.0)
+    assert cistern_depth_mm(image, box, (0.5, 0.5)) == 0.0
+    image, box = medulla_slice()
+    assert cistern_depth_mm(image * 0.0 + 100.0, box, (0.5, 0.5)) == 0.0
+    ct = np.where(image > 500, 10.0, 40.0).astype(np.float32)  # CSF darker than the tissue round it
+    assert cistern_depth_mm(ct, box, (0.5, 0.5)) == 0.0

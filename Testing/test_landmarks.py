@@ -11,6 +11,7 @@ from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WAL
                                                       canal_front_wall, disc_back_density, disc_bands, endplate_gaps,
                                                       find_foramen_magnum, find_lowest_rib, find_lumbosacral_bend,
                                                       find_sacrum, find_skull_base_ct, marrow_is_dark, onto_the_discs)
+from SpineStenosisGraderLib.inference.csf_outline import FAINT_T2_CSF_CONTRAST
 from SpineStenosisGraderLib.inference.levels import LevelCandidate, SliceCanal, find_discs
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -465,6 +466,41 @@ def test_one_thick_top_slice_as_deep_as_the_cistern_is_no_foramen_magnum():
     # on 4 mm slices one top slice that deep is the opening, as on the necks' 4 mm versions
     stack, canals = neck([16.0] * 20 + [23.5], slice_mm=4.0)
     assert find_foramen_magnum(stack, canals).bottom_slice == 20
+
+
+def t2_neck(boxes_mm, pools_mm, pixel_mm=1.0):
+    """A T2 neck, 1 mm slices: the canal's CSF (600) 15 mm deep round a dark cord (150) in tissue (100), and behind
+    it on each slice ``pools_mm`` of CSF as wide as the canal (the cisterna magna); each box is ``boxes_mm`` deep."""
+    n, px = int(round(80 / pixel_mm)), (lambda mm: int(round(mm / pixel_mm)))  # noqa: E731
+    volume = np.full((len(boxes_mm), n, n), 100.0, np.float32)
+    i0, i1, j0, j1 = px(30.0), px(50.0), px(20.0), px(35.0)
+    volume[:, j0:j1, i0:i1] = 600.0
+    volume[:, j0 + px(3.0):j1 - px(3.0), i0 + px(6.0):i1 - px(6.0)] = 150.0
+    for k, pool in enumerate(pools_mm):
+        volume[k, j1:j1 + px(pool), i0:i1] = 600.0
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((pixel_mm, pixel_mm, 1.0))
+    return to_axial_stack(image), [SliceCanal(k, (float(i0), float(j0), float(i1), j0 + depth / pixel_mm), 0.9, 0.3)
+                                   for k, depth in enumerate(boxes_mm)]
+
+
+@pytest.mark.parametrize("pixel_mm", [0.5, 1.0])
+def test_a_cistern_the_top_boxes_leave_out_is_read_from_the_csf_behind_them(pixel_mm):
+    # sct_errsm_11_t2 with a detector trained as the default one, by the later recipe: the boxes open into the
+    # cisterna magna 5 mm below the top (21-26 mm deep), but on the top 2 mm they hold only the medulla and the CSF
+    # in front of it (15 mm), while the cistern's CSF runs on 10 mm behind them
+    boxes, pools = [15.0] * 80 + [21.0, 23.0, 26.0, 15.0, 15.0], [0.0] * 80 + [6.0, 8.0, 11.0, 10.0, 10.0]
+    stack, canals = t2_neck(boxes, pools, pixel_mm)
+    assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO) is None
+    foramen = find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO, FAINT_T2_CSF_CONTRAST)
+    assert (foramen.bottom_slice, foramen.top_slice) == (80, 84)
+    # only the top 3 mm are read so: a box 4 mm below the top that leaves the CSF behind it out breaks the run
+    boxes[80:], pools[80:] = [15.0, 21.0, 23.0, 26.0, 26.0], [10.0, 6.0, 8.0, 11.0, 11.0]
+    stack, canals = t2_neck(boxes, pools, pixel_mm)
+    assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO, FAINT_T2_CSF_CONTRAST).bottom_slice == 81
+    # and the CSF as deep as the canal's on the top slices is no cistern
+    stack, canals = t2_neck([15.0] * 85, [0.0] * 85, pixel_mm)
+    assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO, FAINT_T2_CSF_CONTRAST) is None
 
 
 @settings(max_examples=25, deadline=None)

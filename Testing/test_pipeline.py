@@ -94,12 +94,20 @@ def test_the_foramen_magnum_is_looked_for_on_cervical_mr_only(package, monkeypat
     from SpineStenosisGraderLib.training.phantom import make_study
 
     calls = []
-    monkeypatch.setattr(pipeline, "find_foramen_magnum", lambda stack, canals, *ratio: calls.append(stack) or None)
+    monkeypatch.setattr(pipeline, "find_foramen_magnum", lambda stack, canals, *ratio: calls.append(ratio) or None)
     study = make_study(7, modality=modality, region="cervical")
     result, _ = grade_image(study.image, package, modality=modality, region="cervical",
                             allow_model_mismatch=True)
     assert bool(calls) is looked_for
     assert result.levels and result.study.names_anchored_by == ""
+    if looked_for:
+        # once for the region, by the canal's boxes alone; then, the neck known, from a shallower opening, the
+        # top slices as deep as their CSF reaches at the study's own CSF contrast
+        from SpineStenosisGraderLib.inference.csf_outline import FAINT_T2_CSF_CONTRAST, T2_CSF_CONTRAST
+        from SpineStenosisGraderLib.inference.landmarks import NECK_CISTERN_DEPTH_RATIO
+
+        assert calls[0] == () and calls[1][0] == NECK_CISTERN_DEPTH_RATIO
+        assert len(calls) == 2 and calls[1][1] in (T2_CSF_CONTRAST, FAINT_T2_CSF_CONTRAST)
 
 
 def test_a_real_mr_coarser_than_the_grade_scope_is_located_not_graded(package, tmp_path):

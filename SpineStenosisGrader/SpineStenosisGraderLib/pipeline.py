@@ -146,7 +146,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     if foramen is None and modality == "MR" and region == "cervical":
         # a neck's top slice may lie partly in the cistern: where the cord or the outline already says neck, a
         # shallower opening is the skull base too (it names the levels; the region is read already)
-        foramen = find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO)
+        foramen = find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO, min_contrast)
     if modality == "CT" and region == "cervical":
         # on CT the skull base is read from the bone behind the canal, once the study is known to show the neck: in
         # the chest the spinous processes may overlap behind the canal as far as the study's top

@@ -47,6 +47,10 @@ SEARCH_MARGIN_MM = 6.0
 #: INSIDE_MARGIN_MM; the rest of the window (fat, vessels, a bright disc) is left out
 INSIDE_SHARE = 0.5
 INSIDE_MARGIN_MM = 2.0
+#: the cisterna magna behind the medulla is as wide as the canal: its CSF fills at least this share of the
+#: canal box's columns on every row it is read on (``cistern_depth_mm``), looked for this far behind the box
+CISTERN_MIN_SHARE = 0.5
+CISTERN_SEARCH_MM = 20.0
 #: a canal narrower or shallower than this is not read cleanly (a stenosed sac without CSF signal)
 MIN_CANAL_MM = 5.0
 #: where the CSF wraps a cord (a dark hole in it of at least this area: a thoracic cord is about 40 mm2, a
@@ -210,6 +214,51 @@ def _canal_blob(bright: np.ndarray, inside: np.ndarray) -> Optional[np.ndarray]:
 def _runs_out(blob: np.ndarray, sideways: bool = True) -> bool:
     """Whether the blob reaches the window's front or back edge, or (``sideways``) its left or right edge."""
     return bool(blob[0].any() or blob[-1].any() or sideways and (blob[:, 0].any() or blob[:, -1].any()))
+
+
+def cistern_depth_mm(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: tuple[float, float],
+                     min_contrast: float = T2_CSF_CONTRAST) -> float:
+    """How deep (front to back, mm) the CSF under a T2 slice's canal box reaches, up to CISTERN_SEARCH_MM behind it.
+
+    The spinal canal's CSF ends at its back wall; at the foramen magnum it opens
+    into the cisterna magna behind the medulla, 20-30 mm deep, which a box drawn
+    for the canal may leave out. The CSF is read under the box's own columns
+    (what joins it from the side is cut off), and a row counts where it fills
+    CISTERN_MIN_SHARE of them: a strip of bright fat or a vein joined to the
+    sac's back is narrow. The depth runs from the box's front to the last row so
+    filled, back from the box's last one. 0 where the CSF cannot be read (``csf_box``),
+    fills no row of the box, or the slice's edge cuts the window behind the box.
+    """
+    si, sj = pixel_spacing
+    if not _readable(box_ij, image.shape):
+        return 0.0
+    csf, contrast = csf_contrast(image, box_ij, pixel_spacing)
+    if contrast < min_contrast:
+        return 0.0
+    wj0, wj1, _, _ = box_window(box_ij, 0, int(round(CISTERN_SEARCH_MM / sj)), image.shape)
+    bj0, bj1, bi0, bi1 = box_window(box_ij, 0, 0, image.shape)
+    if wj1 >= image.shape[0] or bj0 == 0:
+        return 0.0  # the slice ends beside the box: how far the CSF runs is not seen
+    fraction = CSF_FRACTION if contrast >= T2_CSF_CONTRAST else (1.0 + 1.0 / max(contrast, 1.0)) / 2.0
+    # from the box's front back only: in front of the canal lie the dens and C1's arch, not cistern
+    strip = image[bj0:wj1, bi0:bi1] > fraction * csf
+    # the CSF in the box, and what joins it behind: the blob with most of its pixels in the box (a cistern's lies
+    # mostly behind the box, so ``csf_box``'s test of a blob mostly inside it does not apply)
+    labels, n = ndimage.label(strip)
+    if n == 0:
+        return 0.0
+    in_box = ndimage.sum_labels(np.ones(labels[:bj1 - bj0].shape), labels[:bj1 - bj0], np.arange(1, n + 1))
+    blob = labels == int(np.argmax(in_box)) + 1
+    filled = blob.mean(axis=1) >= CISTERN_MIN_SHARE
+    inside_rows = np.nonzero(filled[:bj1 - bj0])[0]
+    if len(inside_rows) == 0:
+        return 0.0
+    # from the CSF's last row in the box, back over the rows it fills (the medulla in the box's middle may leave
+    # its rows less filled: they are the box's, and count)
+    last = int(inside_rows[-1])
+    while last + 1 < len(filled) and filled[last + 1]:
+        last += 1
+    return float((last + 1) * sj)
 
 
 def grow_over_csf(stack: AxialStack, slice_index: int, box_ij: tuple[float, float, float, float],

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..study.volume import AxialStack
+from .csf_outline import cistern_depth_mm
 from .levels import CISTERN_DEPTH_RATIO, LevelCandidate, SliceCanal, box_depth_mm
 from .tracking import bridge_gaps
 
@@ -172,6 +173,14 @@ CISTERN_MIN_DEPTH_MM = 20.0
 #: cistern's ratio (1.35 times the median, also where the neck's own ratio is read). On the necks' 3 and 4 mm
 #: versions one top slice, half in the cistern, is the opening, and names them right
 THICK_OPENING_SLICE_MM = 5.0
+#: where the study is known to show the neck, the top slices this near the highest canal box are as deep as their
+#: CSF reaches behind the box (``csf_outline.cistern_depth_mm``), however shallow the box: at the top of two
+#: validation necks (sct_errsm_11_t2, sct_errsm_18_t2) a detector trained as the default one, on the same scans
+#: with the later recipe, boxed the medulla and the CSF in front of it, 14-17 mm deep, on the top 1-2 mm, while
+#: the cisterna magna's CSF ran on 6-10 mm and more behind the box; the boxes alone then showed no opening, and
+#: the names went one or two levels wrong. Only near the top: lower down, CSF joined to something bright behind
+#: the canal is no cistern
+CISTERN_BEHIND_MM = 3.0
 #: on CT the skull base shows as bone behind the canal: the occipital bone round the back of the foramen magnum
 #: and the skull above it. It is read behind the canal's box (SKULL_BEHIND_HALF_WIDTH_MM either side of its
 #: centre, SKULL_BEHIND_DEPTH_MM back from its back edge) as the share of pixels above SKULL_BONE_HU, its median
@@ -563,7 +572,8 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], le
 
 
 def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
-                        depth_ratio: float = CISTERN_DEPTH_RATIO) -> Optional[Landmark]:
+                        depth_ratio: float = CISTERN_DEPTH_RATIO,
+                        csf_contrast: Optional[float] = None) -> Optional[Landmark]:
     """The foramen magnum: where the canal at the superior end of the study opens into the cisterna magna.
 
     The spinal canal keeps its depth (front to back) from level to level, while
@@ -580,12 +590,24 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
     series, at the top of windows ending in the lumbar sac. On slices
     THICK_OPENING_SLICE_MM or thicker, two slices must be that deep: one thick
     slice in C1 or C2 reads as deep as the cistern.
+    With ``csf_contrast`` (MR: the study's, ``csf_outline.study_csf_contrast``)
+    the slices within CISTERN_BEHIND_MM of the top are as deep as their CSF
+    reaches behind the box (``csf_outline.cistern_depth_mm``) where that is
+    deeper: a detector may box the medulla and the CSF in front of it there.
     """
     depth = {c.slice_index: box_depth_mm(c.box_ij, stack.spacing) for c in canals if c is not None}
+    boxes = {c.slice_index: c.box_ij for c in canals if c is not None}
     dz = stack.spacing[2]
     if len(depth) * dz < FORAMEN_MIN_TRACK_MM:
         return None
     median = float(np.median(list(depth.values())))
+    top = max(depth)
+
+    if csf_contrast is not None:
+        pixel = (stack.spacing[0], stack.spacing[1])
+        for k in depth:
+            if (top - k) * dz <= CISTERN_BEHIND_MM:
+                depth[k] = max(depth[k], cistern_depth_mm(stack.array[k], boxes[k], pixel, csf_contrast))
     run = []
     for k in sorted(depth, reverse=True):
         if depth[k] <= depth_ratio * median:
