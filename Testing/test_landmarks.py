@@ -6,12 +6,12 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from SpineStenosisGraderLib.inference.csf_outline import FAINT_T2_CSF_CONTRAST
 from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, NECK_CISTERN_DEPTH_RATIO,
                                                       VertebralBone, band_contrast, band_depth_fraction, band_depths,
                                                       canal_front_wall, disc_back_density, disc_bands, endplate_gaps,
                                                       find_foramen_magnum, find_lowest_rib, find_lumbosacral_bend,
                                                       find_sacrum, find_skull_base_ct, marrow_is_dark, onto_the_discs)
-from SpineStenosisGraderLib.inference.csf_outline import FAINT_T2_CSF_CONTRAST
 from SpineStenosisGraderLib.inference.levels import LevelCandidate, SliceCanal, find_discs
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -487,7 +487,7 @@ def t2_neck(boxes_mm, pools_mm, pixel_mm=1.0):
 @pytest.mark.parametrize("pixel_mm", [0.5, 1.0])
 def test_a_cistern_the_top_boxes_leave_out_is_read_from_the_csf_behind_them(pixel_mm):
     # sct_errsm_11_t2 with a detector trained as the default one, by the later recipe: the boxes open into the
-    # cisterna magna 5 mm below the top (21-26 mm deep), but on the top 2 mm they hold only the medulla and the CSF
+    # cisterna magna 4 mm below the top (21-26 mm deep), but on the top 2 mm they hold only the medulla and the CSF
     # in front of it (15 mm), while the cistern's CSF runs on 10 mm behind them
     boxes, pools = [15.0] * 80 + [21.0, 23.0, 26.0, 15.0, 15.0], [0.0] * 80 + [6.0, 8.0, 11.0, 10.0, 10.0]
     stack, canals = t2_neck(boxes, pools, pixel_mm)
