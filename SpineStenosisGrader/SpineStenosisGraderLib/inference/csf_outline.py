@@ -130,16 +130,12 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: tuple[flo
     """
     si, sj = pixel_spacing
     shape = image.shape
-    if not _readable(box_ij, shape):
-        return None
-    bj0, bj1, bi0, bi1 = box_window(box_ij, 0, 0, shape)
-    csf, contrast = csf_contrast(image, box_ij, pixel_spacing)
-    if contrast < min_contrast:
+    threshold = _csf_threshold(image, box_ij, pixel_spacing, min_contrast)
+    if threshold is None:
         return None  # CT, T1, or a slice where the canal is not the brightest thing around
+    bj0, bj1, bi0, bi1 = box_window(box_ij, 0, 0, shape)
     wj0, wj1, wi0, wi1 = box_window(box_ij, int(round(SEARCH_MARGIN_MM / si)), int(round(SEARCH_MARGIN_MM / sj)), shape)
-    # halfway is taken from a contrast of 1 at least: a caller may ask for less, and a blank slice reads 0
-    fraction = CSF_FRACTION if contrast >= T2_CSF_CONTRAST else (1.0 + 1.0 / max(contrast, 1.0)) / 2.0
-    bright = image[wj0:wj1, wi0:wi1] > fraction * csf
+    bright = image[wj0:wj1, wi0:wi1] > threshold
     # the detector's box, grown a little, in window pixels: which blobs lie mostly inside it
     gj0, gj1, gi0, gi1 = box_window(box_ij, int(round(INSIDE_MARGIN_MM / si)), int(round(INSIDE_MARGIN_MM / sj)), shape)
     inside = np.zeros(bright.shape, bool)
@@ -167,6 +163,22 @@ def csf_box(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: tuple[flo
     # into their foramina, which are not canal; front to back is what the cord misled
     return (float(max(wi0 + columns[0], gi0)), float(wj0 + rows[0]),
             float(min(wi0 + columns[-1] + 1, gi1)), float(wj0 + rows[-1] + 1))
+
+
+def _csf_threshold(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: tuple[float, float],
+                   min_contrast: float) -> Optional[float]:
+    """What is brighter than this under and round a T2 slice's canal box is CSF; None where the CSF cannot be read.
+
+    None for a box too small to read, or one whose CSF is less than ``min_contrast`` times as bright as round it.
+    """
+    if not _readable(box_ij, image.shape):
+        return None
+    csf, contrast = csf_contrast(image, box_ij, pixel_spacing)
+    if contrast < min_contrast:
+        return None
+    # halfway is taken from a contrast of 1 at least: a caller may ask for less, and a blank slice reads 0
+    fraction = CSF_FRACTION if contrast >= T2_CSF_CONTRAST else (1.0 + 1.0 / max(contrast, 1.0)) / 2.0
+    return fraction * csf
 
 
 def _without_root_sleeves(blob: np.ndarray, si: float, sj: float) -> np.ndarray:
@@ -229,19 +241,16 @@ def cistern_depth_mm(image: np.ndarray, box_ij: Sequence[float], pixel_spacing: 
     filled, back from the box's last one. 0 where the CSF cannot be read (``csf_box``),
     fills no row of the box, or the slice's edge cuts the window behind the box.
     """
-    si, sj = pixel_spacing
-    if not _readable(box_ij, image.shape):
-        return 0.0
-    csf, contrast = csf_contrast(image, box_ij, pixel_spacing)
-    if contrast < min_contrast:
+    _, sj = pixel_spacing
+    threshold = _csf_threshold(image, box_ij, pixel_spacing, min_contrast)
+    if threshold is None:
         return 0.0
     wj0, wj1, _, _ = box_window(box_ij, 0, int(round(CISTERN_SEARCH_MM / sj)), image.shape)
     bj0, bj1, bi0, bi1 = box_window(box_ij, 0, 0, image.shape)
     if wj1 >= image.shape[0] or bj0 == 0:
         return 0.0  # the slice ends beside the box: how far the CSF runs is not seen
-    fraction = CSF_FRACTION if contrast >= T2_CSF_CONTRAST else (1.0 + 1.0 / max(contrast, 1.0)) / 2.0
     # from the box's front back only: in front of the canal lie the dens and C1's arch, not cistern
-    strip = image[bj0:wj1, bi0:bi1] > fraction * csf
+    strip = image[bj0:wj1, bi0:bi1] > threshold
     # the CSF in the box, and what joins it behind: the blob with most of its pixels in the box (a cistern's lies
     # mostly behind the box, so ``csf_box``'s test of a blob mostly inside it does not apply)
     labels, n = ndimage.label(strip)

@@ -595,8 +595,8 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
     reaches behind the box (``csf_outline.cistern_depth_mm``) where that is
     deeper: a detector may box the medulla and the CSF in front of it there.
     """
-    depth = {c.slice_index: box_depth_mm(c.box_ij, stack.spacing) for c in canals if c is not None}
     boxes = {c.slice_index: c.box_ij for c in canals if c is not None}
+    depth = {k: box_depth_mm(box, stack.spacing) for k, box in boxes.items()}
     dz = stack.spacing[2]
     if len(depth) * dz < FORAMEN_MIN_TRACK_MM:
         return None
