@@ -8,10 +8,8 @@ from hypothesis import strategies as st
 from SpineStenosisGraderLib.errors import InputError
 from SpineStenosisGraderLib.inference.levels import (
     BAND_DEPTH_MARGIN,
-    C2_C3_BELOW_FORAMEN_MM,
-    C3_C4_BELOW_FORAMEN_MM,
-    CT_C2_C3_BELOW_FORAMEN_MM,
-    CT_C3_C4_BELOW_FORAMEN_MM,
+    CT_FORAMEN_REACH,
+    MR_FORAMEN_REACH,
     SPINE_DISCS,
     LevelCandidate,
     SliceCanal,
@@ -123,6 +121,21 @@ def test_a_highest_disc_two_vertebrae_below_the_foramen_magnum_is_not_named_from
     naming = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=200)
     assert not naming.anchored and naming.confidence == ["none"] * 2
     assert any("66 mm below the foramen magnum" in w and "C2-C3 was not found" in w for w in naming.warnings)
+
+
+def test_on_ct_a_level_in_c2s_body_below_the_foramen_magnums_back_rim_is_dropped():
+    # on CT the opening is read at its back rim, lower than an MR's: C2-C3 lay 37.5 and 42 mm below it on the two
+    # neck CTs, and a level 32 mm below it lay in C2's body. On MR, 32 mm below the opening is C2-C3's place
+    levels = _cervical_levels_below(200, [32, 42, 58])
+    ct = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=200, foramen_reach=CT_FORAMEN_REACH)
+    assert [c.slice_index for c in ct.kept] == [142, 158] and ct.names == ["C3-C4", "C2-C3"]
+    assert any("1 disc-like place(s) less than 34 mm below the foramen magnum (slice 168)" in w for w in ct.warnings)
+    mr = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=200, foramen_reach=MR_FORAMEN_REACH)
+    assert mr.names == ["C4-C5", "C3-C4", "C2-C3"] and not mr.warnings
+    # C2-C3 37.5 mm below the rim (s0003) stays
+    ct = name_from_anatomy(_cervical_levels_below(200, [37.5, 54]), "cervical", 1.0, foramen_magnum_slice=200,
+                           foramen_reach=CT_FORAMEN_REACH)
+    assert ct.names == ["C3-C4", "C2-C3"]
 
 
 def test_the_foramen_magnum_names_cervical_studies_only_and_the_users_anchor_wins():
@@ -383,9 +396,8 @@ def test_no_disc_is_placed_in_c2_between_c2_c3_and_a_peak_on_c1_below_the_skull_
     naming = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=45)
     assert [c.slice_index for c in naming.kept] == [8] and naming.names == ["C2-C3"] and naming.anchored
     # read on CT, at the back rim of the foramen magnum, the opening lies lower: C2-C3 reaches 50 mm below it
-    for reach, name in (((C2_C3_BELOW_FORAMEN_MM, C3_C4_BELOW_FORAMEN_MM), "C3-C4"),
-                        ((CT_C2_C3_BELOW_FORAMEN_MM, CT_C3_C4_BELOW_FORAMEN_MM), "C2-C3")):
-        naming = name_from_anatomy(levels[:1], "cervical", 1.0, foramen_magnum_slice=53, foramen_reach_mm=reach)
+    for reach, name in ((MR_FORAMEN_REACH, "C3-C4"), (CT_FORAMEN_REACH, "C2-C3")):
+        naming = name_from_anatomy(levels[:1], "cervical", 1.0, foramen_magnum_slice=53, foramen_reach=reach)
         assert naming.names == [name] and naming.anchored
     # with the skull base 25 mm or more above it, the peak is a disc, and the one between is placed
     levels = find_discs(_three_cervical_discs(0.02), 50, 1.0, "cervical", foramen_magnum_slice=65)

@@ -17,11 +17,9 @@ from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_
                                   find_foramen_magnum, find_lowest_rib, find_lumbosacral_bend, find_sacrum,
                                   find_skull_base_ct, marrow_is_dark, measure_bone, onto_the_discs)
 from .inference.levels import (
-    C2_C3_BELOW_FORAMEN_MM,
-    C3_C4_BELOW_FORAMEN_MM,
-    CT_C2_C3_BELOW_FORAMEN_MM,
-    CT_C3_C4_BELOW_FORAMEN_MM,
+    CT_FORAMEN_REACH,
     DISC_HEIGHT_MM,
+    MR_FORAMEN_REACH,
     REGIONS,
     UNKNOWN_REGION,
     SliceCanal,
@@ -36,6 +34,7 @@ from .inference.levels import (
     name_from_anatomy,
     region_of_disc,
 )
+from .inference.off_bone import candidates_off_bone
 from .inference.on_spine import boxes_off_the_spine, off_spine_warning
 from .inference.region import infer_region
 from .inference.tracking import MIN_CANAL_SCORE, bridge_gaps, track_canal
@@ -84,8 +83,11 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     progress("detect", 0.05)
     config = package.detector_config
     canvas, grid = normalised_canvas(stack, modality, int(config["canvas"]), float(config["spacing_mm"]))
-    found = track_canal(package.detector().detect_candidates(canvas), float(config["spacing_mm"]),
-                        stack.spacing[2], MIN_CANAL_SCORE)
+    candidates = package.detector().detect_candidates(canvas)
+    if modality == "CT":
+        # a box on the bone in front of the canal (a body's back wall, the dens) is moved behind it, onto the canal
+        candidates = candidates_off_bone(stack, candidates, grid)
+    found = track_canal(candidates, float(config["spacing_mm"]), stack.spacing[2], MIN_CANAL_SCORE)
     canals: list[Optional[SliceCanal]] = []
     # the region rules read the cord inside the detector's own boxes, as they were measured; every other step,
     # and the result, takes the box grown over the CSF it cut off
@@ -187,8 +189,11 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     # no disc is placed from the spacing between a peak on C1 or the dens, just below the skull base, and the disc
     # below it: on a neck CT the disc so placed lay in C2's body. On MR, where the opening is read higher above
     # C2-C3, a gap of 96 mm below such a peak (a neck in 3 mm slices) held four discs the spacing placed right
+    # the opening is read at its back rim on CT, lower than where an MR's CSF opens into the cisterna magna
+    foramen_reach = CT_FORAMEN_REACH if modality == "CT" else MR_FORAMEN_REACH
     disc_peaks = find_discs(bridged, stack.n_slices, dz, region, gaps, sacrum_top_slice=sacrum_top,
-                            band_depths=depths, foramen_magnum_slice=foramen_slice if modality == "CT" else None)
+                            band_depths=depths, foramen_magnum_slice=foramen_slice if modality == "CT" else None,
+                            foramen_reach=foramen_reach)
     discs, cistern_warnings = drop_cisterns(disc_peaks, stack.spacing, region)
     if modality == "CT":
         # the detector's disc sign may peak on an endplate next to the disc; the bone tells them apart
@@ -213,9 +218,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
                   else None)
     naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
                                foramen_magnum_slice=foramen_slice,
-                               foramen_reach_mm=((CT_C2_C3_BELOW_FORAMEN_MM, CT_C3_C4_BELOW_FORAMEN_MM)
-                                                 if modality == "CT" else (C2_C3_BELOW_FORAMEN_MM,
-                                                                           C3_C4_BELOW_FORAMEN_MM)),
+                               foramen_reach=foramen_reach,
                                lowest_rib_slice=lowest_rib.top_slice if lowest_rib else None)
     warnings.extend(naming.warnings)
     warnings.extend(

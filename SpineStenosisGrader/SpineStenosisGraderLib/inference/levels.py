@@ -75,6 +75,10 @@ C3_C4_BELOW_FORAMEN_MM = 60.0
 #: neck CTs C2-C3 lay 37.5 and 42 mm below it, C3-C4 54 and 56 mm, and the dens and C1's ring 6-15 mm
 CT_C2_C3_BELOW_FORAMEN_MM = 50.0
 CT_C3_C4_BELOW_FORAMEN_MM = 68.0
+#: and no disc lies within this of that rim: C2 is the tallest cervical vertebra (about 35-45 mm from the dens's tip,
+#: which reaches up to the opening, to its lower endplate), and a level 30-32 mm below the rim lay in C2's body on
+#: s0002 with four detectors (its cancellous bone, 256 HU, reads as a gap between the cortex above and below it)
+CT_C1_C2_BELOW_FORAMEN_MM = 34.0
 #: a lowest lumbar level closer to the next than this share of the median spacing between the levels above
 #: is a remnant disc in the sacrum: on the 22 lumbar MR scans checked (``fastcleverseg``), the S1-S2 remnant
 #: lay 0.55-0.66 of that spacing below L5-S1 (21-23 mm), while L5-S1 lay 0.78 or more below L4-L5
@@ -143,6 +147,24 @@ END_LEVEL_BAND_REACH_MM = 3.0
 END_LEVEL_MAX_SLICE_MM = 3.0
 
 
+@dataclass(frozen=True)
+class ForamenReach:
+    """Where the discs lie below the foramen magnum as one modality reads it, in mm below the opening."""
+
+    #: no disc lies closer: C1 and C2
+    no_disc_mm: float
+    #: the highest disc no further than this is C2-C3
+    c2_c3_mm: float
+    #: a highest disc further than that, but no further than this, is C3-C4 (C2-C3 was missed)
+    c3_c4_mm: float
+
+
+#: on MR the opening is where the canal's CSF opens into the cisterna magna (``landmarks.find_foramen_magnum``)
+MR_FORAMEN_REACH = ForamenReach(C1_C2_BELOW_FORAMEN_MM, C2_C3_BELOW_FORAMEN_MM, C3_C4_BELOW_FORAMEN_MM)
+#: on CT it is the opening's back rim, where the occipital bone begins behind the canal (``find_skull_base_ct``)
+CT_FORAMEN_REACH = ForamenReach(CT_C1_C2_BELOW_FORAMEN_MM, CT_C2_C3_BELOW_FORAMEN_MM, CT_C3_C4_BELOW_FORAMEN_MM)
+
+
 @dataclass
 class SliceCanal:
     """A detection already mapped onto the stack: slice index, box (i0, j0, i1, j1) in edge coordinates."""
@@ -202,7 +224,8 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
                region: str = UNKNOWN_REGION, endplate_gaps: Optional[np.ndarray] = None,
                min_score: float = 0.3, sacrum_top_slice: Optional[int] = None,
                band_depths: Optional[np.ndarray] = None,
-               foramen_magnum_slice: Optional[int] = None) -> list[LevelCandidate]:
+               foramen_magnum_slice: Optional[int] = None,
+               foramen_reach: ForamenReach = MR_FORAMEN_REACH) -> list[LevelCandidate]:
     """Disc levels, inferior first: the peaks of the disc evidence along the tracked canal.
 
     The evidence is the detector's disc probability. ``endplate_gaps`` (per
@@ -227,7 +250,7 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     about each slice is) tells two peaks in one vertebra apart where both lie on a
     band: the deeper band is the disc's. Below ``foramen_magnum_slice`` (a neck
     that reaches the skull base) lie C1 and C2, with no disc: a peak within
-    C1_C2_BELOW_FORAMEN_MM of it stays for ``name_from_anatomy`` to drop, but no
+    ``foramen_reach.no_disc_mm`` of it stays for ``name_from_anatomy`` to drop, but no
     disc is placed between it and the disc below, inside C2.
     """
     profile = disc_profile(canals, n_slices, min_score)
@@ -308,7 +331,7 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     if foramen_magnum_slice is None:
         return _fill_missed_discs(levels, rise, faint_peaks, by_slice, slice_spacing_mm, region)
     # the levels are sorted, so those on C1 and the dens are the highest ones
-    n_below_c2 = sum((foramen_magnum_slice - lv.slice_index) * slice_spacing_mm >= C1_C2_BELOW_FORAMEN_MM
+    n_below_c2 = sum((foramen_magnum_slice - lv.slice_index) * slice_spacing_mm >= foramen_reach.no_disc_mm
                      for lv in levels)
     return (_fill_missed_discs(levels[:n_below_c2], rise, faint_peaks, by_slice, slice_spacing_mm, region)
             + levels[n_below_c2:])
@@ -609,8 +632,7 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
                       anchor: Optional[tuple[int, str]] = None,
                       foramen_magnum_slice: Optional[int] = None,
                       lowest_rib_slice: Optional[int] = None,
-                      foramen_reach_mm: tuple[float, float] = (C2_C3_BELOW_FORAMEN_MM,
-                                                               C3_C4_BELOW_FORAMEN_MM)) -> LevelNaming:
+                      foramen_reach: ForamenReach = MR_FORAMEN_REACH) -> LevelNaming:
     """Name the discs (inferior first) from the user's anchor, else a landmark, else count them unanchored.
 
     ``sacrum_top_slice`` is the most superior slice showing the sacral alae, where
@@ -618,10 +640,10 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
     with a warning: they are the fused sacral segments, not levels.
     ``foramen_magnum_slice`` is where the canal opens into the cisterna magna,
     where a cervical study reaches the skull base. Discs found within
-    C1_C2_BELOW_FORAMEN_MM below it (or above it) are dropped with a warning: they are
-    C1 and C2, which have no disc; ``foramen_reach_mm`` is how far below it the
-    highest disc is C2-C3, and C3-C4 (CT_C2_C3_BELOW_FORAMEN_MM and
-    CT_C3_C4_BELOW_FORAMEN_MM where it is read on CT). ``lowest_rib_slice`` is where the heads of the
+    ``foramen_reach.no_disc_mm`` below it (or above it) are dropped with a warning: they are
+    C1 and C2, which have no disc; ``foramen_reach`` also says how far below it the
+    highest disc is C2-C3, and C3-C4 (CT_FORAMEN_REACH where the opening is read
+    on CT, at its back rim). ``lowest_rib_slice`` is where the heads of the
     lowest pair of ribs lie (``landmarks.find_lowest_rib``), taken as the 12th:
     the highest disc within T12_L1_BELOW_RIB_MM below it is T12-L1, in a lumbar
     or thoracic study without the sacrum. Where the sacrum names the levels,
@@ -632,7 +654,7 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
     """
     naming = _name_from_anatomy(candidates, region, slice_spacing_mm, sacrum_top_slice, anchor,
                                 foramen_magnum_slice if region == "cervical" else None,
-                                lowest_rib_slice if region in ("lumbar", "thoracic") else None, foramen_reach_mm)
+                                lowest_rib_slice if region in ("lumbar", "thoracic") else None, foramen_reach)
     why = {"spacing": "where the spacing of the discs around it says one was missed",
            "sacrum": "just above the sacrum, where L5-S1 lies"}
     naming.warnings.extend(
@@ -645,8 +667,7 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
 def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_spacing_mm: float,
                        sacrum_top_slice: Optional[int], anchor: Optional[tuple[int, str]],
                        foramen_magnum_slice: Optional[int], lowest_rib_slice: Optional[int] = None,
-                       foramen_reach_mm: tuple[float, float] = (C2_C3_BELOW_FORAMEN_MM,
-                                                                C3_C4_BELOW_FORAMEN_MM)) -> LevelNaming:
+                       foramen_reach: ForamenReach = MR_FORAMEN_REACH) -> LevelNaming:
     kept = list(candidates)
     warnings: list[str] = []
 
@@ -672,9 +693,9 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
         return (foramen_magnum_slice - c.slice_index) * slice_spacing_mm
 
     if foramen_magnum_slice is not None:
-        above_c2_c3 = [c for c in kept if below_foramen_mm(c) < C1_C2_BELOW_FORAMEN_MM]
+        above_c2_c3 = [c for c in kept if below_foramen_mm(c) < foramen_reach.no_disc_mm]
         if above_c2_c3:
-            warnings.append(f"{len(above_c2_c3)} disc-like place(s) less than {C1_C2_BELOW_FORAMEN_MM:.0f} mm below "
+            warnings.append(f"{len(above_c2_c3)} disc-like place(s) less than {foramen_reach.no_disc_mm:.0f} mm below "
                             f"the foramen magnum (slice {', '.join(str(c.slice_index) for c in above_c2_c3)}) are "
                             "not levels: C1 and C2 lie there, with no disc.")
             kept = [c for c in kept if c not in above_c2_c3]
@@ -718,13 +739,13 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
             warnings)
     if foramen_magnum_slice is not None:
         below_mm = below_foramen_mm(kept[-1])
-        if below_mm <= foramen_reach_mm[0]:
+        if below_mm <= foramen_reach.c2_c3_mm:
             names = name_levels(n, "cervical", (-1, "C2-C3"))
             # low: the opening is read off the canal's depth (MR) or the bone behind it (CT), checked on a few necks
             return LevelNaming(kept, names, True, "foramen magnum", ["low"] * n, (
                 f"Named from the foramen magnum: the highest disc, {below_mm:.0f} mm below it, is C2-C3 (C1 and C2 "
                 "lie between them). Check C2-C3 on a sagittal view."), warnings)
-        if below_mm <= foramen_reach_mm[1]:
+        if below_mm <= foramen_reach.c3_c4_mm:
             names = name_levels(n, "cervical", (-1, "C3-C4"))
             return LevelNaming(kept, names, True, "foramen magnum", ["low"] * n, (
                 f"Named from the foramen magnum: no disc was found where C2-C3 lies, and the highest disc found, "
