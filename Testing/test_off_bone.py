@@ -55,9 +55,9 @@ def test_a_box_on_bone_with_no_canal_close_behind_it_is_dropped(body_rows, canal
 
 
 def test_moved_candidates_keep_their_scores_and_go_back_onto_the_canvas():
-    # a CT of 4 slices, 1 mm pixels, 100 x 100: the candidate on the body is moved, the one on the canal kept, and
+    # a CT of 6 slices, 1 mm pixels, 100 x 100: the candidate on the body is moved, those on the canal kept, and
     # one on bone with nothing soft behind it (the body of a bigger bone) dropped
-    volume = np.stack([vertebra()] * 4)
+    volume = np.stack([vertebra()] * 6)
     volume[3, 10:100, 30:70] = 500.0
     stack = to_axial_stack(sitk.GetImageFromArray(volume.astype(np.float32)))
     grid = SliceGrid.for_stack(stack, 128, 1.0)
@@ -67,8 +67,22 @@ def test_moved_candidates_keep_their_scores_and_go_back_onto_the_canvas():
 
     on_canal = SliceDetection(on_canvas(CANAL), 0.9, 0.2)
     on_body = SliceDetection(on_canvas((42.0, 35.0, 58.0, 48.0)), 0.8, 0.7)
-    out = candidates_off_bone(stack, [[on_canal], [on_body], [], [on_body]], grid)
-    assert out[0] == [on_canal] and out[2] == [] and out[3] == []
+    out = candidates_off_bone(stack, [[on_canal], [on_body], [], [on_body], [on_canal], [on_canal]], grid)
+    assert out[0] == out[4] == out[5] == [on_canal] and out[2] == [] and out[3] == []
     (moved,) = out[1]
     assert (moved.score, moved.disc_probability) == (0.8, 0.7)
     assert np.allclose(grid.to_stack(np.asarray(moved.box_uv))[0], CANAL)
+
+
+def test_in_a_ct_myelogram_no_candidate_is_moved():
+    # contrast in the CSF reads as bone: the canal's middle reads 400 HU on every slice, and the detector's boxes on
+    # it stay where they are, though one slice's candidate lies on the body in front of it
+    volume = np.stack([vertebra()] * 4)
+    volume[:, 50:63, 42:58] = 400.0
+    stack = to_axial_stack(sitk.GetImageFromArray(volume.astype(np.float32)))
+    grid = SliceGrid.for_stack(stack, 128, 1.0)
+    on_canal = SliceDetection(tuple(float(v) for v in grid.to_canvas(np.asarray(CANAL))[0]), 0.9, 0.2)
+    on_body = SliceDetection(tuple(float(v) for v in grid.to_canvas(np.asarray((42.0, 35.0, 58.0, 48.0)))[0]), 0.8,
+                             0.7)
+    candidates = [[on_canal], [on_canal], [on_body], [on_canal]]
+    assert candidates_off_bone(stack, candidates, grid) == candidates
