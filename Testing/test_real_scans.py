@@ -530,3 +530,17 @@ def test_neck_cts_never_trained_on_are_cervical_with_no_level_on_c1_and_names_fr
         highest = max(score.rows, key=lambda row: row["slice"])
         assert highest["name"] == highest["true_name"] == "C2-C3"
 
+
+@pytest.mark.parametrize("name, region", [("sct_errsm_11_t2", "cervical"), ("sct_errsm_24_t2", "cervical"),
+                                          ("fastcleverseg_ivd_20", "lumbar")])
+def test_a_sagittal_series_of_3_mm_slices_reads_its_region_from_the_canal(package, scans, name, region):
+    # a whole neck T2 and a lumbar T2 (never trained on) as a sagittal acquisition of 3 mm slices would show them,
+    # read as axial slices whose columns are 3 mm wide. The neck's top slices, in the cistern, are not tracked, so
+    # no foramen magnum is read, and on those columns the cord's edges take in the CSF beside it: the CSF's blob
+    # filled its box as a sac of roots does on a third of the neck's slices (18 of 213 on its 1 mm pixels), which vetoed
+    # its cord ("unknown"). On pixels that coarse half the slices may look so; the lumbar sac does on 71-94%
+    from SpineStenosisGraderLib.training.series_variants import as_sagittal_slices
+
+    stack = as_sagittal_slices(scans[name].stack, 3.0)
+    assert stack.spacing[0] == pytest.approx(3.0)
+    assert grade_stack(stack, package, modality="MR").study.region == region

@@ -96,6 +96,12 @@ HULL_CORD_MIN_ENCLOSURE = 0.75
 #: a cord read so says cervical only where no more than this share of the slices shows a sac of nerve roots:
 #: above and below a stenosed lumbar level, where crowded roots might pass for a cord, the sac is plain
 HULL_CORD_MAX_ROOTS_SHARE = 0.2
+#: on pixels coarser than COARSE_PIXEL_MM (a sagittal series of 3 mm slices read as axial slices, whose columns are
+#: the slices), the cord's edge columns take in the CSF beside it, and the CSF's blob fills its box as a sac's does:
+#: on the five whole necks' 3 mm sagittal versions on 17-35% of the slices (1-9% on their 1 mm pixels), against
+#: 71-94% on the five lumbar T2's, where a cord is read on 8% or fewer. There up to this share is no veto
+COARSE_PIXEL_MM = 2.0
+COARSE_HULL_CORD_MAX_ROOTS_SHARE = 0.5
 #: below the conus the sac is CSF with thin roots: its bright part (above this fraction of the CSF) is one
 #: solid blob that fills most of its bounding box (an ellipse fills 0.79); a cord, even one as bright as
 #: 0.7 of the CSF on T2*, leaves a hole or a C, and cervical CSF fills about a third of its box
@@ -278,10 +284,12 @@ def _cord(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], trunk: bool
         # where the thin cervical CSF leaves the cord touching the canal's side, it is read in the CSF's hull.
         # A trunk's thoracic cord and conus, blurred, may read 11 mm or more there: a trunk is never read so
         widths = [max(r.cord_width_mm, 0.0 if trunk else r.hull_cord_width_mm) for r in t2]
+        roots_veto = (COARSE_HULL_CORD_MAX_ROOTS_SHARE if max(stack.spacing[:2]) > COARSE_PIXEL_MM
+                      else HULL_CORD_MAX_ROOTS_SHARE)
         read = [w for w in widths if w > 0]
         sacs = [r for r, w in zip(t2, widths) if w == 0 and r.sac_fill >= ROOTS_MIN_SAC_FILL]
         if (len(read) >= CERVICAL_CORD_SHARE * len(t2) and np.median(read) >= CERVICAL_CORD_MIN_WIDTH_MM
-                and len(sacs) <= HULL_CORD_MAX_ROOTS_SHARE * len(t2)):
+                and len(sacs) <= roots_veto * len(t2)):
             return "cervical", (f"a spinal cord {np.median(read):.0f} mm across in the canal on {len(read)} of "
                                 f"{len(t2)} slices, touching the canal's side in its thin CSF on "
                                 f"{len(read) - len(cords)} of them")
