@@ -503,6 +503,29 @@ def test_a_cistern_the_top_boxes_leave_out_is_read_from_the_csf_behind_them(pixe
     assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO, FAINT_T2_CSF_CONTRAST) is None
 
 
+@pytest.mark.parametrize("pixel_mm", [0.5, 1.0])
+def test_a_cistern_above_where_the_detector_lost_the_canal_is_read_under_the_top_box(pixel_mm):
+    # sct_errsm_11_t2 as a 3 mm sagittal series: the boxes open into the cistern on the top 2 mm of the track only,
+    # short of the 3 mm an opening needs, and the detector lost the 5 slices above, where the cistern runs on
+    boxes, pools = [15.0] * 85, [0.0] * 78 + [5.0, 6.0] + [10.0] * 5
+    stack, canals = t2_neck(boxes, pools, pixel_mm)
+    canals[80:] = [None] * 5
+    foramen = find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO, FAINT_T2_CSF_CONTRAST)
+    assert (foramen.bottom_slice, foramen.top_slice) == (78, 84)
+    # the canal going on above the track, as deep as below, is no cistern; nor is one read without the CSF
+    stack, canals = t2_neck(boxes, [0.0] * 78 + [5.0, 6.0, 0.0, 10.0, 10.0, 10.0, 10.0], pixel_mm)
+    canals[80:] = [None] * 5
+    assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO, FAINT_T2_CSF_CONTRAST) is None
+    stack, canals = t2_neck(boxes, pools, pixel_mm)
+    canals[80:] = [None] * 5
+    assert find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO) is None
+    # the cistern is read up to 10 mm above the track, here from where the canal was lost
+    stack, canals = t2_neck([15.0] * 96, [0.0] * 80 + [10.0] * 16, pixel_mm)
+    canals[80:] = [None] * 16
+    foramen = find_foramen_magnum(stack, canals, NECK_CISTERN_DEPTH_RATIO, FAINT_T2_CSF_CONTRAST)
+    assert (foramen.bottom_slice, foramen.top_slice) == (80, 89)
+
+
 @settings(max_examples=25, deadline=None)
 @given(pixel_mm=st.sampled_from([0.3, 0.5, 0.8, 1.0]), slice_mm=st.sampled_from([0.8, 1.0, 2.0, 3.0]))
 def test_the_foramen_magnum_does_not_depend_on_the_pixel_or_slice_spacing(pixel_mm, slice_mm):

@@ -181,6 +181,11 @@ THICK_OPENING_SLICE_MM = 5.0
 #: the names went one or two levels wrong. Only near the top: lower down, CSF joined to something bright behind
 #: the canal is no cistern
 CISTERN_BEHIND_MM = 3.0
+#: and where the track stops below the study's top, the slices above it, up to this far, are as deep as their CSF
+#: reaches under the top box, while that is deeper than the cistern's ratio: on the 3 mm sagittal version of a whole
+#: neck (sct_errsm_11_t2) and on a 4 mm version of it the detector lost the top slices, in the cisterna magna, so
+#: the opening read under 3 mm (FORAMEN_MIN_RUN_MM), and a level on C1 took C2-C3's name
+CISTERN_ABOVE_TRACK_MM = 10.0
 #: on CT the skull base shows as bone behind the canal: the occipital bone round the back of the foramen magnum
 #: and the skull above it. It is read behind the canal's box (SKULL_BEHIND_HALF_WIDTH_MM either side of its
 #: centre, SKULL_BEHIND_DEPTH_MM back from its back edge) as the share of pixels above SKULL_BONE_HU, its median
@@ -594,6 +599,9 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
     the slices within CISTERN_BEHIND_MM of the top are as deep as their CSF
     reaches behind the box (``csf_outline.cistern_depth_mm``) where that is
     deeper: a detector may box the medulla and the CSF in front of it there.
+    Above the top, where the detector may have lost the canal as it opens,
+    the slices up to CISTERN_ABOVE_TRACK_MM are read so under the top box, as
+    long as they are deeper than ``depth_ratio`` times the median.
     """
     boxes = {c.slice_index: c.box_ij for c in canals if c is not None}
     depth = {k: box_depth_mm(box, stack.spacing) for k, box in boxes.items()}
@@ -608,6 +616,13 @@ def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]
         for k in depth:
             if (top - k) * dz <= CISTERN_BEHIND_MM:
                 depth[k] = max(depth[k], cistern_depth_mm(stack.array[k], boxes[k], pixel, csf_contrast))
+        for k in range(top + 1, stack.n_slices):
+            if (k - top) * dz > CISTERN_ABOVE_TRACK_MM:
+                break
+            above = cistern_depth_mm(stack.array[k], boxes[top], pixel, csf_contrast)
+            if above <= depth_ratio * median:
+                break
+            depth[k] = above
     run = []
     for k in sorted(depth, reverse=True):
         if depth[k] <= depth_ratio * median:
