@@ -33,9 +33,8 @@ import numpy as np
 from ..study.normalise import SliceGrid
 from ..study.volume import AxialStack
 from .detector import SliceDetection
+from .landmarks import BONE_HU
 
-#: bone, at a box's middle: cancellous bone and denser, well above the canal's content and a disc (100 HU and less)
-BONE_HU = 150.0
 #: how far behind the box's middle the bone's end is looked for: a lumbar body is about 30 mm deep, and the box's
 #: middle lies within it
 BEHIND_MM = 20.0
