@@ -186,11 +186,11 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     # where a disc narrows the canal most the detector may lose it for a few slices: a level may lie there, on the
     # tube between the slices around them
     bridged = bridge_gaps(canals, dz)
+    # the opening is read at its back rim on CT, lower than where an MR's CSF opens into the cisterna magna
+    foramen_reach = CT_FORAMEN_REACH if modality == "CT" else MR_FORAMEN_REACH
     # no disc is placed from the spacing between a peak on C1 or the dens, just below the skull base, and the disc
     # below it: on a neck CT the disc so placed lay in C2's body. On MR, where the opening is read higher above
     # C2-C3, a gap of 96 mm below such a peak (a neck in 3 mm slices) held four discs the spacing placed right
-    # the opening is read at its back rim on CT, lower than where an MR's CSF opens into the cisterna magna
-    foramen_reach = CT_FORAMEN_REACH if modality == "CT" else MR_FORAMEN_REACH
     disc_peaks = find_discs(bridged, stack.n_slices, dz, region, gaps, sacrum_top_slice=sacrum_top,
                             band_depths=depths, foramen_magnum_slice=foramen_slice if modality == "CT" else None,
                             foramen_reach=foramen_reach)

@@ -90,15 +90,14 @@ def candidates_off_bone(stack: AxialStack, candidates: Sequence[Sequence[SliceDe
     slice, and boxed the bone just in front of it. In a CT myelogram
     (MYELOGRAM_SHARE) the candidates are returned as they are.
     """
-    best = [middle_hu(stack.array[k], grid.to_stack(np.asarray(found[0].box_uv))[0])
-            for k, found in enumerate(candidates) if found]
+    boxes = [[grid.to_stack(np.asarray(candidate.box_uv))[0] for candidate in found] for found in candidates]
+    best = [middle_hu(stack.array[k], on_slice[0]) for k, on_slice in enumerate(boxes) if on_slice]
     if best and np.mean(np.asarray(best) >= BONE_HU) > MYELOGRAM_SHARE:
         return [list(found) for found in candidates]
     out: list[list[SliceDetection]] = []
-    for k, found in enumerate(candidates):
+    for k, (found, on_slice) in enumerate(zip(candidates, boxes)):
         kept = []
-        for candidate in found:
-            box_ij = grid.to_stack(np.asarray(candidate.box_uv))[0]
+        for candidate, box_ij in zip(found, on_slice):
             moved = move_off_bone(stack.array[k], box_ij, stack.spacing[1])
             if moved is None:
                 continue
