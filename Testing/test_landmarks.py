@@ -763,3 +763,26 @@ def test_the_skull_base_on_ct_is_where_bone_behind_the_canal_begins_and_runs_to_
 def test_bone_behind_the_canal_that_does_not_run_to_the_top_or_is_short_is_no_skull_base(bone_slices):
     stack, canals = neck_ct_behind(bone_slices)
     assert find_skull_base_ct(stack, canals) is None
+
+
+@pytest.mark.parametrize("depth_mm, pixel_mm", [(17.0, 1.0), (35.0, 1.0), (17.0, 0.5), (35.0, 3.0)])
+def test_a_vertebral_bodys_depth_is_read_front_to_back_from_the_canal_not_across_its_processes(depth_mm, pixel_mm):
+    # a body ``depth_mm`` deep in front of the canal, with transverse processes 20 mm long either side of its back
+    # half, as in the neck; its middle as soft as an old body's (80 HU) inside a cortex, which is filled
+    from SpineStenosisGraderLib.inference.landmarks import vertebral_bone
+
+    size = int(round(160.0 / pixel_mm))
+    volume = np.full((3, size, size), 40.0, dtype=np.float32)
+    centre, front = size // 2, int(round(90.0 / pixel_mm))
+    half, deep, wall = int(round(9.0 / pixel_mm)), int(round(depth_mm / pixel_mm)), max(1, int(round(1.5 / pixel_mm)))
+    volume[:, front - deep:front, centre - half:centre + half] = 600.0
+    volume[:, front - deep + wall:front - wall, centre - half + wall:centre + half - wall] = 80.0
+    processes = int(round(20.0 / pixel_mm))
+    volume[:, front - int(round(8.0 / pixel_mm)):front - int(round(3.0 / pixel_mm)),
+           centre - half - processes:centre + half + processes] = 600.0
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((pixel_mm, pixel_mm, 3.0))
+    box = (centre - 8.0 / pixel_mm, float(front), centre + 8.0 / pixel_mm, front + 14.0 / pixel_mm)
+    bone = vertebral_bone(to_axial_stack(image), SliceCanal(1, box, 0.9, 0.1))
+    assert bone is not None and bone.body_width_mm >= 55.0  # the processes widen the bone, not the body's depth
+    assert bone.body_depth_mm == pytest.approx(round(depth_mm / pixel_mm) * pixel_mm)

@@ -544,3 +544,19 @@ def test_a_sagittal_series_of_3_mm_slices_reads_its_region_from_the_canal(packag
     stack = as_sagittal_slices(scans[name].stack, 3.0)
     assert stack.spacing[0] == pytest.approx(3.0)
     assert grade_stack(stack, package, modality="MR").study.region == region
+
+
+def test_a_lower_neck_ct_series_through_the_shoulders_is_cervical_and_a_lumbar_one_with_soft_bodies_never(package,
+                                                                                                         scans):
+    # a 40 mm series of 4.5 mm slices from C7-T1 to C4 of TotalSegmentator s0002 (never trained on): the shoulders
+    # made its outline a trunk's and the transverse processes its vertebrae 39 mm across, so it was called lumbar and
+    # its level L5-S1. Its bodies are at most 20 mm deep, with the airway before them. The sample's L1-L2 series of
+    # 3 mm pixels has bodies as shallow to the bone threshold (their soft middles and thin cortex), but no airway
+    from SpineStenosisGraderLib.training.series_variants import cut, thicken
+
+    neck = grade_stack(thicken(cut(scans["totalseg_s0002_ct"].stack, 20, 47), 5.0), package, modality="CT")
+    assert neck.study.region == "cervical"
+    assert any("the shoulders beside the lower neck" in e for e in neck.study.region_evidence)
+    assert neck.levels and all(lv.name.startswith("C") and not lv.name_anchored for lv in neck.levels)
+    lumbar = grade_stack(cut(scans["totalsegmentator_ct"].stack, 85, 98), package, modality="CT")
+    assert lumbar.study.region == "lumbar"

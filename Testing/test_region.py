@@ -369,3 +369,40 @@ def test_a_neck_outline_over_vertebrae_as_wide_as_the_upper_chest_is_a_neck_stud
     stack, canals = body_study(130.0, modality="CT")
     bones = [VertebralBone(k, 20.0, 20.0, float(width)) for k, width in enumerate(widths)]
     assert infer_region(stack, "CT", canals, bones, None).region == region
+
+
+def shoulders_ct(airway_mm=None):
+    """A CT of the lower neck through the shoulders: an outline 330 mm across, air ``airway_mm`` in front of the canal.
+
+    ``airway_mm``: (nearest, farthest) from the canal's front edge, 12 mm either side of its centre; None for none.
+    """
+    stack, canals = body_study(330.0, modality="CT")
+    if airway_mm is None:
+        return stack, canals
+    array = stack.array.copy()
+    i0, j0, i1, _ = canals[0].box_ij
+    ci = int((i0 + i1) / 2)
+    array[:, int(j0 - airway_mm[1]):int(j0 - airway_mm[0]), ci - 12:ci + 12] = -1000.0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(stack.spacing)
+    return to_axial_stack(image), canals
+
+
+@pytest.mark.parametrize("airway_mm, depth_mm, region", [((22, 36), 18.0, "cervical"), ((22, 36), 24.0, "cervical"),
+                                                         (None, 18.0, "lumbar"), ((22, 36), 34.0, "lumbar"),
+                                                         ((50, 70), 18.0, "lumbar"), ((22, 24), 18.0, "lumbar")])
+def test_a_neck_through_the_shoulders_is_told_by_its_shallow_vertebrae_with_the_airway_before_them(airway_mm, depth_mm,
+                                                                                                  region):
+    # the lower neck of TotalSegmentator s0002 in a 40 mm series: the shoulders make its outline a trunk's and the
+    # transverse processes its vertebrae 38-40 mm across, a lumbar body's width, so it was called lumbar. Its bodies
+    # are 15-20 mm deep front to back, a lumbar body 30-40 mm, and the airway lies just before them. Shallow bodies
+    # without the airway (the soft middle of an old lumbar body on 3 mm pixels reads so), air further forward
+    # (bowel), or a sliver of it, are no neck
+    stack, canals = shoulders_ct(airway_mm)
+    bones = [VertebralBone(k, 30.0, 30.0, 39.0, depth_mm) for k in range(len(canals))]
+    estimate = infer_region(stack, "CT", canals, bones, None)
+    assert estimate.region == region
+    if region == "cervical":
+        assert estimate.confidence == "low"
+        assert any(e.startswith(f"vertebral bodies at most {depth_mm:.0f} mm deep") for e in estimate.evidence)
+        assert "the shoulders beside the lower neck" in estimate.evidence[-1]

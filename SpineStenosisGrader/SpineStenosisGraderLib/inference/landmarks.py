@@ -230,6 +230,9 @@ class VertebralBone:
     right_mm: float
     #: width of the bone 4-15 mm in front of the canal: the vertebral body's width, where one is cut
     body_width_mm: float
+    #: how far the bone reaches forward from the canal's front edge at its centre: the vertebral body's depth, where
+    #: one is cut (0 where ``body_width_mm`` is; at most the crop's BODY_SEARCH_MM + CROP_MARGIN_MM)
+    body_depth_mm: float = 0.0
 
     @property
     def width_mm(self) -> float:
@@ -282,11 +285,14 @@ def vertebral_bone(stack: AxialStack, canal: SliceCanal) -> Optional[VertebralBo
     body_rows = component[front - search:max(0, front - int(round(4.0 / sy)))]
     body_columns = np.nonzero(body_rows.any(axis=0))[0]
     body_width = (body_columns.max() - body_columns.min() + 1) * sx if len(body_columns) else 0.0
+    # the body's front edge on the canal's middle columns
+    middle = component[:front, max(0, ci - 1):ci + 2].any(axis=1)
+    body_depth = (front - np.argmax(middle)) * sy if middle.any() else 0.0
     if body_rows.sum() * sx * sy < MIN_BODY_AREA_MM2:
         # an endplate's rim or a facet, not a vertebral body cut across
-        body_width = 0.0
+        body_width, body_depth = 0.0, 0.0
     return VertebralBone(canal.slice_index, max(0.0, (centre - columns.min()) * sx),
-                         max(0.0, (columns.max() + 1 - centre) * sx), float(body_width))
+                         max(0.0, (columns.max() + 1 - centre) * sx), float(body_width), float(body_depth))
 
 
 def measure_bone(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> list[VertebralBone]:

@@ -66,6 +66,24 @@ NECK_BODY_PERCENTILE = 25.0
 #: while the transverse processes and the first ribs, joined to the bodies on most slices, put the median at
 #: 30-39 mm, as wide as a lumbar body with one of them. On the lumbar CT scans and their series it reads 36 mm or more
 NECK_OUTLINE_MAX_BODY_MM = 32.0
+#: on CT, vertebral bodies whose depth front to back (``VertebralBone.body_depth_mm``) reads this or less on
+#: BODY_DEPTH_PERCENTILE of the slices that cut one, with the airway before them, are a neck's, whatever their width.
+#: On the two real neck CTs the bodies read 12-20 mm from C3 to C7 and 20-24 mm at C2 and T1-T3 (the 90th percentile
+#: 22.5 mm on each), while the lumbar CT scans read 33-39 mm at their 90th percentile (lower thoracic bodies 28-35 mm).
+#: The transverse processes and the shoulders widen a neck, not its bodies' depth. The depth alone is not enough: a
+#: body's soft middle and thin cortex on 3 mm pixels may leave only its back to the bone threshold (a 39 mm window of
+#: the README's sample read 24 mm), so the airway must be seen too
+NECK_MAX_BODY_DEPTH_MM = 26.0
+BODY_DEPTH_PERCENTILE = 90.0
+#: the airway of a neck on CT: air this far in front of the canal's front edge (mm), on a band this wide either side
+#: of its centre, over at least AIRWAY_MIN_RUN_MM front to back. In the neck the pharynx, larynx and trachea lie
+#: 20-40 mm in front of the canal (a body 15-20 mm deep and the tissue before it); in the abdomen a lumbar body alone
+#: is 30-40 mm deep, with the aorta and the vena cava before it, so no bowel gas lies this near
+AIRWAY_IN_FRONT_MM = (10.0, 45.0)
+AIRWAY_HALF_WIDTH_MM = 4.0
+AIRWAY_MIN_RUN_MM = 3.0
+#: the airway must show on this share of the slices read (OUTLINE_PICKS along the track)
+AIRWAY_MIN_SHARE = 0.5
 #: CT air and MR background lie below these: HU, and a fraction of the slice's 99th percentile
 CT_BODY_HU = -400.0
 MR_BODY_FRACTION = 0.08
@@ -358,6 +376,32 @@ def _outline(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
     return None
 
 
+def airway_share(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> float:
+    """The share of slices, spread along the track, with air just in front of the canal's vertebra (CT only)."""
+    tracked = [c for c in canals if c is not None]
+    if not tracked:
+        return 0.0
+    picks = [tracked[int(m)] for m in sorted(set(np.linspace(0, len(tracked) - 1, OUTLINE_PICKS).round()))]
+    sx, sy = stack.spacing[0], stack.spacing[1]
+    half = max(1, int(round(AIRWAY_HALF_WIDTH_MM / sx)))
+    run = max(1, int(round(AIRWAY_MIN_RUN_MM / sy)))
+    found = 0
+    for canal in picks:
+        k = canal.slice_index
+        i0, j0, i1, _ = canal.box_ij
+        ci, front = int(round((i0 + i1) / 2.0)), int(np.floor(j0))
+        # j runs towards Posterior (``study.volume``): the front of the canal is at smaller rows
+        rows = slice(max(0, front - int(round(AIRWAY_IN_FRONT_MM[1] / sy))),
+                     max(0, front - int(round(AIRWAY_IN_FRONT_MM[0] / sy))))
+        band = np.asarray(stack.array[k, rows, max(0, ci - half):ci + half + 1], dtype=np.float32)
+        if band.size == 0:
+            continue
+        air = (np.median(band, axis=1) < CT_BODY_HU).astype(float)
+        # ``run`` air rows in a row: a lumen, not a pixel or two of partial volume
+        found += int(len(air) >= run and np.convolve(air, np.ones(run), mode="valid").max() >= run)
+    return found / len(picks)
+
+
 def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[SliceCanal]],
                  bones: Sequence[VertebralBone], sacrum: Optional[Landmark],
                  foramen_magnum: Optional[Landmark] = None) -> RegionEstimate:
@@ -390,6 +434,16 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
             body_region = ("cervical" if width <= CERVICAL_MAX_BODY_MM
                            else "lumbar" if width >= LUMBAR_MIN_BODY_MM else "thoracic")
             evidence.append(f"vertebral bodies {width:.0f} mm wide (median of {len(bodies)} slices)")
+    depths = [b.body_depth_mm for b in bones if b.body_depth_mm > 0]
+    neck_depth = False
+    if len(depths) >= MIN_MEASURED_SLICES and body_region != "cervical":
+        deep = float(np.percentile(depths, BODY_DEPTH_PERCENTILE))
+        airway = airway_share(stack, canals) if deep <= NECK_MAX_BODY_DEPTH_MM else 0.0
+        if airway >= AIRWAY_MIN_SHARE:
+            body_region, neck_depth = "cervical", True
+            evidence.append(f"vertebral bodies at most {deep:.0f} mm deep front to back on nine in ten of "
+                            f"{len(depths)} slices, with the airway just in front of them on {airway:.0%} of the "
+                            "slices read: a neck's (a lumbar body is 30 mm deep or more)")
     if body_region is not None:
         if outline_region == "cervical" and (body_region == "thoracic" or body_region == "lumbar"
                                              and neck_width <= NECK_OUTLINE_MAX_BODY_MM):
@@ -399,6 +453,10 @@ def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[Sli
             return RegionEstimate("cervical", "low", evidence + [
                 f"a neck's outline over vertebrae {neck_width:.0f} mm wide on a quarter of the slices (wider where the "
                 "transverse processes or the first ribs join them): a neck study"])
+        if neck_depth and outline_region == "trunk":
+            # the shoulders beside the lower neck widen its outline, never its vertebrae's depth
+            return RegionEstimate("cervical", "low", evidence + [
+                "a wide outline round a neck's vertebrae: the shoulders beside the lower neck"])
         if outline_region == "cervical" and body_region != "cervical" or \
                 outline_region == "trunk" and body_region == "cervical":
             return RegionEstimate(UNKNOWN, "none", evidence + ["the body outline and the vertebrae disagree"])
