@@ -1,5 +1,7 @@
 """Level grouping and naming from landmarks, lumbar, thoracic and cervical, with re-anchoring."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -706,3 +708,71 @@ def test_a_levels_box_is_the_canal_over_the_slices_its_roi_spans_not_one_slice_r
     assert level_box(canals, 20, 1.0, 2.0) == (10.0, 40.0, 26.0, 52.0)
     # slices thicker than half_mm: only the level's own slice is that near
     assert level_box(canals, 20, 5.0, 3.0) == (10.0, 39.0, 32.0, 52.0)
+
+
+def _cervical_discs_from_the_end(middle_bump, lowest_at=0):
+    # 1 mm slices, discs 16 mm apart from the study's first slice (``lowest_at``) up; the one at 16 barely shows
+    probabilities = np.full(60, 0.35)
+    for d in (32, 48):
+        probabilities[d - 1:d + 2] = 0.45
+    if lowest_at >= 0:
+        probabilities[lowest_at:lowest_at + 2] = [0.45, 0.4]  # rising to the end
+    probabilities[15:18] += middle_bump
+    return profile_canals(probabilities)
+
+
+def test_a_disc_missed_between_the_disc_at_the_studys_end_and_the_next_is_placed_from_their_spacing():
+    # a T2* neck in thick slices whose lowest slice cuts C7-T1: that disc is past the end, no level, but it spaces
+    # the discs, so C6-C7, 16 mm above it and too faint for a peak of its own, is placed at its weak peak
+    levels = find_discs(_cervical_discs_from_the_end(0.02), 60, 1.0, "cervical")
+    assert [(lv.slice_index, lv.placed_from) for lv in levels] == [(16, "spacing"), (32, ""), (48, "")]
+    # no peak there, no disc; and where the evidence falls at the end, no disc lies past it
+    assert [lv.slice_index for lv in find_discs(_cervical_discs_from_the_end(0.0), 60, 1.0, "cervical")] == [32, 48]
+    assert [lv.slice_index for lv in find_discs(_cervical_discs_from_the_end(0.02, lowest_at=-1), 60, 1.0,
+                                                "cervical")] == [32, 48]
+
+
+def test_a_necks_top_end_places_no_disc_from_the_spacing_but_a_chests_does():
+    # the evidence rising at the top of a neck is C1's or the dens's, whether or not the skull base is read: no disc
+    # past that end spaces the others (one so placed in the validation necks' series lay above C2's middle). At the
+    # top of a thoracic study it is a disc's
+    probabilities = np.full(60, 0.35)
+    for d in (11, 27):
+        probabilities[d - 1:d + 2] = 0.45
+    probabilities[58:60] = [0.4, 0.45]  # rising to the top end
+    probabilities[42:45] += 0.02
+    canals = profile_canals(probabilities)
+    assert [lv.slice_index for lv in find_discs(canals, 60, 1.0, "cervical")] == [11, 27]
+    assert [lv.slice_index for lv in find_discs(canals, 60, 1.0, "cervical", foramen_magnum_slice=70)] == [11, 27]
+    probabilities = np.full(80, 0.35)
+    for d in (5, 28):
+        probabilities[d - 1:d + 2] = 0.45
+    probabilities[78:80] = [0.4, 0.45]
+    probabilities[52:55] += 0.02
+    assert [(lv.slice_index, lv.placed_from) for lv in find_discs(profile_canals(probabilities), 80, 1.0,
+                                                                  "thoracic")] == [(5, ""), (28, ""), (53, "spacing")]
+
+
+def test_a_level_placed_from_the_spacing_does_not_set_the_canals_depth_for_the_cistern():
+    # a thick T2*: the levels found read 14.5-16.5 mm deep and C2-C3 21 mm (1.33 times their median, a canal that
+    # widens towards C2); one more level placed from the spacing, 15.5 mm, would put the median at 15.5 mm and
+    # C2-C3 over 1.35 times it
+    levels = _levels_of_depth([31, 29, 30, 33, 42])
+    levels[0] = LevelCandidate(slice_index=0, box_ij=levels[0].box_ij, score=0.9, disc_probability=0.3, slices=(0,),
+                               placed_from="spacing")
+    kept, warnings = drop_cisterns(levels, (0.5, 0.5, 1.0), "cervical")
+    assert len(kept) == 5 and warnings == []
+    kept, _ = drop_cisterns([dataclasses.replace(lv, placed_from="") for lv in levels], (0.5, 0.5, 1.0), "cervical")
+    assert len(kept) == 4
+
+
+def test_a_deep_canal_below_the_neck_is_no_cistern():
+    # a whole-neck scan reaching T5: its lowest level's box is 21 mm deep (the thoracic canal's CSF), 1.4 times the
+    # levels' median, but the cisterna magna lies above the spine, so only the highest levels are read
+    kept, warnings = drop_cisterns(_levels_of_depth([42, 30, 28, 32, 30, 48]), (0.5, 0.5, 1.0), "cervical")
+    assert [lv.slice_index for lv in kept] == [0, 10, 20, 30, 40]
+    assert len(warnings) == 1 and "slice 50" in warnings[0]
+    # two deep levels at the top (the cistern and C1) both go; a deep one below a normal one stays
+    kept, warnings = drop_cisterns(_levels_of_depth([28, 30, 28, 32, 30, 30, 48, 50]), (0.5, 0.5, 1.0), "cervical")
+    assert [lv.slice_index for lv in kept] == [0, 10, 20, 30, 40, 50] and len(warnings) == 2
+    assert "slice 60" in warnings[0] and "slice 70" in warnings[1]

@@ -469,7 +469,11 @@ def test_a_neck_t2_star_has_its_levels_on_its_bright_discs_and_its_names_whole_o
     whole = grade_stack(scan.stack, package)
     assert whole.study.region == "cervical"
     on_discs = [lv.slice_index for lv in whole.levels]
-    assert len(on_discs) >= 4 and all(min(abs(k - d) for d in discs) < 0.5 for k in on_discs)
+    assert all(min(abs(k - d) for d in discs) < 0.5 for k in on_discs)
+    # every disc inside the study has its level: C6-C7 (slice 3), too faint for a peak of its own, was missed until
+    # C7-T1, past the study's lowest slice, spaced the discs as a level does (with it, C2-C3's box, 1.36 times the
+    # median depth, was dropped as a cistern until that median was read at the levels the evidence found)
+    assert on_discs == [3, 5, 7, 10, 12]
     # its top slice lies in C2 (by the same subject's sagittal T2) and reads as deep as the cisterna magna, but
     # one 7.5 mm slice is no opening: C2-C3, 15 mm below it, is kept, and the levels are counted from it, right
     # though not anchored (they were named from that "foramen magnum", each one vertebra too high)
@@ -485,11 +489,16 @@ def test_a_neck_t2_star_has_its_levels_on_its_bright_discs_and_its_names_whole_o
     assert cropped.GetSize()[0] * scan.stack.spacing[0] < 60.0  # no neck outline fits
     result = grade_image(cropped, package)[0]
     assert result.study.region == "cervical"
-    assert len(result.levels) >= 2 and {lv.slice_index for lv in result.levels} <= set(on_discs)
+    placed = {lv.slice_index for lv in result.levels
+              if any(f"(slice {lv.slice_index}) is placed where the spacing" in w for w in result.warnings)}
+    assert len(result.levels) >= 2 and {lv.slice_index for lv in result.levels} - placed <= set(on_discs)
+    # there C6-C7, placed from the spacing below C5-C6, lies a slice low: 7.5 mm from its disc, and said so
+    assert all(min(abs(k - d) for d in discs) <= 1.0 for k in placed)
     # the crop keeps the patient coordinates: boxes within a few millimetres of the whole scan's (the detector
     # sees less around the canal), where a box off the canal would lie 10 mm or more away
     by_slice = {lv.slice_index: lv.box.center for lv in whole.levels}
-    offsets = np.array([np.subtract(lv.box.center, by_slice[lv.slice_index]) for lv in result.levels])
+    offsets = np.array([np.subtract(lv.box.center, by_slice[lv.slice_index]) for lv in result.levels
+                        if lv.slice_index in by_slice])
     assert np.linalg.norm(offsets[:, :2], axis=1).max() <= 3.0
 
 

@@ -243,7 +243,8 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     none. Peaks closer than the region's shortest vertebra are
     one disc, and the stronger one stays; an end of the study where the evidence
     still rises competes too, as a disc past the end. Where two discs lie a
-    whole vertebra too far apart, the one between is placed from their spacing.
+    whole vertebra too far apart, the one between is placed from their spacing; a
+    disc at or past an end of the study counts as one of the two.
     In a lumbar study that shows the sacrum (``sacrum_top_slice``, the most
     superior slice of the alae), L5-S1 is placed just above it when no disc was
     found there. ``band_depths`` (MR, ``landmarks.band_depths``: how deep the band
@@ -319,22 +320,34 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
                                          disc_probability=float(evidence[end]), slices=(int(end),)))
     levels = sorted(levels + [end for end in at_end if all(lv.slice_index != end.slice_index for lv in levels)],
                     key=lambda lv: lv.slice_index)
-    levels = _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps,
-                               band_depths)
-    levels = [level for level in levels if not any(level is end for end in at_end)]
+    kept = _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps,
+                             band_depths)
+    levels = [level for level in kept if not any(level is end for end in at_end)]
+    # a disc at or past an end of the study still spaces the discs: one missed between it and the nearest level is
+    # looked for as between two levels. Not at the sacrum's end, whose disc-like place is its fused remnant, nor at
+    # a neck's top, where C1 and the dens look like discs whether or not the study reaches the skull base (a disc
+    # so placed in series of the validation necks lay above C2's middle)
+    ends = [end for end in kept if any(end is e for e in at_end)
+            and not (sacrum_top_slice is not None and end.slice_index == tracked[0])
+            and not (region == "cervical" and end.slice_index == tracked[-1])]
     # where a disc too faint for a peak of its own is placed: a local peak of the rise on a tracked slice
     local = set(int(k) for k in signal.find_peaks(np.concatenate(([-np.inf], rise, [-np.inf])))[0] - 1)
     faint_peaks = [int(k) for k in tracked if int(k) in local]
     if sacrum_top_slice is not None and region == "lumbar":
         # first, so that a disc missed above L5-S1 is looked for from where L5-S1 really is
         levels = _place_disc_above_sacrum(levels, rise, faint_peaks, by_slice, slice_spacing_mm, sacrum_top_slice)
+
+    def filled(chain: list[LevelCandidate]) -> list[LevelCandidate]:
+        chain = sorted(chain + ends, key=lambda lv: lv.slice_index)
+        return [lv for lv in _fill_missed_discs(chain, rise, faint_peaks, by_slice, slice_spacing_mm, region)
+                if not any(lv is end for end in ends)]
+
     if foramen_magnum_slice is None:
-        return _fill_missed_discs(levels, rise, faint_peaks, by_slice, slice_spacing_mm, region)
+        return filled(levels)
     # the levels are sorted, so those on C1 and the dens are the highest ones
     n_below_c2 = sum((foramen_magnum_slice - lv.slice_index) * slice_spacing_mm >= foramen_reach.no_disc_mm
                      for lv in levels)
-    return (_fill_missed_discs(levels[:n_below_c2], rise, faint_peaks, by_slice, slice_spacing_mm, region)
-            + levels[n_below_c2:])
+    return filled(levels[:n_below_c2]) + levels[n_below_c2:]
 
 
 def _disc_at_best_peak(window: Sequence[int], rise: np.ndarray, by_slice: dict[int, SliceCanal],
@@ -533,25 +546,30 @@ def drop_bandless_end_levels(levels: Sequence[LevelCandidate], contrast: np.ndar
 
 def drop_cisterns(levels: Sequence[LevelCandidate], pixel_spacing_mm: Sequence[float],
                   region: str) -> tuple[list[LevelCandidate], list[str]]:
-    """Drop the cervical levels whose canal is a cistern: far deeper than the study's other levels.
+    """Drop the cervical levels whose canal is a cistern: far deeper than the study's other levels, at its top.
 
     The cervical canal keeps its depth from level to level (12-18 mm), while at
     the foramen magnum the CSF opens into the cisterna magna behind the medulla,
     where a whole-neck scan still shows bright CSF and dark bands (C1, the
-    dens) but no disc. Returns the levels kept and a warning per level dropped.
+    dens) but no disc. The cistern lies above the spine, so only the highest
+    levels are read, down to the first that is not so deep (a deep canal lower
+    down, in the thoracic spine of a whole-neck scan, is no cistern). Returns
+    the levels kept and a warning per level dropped.
     """
-    if region != "cervical" or len(levels) < CISTERN_MIN_LEVELS:
+    # the canal's depth is read at the levels the disc evidence found: one placed from the spacing of the discs
+    # around it (``_fill_missed_discs``) is where a disc should be, not more of the canal
+    found = [box_depth_mm(lv.box_ij, pixel_spacing_mm) for lv in levels if not lv.placed_from]
+    if region != "cervical" or len(found) < CISTERN_MIN_LEVELS:
         return list(levels), []
-    depth = [box_depth_mm(lv.box_ij, pixel_spacing_mm) for lv in levels]
-    median = float(np.median(depth))
-    kept, warnings = [], []
-    for level, d in zip(levels, depth):
-        if d > CISTERN_DEPTH_RATIO * median:
-            warnings.append(f"No level at slice {level.slice_index}: the canal there is {d:.0f} mm deep, "
-                            f"{d / median:.1f} times the levels' median of {median:.0f} mm: a cistern above the "
-                            "spine rather than a disc.")
-        else:
-            kept.append(level)
+    median = float(np.median(found))
+    kept, warnings = list(levels), []
+    # the levels are sorted inferior first
+    while kept and box_depth_mm(kept[-1].box_ij, pixel_spacing_mm) > CISTERN_DEPTH_RATIO * median:
+        level = kept.pop()
+        d = box_depth_mm(level.box_ij, pixel_spacing_mm)
+        warnings.insert(0, f"No level at slice {level.slice_index}: the canal there is {d:.0f} mm deep, "
+                           f"{d / median:.1f} times the levels' median of {median:.0f} mm: a cistern above the "
+                           "spine rather than a disc.")
     return kept, warnings
 
 
