@@ -19,6 +19,7 @@ from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_
 from .inference.levels import (
     CT_FORAMEN_REACH,
     DISC_HEIGHT_MM,
+    MIN_DISC_SEPARATION_MM,
     MR_FORAMEN_REACH,
     REGIONS,
     UNKNOWN_REGION,
@@ -197,7 +198,11 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     discs, cistern_warnings = drop_cisterns(disc_peaks, stack.spacing, region)
     if modality == "CT":
         # the detector's disc sign may peak on an endplate next to the disc; the bone tells them apart
-        discs = onto_the_discs(stack, canals, discs, bone)
+        # in a neck two levels may flank one disc (``find_discs`` keeps peaks 9 mm apart there), and after the move
+        # they may lie closer than a cervical vertebra; elsewhere the peaks were a vertebra apart already, and in an
+        # old thoracolumbar spine the soft middle of a body may read less dense than its disc (VerSe 012)
+        separation = MIN_DISC_SEPARATION_MM["cervical"] if region == "cervical" else 0.0
+        discs = onto_the_discs(stack, canals, discs, bone, separation)
     warnings.extend(cistern_warnings)
     # MR only: checked on 29 lumbar T2 scans; on a sagittal CT's 3-4 mm reformats (VerSe 014, in lordosis) the
     # bend lay high and dropped the L5-S1 below the labelled discs. On CT the alae are read instead

@@ -550,7 +550,7 @@ def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
 
 
 def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], levels: Sequence[LevelCandidate],
-                   density: np.ndarray) -> list[LevelCandidate]:
+                   density: np.ndarray, separation_mm: float = 0.0) -> list[LevelCandidate]:
     """CT levels moved off the endplates: a level on a slice that reads as bone in front of the canal goes to the disc.
 
     The detector's disc sign may peak on an endplate next to the disc; the bone
@@ -561,7 +561,9 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], le
     where a canal was tracked, unless another level already lies there (two
     levels of a neck, 9 mm apart, may flank one disc). Levels on slices that do
     not read as bone, and every level of a study with slices thicker than
-    ON_DISC_MAX_SLICE_MM, stay.
+    ON_DISC_MAX_SLICE_MM, stay. Two levels that end up closer than
+    ``separation_mm`` (the region's shortest vertebra) are one disc: the one on
+    the less dense slice stays, the other was on its endplate.
     """
     dz = stack.spacing[2]
     if dz > ON_DISC_MAX_SLICE_MM:
@@ -579,7 +581,15 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], le
                 taken = (taken - {k}) | {j}
                 level = dataclasses.replace(level, slice_index=j, box_ij=canals[j].box_ij)
         moved.append(level)
-    return sorted(moved, key=lambda level: level.slice_index)
+    moved.sort(key=lambda level: level.slice_index)
+    while len(moved) > 1:
+        gaps_mm = np.diff([level.slice_index for level in moved]) * dz
+        i = int(np.argmin(gaps_mm))
+        if gaps_mm[i] >= separation_mm:
+            break
+        lower, upper = moved[i], moved[i + 1]
+        moved.pop(i if density[lower.slice_index] > density[upper.slice_index] else i + 1)
+    return moved
 
 
 def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
