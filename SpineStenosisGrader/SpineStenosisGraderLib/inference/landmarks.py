@@ -562,8 +562,9 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], le
     levels of a neck, 9 mm apart, may flank one disc). Levels on slices that do
     not read as bone, and every level of a study with slices thicker than
     ON_DISC_MAX_SLICE_MM, stay. Two levels that end up closer than
-    ``separation_mm`` (the region's shortest vertebra) are one disc: the one on
-    the less dense slice stays, the other was on its endplate.
+    ``separation_mm`` are one disc: the one on the less dense slice stays, the
+    other was on its endplate (the pipeline passes a neck's shortest vertebra in
+    a neck, and 0, no merging, elsewhere).
     """
     dz = stack.spacing[2]
     if dz > ON_DISC_MAX_SLICE_MM:
