@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from ..study.volume import AxialStack
 from .csf_outline import cistern_depth_mm
-from .levels import CISTERN_DEPTH_RATIO, LevelCandidate, SliceCanal, box_depth_mm
+from .levels import CISTERN_DEPTH_RATIO, LevelCandidate, SliceCanal, box_depth_mm, drop_closer_than
 from .tracking import bridge_gaps
 
 #: cancellous bone and denser, in HU: well above muscle and disc (40-100 HU)
@@ -583,14 +583,9 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], le
                 level = dataclasses.replace(level, slice_index=j, box_ij=canals[j].box_ij)
         moved.append(level)
     moved.sort(key=lambda level: level.slice_index)
-    while len(moved) > 1:
-        gaps_mm = np.diff([level.slice_index for level in moved]) * dz
-        i = int(np.argmin(gaps_mm))
-        if gaps_mm[i] >= separation_mm:
-            break
-        lower, upper = moved[i], moved[i + 1]
-        moved.pop(i if density[lower.slice_index] > density[upper.slice_index] else i + 1)
-    return moved
+    # of two too close, the one on the denser slice, its endplate, goes
+    return drop_closer_than(moved, dz, separation_mm,
+                            lambda lower, upper: density[lower.slice_index] > density[upper.slice_index])
 
 
 def find_foramen_magnum(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],

@@ -18,7 +18,7 @@ are misnumbered in about one patient in seven.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage, signal
@@ -450,6 +450,13 @@ def _one_per_vertebra(levels: list[LevelCandidate], slice_spacing_mm: float, sep
                 return depths[0] < depths[1]
         return lower.disc_probability < upper.disc_probability
 
+    return drop_closer_than(levels, slice_spacing_mm, separation_mm, weaker)
+
+
+def drop_closer_than(levels: Sequence[LevelCandidate], slice_spacing_mm: float, separation_mm: float,
+                     weaker: Callable[[LevelCandidate, LevelCandidate], bool]) -> list[LevelCandidate]:
+    """Of the closest two levels (sorted inferior first), drop the ``weaker(lower, upper)`` one, until none lie
+    closer than ``separation_mm``: two discs that close are one."""
     levels = list(levels)
     while len(levels) > 1:
         distances = np.diff([lv.slice_index for lv in levels]) * slice_spacing_mm
@@ -564,9 +571,11 @@ def drop_cisterns(levels: Sequence[LevelCandidate], pixel_spacing_mm: Sequence[f
     median = float(np.median(found))
     kept, warnings = list(levels), []
     # the levels are sorted inferior first
-    while kept and box_depth_mm(kept[-1].box_ij, pixel_spacing_mm) > CISTERN_DEPTH_RATIO * median:
+    while kept:
+        d = box_depth_mm(kept[-1].box_ij, pixel_spacing_mm)
+        if d <= CISTERN_DEPTH_RATIO * median:
+            break
         level = kept.pop()
-        d = box_depth_mm(level.box_ij, pixel_spacing_mm)
         warnings.insert(0, f"No level at slice {level.slice_index}: the canal there is {d:.0f} mm deep, "
                            f"{d / median:.1f} times the levels' median of {median:.0f} mm: a cistern above the "
                            "spine rather than a disc.")
