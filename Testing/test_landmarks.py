@@ -10,8 +10,9 @@ from SpineStenosisGraderLib.inference.csf_outline import FAINT_T2_CSF_CONTRAST
 from SpineStenosisGraderLib.inference.landmarks import (CANAL_WALL_HU, CANAL_WALL_SEARCH_MM, NECK_CISTERN_DEPTH_RATIO,
                                                       VertebralBone, band_contrast, band_depth_fraction, band_depths,
                                                       canal_front_wall, disc_back_density, disc_bands, endplate_gaps,
-                                                      find_foramen_magnum, find_lowest_rib, find_lumbosacral_bend,
-                                                      find_sacrum, find_skull_base_ct, marrow_is_dark, onto_the_discs)
+                                                      find_first_rib, find_foramen_magnum, find_lowest_rib,
+                                                      find_lumbosacral_bend, find_sacrum, find_skull_base_ct,
+                                                      marrow_is_dark, onto_the_discs)
 from SpineStenosisGraderLib.inference.levels import LevelCandidate, SliceCanal, find_discs
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
@@ -725,6 +726,30 @@ def test_ribs_come_in_pairs_and_a_lowest_rib_without_its_partner_is_no_landmark(
     # with its partner the lower pair is the lowest
     assert find_lowest_rib(with_sections(lower, [(20, 66), (21, 62), (22, 58), (23, 54), (24, 50)], sides=(-1,)),
                            canals).top_slice == 24
+
+
+@pytest.mark.parametrize("slice_mm, pixel_mm", [(3.0, 1.0), (1.0, 0.8), (4.5, 1.5)])
+def test_the_first_rib_is_the_highest_pair_below_a_neck_that_bears_none(slice_mm, pixel_mm):
+    # heads 40 and 65 mm up a 150 mm study: the canal runs on 85 mm above the higher pair with no rib there
+    stack, canals = chest_and_lumbar_ct([40.0, 65.0], slice_mm, pixel_mm)
+    rib = find_first_rib(stack, canals)
+    assert rib is not None and rib.name == "first rib"
+    assert abs(rib.top_slice * slice_mm - 65.0) <= slice_mm
+    assert "a pair of ribs" in rib.evidence and "no rib above them" in rib.evidence
+    # the lowest pair is the other one: the two readings do not mix them up
+    assert abs(find_lowest_rib(stack, canals).top_slice * slice_mm - 40.0) <= slice_mm
+
+
+def test_a_highest_rib_with_less_than_a_vertebra_of_canal_above_or_without_its_partner_is_no_first_rib():
+    # a study of the chest cut above its highest ribs read: the ribs of the vertebrae above may lie past its top
+    stack, canals = chest_and_lumbar_ct([40.0, 65.0])
+    assert find_first_rib(stack, canals[:39] + [None] * 11) is not None  # canal up to 114 mm: 49 mm above the head
+    assert find_first_rib(stack, canals[:31] + [None] * 19) is None  # up to 90 mm: 25 mm above it
+    # above them, on one side only, another steady rib: its partner may be missed, and it may be the first
+    upper = with_sections(stack, [(28, 66), (29, 62), (30, 58), (31, 54), (32, 50)], sides=(1,))
+    assert find_first_rib(upper, canals) is None
+    assert find_first_rib(with_sections(upper, [(28, 66), (29, 62), (30, 58), (31, 54), (32, 50)], sides=(-1,)),
+                          canals).top_slice == 32
 
 
 @pytest.mark.parametrize("body_above_mm, found", [(48.0, True), (39.0, False), (30.0, False)])

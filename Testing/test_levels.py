@@ -188,6 +188,43 @@ def test_the_sacrum_outranks_the_rib_and_a_rib_that_disagrees_is_a_transitional_
     assert user.landmark == "user"
 
 
+def test_a_neck_with_its_first_ribs_is_named_from_them():
+    # 3 mm slices; the first ribs' heads on slice 40, on T1: the lowest disc 2-18 mm above them is C7-T1 (slice 44,
+    # 12 mm up), whatever the neck's top shows. T1-T2 lies below the heads, C6-C7 a vertebra above C7-T1
+    naming = name_from_anatomy(_levels_at([34, 44, 50, 56]), "cervical", 3.0, first_rib_slice=40)
+    assert naming.names == ["T1-T2", "C7-T1", "C6-C7", "C5-C6"]
+    assert naming.anchored and naming.landmark == "first rib" and naming.confidence == ["low"] * 4
+    assert "slice 40" in naming.note and "(slice 44) is C7-T1" in naming.note and "rib on C7" in naming.note
+    assert not naming.warnings
+    # an upper chest series, read thoracic, is named so too; 2 mm above the heads is the limit, 18 mm the other
+    assert name_from_anatomy(_levels_at([34, 44]), "thoracic", 3.0, first_rib_slice=40).names == ["T1-T2", "C7-T1"]
+    assert name_from_anatomy(_levels_at([41, 47]), "cervical", 3.0, first_rib_slice=40).names == ["C7-T1", "C6-C7"]
+    assert name_from_anatomy(_levels_at([46]), "cervical", 3.0, first_rib_slice=40).names == ["C7-T1"]
+    # of two levels in that reach, the lower is C7-T1
+    assert name_from_anatomy(_levels_at([3, 16]), "cervical", 1.0, first_rib_slice=0).names == ["C7-T1", "C6-C7"]
+    for levels in ([40, 52], [47]):
+        assert not name_from_anatomy(_levels_at(levels), "cervical", 3.0, first_rib_slice=40).anchored, levels
+
+
+def test_the_first_ribs_outrank_the_foramen_magnum_and_a_disagreement_is_a_warning():
+    # 1 mm slices: C7-T1 12 mm above the heads, the discs 16 mm apart up to C2-C3, 40 mm below the foramen magnum
+    levels = _levels_at([12, 28, 44, 60, 76, 92])
+    agree = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=132, first_rib_slice=0,
+                              foramen_reach=CT_FORAMEN_REACH)
+    assert agree.landmark == "first rib" and agree.names == ["C7-T1", "C6-C7", "C5-C6", "C4-C5", "C3-C4", "C2-C3"]
+    assert not agree.warnings
+    # C4-C5's disc missed: the foramen still names the highest one C2-C3, the ribs C3-C4
+    levels = _levels_at([12, 28, 44, 76, 92])
+    naming = name_from_anatomy(levels, "cervical", 1.0, foramen_magnum_slice=132, first_rib_slice=0,
+                               foramen_reach=CT_FORAMEN_REACH)
+    assert naming.landmark == "first rib" and naming.names == ["C7-T1", "C6-C7", "C5-C6", "C4-C5", "C3-C4"]
+    assert any("The foramen magnum (slice 132) makes the highest level C2-C3, where the first ribs make it C3-C4" in w
+               for w in naming.warnings)
+    # in a lumbar study the first ribs name nothing, and the user's anchor outranks them
+    assert not name_from_anatomy(levels, "lumbar", 1.0, first_rib_slice=0).anchored
+    assert name_from_anatomy(levels, "cervical", 1.0, anchor=(0, "C6-C7"), first_rib_slice=0).landmark == "user"
+
+
 def test_an_unknown_region_claims_no_level_name():
     levels = find_discs(synthetic_canals(40, [10, 30]), 40, 3.0)
     naming = name_from_anatomy(levels, "unknown", 3.0)

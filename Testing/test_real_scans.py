@@ -533,11 +533,35 @@ def test_neck_cts_never_trained_on_are_cervical_with_no_level_on_c1_and_names_fr
     assert not any(s.trained_on for s in scores.values())
     assert [s.region_found for s in scores.values()] == ["cervical", "cervical"]
     assert [s.false_levels for s in scores.values()] == [0, 0]
-    assert [s.names_anchored_by for s in scores.values()] == ["foramen magnum", "foramen magnum"]
+    # s0003 shows its first ribs below the neck too (``test_a_neck_ct_series_with_its_first_ribs_is_named_from_them``),
+    # which name its levels as the skull base does
+    assert [s.names_anchored_by for s in scores.values()] == ["foramen magnum", "first rib"]
     assert [(s.names_right, s.names_checked) for s in scores.values()] == [(5, 5), (8, 8)]
     for score in scores.values():
         highest = max(score.rows, key=lambda row: row["slice"])
         assert highest["name"] == highest["true_name"] == "C2-C3"
+
+
+def test_a_neck_ct_series_with_its_first_ribs_is_named_from_them(package, scans):
+    # TotalSegmentator s0003 (never trained on) shows its first ribs, running in to their heads on T1, 13 mm below
+    # C7-T1, with none on the neck above. Its first 60 mm (T3 to C6, 1.5 mm slices), with no skull base and read
+    # "thoracic" (the shoulders), were counted up from T12-L1; its 4.5 mm version, whose C3-C4 was missed, was counted
+    # from the foramen magnum down, each name below C2-C3 one vertebra too high
+    from SpineStenosisGraderLib.training.evaluation import score_series_names
+    from SpineStenosisGraderLib.training.series_variants import cut, disc_slices_in, thicken
+
+    scan = scans["totalseg_s0003_ct"]
+    for stack, right in ((cut(scan.stack, 0, 40), 3), (thicken(scan.stack, 4.5, 0), 7)):
+        result = grade_stack(stack, package, modality="CT")
+        assert result.study.names_anchored_by == "first rib"
+        assert all(lv.name_anchored and lv.name_confidence == "low" for lv in result.levels)
+        levels = [float(lv.slice_index) for lv in result.levels]
+        checked, names_right = score_series_names([lv.name for lv in result.levels], levels,
+                                                  disc_slices_in(scan.stack, stack, scan.discs), stack.n_slices,
+                                                  stack.spacing[2], scan.disc_names_known, {})
+        assert (names_right, checked) == (right, right)
+    # the 4.5 mm version's foramen magnum counts one disc fewer: the warning says so
+    assert any("The foramen magnum" in w and "where the first ribs make it C3-C4" in w for w in result.warnings)
 
 
 @pytest.mark.parametrize("name, region", [("sct_errsm_11_t2", "cervical"), ("sct_errsm_24_t2", "cervical"),

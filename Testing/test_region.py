@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from SpineStenosisGraderLib.inference.landmarks import Landmark, VertebralBone
 from SpineStenosisGraderLib.inference.levels import SliceCanal
-from SpineStenosisGraderLib.inference.region import ROOTS_MIN_SAC_FILL, canal_contents, infer_region
+from SpineStenosisGraderLib.inference.region import ROOTS_MIN_SAC_FILL, canal_contents, infer_region, neck_above
 from SpineStenosisGraderLib.study.volume import to_axial_stack
 
 
@@ -406,3 +406,20 @@ def test_a_neck_through_the_shoulders_is_told_by_its_shallow_vertebrae_with_the_
         assert estimate.confidence == "low"
         assert any(e.startswith(f"vertebral bodies at most {depth_mm:.0f} mm deep") for e in estimate.evidence)
         assert "the shoulders beside the lower neck" in estimate.evidence[-1]
+
+
+@pytest.mark.parametrize("depth_mm, width_mm, neck", [(18.0, 28.0, True), (26.0, 32.0, True), (33.0, 54.0, False),
+                                                      (18.0, 40.0, False), (30.0, 28.0, False)])
+def test_the_vertebrae_above_the_first_ribs_are_a_necks_when_shallow_and_narrow(depth_mm, width_mm, neck):
+    # 3 mm slices; ribs' heads on slice 10. Above them C7 and C6 read 17-20 mm deep and 26-29 mm wide on the neck CT
+    # that shows them; the lower thoracic bodies above the highest ribs a narrow field of view left, 33 and 54 mm
+    stack, _ = body_study(150.0, slices=30, modality="CT")
+    assert stack.spacing[2] == 3.0
+    above = [VertebralBone(k, 30.0, 30.0, width_mm, depth_mm) for k in range(11, 21)]
+    # the bodies below the heads (T1 and the chest) are not read: T1-T3 are as deep as a lumbar body's soft middle
+    below = [VertebralBone(k, 60.0, 60.0, 45.0, 34.0) for k in range(0, 11)]
+    assert neck_above(stack, below + above, 10, 30.0) == neck
+    # read only up to 30 mm above the heads: deeper bodies higher up do not count, nor do too few bodies
+    higher = [VertebralBone(k, 30.0, 30.0, 60.0, 40.0) for k in range(21, 30)]
+    assert neck_above(stack, below + above + higher, 10, 30.0) == neck
+    assert not neck_above(stack, below + above[:2], 10, 30.0)

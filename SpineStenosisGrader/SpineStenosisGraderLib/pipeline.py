@@ -12,10 +12,11 @@ import SimpleITK as sitk
 from .errors import InputError
 from .inference.contrast import t1_warning
 from .inference.csf_outline import T2_CSF_CONTRAST, follow_sac_down, grow_over_csf, study_csf_contrast
-from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, band_column, band_contrast,
-                                  band_depth_fraction, band_depths, disc_back_density, disc_bands, endplate_gaps,
-                                  find_foramen_magnum, find_lowest_rib, find_lumbosacral_bend, find_sacrum,
-                                  find_skull_base_ct, marrow_is_dark, measure_bone, onto_the_discs)
+from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, RIB_FREE_ABOVE_MM, band_column,
+                                  band_contrast, band_depth_fraction, band_depths, disc_back_density, disc_bands,
+                                  endplate_gaps, find_first_rib, find_foramen_magnum, find_lowest_rib,
+                                  find_lumbosacral_bend, find_sacrum, find_skull_base_ct, marrow_is_dark,
+                                  measure_bone, onto_the_discs)
 from .inference.levels import (
     CT_FORAMEN_REACH,
     DISC_HEIGHT_MM,
@@ -37,7 +38,7 @@ from .inference.levels import (
 )
 from .inference.off_bone import candidates_off_bone
 from .inference.on_spine import boxes_off_the_spine, off_spine_warning
-from .inference.region import infer_region
+from .inference.region import infer_region, neck_above
 from .inference.tracking import MIN_CANAL_SCORE, bridge_gaps, track_canal
 from .packages.package import ModelPackage, load_default_package
 from .result import CanalDetection, DiscLevel, StudyInfo, StudyResult
@@ -221,10 +222,17 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
     # lowest pair it shows need not be T12's. The user's anchor outranks every landmark, so then they are not read
     lowest_rib = (find_lowest_rib(stack, canals) if modality == "CT" and region == "lumbar" and anchor is None
                   else None)
+    # CT only, in a neck or the upper chest: the highest ribs, below a neck that bears none, are the first. Where
+    # the field of view cuts the upper ribs of a lower thoracic spine off, the highest ones read lie below no neck
+    first_rib = (find_first_rib(stack, canals) if modality == "CT" and region in ("cervical", "thoracic")
+                 and anchor is None else None)
+    if first_rib is not None and not neck_above(stack, bones, first_rib.top_slice, RIB_FREE_ABOVE_MM):
+        first_rib = None
     naming = name_from_anatomy(discs, region, dz, sacrum_top, anchor,
                                foramen_magnum_slice=foramen_slice,
                                foramen_reach=foramen_reach,
-                               lowest_rib_slice=lowest_rib.top_slice if lowest_rib else None)
+                               lowest_rib_slice=lowest_rib.top_slice if lowest_rib else None,
+                               first_rib_slice=first_rib.top_slice if first_rib else None)
     warnings.extend(naming.warnings)
     warnings.extend(
         f"{name} (slice {c.slice_index}) lies where the detector lost the canal: its box is the canal interpolated "

@@ -263,7 +263,8 @@ class StudyInfo:
     #: how sure the region is ("high", "low" or "none") and what in the slices says so
     region_confidence: str = ""
     region_evidence: tuple[str, ...] = ()
-    #: the landmark the level names rest on: "sacrum", "user", or "" when they are not anchored
+    #: the landmark the level names rest on ("sacrum", "lowest rib", "first rib", "foramen magnum"), "user", or ""
+    #: when they are not anchored
     names_anchored_by: str = ""
     #: origin, spacing and direction of the axial stack (ITK conventions, LPS), so a
     #: slice index in this file can be mapped back to patient space.

@@ -152,6 +152,8 @@ RIB_MAX_OUTWARD_STEP_MM = 3.0
 #: vertebra below it, which bears no rib, is in the study, and the rib is the lowest one of the spine, not the
 #: lowest one the study happens to show
 RIB_FREE_BELOW_MM = 30.0
+#: and for the first ribs, this much above the highest rib's head, where the cervical vertebrae bear no rib
+RIB_FREE_ABOVE_MM = 30.0
 #: the two ribs of a pair have their heads within this of each other (mm; 1 mm apart on the sample)
 RIB_PAIR_MM = 10.0
 #: the canal's depth is read against its median over at least this much of the spine (about three cervical
@@ -859,6 +861,42 @@ def _follow_ribs(sections: Sequence[RibSection], slice_spacing_mm: float) -> lis
     return ribs
 
 
+def _whole_ribs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> tuple[list[list[RibSection]], list[int]]:
+    """The ribs followed in to their heads (``find_lowest_rib`` says which count), each inferior first, and the
+    slices where the canal was tracked."""
+    tracked = sorted(c.slice_index for c in canals if c is not None)
+    if not tracked:
+        return [], tracked
+    dz = stack.spacing[2]
+    # the canal is one tube: on a slice the tracking left out between two tracked ones it lies between their boxes,
+    # and a rib crossing that slice is read there too, so that the rib is not cut in two
+    between = bridge_gaps(canals, dz, max_gap_mm=None)[tracked[0]:tracked[-1] + 1]
+    sections = [s for c in between for s in rib_sections(stack, c)]
+    ribs = []
+    for rib in _follow_ribs(sections, dz):
+        low, head = rib[0], rib[-1]
+        if ((head.slice_index - low.slice_index) * dz >= RIB_MIN_SPAN_MM
+                and low.lateral_mm - head.lateral_mm >= RIB_MIN_APPROACH_MM
+                and low.lateral_mm >= min(RIB_MIN_REACH_MM, low.edge_mm - RIB_EDGE_MARGIN_MM)
+                and all(b.lateral_mm - a.lateral_mm <= RIB_MAX_OUTWARD_STEP_MM for a, b in zip(rib, rib[1:]))
+                and head.lateral_mm <= RIB_HEAD_MAX_LATERAL_MM and head.slice_index < tracked[-1]):
+            ribs.append(rib)
+    return ribs, tracked
+
+
+def _pair_of(ribs: Sequence[list[RibSection]], rib: list[RibSection], dz: float) -> list[list[RibSection]]:
+    """The ribs on the other side whose heads lie within RIB_PAIR_MM of ``rib``'s."""
+    k = rib[-1].slice_index
+    return [other for other in ribs
+            if other[-1].side != rib[-1].side and abs(other[-1].slice_index - k) * dz <= RIB_PAIR_MM]
+
+
+def _pair_evidence(rib: list[RibSection], partner: list[RibSection], slices: Sequence[int]) -> str:
+    return (f"a pair of ribs runs in from {rib[0].lateral_mm:.0f} and {partner[0].lateral_mm:.0f} mm beside "
+            f"the canal to their heads, {rib[-1].lateral_mm:.0f} and {partner[-1].lateral_mm:.0f} mm beside "
+            f"it on slice {' and '.join(str(j) for j in slices)}")
+
+
 def find_lowest_rib(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[Landmark]:
     """The heads of the lowest pair of ribs on CT, where the study shows the rib-free vertebra below; None otherwise.
 
@@ -875,36 +913,42 @@ def find_lowest_rib(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -
     the canal was tracked RIB_FREE_BELOW_MM below it: a study of the chest
     shows ribs on every vertebra, and its lowest pair is not T12's.
     """
-    tracked = sorted(c.slice_index for c in canals if c is not None)
-    if not tracked:
-        return None
-    dz = stack.spacing[2]
-    # the canal is one tube: on a slice the tracking left out between two tracked ones it lies between their boxes,
-    # and a rib crossing that slice is read there too, so that the rib is not cut in two
-    between = bridge_gaps(canals, dz, max_gap_mm=None)[tracked[0]:tracked[-1] + 1]
-    sections = [s for c in between for s in rib_sections(stack, c)]
-    ribs = []
-    for rib in _follow_ribs(sections, dz):
-        low, head = rib[0], rib[-1]
-        if ((head.slice_index - low.slice_index) * dz >= RIB_MIN_SPAN_MM
-                and low.lateral_mm - head.lateral_mm >= RIB_MIN_APPROACH_MM
-                and low.lateral_mm >= min(RIB_MIN_REACH_MM, low.edge_mm - RIB_EDGE_MARGIN_MM)
-                and all(b.lateral_mm - a.lateral_mm <= RIB_MAX_OUTWARD_STEP_MM for a, b in zip(rib, rib[1:]))
-                and head.lateral_mm <= RIB_HEAD_MAX_LATERAL_MM and head.slice_index < tracked[-1]):
-            ribs.append(rib)
+    ribs, tracked = _whole_ribs(stack, canals)
     if not ribs:
         return None
+    dz = stack.spacing[2]
     lowest = min(ribs, key=lambda rib: rib[-1].slice_index)
     k = lowest[-1].slice_index
-    partners = [rib for rib in ribs
-                if rib[-1].side != lowest[-1].side and abs(rib[-1].slice_index - k) * dz <= RIB_PAIR_MM]
+    partners = _pair_of(ribs, lowest, dz)
     if not partners or (k - tracked[0]) * dz < RIB_FREE_BELOW_MM:
         return None
     partner = min(partners, key=lambda rib: rib[-1].slice_index)
     slices = tuple(sorted({k, partner[-1].slice_index}))
-    return Landmark(
-        name="lowest rib", slices=slices, top_slice=k,
-        evidence=(f"a pair of ribs runs in from {lowest[0].lateral_mm:.0f} and {partner[0].lateral_mm:.0f} mm beside "
-                  f"the canal to their heads, {lowest[-1].lateral_mm:.0f} and {partner[-1].lateral_mm:.0f} mm beside "
-                  f"it on slice {' and '.join(str(j) for j in slices)}, with no rib below them"),
-    )
+    return Landmark(name="lowest rib", slices=slices, top_slice=k,
+                    evidence=_pair_evidence(lowest, partner, slices) + ", with no rib below them")
+
+
+def find_first_rib(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> Optional[Landmark]:
+    """The heads of the highest pair of ribs on CT, the first (on T1), where the study shows the neck above them.
+
+    The ribs are read as ``find_lowest_rib`` reads them. The highest head
+    counts only with a head on the other side within RIB_PAIR_MM of it, and
+    only where the canal was tracked RIB_FREE_ABOVE_MM above it with no rib
+    there: the cervical vertebrae above T1 bear none (a cervical rib on C7 is
+    rare, and the names then shift: the evidence says which ribs were read).
+    The landmark's ``top_slice`` is the higher of the two heads. None where
+    the study shows no such pair.
+    """
+    ribs, tracked = _whole_ribs(stack, canals)
+    if not ribs:
+        return None
+    dz = stack.spacing[2]
+    highest = max(ribs, key=lambda rib: rib[-1].slice_index)
+    k = highest[-1].slice_index
+    partners = _pair_of(ribs, highest, dz)
+    if not partners or (tracked[-1] - k) * dz < RIB_FREE_ABOVE_MM:
+        return None
+    partner = max(partners, key=lambda rib: rib[-1].slice_index)
+    slices = tuple(sorted({k, partner[-1].slice_index}))
+    return Landmark(name="first rib", slices=slices, top_slice=k,
+                    evidence=_pair_evidence(highest, partner, slices) + ", with no rib above them in the neck")

@@ -125,6 +125,11 @@ L4_L5_ABOVE_SACRUM_MM = 65.0
 #: sample, 3 mm slices); a level found up to a few mm above its disc may lie level with the head, while T11-T12
 #: lies above T12's pedicle
 T12_L1_BELOW_RIB_MM = (-3.0, 30.0)
+#: C7-T1 lies this far above the heads of the first ribs (``landmarks.find_first_rib``; mm): the highest section
+#: of the rib followed in lies 12-15 mm below the labelled C7-T1 in the neck CT that shows them
+#: (``totalseg_s0003_ct`` and its 3 mm versions), 4-7 mm in its 4.5 mm versions, whose slices put the rib's top
+#: lower; T1-T2 lies 5-15 mm below them, and C6-C7 20 mm and more above
+C7_T1_ABOVE_FIRST_RIB_MM = (2.0, 18.0)
 #: disc-like places this far below where the canal turns back into the sacrum (``landmarks.find_lumbosacral_bend``)
 #: lie in the sacrum: the bend lies at L5-S1 or up to 26 mm above it, in L5's body, and the sacral disc remnants
 #: a sacral vertebra (25-35 mm) or more below L5-S1. Over the 29 lumbar T2 scans of VB1, VB2 and fastcleverseg_ivd
@@ -659,7 +664,8 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
                       anchor: Optional[tuple[int, str]] = None,
                       foramen_magnum_slice: Optional[int] = None,
                       lowest_rib_slice: Optional[int] = None,
-                      foramen_reach: ForamenReach = MR_FORAMEN_REACH) -> LevelNaming:
+                      foramen_reach: ForamenReach = MR_FORAMEN_REACH,
+                      first_rib_slice: Optional[int] = None) -> LevelNaming:
     """Name the discs (inferior first) from the user's anchor, else a landmark, else count them unanchored.
 
     ``sacrum_top_slice`` is the most superior slice showing the sacral alae, where
@@ -675,13 +681,19 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
     the highest disc within T12_L1_BELOW_RIB_MM below it is T12-L1, in a lumbar
     or thoracic study without the sacrum. Where the sacrum names the levels,
     ribs that disagree with it are a warning: a transitional vertebra, or 11 or
-    13 pairs of ribs. A
+    13 pairs of ribs. ``first_rib_slice`` is where the heads of the highest pair
+    of ribs lie below the rib-free neck (``landmarks.find_first_rib``), taken as
+    the first: the lowest disc C7_T1_ABOVE_FIRST_RIB_MM above them is C7-T1, in a
+    cervical or thoracic study. It outranks the foramen magnum, whose count runs
+    past C1 and C2 and down the neck, and where the two disagree a warning says
+    so. A
     disc placed from the spacing of its neighbours, or above the sacrum, is named
     with the rest, with a warning.
     """
     naming = _name_from_anatomy(candidates, region, slice_spacing_mm, sacrum_top_slice, anchor,
                                 foramen_magnum_slice if region == "cervical" else None,
-                                lowest_rib_slice if region in ("lumbar", "thoracic") else None, foramen_reach)
+                                lowest_rib_slice if region in ("lumbar", "thoracic") else None, foramen_reach,
+                                first_rib_slice if region in ("cervical", "thoracic") else None)
     why = {"spacing": "where the spacing of the discs around it says one was missed",
            "sacrum": "just above the sacrum, where L5-S1 lies"}
     naming.warnings.extend(
@@ -694,7 +706,8 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
 def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_spacing_mm: float,
                        sacrum_top_slice: Optional[int], anchor: Optional[tuple[int, str]],
                        foramen_magnum_slice: Optional[int], lowest_rib_slice: Optional[int] = None,
-                       foramen_reach: ForamenReach = MR_FORAMEN_REACH) -> LevelNaming:
+                       foramen_reach: ForamenReach = MR_FORAMEN_REACH,
+                       first_rib_slice: Optional[int] = None) -> LevelNaming:
     kept = list(candidates)
     warnings: list[str] = []
 
@@ -715,6 +728,14 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
                 f"level on slice {levels[i].slice_index} T12-L1, where the count from the sacrum makes it {names[i]}: a "
                 "transitional vertebra (L6, or a sacralised L5) or 11 or 13 pairs of ribs. Check the count on a "
                 "sagittal view and re-anchor if needed."]
+
+    def above_first_rib(levels: Sequence[LevelCandidate]) -> Optional[int]:
+        """The position of the level the first ribs make C7-T1: the lowest one near above their heads."""
+        if first_rib_slice is None:
+            return None
+        low, high = C7_T1_ABOVE_FIRST_RIB_MM
+        fits = [i for i, c in enumerate(levels) if low <= (c.slice_index - first_rib_slice) * slice_spacing_mm <= high]
+        return fits[0] if fits else None
 
     def below_foramen_mm(c: LevelCandidate) -> float:
         return (foramen_magnum_slice - c.slice_index) * slice_spacing_mm
@@ -764,16 +785,40 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
             f"T12, so the highest disc just below them (slice {kept[rib_level].slice_index}) is T12-L1. With 11 or 13 "
             "pairs of ribs the names shift: check them against a sagittal view that shows the sacrum or C2."),
             warnings)
+    def foramen_names(levels: Sequence[LevelCandidate]) -> Optional[list[str]]:
+        """The names the foramen magnum gives: the highest level C2-C3 or C3-C4 by how far below it lies."""
+        if foramen_magnum_slice is None:
+            return None
+        below_mm = below_foramen_mm(levels[-1])
+        if below_mm <= foramen_reach.c2_c3_mm:
+            return name_levels(len(levels), "cervical", (-1, "C2-C3"))
+        if below_mm <= foramen_reach.c3_c4_mm:
+            return name_levels(len(levels), "cervical", (-1, "C3-C4"))
+        return None
+
+    first_rib_level = above_first_rib(kept)
+    if first_rib_level is not None:
+        names = name_levels(n, "cervical", (first_rib_level, "C7-T1"))
+        from_foramen = foramen_names(kept)
+        disagree = ([] if from_foramen is None or from_foramen == names else [
+            f"The foramen magnum (slice {foramen_magnum_slice}) makes the highest level {from_foramen[-1]}, where "
+            f"the first ribs make it {names[-1]}: a disc missed or found twice between them, or a rib on C7. Check "
+            "the count on a sagittal view and re-anchor if needed."])
+        # low: a first rib too short to be followed, or a rib on C7, shifts the names
+        return LevelNaming(kept, names, True, "first rib", ["low"] * n, (
+            f"Named from the first pair of ribs, the highest in the study, below a neck that bears none: their heads "
+            f"lie on slice {first_rib_slice}, on T1, so the lowest disc just above them (slice "
+            f"{kept[first_rib_level].slice_index}) is C7-T1. With a rib on C7 the names shift: check them against a "
+            "sagittal view that shows C2."), warnings + disagree)
     if foramen_magnum_slice is not None:
         below_mm = below_foramen_mm(kept[-1])
-        if below_mm <= foramen_reach.c2_c3_mm:
-            names = name_levels(n, "cervical", (-1, "C2-C3"))
-            # low: the opening is read off the canal's depth (MR) or the bone behind it (CT), checked on a few necks
+        names = foramen_names(kept)
+        # low: the opening is read off the canal's depth (MR) or the bone behind it (CT), checked on a few necks
+        if names is not None and names[-1] == "C2-C3":
             return LevelNaming(kept, names, True, "foramen magnum", ["low"] * n, (
                 f"Named from the foramen magnum: the highest disc, {below_mm:.0f} mm below it, is C2-C3 (C1 and C2 "
                 "lie between them). Check C2-C3 on a sagittal view."), warnings)
-        if below_mm <= foramen_reach.c3_c4_mm:
-            names = name_levels(n, "cervical", (-1, "C3-C4"))
+        if names is not None:
             return LevelNaming(kept, names, True, "foramen magnum", ["low"] * n, (
                 f"Named from the foramen magnum: no disc was found where C2-C3 lies, and the highest disc found, "
                 f"{below_mm:.0f} mm below it, is C3-C4. Check C2-C3 on a sagittal view."), warnings + [
@@ -786,9 +831,9 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
         start = names[0] if DEFAULT_ANCHORS[region][0] == 0 else names[-1]
         end = "lowest" if DEFAULT_ANCHORS[region][0] == 0 else "highest"
         return LevelNaming(kept, names, False, "", ["none"] * n, (
-            "Not anchored: the study shows no landmark (the sacrum, the lowest ribs on CT, or the foramen magnum "
-            f"above C2) to name the levels from, so they are counted from the {end} disc found, taken as {start}. "
-            "Check them against a sagittal view and re-anchor (\"This level is...\")."), warnings)
+            "Not anchored: the study shows no landmark (the sacrum, the lowest or the first ribs on CT, or the "
+            f"foramen magnum above C2) to name the levels from, so they are counted from the {end} disc found, "
+            f"taken as {start}. Check them against a sagittal view and re-anchor (\"This level is...\")."), warnings)
     return LevelNaming(kept, unanchored_names(n), False, "", ["none"] * n, (
         "Not anchored: the spine region could not be told from the slices, so the levels are numbered disc 1, "
         "disc 2, ... from the bottom. Set the region, or re-anchor one level (\"This level is...\")."), warnings)

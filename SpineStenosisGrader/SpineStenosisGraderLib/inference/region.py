@@ -402,6 +402,27 @@ def airway_share(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> f
     return found / len(picks)
 
 
+def neck_above(stack: AxialStack, bones: Sequence[VertebralBone], slice_index: int, reach_mm: float) -> bool:
+    """Whether the vertebrae up to ``reach_mm`` above ``slice_index`` are a neck's (CT).
+
+    Their bodies are no deeper than NECK_MAX_BODY_DEPTH_MM on BODY_DEPTH_PERCENTILE
+    of the slices that cut one, and no wider than NECK_OUTLINE_MAX_BODY_MM at the
+    median (``VertebralBone``). Above the first ribs of the neck CT that shows
+    them they read 17-20 mm deep and 26-29 mm wide in every version of it; above
+    the highest ribs read in a lower thoracic spine whose upper ribs the field of
+    view cut off (VerSe 012), 33 mm and 54 mm. The airway, which ``infer_region``
+    also asks for, lies too far forward there: in front of C6 and C7 the trachea
+    lay within AIRWAY_IN_FRONT_MM of the canal on 14-43% of the slices.
+    """
+    dz = stack.spacing[2]
+    above = [b for b in bones if 0 < (b.slice_index - slice_index) * dz <= reach_mm]
+    depths = [b.body_depth_mm for b in above if b.body_depth_mm > 0]
+    widths = [b.body_width_mm for b in above if b.body_width_mm > 0]
+    return (len(depths) >= MIN_MEASURED_SLICES and len(widths) >= MIN_MEASURED_SLICES
+            and float(np.percentile(depths, BODY_DEPTH_PERCENTILE)) <= NECK_MAX_BODY_DEPTH_MM
+            and float(np.median(widths)) <= NECK_OUTLINE_MAX_BODY_MM)
+
+
 def infer_region(stack: AxialStack, modality: str, canals: Sequence[Optional[SliceCanal]],
                  bones: Sequence[VertebralBone], sacrum: Optional[Landmark],
                  foramen_magnum: Optional[Landmark] = None) -> RegionEstimate:
