@@ -21,6 +21,7 @@ from SpineStenosisGraderLib.inference.levels import (
     drop_sacral_level,
     find_discs,
     level_box,
+    min_disc_separation_mm,
     name_from_anatomy,
     name_levels,
     region_of_disc,
@@ -454,6 +455,25 @@ def test_two_lumbar_disc_peaks_19_mm_apart_are_one():
     probabilities = np.full(80, 0.1)
     probabilities[[10, 29, 64]] = [0.6, 0.9, 0.9]
     assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 80, 1.0, "lumbar")] == [29, 64]
+
+
+@pytest.mark.parametrize("slice_mm, apart_mm, both", [(5.0, 20.0, False), (5.0, 25.0, True), (4.0, 20.0, False),
+                                                      (3.0, 21.0, True), (1.0, 21.0, True), (1.0, 19.0, False)])
+def test_on_thick_slices_two_lumbar_peaks_closer_than_22_mm_are_one(slice_mm, apart_mm, both):
+    # a clinical CT in 5 mm slices: the middle of a body, where its vein leaves it, reads as a disc 20 mm from the
+    # disc below it; the weaker of the two goes. On thinner slices two lower thoracic discs 21 mm apart both stay
+    n = int(round(100.0 / slice_mm))
+    probabilities = np.full(n, 0.1)
+    low = int(round(20.0 / slice_mm))
+    up = low + int(round(apart_mm / slice_mm))
+    # the disc above 25 mm further up: 45 mm above the lowest where the middle one goes, too near to hold a disc
+    # missed between them that their spacing would place
+    top = up + int(round(25.0 / slice_mm))
+    probabilities[[low, up, top]] = [0.9, 0.6, 0.9]
+    levels = find_discs(profile_canals(probabilities), n, slice_mm, "lumbar")
+    assert [lv.slice_index for lv in levels] == ([low, up, top] if both else [low, top])
+    assert min_disc_separation_mm("lumbar", slice_mm) == (22.0 if slice_mm >= 4.0 else 20.0)
+    assert min_disc_separation_mm("thoracic", 5.0) == 12.0
 
 
 def test_a_disc_placed_from_the_spacing_is_named_with_the_rest_and_flagged():

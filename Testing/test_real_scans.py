@@ -516,6 +516,24 @@ def test_a_3_mm_sagittal_ct_is_read_as_axial_slices_and_its_canal_found(package,
     assert all(row["grade"] is None for row in score.rows)
 
 
+def test_a_thoracolumbar_ct_in_5_mm_slices_has_no_level_in_a_vertebral_body(package, scans):
+    # VerSe sub-verse012 (never trained on, T9-L4, an old spine with soft bodies) averaged into 5 mm slices: a peak
+    # in T12's body, 18 mm above T12-L1 and 20 mm below the peak at T11-T12, took a level more than 10 mm from every
+    # disc. On lumbar slices 4 mm or thicker two peaks that close are one disc
+    from SpineStenosisGraderLib.training.evaluation import score_levels
+    from SpineStenosisGraderLib.training.series_variants import disc_slices_in, thicken
+
+    scan = scans["verse012_ct"]
+    stack = thicken(scan.stack, 5.0, 0)
+    result = grade_stack(stack, package, modality="CT")
+    assert result.study.region == "lumbar"
+    levels = [float(lv.slice_index) for lv in result.levels]
+    inside, found, false = score_levels(levels, sorted(disc_slices_in(scan.stack, stack, scan.discs).values()),
+                                        stack.n_slices, stack.spacing[2], scan.more_discs_above,
+                                        scan.more_discs_below)
+    assert (found, inside, false) == (5, 5, 0)
+
+
 def test_neck_cts_never_trained_on_are_cervical_with_no_level_on_c1_and_names_from_the_skull_base(package, scans):
     # two TotalSegmentator neck CTs, skull base to T2-T4. Their vertebrae read 31-35 mm across at the median (the
     # transverse processes and the first ribs join the bodies), a chest's width: s0002 was "unknown", its neck

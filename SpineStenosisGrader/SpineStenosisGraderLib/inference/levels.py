@@ -42,6 +42,13 @@ DEFAULT_ANCHORS = {"lumbar": (0, "L5-S1"), "thoracic": (0, "T12-L1"), "cervical"
 #: two disc peaks closer than this are one disc: about half the shortest vertebral body of the region
 #: (lumbar bodies are 25-30 mm tall, thoracic 17-25 mm, cervical 12-15 mm)
 MIN_DISC_SEPARATION_MM = {"lumbar": 20.0, "thoracic": 12.0, "cervical": 9.0, UNKNOWN_REGION: 9.0}
+#: on slices this thick or thicker, two lumbar disc peaks closer than THICK_LUMBAR_SEPARATION_MM are one disc. One
+#: slice is a fifth of a body there, and on CT the middle of a body, where its vein leaves it through the back wall,
+#: reads as a gap in the bone as a disc does: on a clinical CT of 5 mm slices and on 4-6 mm versions of the
+#: validation CTs, peaks 20 mm apart were a disc and a body's middle, never two discs. On 1 mm slices two lower
+#: thoracic discs of a lumbar MR lay 21 mm apart (VB2's scan 20), so thinner slices keep the 20 mm
+THICK_SLICE_MM = 4.0
+THICK_LUMBAR_SEPARATION_MM = 22.0
 #: the detector's disc probability is read against its own level along the spine: a running low
 #: quantile over this half-length (on an unfamiliar contrast it rises at discs but may stay under 0.5,
 #: or stay above it everywhere)
@@ -225,6 +232,14 @@ def disc_profile(canals: Sequence[Optional[SliceCanal]], n_slices: int, min_scor
     return profile
 
 
+def min_disc_separation_mm(region: str, slice_spacing_mm: float) -> float:
+    """How close two disc peaks may lie and still be two discs (MIN_DISC_SEPARATION_MM; THICK_LUMBAR_SEPARATION_MM
+    for a lumbar study on slices THICK_SLICE_MM thick or thicker)."""
+    if region == "lumbar" and slice_spacing_mm >= THICK_SLICE_MM:
+        return THICK_LUMBAR_SEPARATION_MM
+    return MIN_DISC_SEPARATION_MM.get(region, 9.0)
+
+
 def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spacing_mm: float,
                region: str = UNKNOWN_REGION, endplate_gaps: Optional[np.ndarray] = None,
                min_score: float = 0.3, sacrum_top_slice: Optional[int] = None,
@@ -245,7 +260,7 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     peak must rise MIN_PEAK_RISE above the profile's running baseline, so a
     detector that is unsure on an unfamiliar contrast still places the discs
     where its probability rises, and a profile that is high everywhere yields
-    none. Peaks closer than the region's shortest vertebra are
+    none. Peaks closer than the region's shortest vertebra (``min_disc_separation_mm``) are
     one disc, and the stronger one stays; an end of the study where the evidence
     still rises competes too, as a disc past the end. Where two discs lie a
     whole vertebra too far apart, the one between is placed from their spacing; a
@@ -325,7 +340,7 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
                                          disc_probability=float(evidence[end]), slices=(int(end),)))
     levels = sorted(levels + [end for end in at_end if all(lv.slice_index != end.slice_index for lv in levels)],
                     key=lambda lv: lv.slice_index)
-    kept = _one_per_vertebra(levels, slice_spacing_mm, MIN_DISC_SEPARATION_MM.get(region, 9.0), gaps,
+    kept = _one_per_vertebra(levels, slice_spacing_mm, min_disc_separation_mm(region, slice_spacing_mm), gaps,
                              band_depths)
     levels = [level for level in kept if not any(level is end for end in at_end)]
     # a disc at or past an end of the study still spaces the discs: one missed between it and the nearest level is
