@@ -462,13 +462,13 @@ def test_two_lumbar_disc_peaks_19_mm_apart_are_one():
 def test_on_thick_slices_two_lumbar_peaks_closer_than_22_mm_are_one(slice_mm, apart_mm, both):
     # a clinical CT in 5 mm slices: the middle of a body, where its vein leaves it, reads as a disc 20 mm from the
     # disc below it; the weaker of the two goes. On thinner slices two lower thoracic discs 21 mm apart both stay
-    n = int(round(100.0 / slice_mm))
+    n = round(100.0 / slice_mm)
     probabilities = np.full(n, 0.1)
-    low = int(round(20.0 / slice_mm))
-    up = low + int(round(apart_mm / slice_mm))
+    low = round(20.0 / slice_mm)
+    up = low + round(apart_mm / slice_mm)
     # the disc above 25 mm further up: 45 mm above the lowest where the middle one goes, too near to hold a disc
     # missed between them that their spacing would place
-    top = up + int(round(25.0 / slice_mm))
+    top = up + round(25.0 / slice_mm)
     probabilities[[low, up, top]] = [0.9, 0.6, 0.9]
     levels = find_discs(profile_canals(probabilities), n, slice_mm, "lumbar")
     assert [lv.slice_index for lv in levels] == ([low, up, top] if both else [low, top])

@@ -417,7 +417,7 @@ def test_the_vertebrae_above_the_first_ribs_are_a_necks_when_shallow_and_narrow(
     assert stack.spacing[2] == 3.0
     above = [VertebralBone(k, 30.0, 30.0, width_mm, depth_mm) for k in range(11, 21)]
     # the bodies below the heads (T1 and the chest) are not read: T1-T3 are as deep as a lumbar body's soft middle
-    below = [VertebralBone(k, 60.0, 60.0, 45.0, 34.0) for k in range(0, 11)]
+    below = [VertebralBone(k, 60.0, 60.0, 45.0, 34.0) for k in range(11)]
     assert neck_above(stack, below + above, 10, 30.0) == neck
     # read only up to 30 mm above the heads: deeper bodies higher up do not count, nor do too few bodies
     higher = [VertebralBone(k, 30.0, 30.0, 60.0, 40.0) for k in range(21, 30)]

@@ -800,6 +800,7 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
             f"T12, so the highest disc just below them (slice {kept[rib_level].slice_index}) is T12-L1. With 11 or 13 "
             "pairs of ribs the names shift: check them against a sagittal view that shows the sacrum or C2."),
             warnings)
+
     def foramen_names(levels: Sequence[LevelCandidate]) -> Optional[list[str]]:
         """The names the foramen magnum gives: the highest level C2-C3 or C3-C4 by how far below it lies."""
         if foramen_magnum_slice is None:
@@ -815,10 +816,10 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
     if first_rib_level is not None:
         names = name_levels(n, "cervical", (first_rib_level, "C7-T1"))
         from_foramen = foramen_names(kept)
-        disagree = ([] if from_foramen is None or from_foramen == names else [
+        disagree = ([] if from_foramen is None or from_foramen == names else [(
             f"The foramen magnum (slice {foramen_magnum_slice}) makes the highest level {from_foramen[-1]}, where "
             f"the first ribs make it {names[-1]}: a disc missed or found twice between them, or a rib on C7. Check "
-            "the count on a sagittal view and re-anchor if needed."])
+            "the count on a sagittal view and re-anchor if needed.")])
         # low: a first rib too short to be followed, or a rib on C7, shifts the names
         return LevelNaming(kept, names, True, "first rib", ["low"] * n, (
             f"Named from the first pair of ribs, the highest in the study, below a neck that bears none: their heads "
