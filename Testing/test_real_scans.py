@@ -520,18 +520,16 @@ def test_a_thoracolumbar_ct_in_5_mm_slices_has_no_level_in_a_vertebral_body(pack
     # VerSe sub-verse012 (never trained on, T9-L4, an old spine with soft bodies) averaged into 5 mm slices: a peak
     # in T12's body, 18 mm above T12-L1 and 20 mm below the peak at T11-T12, took a level more than 10 mm from every
     # disc. On lumbar slices 4 mm or thicker two peaks that close are one disc
-    from SpineStenosisGraderLib.training.evaluation import score_levels
+    # (scored as `Testing/Data/score_thick_ct.py` scores it)
     from SpineStenosisGraderLib.training.series_variants import disc_slices_in, thicken
 
+    score_thick = load_script(DATA / "score_thick_ct.py", "score_thick")
     scan = scans["verse012_ct"]
     stack = thicken(scan.stack, 5.0, 0)
-    result = grade_stack(stack, package, modality="CT")
-    assert result.study.region == "lumbar"
-    levels = [float(lv.slice_index) for lv in result.levels]
-    inside, found, false = score_levels(levels, sorted(disc_slices_in(scan.stack, stack, scan.discs).values()),
-                                        stack.n_slices, stack.spacing[2], scan.more_discs_above,
-                                        scan.more_discs_below)
-    assert (found, inside, false) == (5, 5, 0)
+    row = score_thick.score_stack("verse012_ct, 5 mm", stack, disc_slices_in(scan.stack, stack, scan.discs), package,
+                                  scan.more_discs_above, scan.more_discs_below)
+    assert row["region"] == "lumbar"
+    assert (row["found"], row["discs_inside"], row["false"]) == (5, 5, 0)
 
 
 def test_neck_cts_never_trained_on_are_cervical_with_no_level_on_c1_and_names_from_the_skull_base(package, scans):
