@@ -884,11 +884,17 @@ def _whole_ribs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -> tu
     return ribs, tracked
 
 
-def _pair_of(ribs: Sequence[list[RibSection]], rib: list[RibSection], dz: float) -> list[list[RibSection]]:
-    """The ribs on the other side whose heads lie within RIB_PAIR_MM of ``rib``'s."""
-    k = rib[-1].slice_index
-    return [other for other in ribs
-            if other[-1].side != rib[-1].side and abs(other[-1].slice_index - k) * dz <= RIB_PAIR_MM]
+def _end_pair(ribs: Sequence[list[RibSection]], dz: float,
+              highest: bool) -> Optional[tuple[list[RibSection], list[RibSection]]]:
+    """The rib whose head is the lowest (or the ``highest``) and its partner: of the ribs on the other side with
+    heads within RIB_PAIR_MM of it, the one whose head lies furthest the same way. None without a partner."""
+    def head(rib: list[RibSection]) -> int:
+        return rib[-1].slice_index
+
+    end = (max if highest else min)(ribs, key=head)
+    partners = [other for other in ribs
+                if other[-1].side != end[-1].side and abs(head(other) - head(end)) * dz <= RIB_PAIR_MM]
+    return (end, (max if highest else min)(partners, key=head)) if partners else None
 
 
 def _pair_evidence(rib: list[RibSection], partner: list[RibSection], slices: Sequence[int]) -> str:
@@ -917,12 +923,11 @@ def find_lowest_rib(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) -
     if not ribs:
         return None
     dz = stack.spacing[2]
-    lowest = min(ribs, key=lambda rib: rib[-1].slice_index)
-    k = lowest[-1].slice_index
-    partners = _pair_of(ribs, lowest, dz)
-    if not partners or (k - tracked[0]) * dz < RIB_FREE_BELOW_MM:
+    pair = _end_pair(ribs, dz, highest=False)
+    if pair is None or (pair[0][-1].slice_index - tracked[0]) * dz < RIB_FREE_BELOW_MM:
         return None
-    partner = min(partners, key=lambda rib: rib[-1].slice_index)
+    lowest, partner = pair
+    k = lowest[-1].slice_index
     slices = tuple(sorted({k, partner[-1].slice_index}))
     return Landmark(name="lowest rib", slices=slices, top_slice=k,
                     evidence=_pair_evidence(lowest, partner, slices) + ", with no rib below them")
@@ -943,12 +948,11 @@ def find_first_rib(stack: AxialStack, canals: Sequence[Optional[SliceCanal]]) ->
     if not ribs:
         return None
     dz = stack.spacing[2]
-    highest = max(ribs, key=lambda rib: rib[-1].slice_index)
-    k = highest[-1].slice_index
-    partners = _pair_of(ribs, highest, dz)
-    if not partners or (tracked[-1] - k) * dz < RIB_FREE_ABOVE_MM:
+    pair = _end_pair(ribs, dz, highest=True)
+    if pair is None or (tracked[-1] - pair[0][-1].slice_index) * dz < RIB_FREE_ABOVE_MM:
         return None
-    partner = max(partners, key=lambda rib: rib[-1].slice_index)
+    highest, partner = pair
+    k = highest[-1].slice_index
     slices = tuple(sorted({k, partner[-1].slice_index}))
     return Landmark(name="first rib", slices=slices, top_slice=k,
                     evidence=_pair_evidence(highest, partner, slices) + ", with no rib above them in the neck")
