@@ -72,6 +72,26 @@ def test_a_ct_level_on_an_endplate_moves_onto_its_disc(slice_mm, on, expected):
     assert moved[1].box_ij == canals[expected].box_ij
 
 
+def test_a_level_does_not_move_below_the_lowest_slice_it_may_lie_on():
+    # 3 mm slices; a disc on slice 15 (100 HU) in dense bone, and the sacral canal's less dense surroundings (60 HU)
+    # on slice 12, below the alae's top on 14. A level on an endplate moves onto the nearest disc-like slice, but
+    # L5-S1, placed on the alae's top, may go no lower than the pipeline's floor (13: the sacrum's inside starts
+    # 4 mm below its top), or ``name_from_anatomy`` drops it as a fused disc's remnant
+    densities = np.full(30, 300.0)
+    densities[12] = 60.0
+    densities[15] = 100.0
+    stack, canals = spine_ct(densities, 3.0)
+    assert [lv.slice_index for lv in onto_the_discs(stack, canals, [_level(16, canals)], bone(stack, canals))] == [15]
+    densities[15] = 300.0
+    stack, canals = spine_ct(densities, 3.0)
+    assert [lv.slice_index for lv in onto_the_discs(stack, canals, [_level(14, canals)], bone(stack, canals))] == [12]
+    assert [lv.slice_index for lv in onto_the_discs(stack, canals, [_level(14, canals)], bone(stack, canals),
+                                                    lowest_slice=13)] == [14]
+    # a level below the floor stays where it is, for the naming to judge
+    assert [lv.slice_index for lv in onto_the_discs(stack, canals, [_level(14, canals)], bone(stack, canals),
+                                                    lowest_slice=20)] == [14]
+
+
 def test_two_levels_flanking_one_disc_do_not_both_move_onto_it_and_in_a_neck_are_one():
     # a neck's levels may lie 9 mm apart: on 1 mm slices, a disc on slice 15 in dense bone, and a level 4 mm
     # below it and 5 mm above it. The lower moves onto the disc; the upper would land there too, and stays

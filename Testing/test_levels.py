@@ -767,13 +767,14 @@ def test_a_levels_box_is_the_canal_over_the_slices_its_roi_spans_not_one_slice_r
     assert level_box(canals, 20, 5.0, 3.0) == (10.0, 39.0, 32.0, 52.0)
 
 
-def _cervical_discs_from_the_end(middle_bump, lowest_at=0):
-    # 1 mm slices, discs 16 mm apart from the study's first slice (``lowest_at``) up; the one at 16 barely shows
+def _cervical_discs_from_the_end(middle_bump, lowest_at=0, at_end=0.42):
+    # 1 mm slices, discs 16 mm apart from the study's first slice (``lowest_at``) up; the one at 16 barely shows.
+    # The evidence rising to the end (``at_end``) is weaker than the discs found above it: the disc lies past the end
     probabilities = np.full(60, 0.35)
     for d in (32, 48):
         probabilities[d - 1:d + 2] = 0.45
     if lowest_at >= 0:
-        probabilities[lowest_at:lowest_at + 2] = [0.45, 0.4]  # rising to the end
+        probabilities[lowest_at:lowest_at + 2] = [at_end, 0.4]  # rising to the end
     probabilities[15:18] += middle_bump
     return profile_canals(probabilities)
 
@@ -787,6 +788,52 @@ def test_a_disc_missed_between_the_disc_at_the_studys_end_and_the_next_is_placed
     assert [lv.slice_index for lv in find_discs(_cervical_discs_from_the_end(0.0), 60, 1.0, "cervical")] == [32, 48]
     assert [lv.slice_index for lv in find_discs(_cervical_discs_from_the_end(0.02, lowest_at=-1), 60, 1.0,
                                                 "cervical")] == [32, 48]
+
+
+def test_a_disc_whose_evidence_peaks_on_the_end_slice_as_strongly_as_the_others_is_a_level_there():
+    # the lowest slice cuts a disc a few mm inside the study: its evidence is highest on that slice, where no peak can
+    # be found, and is as strong as the discs' above. It is a level, flagged; weaker, it lies past the end
+    levels = find_discs(_cervical_discs_from_the_end(0.0, at_end=0.5), 60, 1.0, "cervical")
+    assert [(lv.slice_index, lv.placed_from) for lv in levels] == [(0, "end"), (32, ""), (48, "")]
+    assert [lv.slice_index for lv in find_discs(_cervical_discs_from_the_end(0.0, at_end=0.44), 60, 1.0,
+                                                "cervical")] == [32, 48]
+    naming = name_from_anatomy(levels, "cervical", 1.0)
+    assert naming.warnings == [("C4-C5 (slice 0) is placed on the study's end slice, where its disc evidence is "
+                                "strongest; the disc may lie partly outside the study, so check it on a sagittal view.")]
+    # the same at the top of a lumbar study, and not at a neck's top, where C1 and the dens look like discs
+    probabilities = np.full(60, 0.2)
+    probabilities[[10, 36]] = 0.6
+    probabilities[58:60] = [0.5, 0.7]
+    canals = profile_canals(probabilities)
+    assert [(lv.slice_index, lv.placed_from) for lv in find_discs(canals, 60, 1.0, "lumbar")] == [
+        (10, ""), (36, ""), (59, "end")]
+    probabilities[[10, 36]] = 0.75
+    assert [lv.slice_index for lv in find_discs(profile_canals(probabilities), 60, 1.0, "lumbar")] == [10, 36]
+    probabilities = np.full(60, 0.35)
+    for d in (20, 36):
+        probabilities[d - 1:d + 2] = 0.45
+    probabilities[58:60] = [0.45, 0.5]
+    canals = profile_canals(probabilities)
+    assert [lv.slice_index for lv in find_discs(canals, 60, 1.0, "cervical")] == [20, 36]
+    assert [lv.slice_index for lv in find_discs(canals, 60, 1.0, "thoracic")] == [20, 36, 59]
+
+
+def test_on_thick_slices_a_level_on_the_end_slice_needs_the_images_disc_sign_there():
+    # 5 mm slices: a disc on slice 5 with a gap in the bone, and the detector's evidence highest on the top slice
+    probabilities = np.full(12, 0.2)
+    probabilities[5] = 0.7
+    probabilities[10:12] = [0.4, 0.9]
+    canals = profile_canals(probabilities)
+    gaps = np.zeros(12)
+    gaps[5] = 1.0
+    assert [lv.slice_index for lv in find_discs(canals, 12, 5.0, "lumbar", gaps)] == [5]
+    gaps[11] = 1.0
+    assert [(lv.slice_index, lv.placed_from) for lv in find_discs(canals, 12, 5.0, "lumbar", gaps)] == [
+        (5, ""), (11, "end")]
+    # on 3 mm slices (a lower thoracic spine, 18 mm between the two) the detector's evidence on the end slice is
+    # enough, where it is as strong as the disc's inside
+    assert [lv.slice_index for lv in find_discs(canals, 12, 3.0, "thoracic", np.zeros(12))] == [5, 11]
+    assert [lv.slice_index for lv in find_discs(canals, 12, 5.0, "thoracic", np.zeros(12))] == [5]
 
 
 def test_a_necks_top_end_places_no_disc_from_the_spacing_but_a_chests_does():
@@ -804,7 +851,7 @@ def test_a_necks_top_end_places_no_disc_from_the_spacing_but_a_chests_does():
     probabilities = np.full(80, 0.35)
     for d in (5, 28):
         probabilities[d - 1:d + 2] = 0.45
-    probabilities[78:80] = [0.4, 0.45]
+    probabilities[78:80] = [0.4, 0.43]  # weaker than the discs: past the end (as strong, a level there)
     probabilities[52:55] += 0.02
     assert [(lv.slice_index, lv.placed_from) for lv in find_discs(profile_canals(probabilities), 80, 1.0,
                                                                   "thoracic")] == [(5, ""), (28, ""), (53, "spacing")]

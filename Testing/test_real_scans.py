@@ -471,9 +471,11 @@ def test_a_neck_t2_star_has_its_levels_on_its_bright_discs_and_its_names_whole_o
     on_discs = [lv.slice_index for lv in whole.levels]
     assert all(min(abs(k - d) for d in discs) < 0.5 for k in on_discs)
     # every disc inside the study has its level: C6-C7 (slice 3), too faint for a peak of its own, was missed until
-    # C7-T1, past the study's lowest slice, spaced the discs as a level does (with it, C2-C3's box, 1.36 times the
-    # median depth, was dropped as a cistern until that median was read at the levels the evidence found)
-    assert on_discs == [3, 5, 7, 10, 12]
+    # C7-T1, on the study's lowest slice, spaced the discs as a level does (with it, C2-C3's box, 1.36 times the
+    # median depth, was dropped as a cistern until that median was read at the levels the evidence found). C7-T1
+    # itself, whose evidence is highest on that end slice and as strong as the others', is a level there too
+    assert on_discs == [0, 3, 5, 7, 10, 12]
+    assert any(w.startswith("C7-T1 (slice 0) is placed on the study's end slice") for w in whole.warnings)
     # its top slice lies in C2 (by the same subject's sagittal T2) and reads as deep as the cisterna magna, but
     # one 7.5 mm slice is no opening: C2-C3, 15 mm below it, is kept, and the levels are counted from it, right
     # though not anchored (they were named from that "foramen magnum", each one vertebra too high)

@@ -20,6 +20,7 @@ from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, RIB_F
 from .inference.levels import (
     CT_FORAMEN_REACH,
     DISC_HEIGHT_MM,
+    INSIDE_SACRUM_MM,
     MIN_DISC_SEPARATION_MM,
     MR_FORAMEN_REACH,
     REGIONS,
@@ -203,7 +204,9 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         # they may lie closer than a cervical vertebra; elsewhere the peaks were a vertebra apart already, and in an
         # old thoracolumbar spine the soft middle of a body may read less dense than its disc (VerSe 012)
         separation = MIN_DISC_SEPARATION_MM["cervical"] if region == "cervical" else 0.0
-        discs = onto_the_discs(stack, canals, discs, bone, separation)
+        # L5-S1 may not move into the sacrum, where ``name_from_anatomy`` would drop it as a fused disc's remnant
+        floor = 0 if sacrum_top is None else sacrum_top - int(np.floor(INSIDE_SACRUM_MM / dz))
+        discs = onto_the_discs(stack, canals, discs, bone, separation, lowest_slice=floor)
     warnings.extend(cistern_warnings)
     # MR only: checked on 29 lumbar T2 scans; on a sagittal CT's 3-4 mm reformats (VerSe 014, in lordosis) the
     # bend lay high and dropped the L5-S1 below the labelled discs. On CT the alae are read instead

@@ -552,7 +552,8 @@ def endplate_gaps(stack: AxialStack, canals: Sequence[Optional[SliceCanal]],
 
 
 def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], levels: Sequence[LevelCandidate],
-                   density: np.ndarray, separation_mm: float = 0.0) -> list[LevelCandidate]:
+                   density: np.ndarray, separation_mm: float = 0.0,
+                   lowest_slice: int = 0) -> list[LevelCandidate]:
     """CT levels moved off the endplates: a level on a slice that reads as bone in front of the canal goes to the disc.
 
     The detector's disc sign may peak on an endplate next to the disc; the bone
@@ -566,7 +567,9 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], le
     ON_DISC_MAX_SLICE_MM, stay. Two levels that end up closer than
     ``separation_mm`` are one disc: the one on the less dense slice stays, the
     other was on its endplate (the pipeline passes a neck's shortest vertebra in
-    a neck, and 0, no merging, elsewhere).
+    a neck, and 0, no merging, elsewhere). No level moves below ``lowest_slice``:
+    the pipeline passes the lowest slice above the sacrum's inside, as the low
+    density of the sacral canal's surroundings must not draw L5-S1 into it.
     """
     dz = stack.spacing[2]
     if dz > ON_DISC_MAX_SLICE_MM:
@@ -576,8 +579,10 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], le
     moved = []
     for level in levels:
         k = level.slice_index
-        if density[k] >= BONE_HU:
-            near = [j for j in range(max(0, k - half), min(stack.n_slices, k + half + 1)) if not np.isnan(density[j])]
+        # a level already below ``lowest_slice`` stays where it is, for the caller to judge
+        if density[k] >= BONE_HU and k >= lowest_slice:
+            near = [j for j in range(max(0, lowest_slice, k - half), min(stack.n_slices, k + half + 1))
+                    if not np.isnan(density[j])]
             # the least dense, the nearest of equals
             j = min(near, key=lambda i: (density[i], abs(i - k)))
             if density[j] < density[k] and j not in taken:

@@ -17,7 +17,7 @@ are misnumbered in about one patient in seven.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -198,7 +198,8 @@ class LevelCandidate:
     #: the slices counted into this disc
     slices: tuple[int, ...]
     #: why a disc too faint for a peak of its own was placed: "spacing" (the discs around it lie a whole
-    #: vertebra too far apart) or "sacrum" (L5-S1 lies just above the sacral alae); "" for a disc the evidence found
+    #: vertebra too far apart) or "sacrum" (L5-S1 lies just above the sacral alae); "end" for a disc whose evidence
+    #: peaks on the study's end slice; "" for a disc the evidence found at a peak
     placed_from: str = ""
 
 
@@ -343,6 +344,20 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     kept = _one_per_vertebra(levels, slice_spacing_mm, min_disc_separation_mm(region, slice_spacing_mm), gaps,
                              band_depths)
     levels = [level for level in kept if not any(level is end for end in at_end)]
+    # an end whose evidence is a disc's by the study's own measure (as strong as the weakest disc found inside it)
+    # cuts that disc: a disc a few mm inside the study peaks on its end slice, where no peak can be found. On thick
+    # slices the image's own disc sign must be there too: a 5 mm end slice smears the detector's evidence over a
+    # whole third of a vertebra (two 5 mm CT windows of the VerSe scans got a level in a body so). Not the
+    # sacrum's end nor a neck's top, whose disc-like places are a fused remnant and C1 or the dens
+    weakest = min((lv.disc_probability for lv in levels), default=MIN_DISC_PROBABILITY)
+    cut = [replace(end, placed_from="end") for end in kept
+           if any(end is e for e in at_end) and rise[end.slice_index] >= MIN_PEAK_RISE
+           and end.disc_probability >= max(weakest, MIN_DISC_PROBABILITY)
+           and (slice_spacing_mm < THICK_SLICE_MM or gaps[end.slice_index] > 0)
+           and not (sacrum_top_slice is not None and end.slice_index == tracked[0])
+           and not (region == "cervical" and end.slice_index == tracked[-1])]
+    levels = sorted(levels + cut, key=lambda lv: lv.slice_index)
+    at_end = [end for end in at_end if all(end.slice_index != c.slice_index for c in cut)]
     # a disc at or past an end of the study still spaces the discs: one missed between it and the nearest level is
     # looked for as between two levels. Not at the sacrum's end, whose disc-like place is its fused remnant, nor at
     # a neck's top, where C1 and the dens look like discs whether or not the study reaches the skull base (a disc
@@ -710,10 +725,12 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
                                 lowest_rib_slice if region in ("lumbar", "thoracic") else None, foramen_reach,
                                 first_rib_slice if region in ("cervical", "thoracic") else None)
     why = {"spacing": "where the spacing of the discs around it says one was missed",
-           "sacrum": "just above the sacrum, where L5-S1 lies"}
+           "sacrum": "just above the sacrum, where L5-S1 lies",
+           "end": "on the study's end slice, where its disc evidence is strongest; the disc may lie partly outside "
+                  "the study"}
     naming.warnings.extend(
-        f"{name} (slice {c.slice_index}) is placed {why[c.placed_from]}; the disc evidence there is weak, "
-        "so check it on a sagittal view."
+        f"{name} (slice {c.slice_index}) is placed {why[c.placed_from]}"
+        + ("" if c.placed_from == "end" else "; the disc evidence there is weak") + ", so check it on a sagittal view."
         for name, c in zip(naming.names, naming.kept) if c.placed_from)
     return naming
 
