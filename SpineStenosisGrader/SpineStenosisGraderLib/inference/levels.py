@@ -346,9 +346,9 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     levels = [level for level in kept if not any(level is end for end in at_end)]
     # an end whose evidence is a disc's by the study's own measure (as strong as the weakest disc found inside it)
     # cuts that disc: a disc a few mm inside the study peaks on its end slice, where no peak can be found. On thick
-    # slices the image's own disc sign must be there too: a 5 mm end slice smears the detector's evidence over a
-    # whole third of a vertebra (two 5 mm CT windows of the VerSe scans got a level in a body so). Not the
-    # sacrum's end nor a neck's top, whose disc-like places are a fused remnant and C1 or the dens
+    # slices the detector's evidence on one end slice says little (two 5 mm CT windows of the VerSe scans got a
+    # level in a vertebral body so), so the image's own disc sign must be there too. Not the sacrum's end nor a
+    # neck's top, whose disc-like places are a fused remnant and C1 or the dens
     weakest = min((lv.disc_probability for lv in levels), default=MIN_DISC_PROBABILITY)
     cut = [replace(end, placed_from="end") for end in kept
            if any(end is e for e in at_end) and rise[end.slice_index] >= MIN_PEAK_RISE
