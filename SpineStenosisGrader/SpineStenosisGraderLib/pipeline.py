@@ -20,7 +20,6 @@ from .inference.landmarks import (CANAL_WALL_HU, NECK_CISTERN_DEPTH_RATIO, RIB_F
 from .inference.levels import (
     CT_FORAMEN_REACH,
     DISC_HEIGHT_MM,
-    INSIDE_SACRUM_MM,
     MIN_DISC_SEPARATION_MM,
     MR_FORAMEN_REACH,
     REGIONS,
@@ -34,6 +33,7 @@ from .inference.levels import (
     drop_sacral_level,
     find_discs,
     level_box,
+    lowest_slice_above_sacrum,
     name_from_anatomy,
     region_of_disc,
 )
@@ -205,7 +205,7 @@ def grade_stack(stack: AxialStack, package: Optional[ModelPackage] = None, modal
         # old thoracolumbar spine the soft middle of a body may read less dense than its disc (VerSe 012)
         separation = MIN_DISC_SEPARATION_MM["cervical"] if region == "cervical" else 0.0
         # L5-S1 may not move into the sacrum, where ``name_from_anatomy`` would drop it as a fused disc's remnant
-        floor = 0 if sacrum_top is None else sacrum_top - int(np.floor(INSIDE_SACRUM_MM / dz))
+        floor = 0 if sacrum_top is None else lowest_slice_above_sacrum(sacrum_top, dz)
         discs = onto_the_discs(stack, canals, discs, bone, separation, lowest_slice=floor)
     warnings.extend(cistern_warnings)
     # MR only: checked on 29 lumbar T2 scans; on a sagittal CT's 3-4 mm reformats (VerSe 014, in lordosis) the

@@ -568,7 +568,7 @@ def onto_the_discs(stack: AxialStack, canals: Sequence[Optional[SliceCanal]], le
     ``separation_mm`` are one disc: the one on the less dense slice stays, the
     other was on its endplate (the pipeline passes a neck's shortest vertebra in
     a neck, and 0, no merging, elsewhere). No level moves below ``lowest_slice``:
-    the pipeline passes the lowest slice above the sacrum's inside, as the low
+    the pipeline passes ``levels.lowest_slice_above_sacrum``, as the low
     density of the sacral canal's surroundings must not draw L5-S1 into it.
     """
     dz = stack.spacing[2]

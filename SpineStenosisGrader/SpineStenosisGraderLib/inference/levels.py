@@ -238,7 +238,7 @@ def min_disc_separation_mm(region: str, slice_spacing_mm: float) -> float:
     for a lumbar study on slices THICK_SLICE_MM thick or thicker)."""
     if region == "lumbar" and slice_spacing_mm >= THICK_SLICE_MM:
         return THICK_LUMBAR_SEPARATION_MM
-    return MIN_DISC_SEPARATION_MM.get(region, 9.0)
+    return MIN_DISC_SEPARATION_MM.get(region, MIN_DISC_SEPARATION_MM[UNKNOWN_REGION])
 
 
 def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spacing_mm: float,
@@ -344,27 +344,24 @@ def find_discs(canals: Sequence[Optional[SliceCanal]], n_slices: int, slice_spac
     kept = _one_per_vertebra(levels, slice_spacing_mm, min_disc_separation_mm(region, slice_spacing_mm), gaps,
                              band_depths)
     levels = [level for level in kept if not any(level is end for end in at_end)]
+    # the ends that won their vertebra. Not the sacrum's end, whose disc-like place is its fused remnant, nor a neck's
+    # top, where C1 and the dens look like discs whether or not the study reaches the skull base: neither is a level
+    # nor spaces the discs (a disc so placed in series of the validation necks lay above C2's middle)
+    won = [end for end in kept if any(end is e for e in at_end)
+           and not (sacrum_top_slice is not None and end.slice_index == tracked[0])
+           and not (region == "cervical" and end.slice_index == tracked[-1])]
     # an end whose evidence is a disc's by the study's own measure (as strong as the weakest disc found inside it)
     # cuts that disc: a disc a few mm inside the study peaks on its end slice, where no peak can be found. On thick
     # slices the detector's evidence on one end slice says little (two 5 mm CT windows of the VerSe scans got a
-    # level in a vertebral body so), so the image's own disc sign must be there too. Not the sacrum's end nor a
-    # neck's top, whose disc-like places are a fused remnant and C1 or the dens
+    # level in a vertebral body so), so the image's own disc sign must be there too
     weakest = min((lv.disc_probability for lv in levels), default=MIN_DISC_PROBABILITY)
-    cut = [replace(end, placed_from="end") for end in kept
-           if any(end is e for e in at_end) and rise[end.slice_index] >= MIN_PEAK_RISE
+    cut = [end for end in won if rise[end.slice_index] >= MIN_PEAK_RISE
            and end.disc_probability >= max(weakest, MIN_DISC_PROBABILITY)
-           and (slice_spacing_mm < THICK_SLICE_MM or gaps[end.slice_index] > 0)
-           and not (sacrum_top_slice is not None and end.slice_index == tracked[0])
-           and not (region == "cervical" and end.slice_index == tracked[-1])]
-    levels = sorted(levels + cut, key=lambda lv: lv.slice_index)
-    at_end = [end for end in at_end if all(end.slice_index != c.slice_index for c in cut)]
-    # a disc at or past an end of the study still spaces the discs: one missed between it and the nearest level is
-    # looked for as between two levels. Not at the sacrum's end, whose disc-like place is its fused remnant, nor at
-    # a neck's top, where C1 and the dens look like discs whether or not the study reaches the skull base (a disc
-    # so placed in series of the validation necks lay above C2's middle)
-    ends = [end for end in kept if any(end is e for e in at_end)
-            and not (sacrum_top_slice is not None and end.slice_index == tracked[0])
-            and not (region == "cervical" and end.slice_index == tracked[-1])]
+           and (slice_spacing_mm < THICK_SLICE_MM or gaps[end.slice_index] > 0)]
+    levels = sorted(levels + [replace(end, placed_from="end") for end in cut], key=lambda lv: lv.slice_index)
+    # any other disc at or past an end of the study still spaces the discs: one missed between it and the nearest
+    # level is looked for as between two levels
+    ends = [end for end in won if not any(end is c for c in cut)]
     # where a disc too faint for a peak of its own is placed: a local peak of the rise on a tracked slice
     local = set(int(k) for k in signal.find_peaks(np.concatenate(([-np.inf], rise, [-np.inf])))[0] - 1)
     faint_peaks = [int(k) for k in tracked if int(k) in local]
@@ -399,6 +396,11 @@ def _disc_at_best_peak(window: Sequence[int], rise: np.ndarray, by_slice: dict[i
 def l5_s1_window_mm(slice_spacing_mm: float) -> tuple[float, float]:
     """Where L5-S1 lies, in mm above the top slice of the sacral alae (below it is negative)."""
     return -INSIDE_SACRUM_MM, L5_S1_ABOVE_SACRUM_MM + slice_spacing_mm / 2.0
+
+
+def lowest_slice_above_sacrum(sacrum_top_slice: int, slice_spacing_mm: float) -> int:
+    """The lowest slice not inside the sacrum: those more than INSIDE_SACRUM_MM below the top of its alae are."""
+    return sacrum_top_slice - int(np.floor(INSIDE_SACRUM_MM / slice_spacing_mm))
 
 
 def _place_disc_above_sacrum(levels: list[LevelCandidate], rise: np.ndarray, faint_peaks: Sequence[int],
@@ -724,13 +726,12 @@ def name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_s
                                 foramen_magnum_slice if region == "cervical" else None,
                                 lowest_rib_slice if region in ("lumbar", "thoracic") else None, foramen_reach,
                                 first_rib_slice if region in ("cervical", "thoracic") else None)
-    why = {"spacing": "where the spacing of the discs around it says one was missed",
-           "sacrum": "just above the sacrum, where L5-S1 lies",
+    why = {"spacing": "where the spacing of the discs around it says one was missed; the disc evidence there is weak",
+           "sacrum": "just above the sacrum, where L5-S1 lies; the disc evidence there is weak",
            "end": "on the study's end slice, where its disc evidence is strongest; the disc may lie partly outside "
                   "the study"}
     naming.warnings.extend(
-        f"{name} (slice {c.slice_index}) is placed {why[c.placed_from]}"
-        + ("" if c.placed_from == "end" else "; the disc evidence there is weak") + ", so check it on a sagittal view."
+        f"{name} (slice {c.slice_index}) is placed {why[c.placed_from]}, so check it on a sagittal view."
         for name, c in zip(naming.names, naming.kept) if c.placed_from)
     return naming
 
@@ -780,7 +781,7 @@ def _name_from_anatomy(candidates: Sequence[LevelCandidate], region: str, slice_
                             "not levels: C1 and C2 lie there, with no disc.")
             kept = [c for c in kept if c not in above_c2_c3]
     if sacrum_top_slice is not None:
-        inside = [c for c in kept if (sacrum_top_slice - c.slice_index) * slice_spacing_mm > INSIDE_SACRUM_MM]
+        inside = [c for c in kept if c.slice_index < lowest_slice_above_sacrum(sacrum_top_slice, slice_spacing_mm)]
         if inside:
             warnings.append(f"{len(inside)} disc-like place(s) inside the sacrum (slice "
                             f"{', '.join(str(c.slice_index) for c in inside)}) are not levels.")
